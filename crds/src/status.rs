@@ -1,0 +1,113 @@
+//! Status pieces shared by both resources: conditions and spend.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::money::Usd;
+
+/// The condition type every resource reports first (kstatus, Argo CD and Flux read it).
+pub const READY: &str = "Ready";
+
+/// Spend counters read from Redis by the proxy. Only the proxy writes them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpendStatus {
+    /// Spend in the current UTC day, in dollars.
+    #[serde(default)]
+    pub today_usd: Usd,
+    /// Spend since the credential was issued, in dollars.
+    #[serde(default)]
+    pub total_usd: Usd,
+    /// Calls forwarded to the vendor.
+    #[serde(default)]
+    pub calls: u64,
+    /// Calls refused by a cap, the allowlist, expiry or revocation.
+    #[serde(default)]
+    pub refused: u64,
+    /// When the last call was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_call_at: Option<Time>,
+}
+
+/// Builds a condition; `lastTransitionTime` is kept from `previous` when the status is unchanged,
+/// so re-reconciling an unchanged object writes nothing new.
+pub fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(now, |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn keeps_transition_time_while_status_holds() {
+        let first = condition(
+            READY,
+            true,
+            "Issued",
+            "ok",
+            Some(1),
+            &[],
+            at("2026-01-01T00:00:00Z"),
+        );
+        let again = condition(
+            READY,
+            true,
+            "Issued",
+            "ok",
+            Some(2),
+            std::slice::from_ref(&first),
+            at("2026-01-02T00:00:00Z"),
+        );
+        assert_eq!(again.last_transition_time, first.last_transition_time);
+        assert_eq!(again.observed_generation, Some(2));
+        let flipped = condition(
+            READY,
+            false,
+            "Revoked",
+            "no",
+            Some(2),
+            &[first],
+            at("2026-01-03T00:00:00Z"),
+        );
+        assert_eq!(flipped.last_transition_time, at("2026-01-03T00:00:00Z"));
+        assert_eq!(flipped.status, "False");
+    }
+
+    #[test]
+    fn spend_defaults_to_zero_and_writes_dollars() {
+        let s: SpendStatus = serde_json::from_str("{}").unwrap();
+        assert_eq!(s.total_usd, Usd::ZERO);
+        let json = serde_json::to_value(SpendStatus {
+            today_usd: "1.5".parse().unwrap(),
+            ..s
+        })
+        .unwrap();
+        assert_eq!(json["todayUsd"], "1.50");
+    }
+}
