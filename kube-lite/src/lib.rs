@@ -1,2 +1,140 @@
-//! kube-lite: an in-memory Kubernetes API server for the local stack and the tests.
+//! kube-lite: an in-memory Kubernetes API server that kubectl 1.32 and kube-rs work against,
+//! for the local stack (`keybrake dev`) and the end-to-end tests. It follows the behaviour
+//! recorded in `shared/kube-api/SPEC.md`: list/watch with resourceVersions, the four patch
+//! types, the status subresource, finalizers, CRDs served on creation with their schemas and
+//! CEL rules enforced, discovery, the minimal OpenAPI kubectl needs, and Table output.
 #![forbid(unsafe_code)]
+
+pub mod builtin;
+pub mod discovery;
+pub mod error;
+pub mod patch;
+pub mod persist;
+pub mod request;
+pub mod resources;
+pub mod schema;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod table;
+pub mod watch;
+pub mod write;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use tokio::{net::TcpListener, sync::watch as signal, task::JoinHandle};
+
+pub use store::Store;
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Address to bind (port 0 picks a free port). Default `127.0.0.1:0`.
+    pub bind: Option<SocketAddr>,
+    /// File to load objects from and save them to.
+    pub state_file: Option<PathBuf>,
+    /// Watch history length (default [`store::DEFAULT_HISTORY`]).
+    pub history: Option<usize>,
+}
+
+/// A running server; dropping it does not stop it, [`KubeLite::shutdown`] does.
+pub struct KubeLite {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The store, for tests that look inside.
+    pub store: Arc<Store>,
+    stop: signal::Sender<bool>,
+    task: JoinHandle<()>,
+    saver: Option<JoinHandle<()>>,
+    state_file: Option<PathBuf>,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state file could not be loaded.
+    #[error(transparent)]
+    State(#[from] persist::PersistError),
+}
+
+impl KubeLite {
+    /// Binds and starts serving in the background.
+    pub async fn start(opts: Options) -> Result<KubeLite, StartError> {
+        let bind = opts
+            .bind
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(bind)
+            .await
+            .map_err(|source| StartError::Bind { addr: bind, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr: bind, source })?;
+        let store = Arc::new(Store::new(opts.history.unwrap_or(store::DEFAULT_HISTORY)));
+        if let Some(path) = &opts.state_file {
+            persist::load(&store, path)?;
+        }
+        let (stop, stopped) = signal::channel(false);
+        let shared = Arc::new(server::Shared {
+            store: store.clone(),
+            addr,
+            shutdown: stopped.clone(),
+        });
+        let mut until = stopped;
+        let task = tokio::spawn(server::serve(listener, shared, async move {
+            let _ = until.wait_for(|s| *s).await;
+        }));
+        let saver = opts
+            .state_file
+            .clone()
+            .map(|p| tokio::spawn(persist::keep_saving(store.clone(), p)));
+        Ok(KubeLite {
+            addr,
+            store,
+            stop,
+            task,
+            saver,
+            state_file: opts.state_file,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig that points kubectl at this server.
+    pub fn kubeconfig(&self) -> String {
+        kubeconfig(&self.url())
+    }
+
+    /// Stops accepting, ends watches, lets requests finish, and saves the state file.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if let Some(s) = self.saver {
+            s.abort();
+        }
+        if let Some(path) = &self.state_file
+            && let Err(e) = persist::save(&self.store, path)
+        {
+            tracing::error!(error = %e, "could not save state at shutdown");
+        }
+    }
+}
+
+/// A kubeconfig for a plain-HTTP server with no credentials.
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-lite\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: kube-lite\n  context:\n    cluster: kube-lite\n    user: kube-lite\n    namespace: default\n\
+         current-context: kube-lite\nusers:\n- name: kube-lite\n  user: {{}}\n"
+    )
+}

@@ -1,7 +1,12 @@
-//! Shared harness for the end-to-end tests: locating the workspace and its manifests.
+//! Harness for the end-to-end tests: a kube-lite server with a kubeconfig, and the real
+//! kubectl 1.32 pointed at it.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use kube_lite::{KubeLite, Options};
+use tempfile::TempDir;
 
 /// The workspace root (the parent of this crate's folder).
 pub fn workspace_root() -> PathBuf {
@@ -9,4 +14,116 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
+}
+
+/// The kubectl 1.32 binary installed by `scripts/install-deps` (or `KUBECTL`).
+pub fn kubectl_path() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("KUBECTL") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = workspace_root().join(".tools/bin/kubectl");
+    if p.exists() {
+        return Ok(p);
+    }
+    bail!(
+        "kubectl 1.32 not found at {}: run scripts/install-deps",
+        p.display()
+    )
+}
+
+/// A running kube-lite with a kubeconfig and a private kubectl cache.
+pub struct Cluster {
+    /// The server.
+    pub server: KubeLite,
+    dir: TempDir,
+}
+
+/// What a kubectl run printed.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Fails unless the command exited 0.
+    pub fn ok(self) -> Result<String> {
+        if self.code != 0 {
+            bail!(
+                "kubectl failed ({}): {}{}",
+                self.code,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self.stdout)
+    }
+}
+
+impl Cluster {
+    /// Starts a server on a free loopback port.
+    pub async fn start() -> Result<Cluster> {
+        Cluster::start_with(Options::default()).await
+    }
+
+    /// Starts a server with options.
+    pub async fn start_with(opts: Options) -> Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let server = KubeLite::start(opts).await?;
+        std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig())?;
+        Ok(Cluster { server, dir })
+    }
+
+    /// The kubeconfig file.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// A scratch folder that lives as long as the cluster.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs kubectl with `args` (and `stdin`), against this server.
+    pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = tokio::process::Command::new(kubectl_path()?);
+        cmd.args(args)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("starting kubectl")?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.unwrap_or("").as_bytes()).await?;
+        }
+        let out = child.wait_with_output().await?;
+        Ok(Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Runs kubectl and returns its stdout, failing on a non-zero exit.
+    pub async fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        self.kubectl(args, None).await?.ok()
+    }
+
+    /// `kubectl apply -f -` of a manifest.
+    pub async fn apply(&self, manifest: &str) -> Result<Output> {
+        self.kubectl(&["apply", "-f", "-"], Some(manifest)).await
+    }
+
+    /// A kube-rs client for this server.
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
 }

@@ -1,0 +1,7 @@
+//! The end-to-end suite: one test binary, one module per part of the system.
+// Test code: a failed unwrap is a failed test with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod kube_lite_controller;
+mod kube_lite_kubectl;
+mod kube_lite_watch;
