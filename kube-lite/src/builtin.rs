@@ -162,6 +162,64 @@ fn crd(res: &Resource, mut obj: Value) -> Result<Value> {
     Ok(obj)
 }
 
+/// The core/v1 view of an `events.k8s.io/v1` Event, which `kubectl describe` lists. The real
+/// server stores one object and converts; kube-lite keeps the core view beside it.
+pub fn core_event_from(ev: &Value) -> Value {
+    let g = |k: &str| ev.get(k).cloned().unwrap_or(Value::Null);
+    let event_time = g("eventTime");
+    let count = ev
+        .pointer("/series/count")
+        .or_else(|| ev.get("deprecatedCount"))
+        .cloned()
+        .unwrap_or(json!(1));
+    let last = ev
+        .pointer("/series/lastObservedTime")
+        .or_else(|| ev.get("deprecatedLastTimestamp"))
+        .cloned()
+        .unwrap_or_else(|| event_time.clone());
+    let first = ev
+        .get("deprecatedFirstTimestamp")
+        .cloned()
+        .unwrap_or_else(|| event_time.clone());
+    let component = ev
+        .get("reportingController")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut meta = json!({
+        "name": ev.pointer("/metadata/name"),
+        "namespace": ev.pointer("/metadata/namespace"),
+    });
+    for k in ["labels", "annotations"] {
+        if let Some(v) = ev.pointer(&format!("/metadata/{k}")) {
+            meta[k] = v.clone();
+        }
+    }
+    let mut core = json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": meta,
+        "involvedObject": g("regarding"),
+        "reason": g("reason"),
+        "message": g("note"),
+        "type": g("type"),
+        "action": g("action"),
+        "reportingComponent": component,
+        "reportingInstance": g("reportingInstance"),
+        "source": ev.get("deprecatedSource").cloned().unwrap_or_else(|| json!({"component": component})),
+        "eventTime": event_time,
+        "count": count,
+        "firstTimestamp": first,
+        "lastTimestamp": last,
+    });
+    if let Some(related) = ev.get("related") {
+        core["related"] = related.clone();
+    }
+    if let Some(m) = core.as_object_mut() {
+        m.retain(|_, v| !v.is_null());
+    }
+    core
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +252,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(changed.message.contains("type: Invalid value"));
+    }
+
+    #[test]
+    fn events_convert_to_the_core_view() {
+        let ev = json!({
+            "metadata": {"name": "k.1", "namespace": "billing"},
+            "regarding": {"kind": "VaultKey", "name": "k", "uid": "u"},
+            "reason": "CapReached", "note": "daily cap reached", "type": "Warning",
+            "reportingController": "keybrake.com/proxy", "reportingInstance": "proxy-0",
+            "eventTime": "2026-11-22T10:00:00.000000Z",
+            "series": {"count": 3, "lastObservedTime": "2026-11-22T10:05:00.000000Z"},
+        });
+        let core = core_event_from(&ev);
+        assert_eq!(core["involvedObject"]["uid"], "u");
+        assert_eq!(core["message"], "daily cap reached");
+        assert_eq!(core["count"], 3);
+        assert_eq!(core["lastTimestamp"], "2026-11-22T10:05:00.000000Z");
+        assert_eq!(core["source"]["component"], "keybrake.com/proxy");
     }
 
     #[test]

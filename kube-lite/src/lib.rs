@@ -35,6 +35,8 @@ pub struct Options {
     pub state_file: Option<PathBuf>,
     /// Watch history length (default [`store::DEFAULT_HISTORY`]).
     pub history: Option<usize>,
+    /// How often idle watches get a bookmark (default [`watch::BOOKMARK_EVERY`]).
+    pub bookmark_interval: Option<std::time::Duration>,
 }
 
 /// A running server; dropping it does not stop it, [`KubeLite::shutdown`] does.
@@ -86,6 +88,7 @@ impl KubeLite {
             store: store.clone(),
             addr,
             shutdown: stopped.clone(),
+            bookmark_every: opts.bookmark_interval.unwrap_or(watch::BOOKMARK_EVERY),
         });
         let mut until = stopped;
         let task = tokio::spawn(server::serve(listener, shared, async move {

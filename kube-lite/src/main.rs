@@ -28,7 +28,7 @@ async fn main() -> ExitCode {
     let opts = kube_lite::Options {
         bind: Some(args.bind),
         state_file: args.state_file,
-        history: None,
+        ..Default::default()
     };
     let server = match kube_lite::KubeLite::start(opts).await {
         Ok(s) => s,

@@ -42,6 +42,8 @@ pub struct Shared {
     pub addr: SocketAddr,
     /// Flips to true when the server shuts down (ends watches).
     pub shutdown: watch::Receiver<bool>,
+    /// How often idle watches get a bookmark.
+    pub bookmark_every: std::time::Duration,
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {
@@ -444,6 +446,7 @@ fn start_watch(
         ns,
         query,
         shape,
+        shared.bookmark_every,
         tx,
         shared.shutdown.clone(),
     ));

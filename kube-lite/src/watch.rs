@@ -16,8 +16,8 @@ use crate::{
     table,
 };
 
-/// How often an idle watch with `allowWatchBookmarks` gets a bookmark.
-const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
+/// How often an idle watch with `allowWatchBookmarks` gets a bookmark, unless configured.
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 /// The watch length when the client names none (the real server picks 30-60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -86,12 +86,14 @@ fn bookmark(res: &Resource, rv: u64, initial_end: bool) -> Bytes {
 
 /// Starts a watch and streams it into `tx` until the timeout, the client leaves, the client
 /// lags behind (410), or the server shuts down.
+#[allow(clippy::too_many_arguments)] // the parts of one watch request
 pub async fn run(
     store: Arc<Store>,
     res: Arc<Resource>,
     ns: Option<String>,
     query: Query,
     shape: Shape,
+    bookmark_every: Duration,
     tx: FrameSender,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -141,7 +143,7 @@ pub async fn run(
     );
     tokio::pin!(deadline);
     loop {
-        let idle = tokio::time::sleep(BOOKMARK_EVERY);
+        let idle = tokio::time::sleep(bookmark_every);
         tokio::select! {
             _ = &mut deadline => return,
             _ = shutdown.changed() => return,

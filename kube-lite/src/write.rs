@@ -497,8 +497,12 @@ impl State {
         }
     }
 
-    /// Hooks after an object is created or changed: CRDs start serving their kind.
+    /// Hooks after an object is created or changed: CRDs start serving their kind, and
+    /// `events.k8s.io` Events get their core/v1 view.
     fn after_write(&mut self, res: &Resource, obj: &Value) {
+        if res.group == "events.k8s.io" && res.plural == "events" {
+            self.mirror_event(obj);
+        }
         if res.group == "apiextensions.k8s.io"
             && res.plural == "customresourcedefinitions"
             && let Ok(served) = crate::resources::from_crd(obj)
@@ -546,8 +550,38 @@ impl State {
                 self.discovery_generation += 1;
             }
         }
+        if res.group == "events.k8s.io"
+            && res.plural == "events"
+            && let Some(core_res) = self.registry.get("", "v1", "events")
+            && let Some(core) =
+                self.get_object(&core_res, &ns, meta_str(gone, "name").unwrap_or(""))
+        {
+            let name = meta_str(&core, "name").unwrap_or("").to_owned();
+            self.delete_object(&core_res, &ns, &name, core);
+        }
         if res.namespaced && !ns.is_empty() {
             self.finish_namespace(&ns);
+        }
+    }
+
+    /// Writes the core/v1 view of an `events.k8s.io` Event (created or replaced).
+    fn mirror_event(&mut self, ev: &Value) {
+        let Some(core_res) = self.registry.get("", "v1", "events") else {
+            return;
+        };
+        let core = builtin::core_event_from(ev);
+        let ns = meta_str(ev, "namespace").unwrap_or("").to_owned();
+        let name = meta_str(ev, "name").unwrap_or("").to_owned();
+        let written = match self.get_object(&core_res, &ns, &name) {
+            Some(old) => self
+                .replace(&core_res, &ns, &name, old, core, false, &Query::default())
+                .map(drop),
+            None => self
+                .create(&core_res, &ns, core, &Query::default())
+                .map(drop),
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "could not mirror an events.k8s.io Event to core/v1");
         }
     }
 

@@ -1,0 +1,382 @@
+//! kube-lite's API behaviours beyond the kubectl flows: persistence, dryRun, pagination,
+//! bookmarks and timeouts, streaming lists, server-side apply, Events, CRD removal, bad input.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Event as CoreEvent},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use keybrake_crds::VaultKey;
+use keybrake_e2e::{Cluster, workspace_root};
+use kube::{
+    Api, Client, Config, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams},
+    runtime::{
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use serde_json::json;
+
+fn client(c: &Cluster) -> Result<Client> {
+    Ok(Client::try_from(Config::new(c.url().parse()?))?)
+}
+
+fn cm(name: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}})).unwrap()
+}
+
+async fn install_crds(c: &Cluster) -> Result<()> {
+    let crds = workspace_root().join("manifests/crds");
+    c.kubectl_ok(&["apply", "-f", crds.to_str().unwrap()])
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_survive_a_restart_with_a_state_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state.json");
+    let opts = kube_lite::Options {
+        state_file: Some(state.clone()),
+        ..Default::default()
+    };
+    let first = Cluster::start_with(opts.clone()).await?;
+    install_crds(&first).await?;
+    let key =
+        std::fs::read_to_string(workspace_root().join("manifests/examples/stripe-run-key.yaml"))?
+            .replace("namespace: billing", "namespace: default");
+    first.apply(&key).await?.ok()?;
+    let cms: Api<ConfigMap> = Api::namespaced(client(&first)?, "default");
+    let before = cms.create(&PostParams::default(), &cm("kept")).await?;
+    let rv_before: u64 = before.resource_version().unwrap().parse()?;
+    first.server.shutdown().await;
+
+    let second = Cluster::start_with(opts).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client(&second)?, "default");
+    let after = cms.get("kept").await?;
+    assert_eq!(after.uid(), before.uid());
+    let vks: Api<VaultKey> = Api::namespaced(client(&second)?, "default");
+    assert_eq!(
+        vks.get("billing-agent-run-7f3a")
+            .await?
+            .spec
+            .run_label
+            .as_deref(),
+        Some("hatchet/billing-agent/7f3a9c2e")
+    );
+    // resourceVersions keep growing. A watch from the last RV before the restart missed
+    // nothing and resumes; one from further back cannot be replayed and must relist.
+    let next = cms.create(&PostParams::default(), &cm("new")).await?;
+    assert!(next.resource_version().unwrap().parse::<u64>()? > rv_before);
+    let resumed = cms
+        .watch(&WatchParams::default(), &rv_before.to_string())
+        .await?;
+    futures::pin_mut!(resumed);
+    assert!(
+        matches!(resumed.next().await, Some(Ok(WatchEvent::Added(o))) if o.name_any() == "new")
+    );
+    let stale = cms
+        .watch(&WatchParams::default(), &(rv_before - 1).to_string())
+        .await?;
+    futures::pin_mut!(stale);
+    assert!(matches!(stale.next().await, Some(Ok(WatchEvent::Error(e))) if e.code == 410));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_validates_without_storing() -> Result<()> {
+    let c = Cluster::start().await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client(&c)?, "default");
+    let created = cms
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &cm("ghost"),
+        )
+        .await?;
+    assert_eq!(created.name_any(), "ghost");
+    assert!(cms.get_opt("ghost").await?.is_none());
+    let out = c
+        .kubectl(
+            &[
+                "create",
+                "configmap",
+                "ghost2",
+                "--from-literal=a=b",
+                "--dry-run=server",
+                "-o",
+                "name",
+            ],
+            None,
+        )
+        .await?;
+    assert!(
+        out.code == 0 || out.stderr.contains("protobuf") || out.stderr.contains("JSON only"),
+        "{out:?}"
+    );
+    assert!(cms.get_opt("ghost2").await?.is_none());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_with_limit_and_continue() -> Result<()> {
+    let c = Cluster::start().await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client(&c)?, "default");
+    for i in 0..7 {
+        cms.create(&PostParams::default(), &cm(&format!("cm-{i}")))
+            .await?;
+    }
+    let mut names = Vec::new();
+    let mut params = ListParams::default().limit(3);
+    let mut pages = 0;
+    loop {
+        let page = cms.list(&params).await?;
+        pages += 1;
+        assert!(
+            !page
+                .metadata
+                .resource_version
+                .clone()
+                .unwrap_or_default()
+                .is_empty()
+        );
+        names.extend(page.items.iter().map(|i| i.name_any()));
+        match page.metadata.continue_ {
+            Some(t) if !t.is_empty() => params = params.continue_token(&t),
+            _ => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, (0..7).map(|i| format!("cm-{i}")).collect::<Vec<_>>());
+    let bad = cms
+        .list(&ListParams::default().continue_token("not-a-token"))
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, kube::Error::Api(s) if s.code == 400));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_watches_get_bookmarks_and_end_at_their_timeout() -> Result<()> {
+    let opts = kube_lite::Options {
+        bookmark_interval: Some(Duration::from_millis(100)),
+        ..Default::default()
+    };
+    let c = Cluster::start_with(opts).await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client(&c)?, "default");
+    let rv = cms
+        .list(&ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap();
+    let stream = cms.watch(&WatchParams::default().timeout(1), &rv).await?;
+    futures::pin_mut!(stream);
+    match tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await?? {
+        Some(WatchEvent::Bookmark(b)) => assert_eq!(b.metadata.resource_version, rv),
+        other => panic!("expected a bookmark, got {other:?}"),
+    }
+    // The stream ends cleanly at timeoutSeconds.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(ev) = stream.try_next().await? {
+            assert!(matches!(ev, WatchEvent::Bookmark(_)));
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch did not end at its timeout");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_lists_end_their_initial_events_with_a_bookmark() -> Result<()> {
+    let c = Cluster::start().await?;
+    let cms: Api<ConfigMap> = Api::namespaced(client(&c)?, "default");
+    cms.create(&PostParams::default(), &cm("one")).await?;
+    let stream = watcher(cms.clone(), watcher::Config::default().streaming_lists());
+    futures::pin_mut!(stream);
+    let mut seen = Vec::new();
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await?? {
+        match ev {
+            watcher::Event::InitApply(o) => seen.push(o.name_any()),
+            watcher::Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["one"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_server_side_apply_removes_dropped_fields() -> Result<()> {
+    let c = Cluster::start().await?;
+    let full = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: default\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    let out = c
+        .kubectl(&["apply", "--server-side", "-f", "-"], Some(full))
+        .await?
+        .ok()?;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let cms: Api<ConfigMap> = Api::namespaced(client(&c)?, "default");
+    // Another manager's field stays; the applier's dropped field goes.
+    cms.patch(
+        "ssa",
+        &PatchParams::apply("other"),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"c": "3"}})),
+    )
+    .await?;
+    let fewer = full.replace("  b: \"2\"\n", "");
+    c.kubectl(&["apply", "--server-side", "-f", "-"], Some(&fewer))
+        .await?
+        .ok()?;
+    let data = cms.get("ssa").await?.data.unwrap();
+    assert_eq!(data.keys().cloned().collect::<Vec<_>>(), ["a", "c"]);
+    let missing = cms
+        .patch(
+            "ssa",
+            &PatchParams::default(),
+            &Patch::Apply(json!({"data": {}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, kube::Error::Api(s) if s.code == 422),
+        "apply without fieldManager"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_events_show_in_kubectl_describe() -> Result<()> {
+    let c = Cluster::start().await?;
+    install_crds(&c).await?;
+    let key =
+        std::fs::read_to_string(workspace_root().join("manifests/examples/stripe-run-key.yaml"))?
+            .replace("namespace: billing", "namespace: default");
+    c.apply(&key).await?.ok()?;
+    let client = client(&c)?;
+    let vk = Api::<VaultKey>::namespaced(client.clone(), "default")
+        .get("billing-agent-run-7f3a")
+        .await?;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "keybrake-proxy".into(),
+            instance: Some("proxy-0".into()),
+        },
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "CapReached".into(),
+        note: Some("daily cap 500.00 reached".into()),
+        action: "Refuse".into(),
+        secondary: None,
+    };
+    recorder.publish(&event, &vk.object_ref(&())).await?;
+    recorder.publish(&event, &vk.object_ref(&())).await?;
+    let core: Api<CoreEvent> = Api::namespaced(client, "default");
+    let events = core
+        .list(&ListParams::default().fields(&format!("involvedObject.uid={}", vk.uid().unwrap())))
+        .await?;
+    assert_eq!(events.items.len(), 1);
+    assert_eq!(
+        events.items[0].count,
+        Some(2),
+        "the series count is mirrored"
+    );
+    let described = c
+        .kubectl_ok(&["describe", "vk", "billing-agent-run-7f3a"])
+        .await?;
+    assert!(
+        described.contains("CapReached") && described.contains("daily cap 500.00 reached"),
+        "{described}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_crd_removes_its_objects_and_stops_serving_it() -> Result<()> {
+    let c = Cluster::start().await?;
+    install_crds(&c).await?;
+    let key =
+        std::fs::read_to_string(workspace_root().join("manifests/examples/stripe-run-key.yaml"))?
+            .replace("namespace: billing", "namespace: default");
+    c.apply(&key).await?.ok()?;
+    let client = client(&c)?;
+    let vks: Api<VaultKey> = Api::namespaced(client.clone(), "default");
+    let stream = vks.watch(&WatchParams::default(), "0").await?;
+    futures::pin_mut!(stream);
+    assert!(matches!(
+        stream.try_next().await?,
+        Some(WatchEvent::Added(_))
+    ));
+    Api::<CustomResourceDefinition>::all(client)
+        .delete("vaultkeys.keybrake.com", &DeleteParams::default())
+        .await?;
+    assert!(matches!(
+        stream.try_next().await?,
+        Some(WatchEvent::Deleted(_))
+    ));
+    let gone = vks.list(&ListParams::default()).await.unwrap_err();
+    assert!(matches!(gone, kube::Error::Api(s) if s.code == 404));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_status_errors() -> Result<()> {
+    let c = Cluster::start().await?;
+    let addr = c.server.addr;
+    let post = |ct: &'static str, body: Vec<u8>| async move {
+        let (code, text) = keybrake_e2e::raw_http(
+            addr,
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            &[("Content-Type", ct)],
+            &body,
+        )
+        .await?;
+        anyhow::Ok((
+            code.to_string(),
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+        ))
+    };
+    let (code, status) = post("application/json", b"{not json".to_vec()).await?;
+    assert_eq!(
+        (code.as_str(), status["kind"].as_str()),
+        ("400", Some("Status"))
+    );
+    let (code, status) = post("application/vnd.kubernetes.protobuf", vec![0x6b, 0x38]).await?;
+    assert_eq!(code, "415");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("kubectl apply")
+    );
+    let huge = format!(
+        "{{\"metadata\":{{\"name\":\"big\"}},\"data\":{{\"k\":\"{}\"}}}}",
+        "x".repeat(4 * 1024 * 1024)
+    );
+    let (code, status) = post("application/json", huge.into_bytes()).await?;
+    assert_eq!(
+        (code.as_str(), status["reason"].as_str()),
+        ("413", Some("RequestEntityTooLarge"))
+    );
+    let (code, _) = post(
+        "application/json",
+        br#"{"metadata":{"name":"UPPER"}}"#.to_vec(),
+    )
+    .await?;
+    assert_eq!(code, "422");
+    let cms: Api<ConfigMap> = Api::namespaced(client(&c)?, "default");
+    assert!(
+        cms.list(&ListParams::default()).await?.items.is_empty(),
+        "nothing half-written"
+    );
+    Ok(())
+}
