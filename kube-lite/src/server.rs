@@ -23,8 +23,8 @@ use crate::{
     request::{Query, ResourcePath, Route, route},
     resources::Resource,
     store::Store,
-    table,
-    watch::{self as watch_stream, Shape},
+    table::{self, Shape},
+    watch as watch_stream,
     write::Deleted,
 };
 
@@ -244,7 +244,10 @@ async fn resource(
         (Method::GET, Some(name)) => {
             check_scope(&res, &rp)?;
             let obj = shared.store.lock().get(&res, &ns, &name)?;
-            Ok(json_response(200, &render_one(&res, &obj, accept)))
+            Ok(json_response(
+                200,
+                &table::render(&res, Shape::from_accept(accept), &obj),
+            ))
         }
         (Method::POST, None) => {
             if res.namespaced && rp.namespace.is_none() {
@@ -373,21 +376,6 @@ fn check_scope(res: &Resource, rp: &ResourcePath) -> Result<()> {
     Ok(())
 }
 
-fn render_one(res: &Resource, obj: &Value, accept: &str) -> Value {
-    if table::wants_table(accept) {
-        let rv = obj
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(0);
-        table::table(res, &[obj], rv, None)
-    } else if table::wants_metadata(accept) {
-        table::partial_metadata(obj)
-    } else {
-        obj.clone()
-    }
-}
-
 fn render_list(
     res: &Resource,
     items: &[Arc<Value>],
@@ -395,11 +383,12 @@ fn render_list(
     cont: Option<&str>,
     accept: &str,
 ) -> Value {
-    if table::wants_table(accept) {
+    let shape = Shape::from_accept(accept);
+    if shape == Shape::Table {
         let refs: Vec<&Value> = items.iter().map(|i| i.as_ref()).collect();
         return table::table(res, &refs, rv, cont);
     }
-    let metadata_only = table::wants_metadata(accept);
+    let metadata_only = shape == Shape::Metadata;
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some(c) = cont {
         meta["continue"] = json!(c);
@@ -432,13 +421,7 @@ fn start_watch(
     query: Query,
     accept: &str,
 ) -> Response<Body> {
-    let shape = if table::wants_table(accept) {
-        Shape::Table
-    } else if table::wants_metadata(accept) {
-        Shape::Metadata
-    } else {
-        Shape::Full
-    };
+    let shape = Shape::from_accept(accept);
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(watch_stream::run(
         shared.store.clone(),

@@ -4,14 +4,44 @@ use serde_json::{Value, json};
 
 use crate::resources::{Column, Resource};
 
-/// Whether an Accept header asks for a Table.
-pub fn wants_table(accept: &str) -> bool {
-    accept.contains("as=Table")
+/// How objects are rendered, by the Accept header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Whole objects.
+    Full,
+    /// PartialObjectMetadata (what `metadata_watcher` asks for).
+    Metadata,
+    /// Tables (what `kubectl get` asks for).
+    Table,
 }
 
-/// Whether an Accept header asks for PartialObjectMetadata(List).
-pub fn wants_metadata(accept: &str) -> bool {
-    accept.contains("as=PartialObjectMetadata")
+impl Shape {
+    /// The shape an Accept header asks for.
+    pub fn from_accept(accept: &str) -> Shape {
+        if accept.contains("as=Table") {
+            Shape::Table
+        } else if accept.contains("as=PartialObjectMetadata") {
+            Shape::Metadata
+        } else {
+            Shape::Full
+        }
+    }
+}
+
+/// One object in the asked shape (a Table has one row).
+pub fn render(res: &Resource, shape: Shape, obj: &Value) -> Value {
+    match shape {
+        Shape::Full => obj.clone(),
+        Shape::Metadata => partial_metadata(obj),
+        Shape::Table => {
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            table(res, &[obj], rv, None)
+        }
+    }
 }
 
 /// The object reduced to its metadata, as `metadata_watcher` asks.

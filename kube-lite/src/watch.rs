@@ -13,24 +13,13 @@ use crate::{
     request::Query,
     resources::Resource,
     store::{Event, EventType, Filter, Store},
-    table,
+    table::{self, Shape},
 };
 
 /// How often an idle watch with `allowWatchBookmarks` gets a bookmark, unless configured.
 pub const BOOKMARK_EVERY: Duration = Duration::from_secs(5);
 /// The watch length when the client names none (the real server picks 30-60 minutes).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
-
-/// How watch events are rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    /// Whole objects.
-    Full,
-    /// PartialObjectMetadata.
-    Metadata,
-    /// One-row Tables.
-    Table,
-}
 
 /// The sending half of a streamed response body.
 pub type FrameSender = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
@@ -55,21 +44,6 @@ fn translate(ev: &Event, filter: &Filter) -> Option<EventType> {
             (true, false) => Some(EventType::Deleted),
             (false, false) => None,
         },
-    }
-}
-
-fn render(res: &Resource, shape: Shape, obj: &Value) -> Value {
-    match shape {
-        Shape::Full => obj.clone(),
-        Shape::Metadata => table::partial_metadata(obj),
-        Shape::Table => {
-            let rv = obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|r| r.parse().ok())
-                .unwrap_or(0);
-            table::table(res, &[obj], rv, None)
-        }
     }
 }
 
@@ -128,7 +102,7 @@ pub async fn run(
             translate(ev, &filter)
         };
         if let Some(t) = shown
-            && !send(line(t.as_str(), render(&res, shape, &ev.object))).await
+            && !send(line(t.as_str(), table::render(&res, shape, &ev.object))).await
         {
             return;
         }
@@ -160,7 +134,7 @@ pub async fn run(
                         continue;
                     }
                     if let Some(t) = translate(&ev, &filter)
-                        && !send(line(t.as_str(), render(&res, shape, &ev.object))).await
+                        && !send(line(t.as_str(), table::render(&res, shape, &ev.object))).await
                     {
                         return;
                     }

@@ -29,6 +29,12 @@ fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}, "data": {"k": "v"}})).unwrap()
 }
 
+/// The seeds' per-run Stripe key, moved to the `default` namespace.
+fn run_key_in_default() -> Result<String> {
+    let path = workspace_root().join("manifests/examples/stripe-run-key.yaml");
+    Ok(std::fs::read_to_string(path)?.replace("namespace: billing", "namespace: default"))
+}
+
 async fn install_crds(c: &Cluster) -> Result<()> {
     let crds = workspace_root().join("manifests/crds");
     c.kubectl_ok(&["apply", "-f", crds.to_str().unwrap()])
@@ -46,9 +52,7 @@ async fn objects_survive_a_restart_with_a_state_file() -> Result<()> {
     };
     let first = Cluster::start_with(opts.clone()).await?;
     install_crds(&first).await?;
-    let key =
-        std::fs::read_to_string(workspace_root().join("manifests/examples/stripe-run-key.yaml"))?
-            .replace("namespace: billing", "namespace: default");
+    let key = run_key_in_default()?;
     first.apply(&key).await?.ok()?;
     let cms: Api<ConfigMap> = Api::namespaced(client(&first)?, "default");
     let before = cms.create(&PostParams::default(), &cm("kept")).await?;
@@ -255,9 +259,7 @@ async fn kubectl_server_side_apply_removes_dropped_fields() -> Result<()> {
 async fn recorder_events_show_in_kubectl_describe() -> Result<()> {
     let c = Cluster::start().await?;
     install_crds(&c).await?;
-    let key =
-        std::fs::read_to_string(workspace_root().join("manifests/examples/stripe-run-key.yaml"))?
-            .replace("namespace: billing", "namespace: default");
+    let key = run_key_in_default()?;
     c.apply(&key).await?.ok()?;
     let client = client(&c)?;
     let vk = Api::<VaultKey>::namespaced(client.clone(), "default")
@@ -303,9 +305,7 @@ async fn recorder_events_show_in_kubectl_describe() -> Result<()> {
 async fn deleting_a_crd_removes_its_objects_and_stops_serving_it() -> Result<()> {
     let c = Cluster::start().await?;
     install_crds(&c).await?;
-    let key =
-        std::fs::read_to_string(workspace_root().join("manifests/examples/stripe-run-key.yaml"))?
-            .replace("namespace: billing", "namespace: default");
+    let key = run_key_in_default()?;
     c.apply(&key).await?.ok()?;
     let client = client(&c)?;
     let vks: Api<VaultKey> = Api::namespaced(client.clone(), "default");

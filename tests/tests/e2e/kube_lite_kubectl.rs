@@ -22,6 +22,25 @@ async fn billing_cluster() -> Result<Cluster> {
     Ok(c)
 }
 
+/// `kubectl patch --type merge` of the seeds' run key (or its status).
+async fn merge_patch_run_key(c: &Cluster, status: bool, patch: &str) -> Result<String> {
+    let mut args = vec![
+        "patch",
+        "vk",
+        "-n",
+        "billing",
+        "billing-agent-run-7f3a",
+        "--type",
+        "merge",
+        "-p",
+        patch,
+    ];
+    if status {
+        args.push("--subresource=status");
+    }
+    c.kubectl_ok(&args).await
+}
+
 fn jsonpath(field: &str) -> String {
     format!("jsonpath={field}")
 }
@@ -74,19 +93,7 @@ async fn get_prints_the_printer_columns_yaml_and_wide() -> Result<()> {
     let c = billing_cluster().await?;
     c.apply(&example("stripe-run-key.yaml")).await?.ok()?;
     let status = r#"{"status":{"phase":"Active","vendor":"stripe","cap":"500.00/day","expiresAt":"2030-01-01T00:00:00Z","spend":{"totalUsd":"12.50","todayUsd":"2.50"}}}"#;
-    c.kubectl_ok(&[
-        "patch",
-        "vk",
-        "-n",
-        "billing",
-        "billing-agent-run-7f3a",
-        "--subresource=status",
-        "--type",
-        "merge",
-        "-p",
-        status,
-    ])
-    .await?;
+    merge_patch_run_key(&c, true, status).await?;
     let table = c.kubectl_ok(&["get", "vk", "-n", "billing"]).await?;
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -182,19 +189,7 @@ async fn get_watch_streams_changes() -> Result<()> {
         added.starts_with("ADDED") && added.contains("billing-agent-run-7f3a"),
         "{added}"
     );
-    c.kubectl_ok(&[
-        "patch",
-        "vk",
-        "-n",
-        "billing",
-        "billing-agent-run-7f3a",
-        "--subresource=status",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"status":{"phase":"Revoked"}}"#,
-    ])
-    .await?;
+    merge_patch_run_key(&c, true, r#"{"status":{"phase":"Revoked"}}"#).await?;
     let modified = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
         .await??
         .unwrap_or_default();
@@ -267,34 +262,21 @@ async fn patch_merge_and_status_subresource() -> Result<()> {
         }
     };
     // A main-resource patch cannot write status; a status patch cannot write spec.
-    c.kubectl_ok(&[
-        "patch",
-        "vk",
-        "-n",
-        "billing",
-        "billing-agent-run-7f3a",
-        "--type",
-        "merge",
-        "-p",
+    merge_patch_run_key(
+        &c,
+        false,
         r#"{"spec":{"revoked":true},"status":{"phase":"Active"}}"#,
-    ])
+    )
     .await?;
     assert_eq!(
         get("{.spec.revoked} {.status.phase} {.metadata.generation}").await?,
         "true  2"
     );
-    c.kubectl_ok(&[
-        "patch",
-        "vk",
-        "-n",
-        "billing",
-        "billing-agent-run-7f3a",
-        "--subresource=status",
-        "--type",
-        "merge",
-        "-p",
+    merge_patch_run_key(
+        &c,
+        true,
         r#"{"spec":{"revoked":false},"status":{"phase":"Revoked"}}"#,
-    ])
+    )
     .await?;
     assert_eq!(
         get("{.spec.revoked} {.status.phase} {.metadata.generation}").await?,
