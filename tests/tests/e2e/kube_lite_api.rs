@@ -380,3 +380,75 @@ async fn bad_requests_get_status_errors() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_versions_guard_updates_patches_and_deletes() -> Result<()> {
+    let c = Cluster::start().await?;
+    install_crds(&c).await?;
+    c.apply(&run_key_in_default()?).await?.ok()?;
+    let vks: Api<VaultKey> = Api::namespaced(client(&c)?, "default");
+    let current = vks.get("billing-agent-run-7f3a").await?;
+    let code = |e: kube::Error| match e {
+        kube::Error::Api(s) => s.code,
+        other => panic!("{other}"),
+    };
+
+    let mut stale = current.clone();
+    stale.spec.revoked = true;
+    vks.patch(
+        "billing-agent-run-7f3a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"runLabel": "moved"}})),
+    )
+    .await?;
+    let conflict = vks
+        .replace("billing-agent-run-7f3a", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert_eq!(code(conflict), 409, "a stale resourceVersion");
+
+    stale.metadata.resource_version = None;
+    let missing = vks
+        .replace("billing-agent-run-7f3a", &PostParams::default(), &stale)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(missing),
+        422,
+        "a custom resource update needs a resourceVersion"
+    );
+
+    let old_rv = current.resource_version().unwrap();
+    let guarded = json!({"metadata": {"resourceVersion": old_rv}, "spec": {"revoked": true}});
+    let refused = vks
+        .patch(
+            "billing-agent-run-7f3a",
+            &PatchParams::default(),
+            &Patch::Merge(guarded),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(refused),
+        409,
+        "a resourceVersion in a patch is a precondition"
+    );
+
+    let precondition = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            resource_version: Some(old_rv),
+            uid: None,
+        }),
+        ..Default::default()
+    };
+    let refused = vks
+        .delete("billing-agent-run-7f3a", &precondition)
+        .await
+        .unwrap_err();
+    assert_eq!(code(refused), 409, "a delete precondition");
+    assert!(
+        !vks.get("billing-agent-run-7f3a").await?.spec.revoked,
+        "nothing was written by the refused requests"
+    );
+    Ok(())
+}
