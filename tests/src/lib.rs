@@ -2,6 +2,8 @@
 //! kubectl 1.32 pointed at it.
 #![forbid(unsafe_code)]
 
+pub mod redis_server;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};

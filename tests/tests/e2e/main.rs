@@ -6,3 +6,4 @@ mod kube_lite_api;
 mod kube_lite_controller;
 mod kube_lite_kubectl;
 mod kube_lite_watch;
+mod ledger_scripts;

@@ -1,0 +1,168 @@
+--[[
+reserve.lua: admits one call and reserves its estimated cost, all or nothing.
+
+Every key shares the policy's hash tag {prefix:tag}, so the script runs unchanged on Redis
+Cluster. Redis TIME is the clock for expiry and the UTC day.
+
+KEYS[1] key record    {P}:key:<key id>     hash written by the operator
+KEYS[2] key spend     {P}:spend:<key id>   hash: day, today, total, calls, refused, last_call_ms
+KEYS[3] policy record {P}:policy           hash: daily_budget, total_budget (may be absent)
+KEYS[4] policy spend  {P}:pspend           hash: day, today, total
+KEYS[5] reservations  {P}:reservations     zset: reservation id by sweep deadline (ms)
+KEYS[6] reservation   {P}:res:<res id>     hash, created here
+KEYS[7] idempotency   {P}:idem:<key id>:<h> hash; only touched when ARGV[7] == "1"
+KEYS[8] audit         {P}:audit            stream
+
+ARGV[1]  sha256 hex of the presented secret
+ARGV[2]  method, upper case
+ARGV[3]  path, canonical (no query, no empty or dot segments, no trailing slash)
+ARGV[4]  estimated cost, integer micro-dollars >= 0
+ARGV[5]  reservation id
+ARGV[6]  sweep deadline, ms after now
+ARGV[7]  "1" when the call carries an Idempotency-Key
+ARGV[8]  request fingerprint (what a reused Idempotency-Key must match)
+ARGV[9]  idempotency record lifetime, seconds
+ARGV[10] audit stream length (approximate MAXLEN)
+ARGV[11] key id (for the audit entry)
+
+Returns one of
+  {"granted", res id, today after, total after}
+  {"reattempt", res id}       an earlier attempt's outcome is unknown: forward again, count nothing new
+  {"refused", rule, limit, spent, estimate}
+  {"replay", status, headers json, body}
+  {"in_flight"}
+
+Example: a $12.50 PaymentIntent on a key with a $500 daily cap and $490 spent today returns
+{"refused", "daily_cap", "500000000", "490000000", "12500000"}.
+]]
+
+local function int(s)
+  if s == nil or s == false or s == "" then return nil end
+  return tonumber(s)
+end
+
+-- Integers up to 2^53 stay exact in Lua doubles; money is bounded far below that.
+local function fmt(n)
+  return string.format("%d", n)
+end
+
+local estimate = int(ARGV[4])
+assert(estimate and estimate >= 0 and estimate <= 1e15, "estimate must be an integer in [0, 1e15]")
+
+local t = redis.call("TIME")
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local day = math.floor(tonumber(t[1]) / 86400)
+
+local rec = redis.call("HGETALL", KEYS[1])
+if #rec == 0 then
+  return {"refused", "unknown_key", "", "", fmt(estimate)}
+end
+local r = {}
+for i = 1, #rec, 2 do r[rec[i]] = rec[i + 1] end
+
+-- The secret: the current one, or the previous one during a rotation overlap.
+local secret_ok = ARGV[1] == r.secret_hash
+if not secret_ok and r.prev_secret_hash and r.prev_secret_hash ~= "" then
+  local until_ms = int(r.prev_valid_until_ms)
+  secret_ok = ARGV[1] == r.prev_secret_hash and until_ms ~= nil and now_ms < until_ms
+end
+if not secret_ok then
+  return {"refused", "bad_secret", "", "", fmt(estimate)}
+end
+
+local function audit_refusal(rule)
+  redis.call("HINCRBY", KEYS[2], "refused", 1)
+  redis.call("XADD", KEYS[8], "MAXLEN", "~", ARGV[10], "*",
+    "ts", fmt(now_ms), "key", ARGV[11], "vk", r.vault_key or "", "run", r.run_label or "",
+    "vendor", r.vendor or "", "method", ARGV[2], "path", ARGV[3],
+    "estimate", fmt(estimate), "actual", "0", "outcome", "refused", "rule", rule)
+end
+
+local function refuse(rule, limit, spent)
+  audit_refusal(rule)
+  return {"refused", rule, limit and fmt(limit) or "", spent and fmt(spent) or "", fmt(estimate)}
+end
+
+if r.revoked == "1" then return refuse("revoked") end
+local expires = int(r.expires_at_ms)
+if expires and now_ms >= expires then return refuse("expired", expires, now_ms) end
+
+-- Endpoint allowlist: "METHOD /a/*/b" per line, * standing for one segment.
+local function segments(p)
+  local out = {}
+  for s in string.gmatch(p, "[^/]+") do out[#out + 1] = s end
+  return out
+end
+local want = segments(ARGV[3])
+local allowed = false
+for line in string.gmatch(r.endpoints or "", "[^\n]+") do
+  local m, p = string.match(line, "^(%S+) (.*)$")
+  if m == ARGV[2] then
+    local segs = segments(p)
+    if #segs == #want then
+      local ok = true
+      for i = 1, #segs do
+        if segs[i] ~= "*" and segs[i] ~= want[i] then ok = false; break end
+      end
+      if ok then allowed = true; break end
+    end
+  end
+end
+if not allowed then return refuse("endpoint") end
+
+-- Idempotency: a repeated key replays, waits, or re-attempts; it never counts twice.
+if ARGV[7] == "1" then
+  local idem = redis.call("HGETALL", KEYS[7])
+  if #idem > 0 then
+    local d = {}
+    for i = 1, #idem, 2 do d[idem[i]] = idem[i + 1] end
+    if d.fingerprint ~= ARGV[8] then return refuse("idempotency_mismatch") end
+    if d.state == "done" then return {"replay", d.status or "", d.headers or "", d.body or ""} end
+    if d.state == "pending" then return {"in_flight"} end
+    -- state "unknown": the money is already counted; forward again under a fresh reservation.
+    redis.call("HSET", KEYS[6], "key", ARGV[11], "amount", d.amount or "0", "day", d.day or fmt(day),
+      "created_ms", fmt(now_ms), "method", ARGV[2], "path", ARGV[3], "idem", KEYS[7])
+    redis.call("ZADD", KEYS[5], now_ms + int(ARGV[6]), ARGV[5])
+    redis.call("HSET", KEYS[7], "state", "pending", "res", ARGV[5])
+    redis.call("EXPIRE", KEYS[7], ARGV[9])
+    return {"reattempt", ARGV[5]}
+  end
+end
+
+-- Caps, all checked before anything is counted.
+local per_call = int(r.per_call_cap)
+if per_call and estimate > per_call then return refuse("per_call_cap", per_call, 0) end
+
+local s = redis.call("HMGET", KEYS[2], "day", "today", "total")
+local today = (int(s[1]) == day) and (int(s[2]) or 0) or 0
+local total = int(s[3]) or 0
+local daily_cap = int(r.daily_cap)
+if daily_cap and today + estimate > daily_cap then return refuse("daily_cap", daily_cap, today) end
+local total_cap = int(r.total_cap)
+if total_cap and total + estimate > total_cap then return refuse("total_cap", total_cap, total) end
+
+local p = redis.call("HMGET", KEYS[3], "daily_budget", "total_budget")
+local ps = redis.call("HMGET", KEYS[4], "day", "today", "total")
+local p_today = (int(ps[1]) == day) and (int(ps[2]) or 0) or 0
+local p_total = int(ps[3]) or 0
+local daily_budget = int(p[1])
+if daily_budget and p_today + estimate > daily_budget then
+  return refuse("policy_daily_budget", daily_budget, p_today)
+end
+local total_budget = int(p[2])
+if total_budget and p_total + estimate > total_budget then
+  return refuse("policy_total_budget", total_budget, p_total)
+end
+
+-- Admitted: count the estimate now; settle replaces it with the actual cost.
+redis.call("HSET", KEYS[2], "day", fmt(day), "today", fmt(today + estimate), "total", fmt(total + estimate))
+redis.call("HSET", KEYS[4], "day", fmt(day), "today", fmt(p_today + estimate), "total", fmt(p_total + estimate))
+redis.call("HSET", KEYS[6], "key", ARGV[11], "amount", fmt(estimate), "day", fmt(day),
+  "created_ms", fmt(now_ms), "method", ARGV[2], "path", ARGV[3], "idem", ARGV[7] == "1" and KEYS[7] or "")
+redis.call("ZADD", KEYS[5], now_ms + int(ARGV[6]), ARGV[5])
+if ARGV[7] == "1" then
+  redis.call("HSET", KEYS[7], "state", "pending", "fingerprint", ARGV[8], "res", ARGV[5],
+    "amount", fmt(estimate), "day", fmt(day))
+  redis.call("EXPIRE", KEYS[7], ARGV[9])
+end
+return {"granted", ARGV[5], fmt(today + estimate), fmt(total + estimate)}

@@ -1,0 +1,647 @@
+//! Typed calls of the scripts and of the few plain commands around them. Every call runs under
+//! a timeout; a reply of an unexpected shape is an error, never a default.
+
+use std::{sync::LazyLock, time::Duration};
+
+use keybrake_crds::{Usd, Vendor};
+use redis::{AsyncCommands, Script, aio::ConnectionLike};
+
+use crate::{
+    layout::{Keyspace, Slot},
+    record::{KeyRecord, PolicyRecord, Spend},
+    token::{KeyId, PolicyTag},
+};
+
+static RESERVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../lua/reserve.lua")));
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
+
+/// Errors talking to Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// Redis refused or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer in time.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// An answer of the wrong shape.
+    #[error("unexpected reply from a ledger script: {0}")]
+    Reply(String),
+}
+
+/// Results of ledger calls.
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+/// Tunables of the accounting.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Longest wait for one Redis call.
+    pub timeout: Duration,
+    /// After this, an unsettled reservation is settled as "unknown outcome" by the sweeper.
+    /// Must exceed the longest upstream call.
+    pub reservation_deadline: Duration,
+    /// How long a stored Idempotency-Key outcome is replayed (Stripe keeps 24 hours).
+    pub idempotency_ttl: Duration,
+    /// Approximate length of each policy's audit stream.
+    pub audit_max_len: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> LedgerConfig {
+        LedgerConfig {
+            timeout: Duration::from_secs(2),
+            reservation_deadline: Duration::from_secs(300),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            audit_max_len: 100_000,
+        }
+    }
+}
+
+/// The rule that refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    /// No such key id.
+    UnknownKey,
+    /// The secret does not match.
+    BadSecret,
+    /// The key is revoked.
+    Revoked,
+    /// The key is past its expiry.
+    Expired,
+    /// The endpoint is not on the allowlist.
+    Endpoint,
+    /// An Idempotency-Key reused with another request.
+    IdempotencyMismatch,
+    /// The call costs more than the per-call cap.
+    PerCallCap,
+    /// The key's daily cap would be exceeded.
+    DailyCap,
+    /// The key's total cap would be exceeded.
+    TotalCap,
+    /// The policy's daily budget would be exceeded.
+    PolicyDailyBudget,
+    /// The policy's total budget would be exceeded.
+    PolicyTotalBudget,
+}
+
+impl Rule {
+    /// The rule's name, as the scripts and the audit trail write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::UnknownKey => "unknown_key",
+            Rule::BadSecret => "bad_secret",
+            Rule::Revoked => "revoked",
+            Rule::Expired => "expired",
+            Rule::Endpoint => "endpoint",
+            Rule::IdempotencyMismatch => "idempotency_mismatch",
+            Rule::PerCallCap => "per_call_cap",
+            Rule::DailyCap => "daily_cap",
+            Rule::TotalCap => "total_cap",
+            Rule::PolicyDailyBudget => "policy_daily_budget",
+            Rule::PolicyTotalBudget => "policy_total_budget",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Rule> {
+        use Rule::*;
+        [
+            UnknownKey,
+            BadSecret,
+            Revoked,
+            Expired,
+            Endpoint,
+            IdempotencyMismatch,
+            PerCallCap,
+            DailyCap,
+            TotalCap,
+            PolicyDailyBudget,
+            PolicyTotalBudget,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+
+    /// Whether this rule is a spending cap (answered 429 `cap_exhausted`).
+    pub fn is_cap(self) -> bool {
+        matches!(
+            self,
+            Rule::PerCallCap
+                | Rule::DailyCap
+                | Rule::TotalCap
+                | Rule::PolicyDailyBudget
+                | Rule::PolicyTotalBudget
+        )
+    }
+}
+
+/// A refusal with the figures behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Which rule.
+    pub rule: Rule,
+    /// The cap or budget, micro-dollars (for cap rules).
+    pub limit: Option<u64>,
+    /// Spent so far against it, micro-dollars.
+    pub spent: Option<u64>,
+    /// The call's estimate, micro-dollars.
+    pub estimate: u64,
+}
+
+/// A vendor response stored under an Idempotency-Key, replayed to repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers to replay, as a JSON object.
+    pub headers_json: String,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// What reserve decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Forward; the estimate is counted under `reservation`.
+    Granted {
+        /// Reservation id to settle.
+        reservation: String,
+        /// Key spend today, with the estimate.
+        today: u64,
+        /// Key spend in total, with the estimate.
+        total: u64,
+    },
+    /// Forward again: an earlier attempt's outcome was unknown and is already counted.
+    Reattempt {
+        /// Reservation id to settle.
+        reservation: String,
+    },
+    /// Do not forward.
+    Refused(Refusal),
+    /// A repeat of a finished call: answer with the stored response.
+    Replay(StoredResponse),
+    /// A repeat of a call still in flight: wait and ask again.
+    InFlight,
+}
+
+/// A call to admit.
+#[derive(Debug, Clone)]
+pub struct ReserveRequest<'a> {
+    /// The key.
+    pub key_id: &'a KeyId,
+    /// SHA-256 hex of the presented secret.
+    pub secret_hash: &'a str,
+    /// HTTP method, upper case.
+    pub method: &'a str,
+    /// Canonical path (no query, no empty or dot segments, no trailing slash).
+    pub path: &'a str,
+    /// Estimated cost.
+    pub estimate: Usd,
+    /// The Idempotency-Key and the request fingerprint it must keep matching.
+    pub idempotency: Option<(&'a str, &'a str)>,
+}
+
+/// How a forwarded call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The vendor did it; the actual cost is known.
+    Ok,
+    /// The vendor refused it (4xx); nothing moved.
+    VendorError,
+    /// It never reached the vendor; nothing moved.
+    NotSent,
+    /// It may or may not have happened (timeout, reset, 5xx): the estimate stays counted.
+    Unknown,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::VendorError => "vendor_error",
+            Outcome::NotSent => "not_sent",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
+
+/// A reservation to close.
+#[derive(Debug, Clone)]
+pub struct SettleRequest<'a> {
+    /// The key.
+    pub key_id: &'a KeyId,
+    /// Its vendor (for the audit entry).
+    pub vendor: Vendor,
+    /// The reservation id from [`Admission::Granted`] or [`Admission::Reattempt`].
+    pub reservation: &'a str,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The actual cost (used for [`Outcome::Ok`]).
+    pub actual: Usd,
+    /// The vendor's HTTP status, if it answered.
+    pub status: Option<u16>,
+    /// The vendor's request id, if known.
+    pub request_id: &'a str,
+    /// The Idempotency-Key of the call, if any.
+    pub idempotency_key: Option<&'a str>,
+    /// What to replay to repeats of the call.
+    pub response: Option<&'a StoredResponse>,
+}
+
+/// What settle did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Closed now.
+    Settled {
+        /// Actual minus estimate, micro-dollars.
+        delta: i64,
+        /// Key spend today after.
+        today: u64,
+        /// Key spend in total after.
+        total: u64,
+    },
+    /// Someone (a sweeper, a duplicate) closed it before.
+    AlreadySettled,
+}
+
+/// The accounting over one Redis (single node or cluster).
+#[derive(Clone)]
+pub struct Ledger<C> {
+    conn: C,
+    keys: Keyspace,
+    config: LedgerConfig,
+}
+
+fn reply_int(v: Option<&String>, what: &str) -> Result<u64> {
+    v.and_then(|s| s.parse().ok())
+        .ok_or_else(|| LedgerError::Reply(format!("{what} is not an integer")))
+}
+
+fn opt_int(v: Option<&String>) -> Option<u64> {
+    v.and_then(|s| s.parse().ok())
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
+    /// A ledger over `conn`.
+    pub fn new(conn: C, keys: Keyspace, config: LedgerConfig) -> Ledger<C> {
+        Ledger { conn, keys, config }
+    }
+
+    /// The keyspace.
+    pub fn keys(&self) -> &Keyspace {
+        &self.keys
+    }
+
+    async fn timed<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.config.timeout, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(LedgerError::Timeout(self.config.timeout)),
+        }
+    }
+
+    fn slot(&self, id: &KeyId) -> Slot {
+        self.keys.policy(&id.tag())
+    }
+
+    /// Writes (replaces) a key record.
+    pub async fn write_key(&self, id: &KeyId, record: &KeyRecord) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let key = self.slot(id).key_record(id);
+        self.timed(conn.hset_multiple::<_, _, _, ()>(key, &record.fields()))
+            .await
+    }
+
+    /// Marks a key revoked: every later reserve refuses it.
+    pub async fn revoke(&self, id: &KeyId) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let key = self.slot(id).key_record(id);
+        self.timed(conn.hset::<_, _, _, ()>(key, "revoked", "1"))
+            .await
+    }
+
+    /// Removes a key record (its spend counters stay for reporting).
+    pub async fn delete_key(&self, id: &KeyId) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let key = self.slot(id).key_record(id);
+        self.timed(conn.del::<_, ()>(key)).await
+    }
+
+    /// Writes a policy record and lists the policy for the sweeper.
+    pub async fn write_policy(&self, tag: &PolicyTag, record: &PolicyRecord) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let slot = self.keys.policy(tag);
+        self.timed(conn.hset_multiple::<_, _, _, ()>(slot.policy_record(), &record.fields()))
+            .await?;
+        self.timed(conn.sadd::<_, _, ()>(self.keys.policy_index(), tag.as_str()))
+            .await
+    }
+
+    /// Redis' clock: (Unix ms, UTC day number).
+    pub async fn now(&self) -> Result<(i64, i64)> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (i64, i64) = self
+            .timed(redis::cmd("TIME").query_async(&mut conn))
+            .await?;
+        Ok((secs * 1000 + micros / 1000, secs / 86_400))
+    }
+
+    async fn read_spend(&self, key: String) -> Result<Spend> {
+        let mut conn = self.conn.clone();
+        let (_, today_day) = self.now().await?;
+        let v: Vec<Option<String>> = self
+            .timed(conn.hmget(
+                key,
+                &["day", "today", "total", "calls", "refused", "last_call_ms"],
+            ))
+            .await?;
+        let n = |i: usize| {
+            v.get(i)
+                .cloned()
+                .flatten()
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let same_day = n(0) == Some(today_day as u64);
+        Ok(Spend {
+            today: if same_day { n(1).unwrap_or(0) } else { 0 },
+            total: n(2).unwrap_or(0),
+            calls: n(3).unwrap_or(0),
+            refused: n(4).unwrap_or(0),
+            last_call_ms: n(5).map(|x| x as i64),
+        })
+    }
+
+    /// A key's spend counters.
+    pub async fn key_spend(&self, id: &KeyId) -> Result<Spend> {
+        self.read_spend(self.slot(id).key_spend(id)).await
+    }
+
+    /// A policy's aggregate spend.
+    pub async fn policy_spend(&self, tag: &PolicyTag) -> Result<Spend> {
+        self.read_spend(self.keys.policy(tag).policy_spend()).await
+    }
+
+    /// Admits a call and reserves its estimate, or says why not.
+    pub async fn reserve(&self, req: &ReserveRequest<'_>) -> Result<Admission> {
+        let slot = self.slot(req.key_id);
+        let res_id = hex::encode(rand::random::<[u8; 12]>());
+        let (idem_key, fingerprint) = match req.idempotency {
+            Some((k, f)) => (slot.idempotency(req.key_id, k), f),
+            None => (slot.reservation(&res_id), ""),
+        };
+        let mut inv = RESERVE.prepare_invoke();
+        inv.key(slot.key_record(req.key_id))
+            .key(slot.key_spend(req.key_id))
+            .key(slot.policy_record())
+            .key(slot.policy_spend())
+            .key(slot.reservations())
+            .key(slot.reservation(&res_id))
+            .key(idem_key)
+            .key(slot.audit())
+            .arg(req.secret_hash)
+            .arg(req.method)
+            .arg(req.path)
+            .arg(req.estimate.micros())
+            .arg(&res_id)
+            .arg(self.config.reservation_deadline.as_millis() as u64)
+            .arg(if req.idempotency.is_some() { "1" } else { "0" })
+            .arg(fingerprint)
+            .arg(self.config.idempotency_ttl.as_secs())
+            .arg(self.config.audit_max_len)
+            .arg(req.key_id.as_str());
+        let mut conn = self.conn.clone();
+        let reply: Vec<Vec<u8>> = self.timed(inv.invoke_async(&mut conn)).await?;
+        decode_admission(reply)
+    }
+
+    /// Closes a reservation exactly once.
+    pub async fn settle(&self, req: &SettleRequest<'_>) -> Result<Settlement> {
+        let slot = self.slot(req.key_id);
+        let idem_key = match req.idempotency_key {
+            Some(k) => slot.idempotency(req.key_id, k),
+            None => slot.reservation(req.reservation),
+        };
+        self.settle_raw(req, &slot, idem_key).await
+    }
+
+    async fn settle_raw(
+        &self,
+        req: &SettleRequest<'_>,
+        slot: &Slot,
+        idem_key: String,
+    ) -> Result<Settlement> {
+        let empty = StoredResponse {
+            status: 0,
+            headers_json: String::new(),
+            body: Vec::new(),
+        };
+        let response = req.response.unwrap_or(&empty);
+        let mut inv = SETTLE.prepare_invoke();
+        inv.key(slot.reservation(req.reservation))
+            .key(slot.key_spend(req.key_id))
+            .key(slot.policy_spend())
+            .key(slot.reservations())
+            .key(idem_key)
+            .key(slot.audit())
+            .key(slot.key_record(req.key_id))
+            .arg(req.reservation)
+            .arg(req.actual.micros())
+            .arg(req.outcome.as_str())
+            .arg(req.status.map(|s| s.to_string()).unwrap_or_default())
+            .arg(req.request_id)
+            .arg(&response.headers_json)
+            .arg(&response.body[..])
+            .arg(self.config.idempotency_ttl.as_secs())
+            .arg(self.config.audit_max_len)
+            .arg(req.vendor.as_str());
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.timed(inv.invoke_async(&mut conn)).await?;
+        match reply.first().map(String::as_str) {
+            Some("already_settled") => Ok(Settlement::AlreadySettled),
+            Some("settled") => Ok(Settlement::Settled {
+                delta: reply
+                    .get(1)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| LedgerError::Reply("delta".into()))?,
+                today: reply_int(reply.get(2), "today")?,
+                total: reply_int(reply.get(3), "total")?,
+            }),
+            other => Err(LedgerError::Reply(format!("settle returned {other:?}"))),
+        }
+    }
+
+    /// Settles reservations past their deadline as "unknown outcome" (their estimate stays
+    /// counted, the audit trail says so). Returns how many it closed.
+    pub async fn sweep(&self, batch: usize) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let (now_ms, _) = self.now().await?;
+        let tags: Vec<String> = self.timed(conn.smembers(self.keys.policy_index())).await?;
+        let mut closed = 0;
+        for tag in tags {
+            let slot = self.keys.policy(&PolicyTag::from_index(tag));
+            let due: Vec<String> = self
+                .timed(conn.zrangebyscore_limit(
+                    slot.reservations(),
+                    "-inf",
+                    now_ms,
+                    0,
+                    batch as isize,
+                ))
+                .await?;
+            for res_id in due {
+                let fields: Vec<Option<String>> = self
+                    .timed(conn.hmget(slot.reservation(&res_id), &["key", "idem"]))
+                    .await?;
+                let Some(Ok(key_id)) = fields.first().cloned().flatten().map(|k| KeyId::parse(&k))
+                else {
+                    // A zset entry without its reservation: drop the entry.
+                    self.timed(conn.zrem::<_, _, ()>(slot.reservations(), &res_id))
+                        .await?;
+                    continue;
+                };
+                let vendor: Option<String> = self
+                    .timed(conn.hget(slot.key_record(&key_id), "vendor"))
+                    .await?;
+                let vendor = vendor
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(Vendor::Stripe);
+                let idem = fields
+                    .get(1)
+                    .cloned()
+                    .flatten()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| slot.reservation(&res_id));
+                let req = SettleRequest {
+                    key_id: &key_id,
+                    vendor,
+                    reservation: &res_id,
+                    outcome: Outcome::Unknown,
+                    actual: Usd::ZERO,
+                    status: None,
+                    request_id: "",
+                    idempotency_key: None,
+                    response: None,
+                };
+                if let Settlement::Settled { .. } = self.settle_raw(&req, &slot, idem).await? {
+                    closed += 1;
+                }
+            }
+        }
+        Ok(closed)
+    }
+}
+
+fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
+    let text: Vec<String> = reply
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    match text.first().map(String::as_str) {
+        Some("granted") => Ok(Admission::Granted {
+            reservation: text
+                .get(1)
+                .cloned()
+                .ok_or_else(|| LedgerError::Reply("no reservation".into()))?,
+            today: reply_int(text.get(2), "today")?,
+            total: reply_int(text.get(3), "total")?,
+        }),
+        Some("reattempt") => Ok(Admission::Reattempt {
+            reservation: text
+                .get(1)
+                .cloned()
+                .ok_or_else(|| LedgerError::Reply("no reservation".into()))?,
+        }),
+        Some("refused") => {
+            let rule = text
+                .get(1)
+                .and_then(|r| Rule::parse(r))
+                .ok_or_else(|| LedgerError::Reply(format!("unknown rule {:?}", text.get(1))))?;
+            Ok(Admission::Refused(Refusal {
+                rule,
+                limit: opt_int(text.get(2)),
+                spent: opt_int(text.get(3)),
+                estimate: reply_int(text.get(4), "estimate")?,
+            }))
+        }
+        Some("replay") => Ok(Admission::Replay(StoredResponse {
+            status: text
+                .get(1)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| LedgerError::Reply("replay status".into()))?,
+            headers_json: text.get(2).cloned().unwrap_or_default(),
+            body: reply.get(3).cloned().unwrap_or_default(),
+        })),
+        Some("in_flight") => Ok(Admission::InFlight),
+        other => Err(LedgerError::Reply(format!("reserve returned {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(parts: &[&str]) -> Vec<Vec<u8>> {
+        parts.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn decodes_every_admission_and_rejects_garbage() {
+        assert_eq!(
+            decode_admission(r(&["granted", "abc", "5", "7"])).unwrap(),
+            Admission::Granted {
+                reservation: "abc".into(),
+                today: 5,
+                total: 7
+            }
+        );
+        assert_eq!(
+            decode_admission(r(&["refused", "daily_cap", "500", "490", "12"])).unwrap(),
+            Admission::Refused(Refusal {
+                rule: Rule::DailyCap,
+                limit: Some(500),
+                spent: Some(490),
+                estimate: 12
+            })
+        );
+        assert_eq!(
+            decode_admission(r(&["refused", "revoked", "", "", "0"])).unwrap(),
+            Admission::Refused(Refusal {
+                rule: Rule::Revoked,
+                limit: None,
+                spent: None,
+                estimate: 0
+            })
+        );
+        assert_eq!(
+            decode_admission(r(&["in_flight"])).unwrap(),
+            Admission::InFlight
+        );
+        assert!(
+            matches!(decode_admission(r(&["replay", "200", "{}", "body"])).unwrap(), Admission::Replay(s) if s.body == b"body")
+        );
+        for bad in [
+            &["granted"][..],
+            &["refused", "nope", "", "", "1"],
+            &["what"],
+            &[],
+            &["granted", "a", "x", "1"],
+        ] {
+            assert!(decode_admission(r(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rules_round_trip() {
+        for rule in [
+            Rule::UnknownKey,
+            Rule::DailyCap,
+            Rule::PolicyTotalBudget,
+            Rule::IdempotencyMismatch,
+        ] {
+            assert_eq!(Rule::parse(rule.as_str()), Some(rule));
+        }
+        assert!(Rule::DailyCap.is_cap() && !Rule::Revoked.is_cap());
+    }
+}

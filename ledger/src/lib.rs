@@ -1,0 +1,17 @@
+//! keybrake-ledger: how spend is accounted in Redis. The layout of key and policy records and
+//! spend counters, vault tokens, and the reserve/settle Lua scripts (in `lua/`, loaded once,
+//! called by EVALSHA). The operator writes records; the proxy reserves and settles.
+#![forbid(unsafe_code)]
+
+pub mod layout;
+pub mod ledger;
+pub mod record;
+pub mod token;
+
+pub use layout::{Keyspace, Slot};
+pub use ledger::{
+    Admission, Ledger, LedgerConfig, LedgerError, Outcome, Refusal, ReserveRequest, Rule,
+    SettleRequest, Settlement, StoredResponse,
+};
+pub use record::{KeyRecord, PolicyRecord, Spend};
+pub use token::{KeyId, PolicyTag, Token, TokenError};

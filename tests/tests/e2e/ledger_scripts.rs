@@ -1,0 +1,711 @@
+//! The reserve and settle scripts against a real Redis: every refusal rule, caps at the exact
+//! boundary, expiry at the exact instant, day rollover, policy budgets shared by keys,
+//! idempotency, exactly-once settle, the sweeper, 500 concurrent callers, and Redis Cluster.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Result;
+use keybrake_crds::{EndpointPattern, Usd, Vendor};
+use keybrake_e2e::redis_server::{RedisCluster, RedisServer};
+use keybrake_ledger::{
+    Admission, KeyId, KeyRecord, Keyspace, Ledger, LedgerConfig, Outcome, PolicyRecord, PolicyTag,
+    ReserveRequest, Rule, SettleRequest, Settlement, StoredResponse, Token,
+};
+use redis::{AsyncCommands, aio::ConnectionLike};
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+fn usd(s: &str) -> Usd {
+    s.parse().unwrap()
+}
+
+/// A policy in a keyspace of its own, so tests never see each other's keys.
+struct Fixture<C> {
+    ledger: Ledger<C>,
+    tag: PolicyTag,
+}
+
+/// One issued key: its token and record.
+struct Issued {
+    token: Token,
+    record: KeyRecord,
+}
+
+impl Issued {
+    fn id(&self) -> &KeyId {
+        &self.token.key_id
+    }
+}
+
+fn record(token: &Token) -> KeyRecord {
+    KeyRecord {
+        vendor: Vendor::Stripe,
+        vault_key: "billing/run-1".into(),
+        policy: "billing/stripe".into(),
+        secret_hash: token.secret_hash(),
+        prev_secret_hash: None,
+        prev_valid_until_ms: None,
+        revoked: false,
+        expires_at_ms: None,
+        daily_cap: Some(usd("10")),
+        total_cap: Some(usd("25")),
+        per_call_cap: Some(usd("4")),
+        endpoints: vec![
+            "POST /v1/payment_intents".parse().unwrap(),
+            "GET /v1/customers/*".parse().unwrap(),
+        ],
+        run_label: "hatchet/billing-agent/run-1".into(),
+    }
+}
+
+impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
+    async fn new(conn: C, config: LedgerConfig) -> Result<Fixture<C>> {
+        let prefix = format!(
+            "t{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let tag = PolicyTag::of("billing", &prefix);
+        let ledger = Ledger::new(conn, Keyspace::new(&prefix), config);
+        ledger.write_policy(&tag, &PolicyRecord::default()).await?;
+        Ok(Fixture { ledger, tag })
+    }
+
+    async fn issue(&self, edit: impl FnOnce(&mut KeyRecord)) -> Result<Issued> {
+        let token = Token::generate(Vendor::Stripe, KeyId::generate(&self.tag));
+        let mut record = record(&token);
+        edit(&mut record);
+        self.ledger.write_key(&token.key_id, &record).await?;
+        Ok(Issued { token, record })
+    }
+
+    async fn reserve(&self, key: &Issued, path: &str, estimate: Usd) -> Result<Admission> {
+        self.reserve_with(key, &key.token.secret_hash(), "POST", path, estimate, None)
+            .await
+    }
+
+    async fn reserve_with(
+        &self,
+        key: &Issued,
+        secret_hash: &str,
+        method: &str,
+        path: &str,
+        estimate: Usd,
+        idem: Option<(&str, &str)>,
+    ) -> Result<Admission> {
+        Ok(self
+            .ledger
+            .reserve(&ReserveRequest {
+                key_id: key.id(),
+                secret_hash,
+                method,
+                path,
+                estimate,
+                idempotency: idem,
+            })
+            .await?)
+    }
+
+    async fn settle(
+        &self,
+        key: &Issued,
+        reservation: &str,
+        outcome: Outcome,
+        actual: Usd,
+        idem: Option<&str>,
+        response: Option<&StoredResponse>,
+    ) -> Result<Settlement> {
+        Ok(self
+            .ledger
+            .settle(&SettleRequest {
+                key_id: key.id(),
+                vendor: Vendor::Stripe,
+                reservation,
+                outcome,
+                actual,
+                status: Some(200),
+                request_id: "req_123",
+                idempotency_key: idem,
+                response,
+            })
+            .await?)
+    }
+}
+
+fn granted(a: &Admission) -> String {
+    match a {
+        Admission::Granted { reservation, .. } => reservation.clone(),
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+fn refused(a: &Admission) -> Rule {
+    match a {
+        Admission::Refused(r) => r.rule,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn single() -> Result<(RedisServer, Fixture<redis::aio::MultiplexedConnection>)> {
+    let server = RedisServer::start().await?;
+    let fx = Fixture::new(server.connect().await?, LedgerConfig::default()).await?;
+    Ok((server, fx))
+}
+
+const PI: &str = "/v1/payment_intents";
+
+#[tokio::test]
+async fn authentication_rules() -> Result<()> {
+    let (_redis, fx) = single().await?;
+    let key = fx.issue(|_| {}).await?;
+    granted(&fx.reserve(&key, PI, usd("1")).await?);
+    let other = Token::generate(Vendor::Stripe, key.id().clone());
+    assert_eq!(
+        refused(
+            &fx.reserve_with(&key, &other.secret_hash(), "POST", PI, usd("1"), None)
+                .await?
+        ),
+        Rule::BadSecret
+    );
+    let unknown = Issued {
+        token: Token::generate(Vendor::Stripe, KeyId::generate(&fx.tag)),
+        record: key.record.clone(),
+    };
+    assert_eq!(
+        refused(&fx.reserve(&unknown, PI, usd("1")).await?),
+        Rule::UnknownKey
+    );
+    fx.ledger.revoke(key.id()).await?;
+    assert_eq!(
+        refused(&fx.reserve(&key, PI, usd("1")).await?),
+        Rule::Revoked
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn expiry_at_the_exact_instant() -> Result<()> {
+    let (_redis, fx) = single().await?;
+    let (now_ms, _) = fx.ledger.now().await?;
+    let later = fx
+        .issue(|r| r.expires_at_ms = Some(now_ms + 60_000))
+        .await?;
+    granted(&fx.reserve(&later, PI, usd("1")).await?);
+    // Redis time has reached (or passed) the expiry: refused, whatever the pod's clock says.
+    let now = fx.issue(|r| r.expires_at_ms = Some(now_ms)).await?;
+    assert_eq!(
+        refused(&fx.reserve(&now, PI, usd("1")).await?),
+        Rule::Expired
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn rotation_overlap_accepts_the_previous_secret_until_it_ends() -> Result<()> {
+    let (_redis, fx) = single().await?;
+    let (now_ms, _) = fx.ledger.now().await?;
+    let old = Token::generate(Vendor::Stripe, KeyId::generate(&fx.tag));
+    let key = fx
+        .issue(|r| {
+            r.prev_secret_hash = Some(old.secret_hash());
+            r.prev_valid_until_ms = Some(now_ms + 60_000);
+        })
+        .await?;
+    let old_hash = old.secret_hash();
+    granted(
+        &fx.reserve_with(&key, &old_hash, "POST", PI, usd("1"), None)
+            .await?,
+    );
+    granted(&fx.reserve(&key, PI, usd("1")).await?);
+    let mut ended = key.record.clone();
+    ended.prev_valid_until_ms = Some(now_ms);
+    fx.ledger.write_key(key.id(), &ended).await?;
+    assert_eq!(
+        refused(
+            &fx.reserve_with(&key, &old_hash, "POST", PI, usd("1"), None)
+                .await?
+        ),
+        Rule::BadSecret
+    );
+    granted(&fx.reserve(&key, PI, usd("1")).await?);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_endpoint_allowlist_matches_like_the_crds_matcher() -> Result<()> {
+    let (_redis, fx) = single().await?;
+    let patterns: Vec<EndpointPattern> = [
+        "POST /v1/payment_intents",
+        "GET /v1/customers/*",
+        "POST /2010-04-01/Accounts/*/Messages.json",
+        "GET /",
+    ]
+    .iter()
+    .map(|p| p.parse().unwrap())
+    .collect();
+    let key = fx.issue(|r| r.endpoints = patterns.clone()).await?;
+    let cases = [
+        ("POST", "/v1/payment_intents"),
+        ("GET", "/v1/payment_intents"),
+        ("POST", "/v1/payment_intents/pi_1"),
+        ("GET", "/v1/customers/cus_1"),
+        ("GET", "/v1/customers"),
+        ("GET", "/v1/customers/cus_1/sources"),
+        ("POST", "/2010-04-01/Accounts/AC123/Messages.json"),
+        ("POST", "/2010-04-01/Accounts/AC123/Calls.json"),
+        ("GET", "/"),
+        ("DELETE", "/v1/customers/cus_1"),
+        ("POST", "/V1/payment_intents"),
+    ];
+    for (method, path) in cases {
+        let by_crds = keybrake_crds::endpoint::any_matches(&patterns, method, path);
+        let by_lua = match fx
+            .reserve_with(
+                &key,
+                &key.token.secret_hash(),
+                method,
+                path,
+                Usd::ZERO,
+                None,
+            )
+            .await?
+        {
+            Admission::Granted { .. } => true,
+            Admission::Refused(r) if r.rule == Rule::Endpoint => false,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(by_lua, by_crds, "{method} {path}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn caps_hold_at_the_exact_boundary() -> Result<()> {
+    let (_redis, fx) = single().await?;
+    let key = fx.issue(|_| {}).await?; // daily 10, total 25, per call 4
+    assert_eq!(
+        refused(&fx.reserve(&key, PI, usd("4.000001")).await?),
+        Rule::PerCallCap
+    );
+    granted(&fx.reserve(&key, PI, usd("4")).await?);
+    granted(&fx.reserve(&key, PI, usd("4")).await?);
+    granted(&fx.reserve(&key, PI, usd("2")).await?); // exactly 10.00 today
+    match fx.reserve(&key, PI, usd("0.000001")).await? {
+        Admission::Refused(r) => {
+            assert_eq!(r.rule, Rule::DailyCap);
+            assert_eq!(
+                (r.limit, r.spent, r.estimate),
+                (Some(10_000_000), Some(10_000_000), 1)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    granted(&fx.reserve(&key, PI, Usd::ZERO).await?);
+    let spend = fx.ledger.key_spend(key.id()).await?;
+    assert_eq!(
+        (spend.today, spend.total, spend.refused),
+        (10_000_000, 10_000_000, 2)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_utc_day_resets_the_daily_cap_but_not_the_total() -> Result<()> {
+    let (redis, fx) = single().await?;
+    let key = fx.issue(|r| r.total_cap = Some(usd("15"))).await?; // daily 10, total 15
+    for amount in ["4", "4", "2"] {
+        granted(&fx.reserve(&key, PI, usd(amount)).await?);
+    }
+    assert_eq!(
+        refused(&fx.reserve(&key, PI, usd("1")).await?),
+        Rule::DailyCap
+    );
+    // Yesterday's counters: what the key's spend looks like once the UTC day has turned.
+    let (_, day) = fx.ledger.now().await?;
+    let spend_key = fx.ledger.keys().policy(&fx.tag).key_spend(key.id());
+    let mut conn = redis.connect().await?;
+    let _: () = conn.hset(&spend_key, "day", day - 1).await?;
+    assert_eq!(fx.ledger.key_spend(key.id()).await?.today, 0);
+    granted(&fx.reserve(&key, PI, usd("4")).await?);
+    // 14 of the 15 total: 4 more fits today's cap but not the total.
+    assert_eq!(
+        refused(&fx.reserve(&key, PI, usd("4")).await?),
+        Rule::TotalCap
+    );
+    granted(&fx.reserve(&key, PI, usd("1")).await?);
+    let spend = fx.ledger.key_spend(key.id()).await?;
+    assert_eq!((spend.today, spend.total), (5_000_000, 15_000_000));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_policy_budget_is_shared_by_its_keys() -> Result<()> {
+    let (_redis, fx) = single().await?;
+    fx.ledger
+        .write_policy(
+            &fx.tag,
+            &PolicyRecord {
+                daily_budget: Some(usd("6")),
+                total_budget: Some(usd("100")),
+            },
+        )
+        .await?;
+    let a = fx.issue(|_| {}).await?;
+    let b = fx.issue(|_| {}).await?;
+    granted(&fx.reserve(&a, PI, usd("4")).await?);
+    assert_eq!(
+        refused(&fx.reserve(&b, PI, usd("3")).await?),
+        Rule::PolicyDailyBudget
+    );
+    granted(&fx.reserve(&b, PI, usd("2")).await?);
+    assert_eq!(fx.ledger.policy_spend(&fx.tag).await?.today, 6_000_000);
+    // Nothing was counted for the refused call, on the key or the policy.
+    assert_eq!(fx.ledger.key_spend(b.id()).await?.total, 2_000_000);
+    Ok(())
+}
+
+#[tokio::test]
+async fn settle_replaces_the_estimate_exactly_once() -> Result<()> {
+    let (redis, fx) = single().await?;
+    let key = fx.issue(|_| {}).await?;
+    let r1 = granted(&fx.reserve(&key, PI, usd("4")).await?);
+    assert_eq!(
+        fx.settle(&key, &r1, Outcome::Ok, usd("3.50"), None, None)
+            .await?,
+        Settlement::Settled {
+            delta: -500_000,
+            today: 3_500_000,
+            total: 3_500_000
+        }
+    );
+    assert_eq!(
+        fx.settle(&key, &r1, Outcome::Ok, usd("3.50"), None, None)
+            .await?,
+        Settlement::AlreadySettled
+    );
+    let r2 = granted(&fx.reserve(&key, PI, usd("4")).await?);
+    fx.settle(&key, &r2, Outcome::NotSent, Usd::ZERO, None, None)
+        .await?;
+    let r3 = granted(&fx.reserve(&key, PI, usd("4")).await?);
+    fx.settle(&key, &r3, Outcome::VendorError, Usd::ZERO, None, None)
+        .await?;
+    let r4 = granted(&fx.reserve(&key, PI, usd("2")).await?);
+    fx.settle(&key, &r4, Outcome::Unknown, Usd::ZERO, None, None)
+        .await?;
+    let spend = fx.ledger.key_spend(key.id()).await?;
+    // 3.50 actual + 2.00 of unknown outcome; released what surely did not happen.
+    assert_eq!((spend.total, spend.calls), (5_500_000, 3));
+    let audit = read_audit(
+        redis.connect().await?,
+        &fx.ledger.keys().policy(&fx.tag).audit(),
+    )
+    .await?;
+    let outcomes: Vec<String> = audit.iter().map(|(_, f)| field(f, "outcome")).collect();
+    assert_eq!(outcomes, ["ok", "not_sent", "vendor_error", "unknown"]);
+    assert_eq!(field(&audit[0].1, "request_id"), "req_123");
+    assert_eq!(field(&audit[0].1, "run"), "hatchet/billing-agent/run-1");
+    assert_eq!(field(&audit[0].1, "actual"), "3500000");
+    Ok(())
+}
+
+type Entry = (String, Vec<(String, String)>);
+
+async fn read_audit(
+    mut conn: redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Result<Vec<Entry>> {
+    let reply: redis::streams::StreamRangeReply = conn.xrange_all(stream).await?;
+    Ok(reply
+        .ids
+        .into_iter()
+        .map(|e| {
+            let fields = e
+                .map
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        redis::from_redis_value_ref::<String>(v).unwrap_or_default(),
+                    )
+                })
+                .collect();
+            (e.id, fields)
+        })
+        .collect())
+}
+
+fn field(fields: &[(String, String)], name: &str) -> String {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn idempotency_keys_count_once_and_replay() -> Result<()> {
+    let (_redis, fx) = single().await?;
+    let key = fx.issue(|_| {}).await?;
+    let h = key.token.secret_hash();
+    let idem = Some(("run-1-cus_1", "fp-a"));
+    let r = granted(
+        &fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+            .await?,
+    );
+    assert_eq!(
+        fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+            .await?,
+        Admission::InFlight
+    );
+    let response = StoredResponse {
+        status: 200,
+        headers_json: r#"{"request-id":"req_1"}"#.into(),
+        body: br#"{"id":"pi_1"}"#.to_vec(),
+    };
+    fx.settle(
+        &key,
+        &r,
+        Outcome::Ok,
+        usd("4"),
+        Some("run-1-cus_1"),
+        Some(&response),
+    )
+    .await?;
+    assert_eq!(
+        fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+            .await?,
+        Admission::Replay(response)
+    );
+    assert_eq!(
+        refused(
+            &fx.reserve_with(
+                &key,
+                &h,
+                "POST",
+                PI,
+                usd("4"),
+                Some(("run-1-cus_1", "fp-b"))
+            )
+            .await?
+        ),
+        Rule::IdempotencyMismatch
+    );
+    assert_eq!(
+        fx.ledger.key_spend(key.id()).await?.total,
+        4_000_000,
+        "counted once"
+    );
+
+    // An unknown outcome keeps the money counted; the retry is forwarded without a new charge.
+    let idem2 = Some(("run-1-cus_2", "fp-c"));
+    let r2 = granted(
+        &fx.reserve_with(&key, &h, "POST", PI, usd("3"), idem2)
+            .await?,
+    );
+    fx.settle(
+        &key,
+        &r2,
+        Outcome::Unknown,
+        Usd::ZERO,
+        Some("run-1-cus_2"),
+        None,
+    )
+    .await?;
+    let again = match fx
+        .reserve_with(&key, &h, "POST", PI, usd("3"), idem2)
+        .await?
+    {
+        Admission::Reattempt { reservation } => reservation,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(fx.ledger.key_spend(key.id()).await?.total, 7_000_000);
+    fx.settle(
+        &key,
+        &again,
+        Outcome::Ok,
+        usd("3"),
+        Some("run-1-cus_2"),
+        Some(&StoredResponse {
+            status: 200,
+            headers_json: "{}".into(),
+            body: b"{}".to_vec(),
+        }),
+    )
+    .await?;
+    assert_eq!(
+        fx.ledger.key_spend(key.id()).await?.total,
+        7_000_000,
+        "still counted once"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sweeper_settles_abandoned_reservations_as_unknown() -> Result<()> {
+    let server = RedisServer::start().await?;
+    let config = LedgerConfig {
+        reservation_deadline: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let fx = Fixture::new(server.connect().await?, config).await?;
+    let key = fx.issue(|_| {}).await?;
+    let r = granted(
+        &fx.reserve_with(
+            &key,
+            &key.token.secret_hash(),
+            "POST",
+            PI,
+            usd("4"),
+            Some(("k", "fp")),
+        )
+        .await?,
+    );
+    // The proxy "died" here. The sweeper closes the reservation; the money stays counted.
+    assert_eq!(fx.ledger.sweep(100).await?, 1);
+    assert_eq!(fx.ledger.sweep(100).await?, 0);
+    assert_eq!(
+        fx.settle(&key, &r, Outcome::Ok, usd("1"), None, None)
+            .await?,
+        Settlement::AlreadySettled
+    );
+    assert_eq!(fx.ledger.key_spend(key.id()).await?.total, 4_000_000);
+    let audit = read_audit(
+        server.connect().await?,
+        &fx.ledger.keys().policy(&fx.tag).audit(),
+    )
+    .await?;
+    assert_eq!(field(&audit[0].1, "outcome"), "unknown");
+    assert!(matches!(
+        fx.reserve_with(
+            &key,
+            &key.token.secret_hash(),
+            "POST",
+            PI,
+            usd("4"),
+            Some(("k", "fp"))
+        )
+        .await?,
+        Admission::Reattempt { .. }
+    ));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_callers_never_overshoot() -> Result<()> {
+    let server = RedisServer::start().await?;
+    // Eight connections stand in for several proxy replicas sharing one Redis.
+    let mut ledgers = Vec::new();
+    let first = Fixture::new(server.connect().await?, LedgerConfig::default()).await?;
+    let key = first
+        .issue(|r| {
+            r.daily_cap = Some(usd("100"));
+            r.total_cap = None;
+            r.per_call_cap = None;
+        })
+        .await?;
+    for _ in 0..8 {
+        ledgers.push(Ledger::new(
+            server.connect().await?,
+            first.ledger.keys().clone(),
+            LedgerConfig::default(),
+        ));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let ledger = ledgers[i % ledgers.len()].clone();
+        let id = key.id().clone();
+        let hash = key.token.secret_hash();
+        tasks.push(tokio::spawn(async move {
+            let estimate = usd(if i % 3 == 0 { "0.33" } else { "0.50" });
+            let req = ReserveRequest {
+                key_id: &id,
+                secret_hash: &hash,
+                method: "POST",
+                path: PI,
+                estimate,
+                idempotency: None,
+            };
+            anyhow::Ok((ledger.reserve(&req).await?, estimate))
+        }));
+    }
+    let (mut granted_sum, mut grants, mut refusals) = (0u64, 0, 0);
+    for t in tasks {
+        match t.await?? {
+            (Admission::Granted { .. }, est) => {
+                granted_sum += est.micros();
+                grants += 1;
+            }
+            (Admission::Refused(r), _) => {
+                assert_eq!(r.rule, Rule::DailyCap);
+                refusals += 1;
+            }
+            (other, _) => panic!("{other:?}"),
+        }
+    }
+    let spend = first.ledger.key_spend(key.id()).await?;
+    println!(
+        "500 callers: {grants} granted, {refusals} refused, counted {} of a 100.00 cap",
+        Usd::from_micros(spend.total).unwrap()
+    );
+    assert!(spend.total <= 100_000_000, "overshoot: {}", spend.total);
+    assert_eq!(
+        spend.total, granted_sum,
+        "every grant counted, nothing else"
+    );
+    assert!(
+        spend.total > 99_000_000,
+        "the cap was used up to within the last call"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scripts_run_unchanged_on_a_three_node_cluster() -> Result<()> {
+    let cluster = RedisCluster::start().await?;
+    // Several policies, so their slots spread across the nodes.
+    for _ in 0..4 {
+        let fx = Fixture::new(
+            cluster.connect().await?,
+            LedgerConfig {
+                reservation_deadline: std::time::Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .await?;
+        fx.ledger
+            .write_policy(
+                &fx.tag,
+                &PolicyRecord {
+                    daily_budget: Some(usd("7")),
+                    total_budget: None,
+                },
+            )
+            .await?;
+        let a = fx.issue(|_| {}).await?;
+        let b = fx.issue(|_| {}).await?;
+        let r = granted(&fx.reserve(&a, PI, usd("4")).await?);
+        assert_eq!(
+            refused(&fx.reserve(&b, PI, usd("4")).await?),
+            Rule::PolicyDailyBudget
+        );
+        assert_eq!(
+            refused(&fx.reserve(&a, PI, usd("4.01")).await?),
+            Rule::PerCallCap
+        );
+        fx.settle(&a, &r, Outcome::Ok, usd("1"), None, None).await?;
+        granted(&fx.reserve(&b, PI, usd("4")).await?);
+        let h = a.token.secret_hash();
+        granted(
+            &fx.reserve_with(&a, &h, "POST", PI, usd("1"), Some(("i", "f")))
+                .await?,
+        );
+        assert_eq!(
+            fx.reserve_with(&a, &h, "POST", PI, usd("1"), Some(("i", "f")))
+                .await?,
+            Admission::InFlight
+        );
+        assert!(fx.ledger.sweep(10).await? >= 1);
+        assert_eq!(fx.ledger.policy_spend(&fx.tag).await?.today, 6_000_000);
+    }
+    Ok(())
+}
