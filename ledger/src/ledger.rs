@@ -314,6 +314,24 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .await
     }
 
+    /// A key record's fields as stored (empty when there is none).
+    pub async fn key_fields(
+        &self,
+        id: &KeyId,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut conn = self.conn.clone();
+        self.timed(conn.hgetall(self.slot(id).key_record(id))).await
+    }
+
+    /// Whether the stored record already holds exactly `record`.
+    pub async fn key_matches(&self, id: &KeyId, record: &KeyRecord) -> Result<bool> {
+        let stored = self.key_fields(id).await?;
+        Ok(record
+            .fields()
+            .iter()
+            .all(|(k, v)| stored.get(*k) == Some(v)))
+    }
+
     /// Marks a key revoked: every later reserve refuses it.
     pub async fn revoke(&self, id: &KeyId) -> Result<()> {
         let mut conn = self.conn.clone();

@@ -1,3 +1,243 @@
 //! keybrake-operator: reconciles VaultKeys and SpendPolicies into scoped credentials.
-//! (Built under issue 5; this crate is a compiling skeleton until then.)
+//! A VaultKey becomes a key record in Redis (what the proxy enforces) and a Secret holding the
+//! SDKs' own environment variables (what workloads mount); a SpendPolicy becomes a policy
+//! record with its aggregate budget.
 #![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod spendpolicy;
+pub mod vaultkey;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use keybrake_crds::{SpendPolicy, VaultKey};
+use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
+use kube::{
+    Api, Client, ResourceExt,
+    api::ListParams,
+    runtime::{
+        Controller,
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+
+pub use crate::config::Config;
+use crate::{context::Context, metrics::Metrics};
+
+/// Why the operator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The CRDs are not installed.
+    #[error(
+        "the keybrake CRDs are not installed: run `kubectl apply -f manifests/crds/` (or `keybrake crds | kubectl apply -f -`)"
+    )]
+    CrdsMissing,
+    /// The API server could not be reached.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// Redis could not be reached.
+    #[error("cannot reach redis at {url}: {source}")]
+    Redis {
+        /// Where.
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// The metrics address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Metrics {
+        /// Where.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Checks that both CRDs are served, so a missing install is one clear line, not a crash loop.
+pub async fn check_crds(client: &Client) -> Result<(), StartError> {
+    let probe = ListParams::default().limit(1);
+    for result in [
+        Api::<VaultKey>::all(client.clone())
+            .list(&probe)
+            .await
+            .map(drop),
+        Api::<SpendPolicy>::all(client.clone())
+            .list(&probe)
+            .await
+            .map(drop),
+    ] {
+        match result {
+            Err(kube::Error::Api(s)) if s.is_not_found() => return Err(StartError::CrdsMissing),
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Runs both controllers until `shutdown` resolves (or leadership is lost).
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), StartError> {
+    check_crds(&client).await?;
+    let redis_client =
+        redis::Client::open(config.redis_url.as_str()).map_err(|source| StartError::Redis {
+            url: config.redis_url.clone(),
+            source,
+        })?;
+    let conn = redis_client
+        .get_connection_manager()
+        .await
+        .map_err(|source| StartError::Redis {
+            url: config.redis_url.clone(),
+            source,
+        })?;
+    let ledger = Ledger::new(
+        conn,
+        Keyspace::new(&config.redis_prefix),
+        LedgerConfig {
+            timeout: config.call_timeout(),
+            ..Default::default()
+        },
+    );
+    let metrics = Arc::new(Metrics::default());
+    let listener =
+        metrics::bind(config.metrics_addr)
+            .await
+            .map_err(|source| StartError::Metrics {
+                addr: config.metrics_addr,
+                source,
+            })?;
+    let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone()));
+
+    let elector = config.leader_election.then(|| {
+        leader::Elector::new(
+            client.clone(),
+            &config.lease_namespace,
+            "keybrake-operator",
+            &config.identity,
+            Duration::from_secs(15),
+        )
+    });
+    if let Some(e) = &elector {
+        e.acquire().await?;
+    }
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: context::MANAGER.into(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        ledger,
+        config,
+        recorder,
+        metrics: metrics.clone(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let keys = Controller::new(
+        Api::<VaultKey>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let key_store = keys.store();
+    let keys = keys
+        .owns(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .watches(
+            Api::<SpendPolicy>::all(client.clone()),
+            watcher::Config::default(),
+            move |policy| {
+                // A policy change re-validates every key drawing on it.
+                let ns = policy.namespace();
+                let name = policy.name_any();
+                key_store
+                    .state()
+                    .into_iter()
+                    .filter(|k| k.namespace() == ns && k.spec.policy_ref.name == name)
+                    .map(|k| ObjectRef::from_obj(&*k))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped(stop_rx.clone()))
+        .run(vaultkey::reconcile, vaultkey::error_policy, ctx.clone())
+        .for_each(|_| async {});
+
+    let policies = Controller::new(
+        Api::<SpendPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let policy_store = policies.store();
+    let policy_store2 = policies.store();
+    let policies = policies
+        .watches(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+            move |secret| {
+                // The credentials Secret appearing, changing or going re-checks its policies.
+                let ns = secret.namespace();
+                let name = secret.name_any();
+                policy_store
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.namespace() == ns && p.spec.credentials_secret_ref.name == name)
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(
+            Api::<VaultKey>::all(client.clone()),
+            watcher::Config::default(),
+            move |key| {
+                // Keys coming and going change the policy's key count.
+                let ns = key.namespace();
+                policy_store2
+                    .state()
+                    .into_iter()
+                    .filter(|p| p.namespace() == ns && p.name_any() == key.spec.policy_ref.name)
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped(stop_rx))
+        .run(spendpolicy::reconcile, spendpolicy::error_policy, ctx)
+        .for_each(|_| async {});
+
+    metrics.set_ready();
+    let leadership = async {
+        match &elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let controllers = async {
+        tokio::join!(keys, policies);
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = leadership => tracing::error!("lost the leader Lease; stopping"),
+        _ = async { tokio::pin!(controllers); (&mut controllers).await } => {}
+    }
+    let _ = stop_tx.send(true);
+    metrics_task.abort();
+    Ok(())
+}

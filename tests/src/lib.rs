@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod redis_server;
+pub mod stack;
 
 use std::path::{Path, PathBuf};
 

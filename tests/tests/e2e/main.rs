@@ -7,3 +7,4 @@ mod kube_lite_controller;
 mod kube_lite_kubectl;
 mod kube_lite_watch;
 mod ledger_scripts;
+mod operator;

@@ -1,0 +1,9 @@
+//! The operator's clock is Redis' (`TIME`, read through the ledger), the same clock the proxy's
+//! scripts check expiry against; this turns its milliseconds into status times.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// Unix milliseconds as a status time (out-of-range values clamp to the epoch).
+pub fn time(ms: i64) -> Time {
+    Time(jiff::Timestamp::from_millisecond(ms).unwrap_or_default())
+}

@@ -1,0 +1,40 @@
+//! Operator configuration: flags with environment fallbacks.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// keybrake-operator: reconciles VaultKeys and SpendPolicies into scoped credentials.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "keybrake-operator", version)]
+pub struct Config {
+    /// Public URL of the keybrake proxy, written into every credential Secret.
+    #[arg(long, env = "KEYBRAKE_PROXY_URL")]
+    pub proxy_url: String,
+    /// Redis holding key records and spend.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+    /// Prefix of every Redis key (share it with the proxy).
+    #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
+    pub redis_prefix: String,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, env = "KEYBRAKE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Run only while holding the leader Lease (for more than one replica).
+    #[arg(long, env = "KEYBRAKE_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "keybrake-system")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "keybrake-operator")]
+    pub identity: String,
+    /// Timeout of every API-server and Redis call, in seconds.
+    #[arg(long, env = "KEYBRAKE_CALL_TIMEOUT_SECS", default_value_t = 10)]
+    pub call_timeout_secs: u64,
+}
+
+impl Config {
+    /// The per-call timeout.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs(self.call_timeout_secs)
+    }
+}

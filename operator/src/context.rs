@@ -1,0 +1,41 @@
+//! What every reconcile shares.
+
+use std::sync::Arc;
+
+use keybrake_ledger::Ledger;
+use kube::{Client, runtime::events::Recorder};
+use redis::aio::ConnectionManager;
+
+use crate::{config::Config, metrics::Metrics};
+
+/// Field manager of everything the operator writes (server-side apply).
+pub const MANAGER: &str = "keybrake-operator";
+
+/// Shared by the controllers.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Key records and spend in Redis; Redis' clock is the operator's clock.
+    pub ledger: Ledger<ConnectionManager>,
+    /// Configuration.
+    pub config: Config,
+    /// Events on VaultKeys and SpendPolicies.
+    pub recorder: Recorder,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Context {
+    /// Runs an API call under the configured timeout.
+    pub async fn timed<T>(
+        &self,
+        what: &'static str,
+        fut: impl std::future::Future<Output = kube::Result<T>>,
+    ) -> crate::error::Result<T> {
+        let limit = self.config.call_timeout();
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(crate::error::Error::Timeout(limit, what)),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! SpendPolicy reconcile: validate the spec and the credentials Secret, write the policy record
+//! (aggregate budget) to Redis, and report keys and budget in status. A missing or malformed
+//! credentials Secret is a condition with a clear message, never a crash loop.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::Secret;
+use keybrake_crds::{
+    SpendPolicy, SpendPolicyStatus, VaultKey,
+    status::{READY, condition},
+    validate::validate_policy,
+};
+use keybrake_ledger::{PolicyRecord, PolicyTag};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+use tracing::{instrument, warn};
+
+use crate::{
+    clock,
+    context::{Context, MANAGER},
+    error::{Error, Result},
+};
+
+/// Why the policy is (not) ready.
+fn check_credentials(
+    policy: &SpendPolicy,
+    secret: Option<&Secret>,
+) -> Result<(), (&'static str, String)> {
+    let ns = policy.namespace().unwrap_or_default();
+    let name = &policy.spec.credentials_secret_ref.name;
+    let Some(secret) = secret else {
+        return Err((
+            "CredentialsNotFound",
+            format!(
+                "Secret {ns}/{name} not found; create it with the key(s) {}",
+                policy.spec.vendor.credential_keys().join(" and ")
+            ),
+        ));
+    };
+    let data = secret.data.clone().unwrap_or_default();
+    for key in policy.spec.vendor.credential_keys() {
+        match data.get(*key) {
+            None => {
+                return Err((
+                    "CredentialsMalformed",
+                    format!(
+                        "Secret {ns}/{name} has no key {key:?} ({} needs {})",
+                        policy.spec.vendor,
+                        policy.spec.vendor.credential_keys().join(" and ")
+                    ),
+                ));
+            }
+            Some(v) if v.0.iter().all(u8::is_ascii_whitespace) => {
+                return Err((
+                    "CredentialsMalformed",
+                    format!("Secret {ns}/{name} key {key:?} is empty"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn budget_summary(policy: &SpendPolicy) -> String {
+    let b = &policy.spec.budget;
+    let parts: Vec<String> = [
+        b.daily_usd.map(|d| format!("{d}/day")),
+        b.total_usd.map(|t| format!("{t} total")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// The reconcile entry point for the controller.
+#[instrument(skip_all, fields(spendpolicy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
+pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciled("spendpolicy");
+    let ns = policy
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = policy.name_any();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret = ctx
+        .timed(
+            "get credentials",
+            secrets.get_opt(&policy.spec.credentials_secret_ref.name),
+        )
+        .await?;
+    let verdict = match validate_policy(&policy.spec) {
+        Err(v) => Err((v.reason().as_str(), format!("{v}"))),
+        Ok(()) => check_credentials(&policy, secret.as_ref()),
+    };
+
+    let tag = PolicyTag::of(&ns, &name);
+    ctx.ledger
+        .write_policy(
+            &tag,
+            &PolicyRecord {
+                daily_budget: policy.spec.budget.daily_usd,
+                total_budget: policy.spec.budget.total_usd,
+            },
+        )
+        .await?;
+
+    let keys: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
+    let all = ctx
+        .timed("list keys", keys.list(&ListParams::default()))
+        .await?;
+    let count = all
+        .items
+        .iter()
+        .filter(|k| k.spec.policy_ref.name == name)
+        .count() as u32;
+
+    let (now_ms, _) = ctx.ledger.now().await?;
+    let now = clock::time(now_ms);
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let (ok, reason, message) = match &verdict {
+        Ok(()) => (
+            true,
+            "Ready",
+            format!(
+                "credentials in Secret {ns}/{} are usable",
+                policy.spec.credentials_secret_ref.name
+            ),
+        ),
+        Err((r, m)) => (false, *r, m.clone()),
+    };
+    let want = SpendPolicyStatus {
+        observed_generation: policy.metadata.generation,
+        keys: Some(count),
+        budget: Some(budget_summary(&policy)),
+        spend: None,
+        conditions: vec![condition(
+            READY,
+            ok,
+            reason,
+            message,
+            policy.metadata.generation,
+            &previous,
+            now,
+        )],
+    };
+    let mut have = policy.status.clone().unwrap_or_default();
+    have.spend = None;
+    if have != want {
+        let api: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch =
+            json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": want});
+        ctx.timed(
+            "patch status",
+            api.patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(patch),
+            ),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Failed reconciles are logged, counted and retried after a short, bounded delay.
+pub fn error_policy(policy: Arc<SpendPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(spendpolicy = %policy.name_any(), error = %err, "reconcile failed");
+    ctx.metrics.failed("spendpolicy", err.label());
+    Action::requeue(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn policy(vendor: &str) -> SpendPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy",
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"vendor": vendor, "credentialsSecretRef": {"name": "creds"}, "budget": {"dailyUsd": 100}}
+        }))
+        .unwrap()
+    }
+
+    fn secret(pairs: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn credentials_are_checked_per_vendor() {
+        assert_eq!(
+            check_credentials(&policy("stripe"), None).unwrap_err().0,
+            "CredentialsNotFound"
+        );
+        let e = check_credentials(&policy("twilio"), Some(&secret(&[("accountSid", "AC1")])))
+            .unwrap_err();
+        assert_eq!(e.0, "CredentialsMalformed");
+        assert!(e.1.contains("has no key \"authToken\""), "{}", e.1);
+        assert!(
+            check_credentials(&policy("stripe"), Some(&secret(&[("apiKey", "  ")])))
+                .unwrap_err()
+                .1
+                .contains("empty")
+        );
+        assert!(
+            check_credentials(&policy("stripe"), Some(&secret(&[("apiKey", "sk_test_x")]))).is_ok()
+        );
+        assert_eq!(budget_summary(&policy("stripe")), "100.00/day");
+    }
+}

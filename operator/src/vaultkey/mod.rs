@@ -1,0 +1,562 @@
+//! VaultKey reconcile: validate against the SpendPolicy, issue the credential once (Redis
+//! record first, then the Secret), rotate with an overlap, expire, revoke. Cleanup, behind the
+//! finalizer, revokes in Redis before the object may go.
+
+pub mod secret;
+mod status;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::{DaemonSet, Deployment, StatefulSet},
+        core::v1::Secret,
+    },
+};
+use keybrake_crds::{
+    KeyPhase, SpendPolicy, VaultKey,
+    validate::{EffectiveKey, resolve_key, validate_policy},
+    vault_key::{RotationStatus, WorkloadKind},
+};
+use keybrake_ledger::{KeyId, KeyRecord, PolicyTag, Token};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+pub use self::status::Report;
+use crate::{
+    clock,
+    context::{Context, MANAGER},
+    error::{Error, Result},
+};
+
+/// Held on every VaultKey until its key is revoked in Redis.
+pub const FINALIZER: &str = "keybrake.com/revoke";
+/// Pod-template annotation bumped on each rotation to roll a workload.
+pub const ROTATED_AT: &str = "keybrake.com/rotated-at";
+
+/// The reconcile entry point for the controller.
+#[instrument(skip_all, fields(vaultkey = %vk.name_any(), namespace = vk.namespace().unwrap_or_default()))]
+pub async fn reconcile(vk: Arc<VaultKey>, ctx: Arc<Context>) -> Result<Action> {
+    ctx.metrics.reconciled("vaultkey");
+    let ns = vk
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let api: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, vk, |event| async {
+        match event {
+            Finalizer::Apply(vk) => apply(&vk, &ctx).await,
+            Finalizer::Cleanup(vk) => cleanup(&vk, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Failed reconciles are logged, counted and retried after a short, bounded delay.
+pub fn error_policy(vk: Arc<VaultKey>, err: &Error, ctx: Arc<Context>) -> Action {
+    warn!(vaultkey = %vk.name_any(), error = %err, "reconcile failed");
+    ctx.metrics.failed("vaultkey", err.label());
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The credential as the Secret holds it.
+struct Credential {
+    token: Token,
+    issued_at_ms: i64,
+    rotations: u32,
+}
+
+fn decoded(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| String::from_utf8(v.0.clone()).ok().map(|s| (k.clone(), s)))
+        .collect()
+}
+
+fn annotation<T: std::str::FromStr>(secret: &Secret, key: &str) -> Option<T> {
+    secret.annotations().get(key).and_then(|v| v.parse().ok())
+}
+
+/// The key id this VaultKey was issued, from its status or, if the status was lost, its Secret.
+fn known_key_id(vk: &VaultKey, secret: Option<&Secret>) -> Option<KeyId> {
+    vk.status
+        .as_ref()
+        .and_then(|s| s.key_id.as_deref())
+        .and_then(|k| KeyId::parse(k).ok())
+        .or_else(|| {
+            secret
+                .and_then(|s| s.annotations().get(secret::KEY_ID))
+                .and_then(|k| KeyId::parse(k).ok())
+        })
+}
+
+async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
+    let ns = vk
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = vk.name_any();
+    let (now_ms, _) = ctx.ledger.now().await?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_name = vk.spec.secret_name.clone().unwrap_or_else(|| name.clone());
+    let existing = ctx
+        .timed("get secret", secrets.get_opt(&secret_name))
+        .await?;
+    let known = known_key_id(vk, existing.as_ref());
+    let mut report = Report {
+        key_id: known.as_ref().map(ToString::to_string),
+        ..Default::default()
+    };
+
+    let policy_name = vk.spec.policy_ref.name.clone();
+    let policies: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(policy) = ctx
+        .timed("get policy", policies.get_opt(&policy_name))
+        .await?
+    else {
+        report.phase = Some(KeyPhase::Pending);
+        report.reason = "PolicyNotFound".into();
+        report.message = format!(
+            "SpendPolicy {ns}/{policy_name} not found; create it or fix spec.policyRef.name"
+        );
+        status::write(vk, &report, ctx, now_ms).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    };
+    report.vendor = Some(policy.spec.vendor);
+    if let Err(v) = validate_policy(&policy.spec) {
+        report.phase = Some(KeyPhase::Pending);
+        report.reason = "PolicyInvalid".into();
+        report.message = format!("SpendPolicy {ns}/{policy_name} is invalid: {v}");
+        status::write(vk, &report, ctx, now_ms).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+
+    if vk.spec.revoked {
+        revoke(ctx, known.as_ref(), &secrets, &secret_name).await?;
+        report.phase = Some(KeyPhase::Revoked);
+        report.reason = "Revoked".into();
+        report.message =
+            "revoked by spec.revoked; the key is refused and its Secret deleted".into();
+        transition_event(
+            vk,
+            ctx,
+            KeyPhase::Revoked,
+            EventType::Normal,
+            "Revoked",
+            &report.message,
+        )
+        .await;
+        status::write(vk, &report, ctx, now_ms).await?;
+        return Ok(Action::await_change());
+    }
+
+    let created = vk
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .ok_or(Error::MissingField("metadata.creationTimestamp"))?
+        .0;
+    let effective = match resolve_key(&vk.spec, &policy_name, &policy.spec, created) {
+        Ok(e) => e,
+        Err(v) => {
+            revoke(ctx, known.as_ref(), &secrets, &secret_name).await?;
+            report.phase = Some(KeyPhase::Invalid);
+            report.reason = v.reason().as_str().into();
+            report.message = v.to_string();
+            transition_event(
+                vk,
+                ctx,
+                KeyPhase::Invalid,
+                EventType::Warning,
+                v.reason().as_str(),
+                &report.message,
+            )
+            .await;
+            status::write(vk, &report, ctx, now_ms).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    report.cap = Some(effective.cap_summary());
+    report.expires_at_ms = effective.expires_at.map(|t| t.as_millisecond());
+    report.secret_name = Some(secret_name.clone());
+
+    if report.expires_at_ms.is_some_and(|exp| exp <= now_ms) {
+        // Redis already refuses the key (its expiry is in the record); the Secret goes.
+        delete_secret(ctx, &secrets, &secret_name).await?;
+        report.phase = Some(KeyPhase::Expired);
+        report.reason = "Expired".into();
+        report.message = "the key passed its expiry; it is refused and its Secret deleted".into();
+        transition_event(
+            vk,
+            ctx,
+            KeyPhase::Expired,
+            EventType::Normal,
+            "Expired",
+            &report.message,
+        )
+        .await;
+        status::write(vk, &report, ctx, now_ms).await?;
+        return Ok(Action::await_change());
+    }
+
+    let tag = PolicyTag::of(&ns, &policy_name);
+    let vendor = policy.spec.vendor;
+    // The token lives only in the Secret; a plain re-reconcile or a restart reads it back.
+    let current = existing.as_ref().and_then(|s| {
+        let token = secret::token_from(vendor, &decoded(s))?;
+        let matches_known = known.as_ref().is_none_or(|k| *k == token.key_id);
+        (matches_known && token.key_id.tag() == tag).then(|| Credential {
+            token,
+            issued_at_ms: annotation(s, secret::ISSUED_AT).unwrap_or(now_ms),
+            rotations: annotation(s, secret::ROTATIONS).unwrap_or(0),
+        })
+    });
+    let stored = match &current {
+        Some(c) => ctx.ledger.key_fields(&c.token.key_id).await?,
+        None => Default::default(),
+    };
+    let (mut cred, issued) = match current {
+        Some(c) => (c, false),
+        None => {
+            if let Some(lost) = &known {
+                // The Secret holding the old token is gone: that token can never be shown again.
+                ctx.ledger.revoke(lost).await?;
+            }
+            let token = Token::generate(vendor, KeyId::generate(&tag));
+            (
+                Credential {
+                    token,
+                    issued_at_ms: now_ms,
+                    rotations: 0,
+                },
+                true,
+            )
+        }
+    };
+    let mut prev_hash = stored
+        .get("prev_secret_hash")
+        .filter(|h| !h.is_empty())
+        .cloned();
+    let mut prev_until: Option<i64> = stored
+        .get("prev_valid_until_ms")
+        .and_then(|v| v.parse().ok());
+
+    let mut rotated = false;
+    let mut next_rotation_ms = None;
+    if let Some(rot) = &vk.spec.rotation {
+        let period_ms = rot.period.as_secs() as i64 * 1000;
+        if !issued && now_ms >= cred.issued_at_ms + period_ms {
+            // Same key id, new secret: spend keeps counting against the same key.
+            let next = Token::generate(vendor, cred.token.key_id.clone());
+            prev_hash = Some(cred.token.secret_hash());
+            prev_until = Some(now_ms + rot.overlap.as_secs() as i64 * 1000);
+            cred = Credential {
+                token: next,
+                issued_at_ms: now_ms,
+                rotations: cred.rotations + 1,
+            };
+            rotated = true;
+        }
+        next_rotation_ms = Some(cred.issued_at_ms + period_ms);
+    }
+    if prev_until.is_some_and(|until| until <= now_ms) {
+        prev_hash = None;
+        prev_until = None;
+    }
+
+    let record = key_record(
+        vk,
+        &ns,
+        &policy_name,
+        &effective,
+        &cred.token,
+        prev_hash,
+        prev_until,
+    );
+    // Redis first: a Secret never holds a token the proxy does not know.
+    if !ctx.ledger.key_matches(&cred.token.key_id, &record).await? {
+        ctx.ledger.write_key(&cred.token.key_id, &record).await?;
+    }
+    write_secret(vk, ctx, &secrets, &secret_name, &cred, existing.as_ref()).await?;
+    if issued {
+        info!(key_id = %cred.token.key_id, "issued a credential");
+        publish(
+            ctx,
+            vk,
+            EventType::Normal,
+            "Issued",
+            &format!("issued key {} into Secret {secret_name}", cred.token.key_id),
+        )
+        .await;
+    }
+    if rotated {
+        info!(key_id = %cred.token.key_id, rotations = cred.rotations, "rotated the credential");
+        publish(
+            ctx,
+            vk,
+            EventType::Normal,
+            "Rotated",
+            &format!("rotation {} of key {}", cred.rotations, cred.token.key_id),
+        )
+        .await;
+        roll_targets(vk, ctx, &ns, now_ms).await;
+    }
+
+    let spend = ctx.ledger.key_spend(&cred.token.key_id).await?;
+    let daily_hit = effective
+        .daily_cap
+        .is_some_and(|c| spend.today >= c.micros() && c.micros() > 0);
+    let total_hit = effective
+        .total_cap
+        .is_some_and(|c| spend.total >= c.micros() && c.micros() > 0);
+    report.key_id = Some(cred.token.key_id.to_string());
+    report.issued_at_ms = Some(cred.issued_at_ms);
+    report.rotation = vk.spec.rotation.as_ref().map(|_| RotationStatus {
+        rotations: cred.rotations,
+        next_rotation_at: next_rotation_ms.map(clock::time),
+        previous_valid_until: prev_until.map(clock::time),
+    });
+    (report.phase, report.reason, report.message) = if total_hit {
+        (
+            Some(KeyPhase::CapReached),
+            "TotalCapReached".into(),
+            "the total cap is spent; calls are refused for good".into(),
+        )
+    } else if daily_hit {
+        (
+            Some(KeyPhase::CapReached),
+            "DailyCapReached".into(),
+            "today's cap is spent; calls are refused until 00:00 UTC".into(),
+        )
+    } else {
+        (
+            Some(KeyPhase::Active),
+            "Issued".into(),
+            format!("credential in Secret {secret_name}"),
+        )
+    };
+    metrics_phase(vk, ctx, report.phase);
+    status::write(vk, &report, ctx, now_ms).await?;
+
+    // Wake up for whatever comes first: expiry, the next rotation, the end of an overlap, or
+    // the UTC day turning over a spent daily cap.
+    let next_midnight = (now_ms / 86_400_000 + 1) * 86_400_000;
+    let wake = [
+        report.expires_at_ms,
+        next_rotation_ms,
+        prev_until,
+        daily_hit.then_some(next_midnight),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .map_or(Duration::from_secs(3600), |at| {
+        Duration::from_millis((at - now_ms).max(500) as u64)
+    });
+    Ok(Action::requeue(wake.min(Duration::from_secs(3600))))
+}
+
+fn key_record(
+    vk: &VaultKey,
+    ns: &str,
+    policy: &str,
+    eff: &EffectiveKey,
+    token: &Token,
+    prev_hash: Option<String>,
+    prev_until: Option<i64>,
+) -> KeyRecord {
+    KeyRecord {
+        vendor: eff.vendor,
+        vault_key: format!("{ns}/{}", vk.name_any()),
+        policy: format!("{ns}/{policy}"),
+        secret_hash: token.secret_hash(),
+        prev_secret_hash: prev_hash,
+        prev_valid_until_ms: prev_until,
+        revoked: false,
+        expires_at_ms: eff.expires_at.map(|t| t.as_millisecond()),
+        daily_cap: eff.daily_cap,
+        total_cap: eff.total_cap,
+        per_call_cap: eff.per_call_cap,
+        endpoints: eff.endpoints.clone(),
+        run_label: vk.spec.run_label.clone().unwrap_or_default(),
+    }
+}
+
+/// Applies the Secret unless it already holds exactly this credential.
+async fn write_secret(
+    vk: &VaultKey,
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    name: &str,
+    cred: &Credential,
+    existing: Option<&Secret>,
+) -> Result<()> {
+    let data: BTreeMap<String, ByteString> = secret::data(&cred.token, &ctx.config.proxy_url)
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v.into_bytes())))
+        .collect();
+    let annotations = BTreeMap::from([
+        (secret::KEY_ID.to_owned(), cred.token.key_id.to_string()),
+        (secret::ISSUED_AT.to_owned(), cred.issued_at_ms.to_string()),
+        (secret::ROTATIONS.to_owned(), cred.rotations.to_string()),
+    ]);
+    let owner = vk
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("metadata.uid"))?;
+    let up_to_date = existing.is_some_and(|s| {
+        s.data.as_ref() == Some(&data)
+            && annotations
+                .iter()
+                .all(|(k, v)| s.annotations().get(k) == Some(v))
+            && s.owner_references().iter().any(|o| o.uid == owner.uid)
+    });
+    if up_to_date {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/managed-by": MANAGER, "keybrake.com/vault-key": vk.name_any()},
+            "annotations": annotations,
+            "ownerReferences": [owner],
+        },
+        "type": "Opaque",
+        "data": data,
+    });
+    ctx.timed(
+        "apply secret",
+        secrets.patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn delete_secret(ctx: &Context, secrets: &Api<Secret>, name: &str) -> Result<()> {
+    match ctx
+        .timed(
+            "delete secret",
+            secrets.delete(name, &DeleteParams::default()),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(Error::Kube(kube::Error::Api(s))) if s.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Revokes in Redis first (the proxy refuses at once), then removes the Secret.
+async fn revoke(
+    ctx: &Context,
+    key: Option<&KeyId>,
+    secrets: &Api<Secret>,
+    secret_name: &str,
+) -> Result<()> {
+    if let Some(id) = key {
+        ctx.ledger.revoke(id).await?;
+    }
+    delete_secret(ctx, secrets, secret_name).await
+}
+
+/// Deleting a VaultKey: revoke and forget the key in Redis, then delete its Secret.
+async fn cleanup(vk: &VaultKey, ctx: &Context) -> Result<Action> {
+    let ns = vk
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_name = vk.spec.secret_name.clone().unwrap_or_else(|| vk.name_any());
+    let existing = ctx
+        .timed("get secret", secrets.get_opt(&secret_name))
+        .await?;
+    if let Some(id) = known_key_id(vk, existing.as_ref()) {
+        ctx.ledger.revoke(&id).await?;
+        ctx.ledger.delete_key(&id).await?;
+        info!(key_id = %id, "revoked on delete");
+    }
+    delete_secret(ctx, &secrets, &secret_name).await?;
+    metrics_phase(vk, ctx, None);
+    Ok(Action::await_change())
+}
+
+fn metrics_phase(vk: &VaultKey, ctx: &Context, phase: Option<KeyPhase>) {
+    if let Some(uid) = vk.uid() {
+        ctx.metrics.key_phase(&uid, phase);
+    }
+}
+
+async fn publish(ctx: &Context, vk: &VaultKey, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &vk.object_ref(&())).await {
+        warn!(error = %e, "could not publish an Event");
+    }
+}
+
+/// An Event only when the key enters `phase`, so re-reconciles do not repeat it.
+async fn transition_event(
+    vk: &VaultKey,
+    ctx: &Context,
+    phase: KeyPhase,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let was = vk.status.as_ref().and_then(|s| s.phase);
+    metrics_phase(vk, ctx, Some(phase));
+    if was != Some(phase) {
+        publish(ctx, vk, type_, reason, note).await;
+    }
+}
+
+/// Rolls each restart target once for this rotation: a pod-template annotation with a
+/// nanosecond timestamp, so two rotations within one second both roll.
+async fn roll_targets(vk: &VaultKey, ctx: &Context, ns: &str, now_ms: i64) {
+    let stamp = jiff::Timestamp::now()
+        .max(jiff::Timestamp::from_millisecond(now_ms).unwrap_or_default())
+        .to_string();
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {ROTATED_AT: stamp}}}}});
+    for target in &vk.spec.restart_targets {
+        let params = PatchParams::default();
+        let result = match target.kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+                .patch(&target.name, &params, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                .patch(&target.name, &params, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+                .patch(&target.name, &params, &Patch::Merge(&patch))
+                .await
+                .map(drop),
+        };
+        if let Err(e) = result {
+            let note = format!("could not roll {:?} {}: {e}", target.kind, target.name);
+            warn!("{note}");
+            publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
+        }
+    }
+}

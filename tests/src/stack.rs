@@ -1,0 +1,132 @@
+//! kube-lite, a real Redis and the operator (in-process, the binary's own `run`), with the
+//! CRDs installed and a namespace to work in.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::{Result, bail};
+use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
+use kube::{Client, Config};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+use crate::{Cluster, redis_server::RedisServer, workspace_root};
+
+/// The proxy URL the operator writes into Secrets in tests.
+pub const PROXY_URL: &str = "http://127.0.0.1:18080";
+
+/// A running stack.
+pub struct Stack {
+    /// The API server and kubectl.
+    pub cluster: Cluster,
+    /// Redis.
+    pub redis: RedisServer,
+    /// The Redis key prefix of this stack.
+    pub prefix: String,
+    /// A client for the API server.
+    pub client: Client,
+    operator: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl Stack {
+    /// Starts everything and installs the CRDs and the `billing` namespace.
+    pub async fn start() -> Result<Stack> {
+        let cluster = Cluster::start().await?;
+        let crds = workspace_root().join("manifests/crds");
+        cluster
+            .kubectl_ok(&["apply", "-f", crds.to_str().unwrap_or_default()])
+            .await?;
+        cluster
+            .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
+            .await?
+            .ok()?;
+        let redis = RedisServer::start().await?;
+        let client = Client::try_from(Config::new(cluster.url().parse()?))?;
+        let prefix = format!("op{}", rand_suffix());
+        let mut stack = Stack {
+            cluster,
+            redis,
+            prefix,
+            client,
+            operator: None,
+        };
+        stack.start_operator().await?;
+        Ok(stack)
+    }
+
+    /// The operator's configuration in this stack.
+    pub fn operator_config(&self) -> keybrake_operator::Config {
+        keybrake_operator::Config {
+            proxy_url: PROXY_URL.into(),
+            redis_url: self.redis.url(),
+            redis_prefix: self.prefix.clone(),
+            metrics_addr: "127.0.0.1:0"
+                .parse()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+            leader_election: false,
+            lease_namespace: "default".into(),
+            identity: "test".into(),
+            call_timeout_secs: 5,
+        }
+    }
+
+    /// Starts the operator (again).
+    pub async fn start_operator(&mut self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        let client = self.client.clone();
+        let config = self.operator_config();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = keybrake_operator::run(client, config, shutdown).await {
+                eprintln!("operator stopped: {e}");
+            }
+        });
+        self.operator = Some((tx, task));
+        Ok(())
+    }
+
+    /// Stops the operator and waits for it.
+    pub async fn stop_operator(&mut self) {
+        if let Some((tx, task)) = self.operator.take() {
+            let _ = tx.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// A ledger on the operator's keyspace.
+    pub async fn ledger(&self) -> Result<Ledger<redis::aio::MultiplexedConnection>> {
+        Ok(Ledger::new(
+            self.redis.connect().await?,
+            Keyspace::new(&self.prefix),
+            LedgerConfig::default(),
+        ))
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Polls `check` until it yields `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,530 @@
+//! The operator against kube-lite and a real Redis, one scenario per path of issue 5.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Result;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use keybrake_crds::{KeyPhase, SpendPolicy, Usd, VaultKey, Vendor};
+use keybrake_e2e::{
+    stack::{PROXY_URL, Stack, eventually},
+    workspace_root,
+};
+use keybrake_ledger::{Admission, Ledger, ReserveRequest, Rule, Token};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
+}
+
+async fn key_in_phase(stack: &Stack, name: &str, phase: KeyPhase) -> Result<VaultKey> {
+    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
+    eventually(&format!("{name} to be {phase:?}"), 20, || {
+        let api = api.clone();
+        async move {
+            api.get(name)
+                .await
+                .ok()
+                .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(phase))
+        }
+    })
+    .await
+}
+
+fn secret_data(s: &Secret) -> BTreeMap<String, String> {
+    s.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+async fn token_of(stack: &Stack, secret: &str) -> Result<Token> {
+    let s = Api::<Secret>::namespaced(stack.client.clone(), "billing")
+        .get(secret)
+        .await?;
+    Ok(Token::parse_bearer(&secret_data(&s)["STRIPE_API_KEY"])?)
+}
+
+/// What Redis says to a PaymentIntent of `dollars` with `token`.
+async fn charge(
+    ledger: &Ledger<redis::aio::MultiplexedConnection>,
+    token: &Token,
+    dollars: u64,
+) -> Result<Admission> {
+    let hash = token.secret_hash();
+    let estimate = Usd::from_dollars(dollars).unwrap();
+    let req = ReserveRequest {
+        key_id: &token.key_id,
+        secret_hash: &hash,
+        method: "POST",
+        path: "/v1/payment_intents",
+        estimate,
+        idempotency: None,
+    };
+    Ok(ledger.reserve(&req).await?)
+}
+
+/// A $1 charge.
+async fn try_charge(
+    ledger: &Ledger<redis::aio::MultiplexedConnection>,
+    token: &Token,
+) -> Result<Admission> {
+    charge(ledger, token, 1).await
+}
+
+/// A free probe: what Redis says to the token, without spending anything.
+async fn probe(
+    ledger: &Ledger<redis::aio::MultiplexedConnection>,
+    token: &Token,
+) -> Result<Admission> {
+    charge(ledger, token, 0).await
+}
+
+fn refusal(a: &Admission) -> Option<Rule> {
+    match a {
+        Admission::Refused(r) => Some(r.rule),
+        _ => None,
+    }
+}
+
+async fn stripe_stack() -> Result<Stack> {
+    let stack = Stack::start().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-policy.yaml"))
+        .await?
+        .ok()?;
+    Ok(stack)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issues_a_credential_into_redis_and_a_secret() -> Result<()> {
+    let stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    let vk = key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
+    let status = vk.status.clone().unwrap();
+    assert_eq!(status.vendor, Some(Vendor::Stripe));
+    assert_eq!(
+        status.cap.as_deref(),
+        Some("500.00/day, 20000.00 total, 250.00/call")
+    );
+    assert_eq!(status.conditions[0].type_, "Ready");
+    assert_eq!(status.conditions[0].status, "True");
+    assert_eq!(status.observed_generation, Some(1));
+    assert!(status.expires_at.is_some());
+    assert_eq!(vk.finalizers(), ["keybrake.com/revoke"]);
+
+    let secret = Api::<Secret>::namespaced(stack.client.clone(), "billing")
+        .get("billing-agent-run-7f3a")
+        .await?;
+    let data = secret_data(&secret);
+    assert_eq!(data["STRIPE_API_BASE"], PROXY_URL);
+    assert_eq!(data["KEYBRAKE_PROXY_URL"], PROXY_URL);
+    assert_eq!(data["KEYBRAKE_KEY_ID"], status.key_id.clone().unwrap());
+    assert_eq!(secret.owner_references()[0].uid, vk.uid().unwrap());
+    let token = Token::parse_bearer(&data["STRIPE_API_KEY"])?;
+    assert_eq!(token.key_id.to_string(), status.key_id.unwrap());
+
+    let ledger = stack.ledger().await?;
+    assert!(matches!(
+        try_charge(&ledger, &token).await?,
+        Admission::Granted { .. }
+    ));
+    let refused = {
+        let hash = token.secret_hash();
+        ledger
+            .reserve(&ReserveRequest {
+                key_id: &token.key_id,
+                secret_hash: &hash,
+                method: "POST",
+                path: "/v1/refunds",
+                estimate: Usd::ZERO,
+                idempotency: None,
+            })
+            .await?
+    };
+    assert_eq!(
+        refusal(&refused),
+        Some(Rule::Endpoint),
+        "the key's narrower allowlist is in Redis"
+    );
+    // The SpendPolicy reports its key and budget.
+    let sp = eventually("the policy to count its key", 10, || async {
+        Api::<SpendPolicy>::namespaced(stack.client.clone(), "billing")
+            .get("stripe")
+            .await
+            .ok()
+            .filter(|p| p.status.as_ref().and_then(|s| s.keys) == Some(1))
+    })
+    .await?;
+    let sps = sp.status.unwrap();
+    assert_eq!(sps.budget.as_deref(), Some("10000.00/day"));
+    assert_eq!(sps.conditions[0].status, "True");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_with_no_change_writes_nothing_and_a_restart_reissues_nothing() -> Result<()> {
+    let mut stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-worker-key.yaml").replace("period: 6h", "period: 24h"))
+        .await?
+        .ok()?;
+    stack.cluster.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?.ok()?;
+    key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
+    let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
+    let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), "billing");
+    let settle = async || {
+        // Quiet for a second: whatever reconciles were queued have run.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    settle().await;
+    let before = (
+        keys.get("billing-worker").await?.resource_version(),
+        secrets.get("billing-worker-stripe").await?,
+    );
+    // A label change triggers a reconcile that must change nothing.
+    keys.patch(
+        "billing-worker",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await?;
+    let touched = keys.get("billing-worker").await?.resource_version();
+    settle().await;
+    assert_eq!(
+        keys.get("billing-worker").await?.resource_version(),
+        touched,
+        "the operator wrote the VaultKey"
+    );
+    assert_eq!(
+        secrets
+            .get("billing-worker-stripe")
+            .await?
+            .resource_version(),
+        before.1.resource_version(),
+        "the operator rewrote the Secret"
+    );
+
+    stack.stop_operator().await;
+    stack.start_operator().await?;
+    settle().await;
+    let after = secrets.get("billing-worker-stripe").await?;
+    assert_eq!(after.data, before.1.data, "a restart reissued the token");
+    assert_eq!(after.resource_version(), before.1.resource_version());
+    let deploy = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
+        .get("billing-worker")
+        .await?;
+    let annotations = deploy
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap_or_default()
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        !annotations.contains_key("keybrake.com/rotated-at"),
+        "a restart rolled a workload"
+    );
+    assert_ne!(before.0, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_key_gets_a_condition_an_event_and_no_credential() -> Result<()> {
+    let stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(
+            &example("stripe-run-key.yaml")
+                .replace("dailyUsdCap: 500", "dailyUsdCap: 6000")
+                .replace("POST /v1/payment_intents\n", "POST /v1/transfers\n"),
+        )
+        .await?
+        .ok()?;
+    let vk = key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Invalid).await?;
+    let ready = &vk.status.as_ref().unwrap().conditions[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "CapAboveLimit")
+    );
+    assert!(ready.message.contains("spec.dailyUsdCap: 6000.00 is above the SpendPolicy \"stripe\" limit maxDailyUsd 5000.00"), "{}", ready.message);
+    assert!(
+        ready
+            .message
+            .contains("\"POST /v1/transfers\" is not allowed"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        Api::<Secret>::namespaced(stack.client.clone(), "billing")
+            .get_opt("billing-agent-run-7f3a")
+            .await?
+            .is_none()
+    );
+    let described = eventually("the Invalid event", 10, || async {
+        let d = stack
+            .cluster
+            .kubectl_ok(&["describe", "vk", "-n", "billing", "billing-agent-run-7f3a"])
+            .await
+            .ok()?;
+        d.contains("CapAboveLimit").then_some(d)
+    })
+    .await?;
+    assert!(described.contains("Warning"), "{described}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_that_invalidates_a_key_revokes_it() -> Result<()> {
+    let stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
+    let token = token_of(&stack, "billing-agent-run-7f3a").await?;
+    stack
+        .cluster
+        .apply(&example("stripe-policy.yaml").replace("maxDailyUsd: 5000", "maxDailyUsd: 100"))
+        .await?
+        .ok()?;
+    let vk = key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Invalid).await?;
+    assert!(
+        vk.status.unwrap().conditions[0]
+            .message
+            .contains("maxDailyUsd 100.00")
+    );
+    let ledger = stack.ledger().await?;
+    assert_eq!(
+        refusal(&try_charge(&ledger, &token).await?),
+        Some(Rule::Revoked)
+    );
+    assert!(
+        Api::<Secret>::namespaced(stack.client.clone(), "billing")
+            .get_opt("billing-agent-run-7f3a")
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_expires_in_redis_then_in_kubernetes() -> Result<()> {
+    let stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml").replace("ttl: 2h", "ttl: 2s"))
+        .await?
+        .ok()?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
+    let token = token_of(&stack, "billing-agent-run-7f3a").await?;
+    let ledger = stack.ledger().await?;
+    let refused = eventually("Redis to refuse the expired key", 10, || async {
+        refusal(&probe(&ledger, &token).await.ok()?).filter(|r| *r == Rule::Expired)
+    })
+    .await?;
+    assert_eq!(refused, Rule::Expired);
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Expired).await?;
+    assert!(
+        Api::<Secret>::namespaced(stack.client.clone(), "billing")
+            .get_opt("billing-agent-run-7f3a")
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> Result<()> {
+    let stack = stripe_stack().await?;
+    stack.cluster.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?.ok()?;
+    stack
+        .cluster
+        .apply(
+            &example("stripe-worker-key.yaml")
+                .replace("period: 6h", "period: 6s")
+                .replace("overlap: 10m", "overlap: 4s"),
+        )
+        .await?
+        .ok()?;
+    key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
+    let first = token_of(&stack, "billing-worker-stripe").await?;
+    let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
+    eventually("the first rotation", 20, || async {
+        keys.get("billing-worker").await.ok().filter(|k| {
+            k.status
+                .as_ref()
+                .and_then(|s| s.rotation.as_ref())
+                .is_some_and(|r| r.rotations == 1)
+        })
+    })
+    .await?;
+    let second = token_of(&stack, "billing-worker-stripe").await?;
+    assert_ne!(
+        second.secret(),
+        first.secret(),
+        "the Secret was updated in place"
+    );
+    assert_eq!(
+        second.key_id, first.key_id,
+        "spend keeps counting against the same key"
+    );
+    let ledger = stack.ledger().await?;
+    // During the overlap both tokens work; after it only the new one.
+    assert!(matches!(
+        try_charge(&ledger, &second).await?,
+        Admission::Granted { .. }
+    ));
+    assert!(
+        matches!(
+            try_charge(&ledger, &first).await?,
+            Admission::Granted { .. }
+        ),
+        "the old token stopped before the overlap ended"
+    );
+    eventually("the overlap to end", 10, || async {
+        refusal(&probe(&ledger, &first).await.ok()?).filter(|r| *r == Rule::BadSecret)
+    })
+    .await?;
+    let current = token_of(&stack, "billing-worker-stripe").await?;
+    assert!(matches!(
+        try_charge(&ledger, &current).await?,
+        Admission::Granted { .. }
+    ));
+    assert_eq!(
+        ledger.key_spend(&first.key_id).await?.total,
+        3_000_000,
+        "all three charges counted on one key"
+    );
+    let deploy = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
+        .get("billing-worker")
+        .await?;
+    let rolled = deploy
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap_or_default()
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        rolled.contains_key("keybrake.com/rotated-at"),
+        "the Deployment was not rolled"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_by_flag_and_by_delete_is_enforced_in_redis() -> Result<()> {
+    let stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-worker-key.yaml"))
+        .await?
+        .ok()?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
+    key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
+    let by_flag = token_of(&stack, "billing-agent-run-7f3a").await?;
+    let by_delete = token_of(&stack, "billing-worker-stripe").await?;
+    let ledger = stack.ledger().await?;
+
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            "billing-agent-run-7f3a",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"revoked":true}}"#,
+        ])
+        .await?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Revoked).await?;
+    assert_eq!(
+        refusal(&try_charge(&ledger, &by_flag).await?),
+        Some(Rule::Revoked)
+    );
+    assert!(
+        Api::<Secret>::namespaced(stack.client.clone(), "billing")
+            .get_opt("billing-agent-run-7f3a")
+            .await?
+            .is_none()
+    );
+
+    // kubectl delete returns once the finalizer has revoked the key in Redis.
+    stack
+        .cluster
+        .kubectl_ok(&["delete", "vk", "-n", "billing", "billing-worker"])
+        .await?;
+    assert_eq!(
+        refusal(&try_charge(&ledger, &by_delete).await?),
+        Some(Rule::UnknownKey)
+    );
+    assert!(
+        Api::<Secret>::namespaced(stack.client.clone(), "billing")
+            .get_opt("billing-worker-stripe")
+            .await?
+            .is_none()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_credentials_secret_is_a_condition_not_a_crash() -> Result<()> {
+    let stack = Stack::start().await?;
+    let policy = example("stripe-policy.yaml");
+    let sp_only = policy.split("---").nth(1).unwrap();
+    stack.cluster.apply(sp_only).await?.ok()?;
+    let api: Api<SpendPolicy> = Api::namespaced(stack.client.clone(), "billing");
+    let sp = eventually("the policy's condition", 10, || async {
+        api.get("stripe").await.ok().filter(|p| p.status.is_some())
+    })
+    .await?;
+    let ready = &sp.status.unwrap().conditions[0];
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "CredentialsNotFound")
+    );
+    assert!(
+        ready
+            .message
+            .contains("Secret billing/stripe-credentials not found"),
+        "{}",
+        ready.message
+    );
+    // Creating the Secret turns the policy Ready (the Secret watch re-checks it).
+    stack
+        .cluster
+        .apply(policy.split("---").next().unwrap())
+        .await?
+        .ok()?;
+    eventually("the policy to turn Ready", 10, || async {
+        api.get("stripe").await.ok().filter(|p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.conditions[0].status == "True")
+        })
+    })
+    .await?;
+    Ok(())
+}
