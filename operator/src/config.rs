@@ -24,6 +24,9 @@ pub struct Config {
     /// Namespace of the leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "keybrake-system")]
     pub lease_namespace: String,
+    /// How long a leader Lease lasts without renewal, in seconds.
+    #[arg(long, env = "KEYBRAKE_LEASE_SECS", default_value_t = 15)]
+    pub lease_secs: u64,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "keybrake-operator")]
     pub identity: String,

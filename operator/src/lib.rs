@@ -118,6 +118,7 @@ pub async fn run(
                 addr: config.metrics_addr,
                 source,
             })?;
+    tracing::info!(addr = %listener.local_addr().map_err(|source| StartError::Metrics { addr: config.metrics_addr, source })?, "serving /metrics, /healthz, /readyz");
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
     let elector = config.leader_election.then(|| {

@@ -63,6 +63,7 @@ impl Stack {
                 .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             leader_election: false,
             lease_namespace: "default".into(),
+            lease_secs: 2,
             identity: "test".into(),
             call_timeout_secs: 5,
         }
@@ -70,9 +71,14 @@ impl Stack {
 
     /// Starts the operator (again).
     pub async fn start_operator(&mut self) -> Result<()> {
+        let config = self.operator_config();
+        self.start_operator_with(config).await
+    }
+
+    /// Starts the operator with a given configuration.
+    pub async fn start_operator_with(&mut self, config: keybrake_operator::Config) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         let client = self.client.clone();
-        let config = self.operator_config();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;
@@ -83,6 +89,24 @@ impl Stack {
         });
         self.operator = Some((tx, task));
         Ok(())
+    }
+
+    /// Starts one more operator replica beside the first; stops when the sender is dropped.
+    pub fn spawn_replica(
+        &self,
+        config: keybrake_operator::Config,
+    ) -> (oneshot::Sender<()>, JoinHandle<()>) {
+        let (tx, rx) = oneshot::channel();
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = keybrake_operator::run(client, config, shutdown).await {
+                eprintln!("operator replica stopped: {e}");
+            }
+        });
+        (tx, task)
     }
 
     /// Stops the operator and waits for it.

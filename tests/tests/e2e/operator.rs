@@ -528,3 +528,123 @@ async fn a_missing_credentials_secret_is_a_condition_not_a_crash() -> Result<()>
     .await?;
     Ok(())
 }
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
+    let mut stack = stripe_stack().await?;
+    stack.stop_operator().await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(stack.client.clone(), "default");
+    let holder = || async {
+        leases
+            .get_opt("keybrake-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let mut a = stack.operator_config();
+    (a.leader_election, a.identity) = (true, "replica-a".into());
+    let mut b = a.clone();
+    b.identity = "replica-b".into();
+    let (stop_a, task_a) = stack.spawn_replica(a);
+    eventually("replica-a to lead", 10, || async {
+        holder().await.filter(|h| h == "replica-a")
+    })
+    .await?;
+    let (stop_b, task_b) = stack.spawn_replica(b);
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
+    assert_eq!(
+        holder().await.as_deref(),
+        Some("replica-a"),
+        "the standby took the Lease from a live leader"
+    );
+    drop(stop_a);
+    let _ = task_a.await;
+    eventually("replica-b to take over", 15, || async {
+        holder().await.filter(|h| h == "replica-b")
+    })
+    .await?;
+    // The new leader reconciles: a revoke is enforced.
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            "billing-agent-run-7f3a",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"revoked":true}}"#,
+        ])
+        .await?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Revoked).await?;
+    drop(stop_b);
+    let _ = task_b.await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints_answer() -> Result<()> {
+    let mut stack = stripe_stack().await?;
+    stack.stop_operator().await;
+    let mut config = stack.operator_config();
+    config.metrics_addr = free_addr();
+    let addr = config.metrics_addr;
+    stack.start_operator_with(config).await?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
+    let (code, _) = keybrake_e2e::raw_http(addr, "GET", "/healthz", &[], b"").await?;
+    assert_eq!(code, 200);
+    let (code, _) = keybrake_e2e::raw_http(addr, "GET", "/readyz", &[], b"").await?;
+    assert_eq!(code, 200);
+    // The metrics text has braces of its own, so read it raw rather than through raw_http.
+    let body = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await?;
+        buf
+    };
+    assert!(
+        body.contains("keybrake_operator_reconciles_total{kind=\"vaultkey\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("keybrake_operator_vaultkeys{phase=\"Active\"} 1"),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_crds_the_operator_exits_with_a_hint() -> Result<()> {
+    let cluster = keybrake_e2e::Cluster::start().await?;
+    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse()?))?;
+    let err = keybrake_operator::check_crds(&client).await.unwrap_err();
+    assert!(
+        err.to_string().contains("kubectl apply -f manifests/crds/"),
+        "{err}"
+    );
+    Ok(())
+}
