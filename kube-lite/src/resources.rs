@@ -145,6 +145,17 @@ pub struct ResourceKey {
     pub plural: String,
 }
 
+impl ResourceKey {
+    /// `plural.group`, or `plural` for core.
+    pub fn qualified_plural(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+}
+
 /// The built-in kinds the project needs.
 pub fn builtins() -> Vec<Resource> {
     let event_fields = [

@@ -348,6 +348,18 @@ impl State {
         obj
     }
 
+    /// Retained history events per resource and event type since `after_rv` (for benchmarks
+    /// that explain where writes go).
+    pub fn writes_since(&self, after_rv: u64) -> BTreeMap<(String, &'static str), usize> {
+        let mut counts = BTreeMap::new();
+        for e in self.history.iter().filter(|e| e.rv > after_rv) {
+            *counts
+                .entry((e.key.qualified_plural(), e.type_.as_str()))
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Restores objects read from a state file (no events; watch history starts empty, so
     /// any older RV gets a 410 and the client relists, as after a real restart).
     pub fn restore(&mut self, rv: u64, objects: Vec<(ResourceKey, Value)>) {

@@ -3,7 +3,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-/// Unix milliseconds as a status time (out-of-range values clamp to the epoch).
+/// Unix milliseconds as a status time, in whole seconds as Kubernetes keeps them
+/// (out-of-range values clamp to the epoch).
 pub fn time(ms: i64) -> Time {
-    Time(jiff::Timestamp::from_millisecond(ms).unwrap_or_default())
+    Time(jiff::Timestamp::from_second(ms.div_euclid(1000)).unwrap_or_default())
 }

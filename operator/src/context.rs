@@ -2,8 +2,12 @@
 
 use std::sync::Arc;
 
+use keybrake_crds::VaultKey;
 use keybrake_ledger::Ledger;
-use kube::{Client, runtime::events::Recorder};
+use kube::{
+    Client,
+    runtime::{events::Recorder, reflector::Store},
+};
 use redis::aio::ConnectionManager;
 
 use crate::{config::Config, metrics::Metrics};
@@ -23,6 +27,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Every VaultKey, as the VaultKey controller sees them (for per-policy key counts
+    /// without listing the API on each reconcile).
+    pub keys: Store<VaultKey>,
 }
 
 impl Context {

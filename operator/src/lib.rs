@@ -11,6 +11,7 @@ pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod spendpolicy;
+pub mod triggers;
 pub mod vaultkey;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -134,6 +135,11 @@ pub async fn run(
         e.acquire().await?;
     }
 
+    let keys = Controller::new(
+        Api::<VaultKey>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let key_store = keys.store();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -147,6 +153,7 @@ pub async fn run(
         config,
         recorder,
         metrics: metrics.clone(),
+        keys: key_store.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -154,11 +161,8 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let keys = Controller::new(
-        Api::<VaultKey>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let key_store = keys.store();
+    let policy_changes = triggers::GenerationChanges::default();
+    let key_membership = triggers::Membership::default();
     let keys = keys
         .owns(
             Api::<Secret>::all(client.clone()),
@@ -168,7 +172,10 @@ pub async fn run(
             Api::<SpendPolicy>::all(client.clone()),
             watcher::Config::default(),
             move |policy| {
-                // A policy change re-validates every key drawing on it.
+                // A policy spec change re-validates every key drawing on it (status writes do not).
+                if !policy_changes.changed(&policy) {
+                    return Vec::new();
+                }
                 let ns = policy.namespace();
                 let name = policy.name_any();
                 key_store
@@ -210,6 +217,9 @@ pub async fn run(
             watcher::Config::default(),
             move |key| {
                 // Keys coming and going change the policy's key count.
+                if !key_membership.changed(&key) {
+                    return Vec::new();
+                }
                 let ns = key.namespace();
                 policy_store2
                     .state()

@@ -6,14 +6,14 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{
-    SpendPolicy, SpendPolicyStatus, VaultKey,
+    SpendPolicy, SpendPolicyStatus,
     status::{READY, condition},
     validate::validate_policy,
 };
 use keybrake_ledger::{PolicyRecord, PolicyTag};
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
     runtime::controller::Action,
 };
 use serde_json::json;
@@ -113,14 +113,11 @@ pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Ac
         )
         .await?;
 
-    let keys: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
-    let all = ctx
-        .timed("list keys", keys.list(&ListParams::default()))
-        .await?;
-    let count = all
-        .items
+    let count = ctx
+        .keys
+        .state()
         .iter()
-        .filter(|k| k.spec.policy_ref.name == name)
+        .filter(|k| k.namespace().as_deref() == Some(ns.as_str()) && k.spec.policy_ref.name == name)
         .count() as u32;
 
     let (now_ms, _) = ctx.ledger.now().await?;

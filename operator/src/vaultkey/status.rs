@@ -75,17 +75,27 @@ fn desired(vk: &VaultKey, report: &Report, now: Time) -> VaultKeyStatus {
     }
 }
 
-/// Writes the report unless the status already says it.
+/// Writes the report unless the status already says it. A reconcile may run on a cached
+/// object older than our last write; before writing, the decision is re-made against the
+/// object as the API server has it now, so a stale cache never causes a write (and with it
+/// another reconcile).
 pub async fn write(vk: &VaultKey, report: &Report, ctx: &Context, now_ms: i64) -> Result<()> {
     let now = clock::time(now_ms);
-    let want = desired(vk, report, now);
-    let mut have = vk.status.clone().unwrap_or_default();
-    have.spend = None;
-    if have == want {
+    if unchanged(vk, report, now.clone()) {
         return Ok(());
     }
     let ns = vk.namespace().unwrap_or_default();
     let api: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(fresh) = ctx
+        .timed("get vaultkey", api.get_opt(&vk.name_any()))
+        .await?
+    else {
+        return Ok(()); // gone meanwhile
+    };
+    if unchanged(&fresh, report, now.clone()) {
+        return Ok(());
+    }
+    let want = desired(&fresh, report, now);
     let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": want});
     ctx.timed(
         "patch status",
@@ -97,4 +107,10 @@ pub async fn write(vk: &VaultKey, report: &Report, ctx: &Context, now_ms: i64) -
     )
     .await?;
     Ok(())
+}
+
+fn unchanged(vk: &VaultKey, report: &Report, now: Time) -> bool {
+    let mut have = vk.status.clone().unwrap_or_default();
+    have.spend = None;
+    have == desired(vk, report, now)
 }

@@ -1,0 +1,140 @@
+//! Shared pieces of the benchmarks: child processes, free ports, memory readings, reports.
+#![forbid(unsafe_code)]
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The folder of this binary (the release `target/` folder, where the other binaries are).
+pub fn bin_dir() -> Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("binary has no folder")?
+        .to_path_buf())
+}
+
+/// A free loopback port.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// Peak and current resident memory in MiB (`VmHWM`, `VmRSS`).
+    pub fn memory_mib(&self) -> (f64, f64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmHWM:"), field("VmRSS:"))
+    }
+}
+
+/// Starts a redis-server on a free port and waits for it.
+pub async fn start_redis() -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting redis-server (scripts/install-deps installs it)")?;
+    let proc = Proc(child);
+    wait_tcp(port).await?;
+    Ok((proc, port))
+}
+
+/// Waits until something listens on the port.
+pub async fn wait_tcp(port: u16) -> Result<()> {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("nothing listens on port {port}")
+}
+
+/// A plain GET on loopback, returning the body.
+pub async fn http_get(port: u16, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    Ok(buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+/// One row of a results table: what, the figure, the target beside it.
+pub struct Row {
+    /// What was measured.
+    pub what: String,
+    /// The figure.
+    pub value: String,
+    /// The anchor or target, if any.
+    pub target: String,
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(title: &str, rows: &[Row]) {
+    let w0 = rows.iter().map(|r| r.what.len()).max().unwrap_or(0).max(6);
+    let w1 = rows.iter().map(|r| r.value.len()).max().unwrap_or(0).max(6);
+    println!("\n{title}");
+    println!("{:<w0$}  {:>w1$}  target", "figure", "value");
+    for r in rows {
+        println!("{:<w0$}  {:>w1$}  {}", r.what, r.value, r.target);
+    }
+}
+
+/// Writes a JSON result under `bench/results/`.
+pub fn write_results(name: &str, value: &serde_json::Value) -> Result<PathBuf> {
+    let dir = workspace_root().join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(value)?)?;
+    Ok(path)
+}
