@@ -648,3 +648,50 @@ async fn without_the_crds_the_operator_exits_with_a_hint() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_written_by_the_proxy_survives_operator_status_writes_and_a_spent_cap_shows()
+-> Result<()> {
+    let stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
+    let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
+    // The proxy's write, under its own field manager.
+    let spend = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": {"todayUsd": "500.00", "totalUsd": "500.00", "calls": 3, "refused": 1}}});
+    keys.patch_status(
+        "billing-agent-run-7f3a",
+        &PatchParams::apply("keybrake-proxy").force(),
+        &Patch::Apply(spend),
+    )
+    .await?;
+    // Spend the daily cap in Redis, as the proxy would, and let the operator look again.
+    let token = token_of(&stack, "billing-agent-run-7f3a").await?;
+    let ledger = stack.ledger().await?;
+    for _ in 0..2 {
+        assert!(matches!(
+            charge(&ledger, &token, 250).await?,
+            Admission::Granted { .. }
+        ));
+    }
+    keys.patch(
+        "billing-agent-run-7f3a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"nudge": "1"}}})),
+    )
+    .await?;
+    let vk = key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::CapReached).await?;
+    let status = vk.status.unwrap();
+    assert_eq!(status.conditions[0].reason, "DailyCapReached");
+    let kept = status
+        .spend
+        .expect("the proxy's spend was dropped by an operator status write");
+    assert_eq!(
+        (kept.total_usd.to_string().as_str(), kept.calls),
+        ("500.00", 3)
+    );
+    Ok(())
+}
