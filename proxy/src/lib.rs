@@ -1,3 +1,5 @@
-//! keybrake-proxy: the metered data path to Stripe, Twilio and Resend.
-//! (Built under issue 6; this crate is a compiling skeleton until then.)
+//! keybrake-proxy: the metered data path to Stripe, Twilio and Resend. Vendor adapters cost each
+//! call before it is sent and after it returns; the ledger's Redis scripts admit and settle it.
 #![forbid(unsafe_code)]
+
+pub mod vendor;
