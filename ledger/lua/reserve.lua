@@ -28,12 +28,12 @@ ARGV[11] key id (for the audit entry)
 Returns one of
   {"granted", res id, today after, total after}
   {"reattempt", res id}       an earlier attempt's outcome is unknown: forward again, count nothing new
-  {"refused", rule, limit, spent, estimate}
+  {"refused", rule, limit, spent, estimate, vault key, policy}   (names empty before authentication)
   {"replay", status, headers json, body}
   {"in_flight"}
 
 Example: a $12.50 PaymentIntent on a key with a $500 daily cap and $490 spent today returns
-{"refused", "daily_cap", "500000000", "490000000", "12500000"}.
+{"refused", "daily_cap", "500000000", "490000000", "12500000", "billing/run-1", "billing/stripe"}.
 ]]
 
 local function int(s)
@@ -55,7 +55,7 @@ local day = math.floor(tonumber(t[1]) / 86400)
 
 local rec = redis.call("HGETALL", KEYS[1])
 if #rec == 0 then
-  return {"refused", "unknown_key", "", "", fmt(estimate)}
+  return {"refused", "unknown_key", "", "", fmt(estimate), "", ""}
 end
 local r = {}
 for i = 1, #rec, 2 do r[rec[i]] = rec[i + 1] end
@@ -67,7 +67,7 @@ if not secret_ok and r.prev_secret_hash and r.prev_secret_hash ~= "" then
   secret_ok = ARGV[1] == r.prev_secret_hash and until_ms ~= nil and now_ms < until_ms
 end
 if not secret_ok then
-  return {"refused", "bad_secret", "", "", fmt(estimate)}
+  return {"refused", "bad_secret", "", "", fmt(estimate), "", ""}
 end
 
 local function audit_refusal(rule)
@@ -80,7 +80,8 @@ end
 
 local function refuse(rule, limit, spent)
   audit_refusal(rule)
-  return {"refused", rule, limit and fmt(limit) or "", spent and fmt(spent) or "", fmt(estimate)}
+  return {"refused", rule, limit and fmt(limit) or "", spent and fmt(spent) or "", fmt(estimate),
+    r.vault_key or "", r.policy or ""}
 end
 
 if r.revoked == "1" then return refuse("revoked") end

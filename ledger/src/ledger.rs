@@ -146,6 +146,10 @@ pub struct Refusal {
     pub spent: Option<u64>,
     /// The call's estimate, micro-dollars.
     pub estimate: u64,
+    /// `namespace/name` of the VaultKey (empty before authentication).
+    pub vault_key: String,
+    /// `namespace/name` of the SpendPolicy (empty before authentication).
+    pub policy: String,
 }
 
 /// A vendor response stored under an Idempotency-Key, replayed to repeats.
@@ -581,6 +585,8 @@ fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
                 limit: opt_int(text.get(2)),
                 spent: opt_int(text.get(3)),
                 estimate: reply_int(text.get(4), "estimate")?,
+                vault_key: text.get(5).cloned().unwrap_or_default(),
+                policy: text.get(6).cloned().unwrap_or_default(),
             }))
         }
         Some("replay") => Ok(Admission::Replay(StoredResponse {
@@ -615,12 +621,23 @@ mod tests {
             }
         );
         assert_eq!(
-            decode_admission(r(&["refused", "daily_cap", "500", "490", "12"])).unwrap(),
+            decode_admission(r(&[
+                "refused",
+                "daily_cap",
+                "500",
+                "490",
+                "12",
+                "ns/k",
+                "ns/p"
+            ]))
+            .unwrap(),
             Admission::Refused(Refusal {
                 rule: Rule::DailyCap,
                 limit: Some(500),
                 spent: Some(490),
-                estimate: 12
+                estimate: 12,
+                vault_key: "ns/k".into(),
+                policy: "ns/p".into(),
             })
         );
         assert_eq!(
@@ -629,7 +646,9 @@ mod tests {
                 rule: Rule::Revoked,
                 limit: None,
                 spent: None,
-                estimate: 0
+                estimate: 0,
+                vault_key: String::new(),
+                policy: String::new(),
             })
         );
         assert_eq!(

@@ -2,4 +2,7 @@
 //! call before it is sent and after it returns; the ledger's Redis scripts admit and settle it.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod path;
+pub mod refusal;
 pub mod vendor;

@@ -1,0 +1,110 @@
+//! Canonical request paths. The allowlist, the cost estimate and the upstream all see the same
+//! canonical path; anything that could mean one thing here and another upstream is refused.
+
+use keybrake_crds::Vendor;
+
+/// Why a path is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Not an origin-form path (absolute URIs and `*` are refused: the upstream comes only from
+    /// the policy).
+    #[error("the request target must be a path starting with /")]
+    NotAPath,
+    /// `.`/`..`/empty segments, encoded slashes, backslashes or encoded dots.
+    #[error(
+        "the path {0:?} has dot segments, empty segments, backslashes or encoded slashes or dots"
+    )]
+    Ambiguous(String),
+    /// A `/stripe|/twilio|/resend` prefix naming another vendor than the key.
+    #[error("the path prefix /{0} does not match the vault key's vendor {1}")]
+    VendorMismatch(String, Vendor),
+}
+
+/// The canonical path: no vendor prefix, no trailing slash, no query.
+pub fn canonical(vendor: Vendor, raw: &str) -> Result<String, PathError> {
+    let rest = raw.strip_prefix('/').ok_or(PathError::NotAPath)?;
+    let lower = raw.to_ascii_lowercase();
+    if raw.contains('\\')
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%2e")
+        || lower.contains("%00")
+    {
+        return Err(PathError::Ambiguous(raw.to_owned()));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let mut segments: Vec<&str> = if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.split('/').collect()
+    };
+    if segments
+        .iter()
+        .any(|s| s.is_empty() || *s == "." || *s == "..")
+    {
+        return Err(PathError::Ambiguous(raw.to_owned()));
+    }
+    if let Some(first) = segments.first()
+        && let Ok(prefix) = first.parse::<Vendor>()
+    {
+        if prefix != vendor {
+            return Err(PathError::VendorMismatch(first.to_string(), vendor));
+        }
+        segments.remove(0);
+    }
+    Ok(format!("/{}", segments.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_an_optional_matching_prefix() {
+        assert_eq!(
+            canonical(Vendor::Stripe, "/v1/payment_intents").unwrap(),
+            "/v1/payment_intents"
+        );
+        assert_eq!(
+            canonical(Vendor::Stripe, "/stripe/v1/payment_intents/").unwrap(),
+            "/v1/payment_intents"
+        );
+        assert_eq!(
+            canonical(Vendor::Resend, "/resend/emails").unwrap(),
+            "/emails"
+        );
+        assert_eq!(canonical(Vendor::Resend, "/").unwrap(), "/");
+        assert_eq!(
+            canonical(Vendor::Stripe, "/twilio/v1/x").unwrap_err(),
+            PathError::VendorMismatch("twilio".into(), Vendor::Stripe)
+        );
+    }
+
+    #[test]
+    fn refuses_what_could_be_read_two_ways() {
+        for p in [
+            "/v1/../admin",
+            "/v1/./x",
+            "/v1//x",
+            "/v1/a%2Fb",
+            "/v1/a%2fb",
+            "/v1/%2e%2e/x",
+            "/v1\\x",
+            "/v1/a%5Cb",
+            "/v1/a%00",
+        ] {
+            assert!(
+                matches!(canonical(Vendor::Stripe, p), Err(PathError::Ambiguous(_))),
+                "{p}"
+            );
+        }
+        assert_eq!(
+            canonical(Vendor::Stripe, "http://evil.example/v1").unwrap_err(),
+            PathError::NotAPath
+        );
+        assert_eq!(
+            canonical(Vendor::Stripe, "*").unwrap_err(),
+            PathError::NotAPath
+        );
+    }
+}
