@@ -1,8 +1,165 @@
 //! keybrake-proxy: the metered data path to Stripe, Twilio and Resend. Vendor adapters cost each
-//! call before it is sent and after it returns; the ledger's Redis scripts admit and settle it.
+//! call before it is sent and after it returns; the ledger's Redis scripts admit and settle it;
+//! the real vendor credentials come from the SpendPolicies' Secrets and live only in memory.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod config;
+pub mod handler;
+pub mod metrics;
 pub mod path;
+pub mod policies;
 pub mod refusal;
+pub mod server;
+pub mod upstream;
 pub mod vendor;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+pub use crate::config::Config;
+use crate::{handler::App, metrics::Metrics, policies::Policies};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Redis could not be reached.
+    #[error("cannot reach redis at {url}: {source}")]
+    Redis {
+        /// Where.
+        url: String,
+        /// Why.
+        source: redis::RedisError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy.
+pub struct Running {
+    /// The data-path address.
+    pub addr: SocketAddr,
+    /// The admin address (/metrics, /healthz, /readyz).
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, drains open requests, stops the background tasks.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+        for t in self.background {
+            t.abort();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+/// Starts the proxy: connects to Redis, loads the policies (waiting up to 10 seconds for the
+/// first load), and serves the data path and the admin port.
+pub async fn start(
+    client: kube::Client,
+    config: Config,
+    admin: SocketAddr,
+) -> Result<Running, StartError> {
+    let redis_err = |source| StartError::Redis {
+        url: config.redis_url.clone(),
+        source,
+    };
+    let conn_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(
+            config.redis_timeout_ms.max(100),
+        )))
+        .set_response_timeout(Some(Duration::from_millis(config.redis_timeout_ms)));
+    let conn = redis::Client::open(config.redis_url.as_str())
+        .map_err(redis_err)?
+        .get_connection_manager_with_config(conn_config)
+        .await
+        .map_err(redis_err)?;
+    let ledger = Ledger::new(
+        conn,
+        Keyspace::new(&config.redis_prefix),
+        LedgerConfig {
+            timeout: Duration::from_millis(config.redis_timeout_ms),
+            reservation_deadline: config.upstream_timeout() * 2 + Duration::from_secs(30),
+            ..Default::default()
+        },
+    );
+    let policies = Arc::new(Policies::default());
+    let watcher = tokio::spawn(policies::watch(
+        client,
+        policies.clone(),
+        Duration::from_secs(5),
+    ));
+    for _ in 0..200 {
+        if policies.synced() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app = Arc::new(App {
+        policies,
+        ledger,
+        upstream: upstream::client(),
+        config: config.clone(),
+        metrics: Arc::new(Metrics::default()),
+    });
+
+    let sweeper = {
+        let ledger = app.ledger.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                match ledger.sweep(500).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        closed = n,
+                        "settled abandoned reservations as unknown outcome"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "sweep failed"),
+                }
+            }
+        })
+    };
+    let listener = bind(config.listen).await?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_listener = bind(admin).await?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Listen {
+            addr: admin,
+            source,
+        })?;
+    let admin_task = tokio::spawn(server::serve_admin(admin_listener, app.clone()));
+    let (stop, mut stopped) = watch::channel(false);
+    let server = tokio::spawn(server::serve(listener, app, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    tracing::info!(%addr, %admin_addr, "keybrake-proxy serving");
+    Ok(Running {
+        addr,
+        admin_addr,
+        stop,
+        server,
+        background: vec![watcher, sweeper, admin_task],
+    })
+}

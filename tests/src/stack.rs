@@ -117,6 +117,12 @@ impl Stack {
         }
     }
 
+    /// Starts a proxy replica on this stack's Redis and keyspace.
+    pub async fn start_proxy(&self) -> Result<keybrake_proxy::Running> {
+        let config = keybrake_proxy::Config::local(&self.redis.url(), &self.prefix);
+        Ok(keybrake_proxy::start(self.client.clone(), config, "127.0.0.1:0".parse()?).await?)
+    }
+
     /// A ledger on the operator's keyspace.
     pub async fn ledger(&self) -> Result<Ledger<redis::aio::MultiplexedConnection>> {
         Ok(Ledger::new(

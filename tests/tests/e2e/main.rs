@@ -8,3 +8,4 @@ mod kube_lite_kubectl;
 mod kube_lite_watch;
 mod ledger_scripts;
 mod operator;
+mod proxy;

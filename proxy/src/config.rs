@@ -1,0 +1,62 @@
+//! Proxy configuration: flags with environment fallbacks.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// keybrake-proxy: the metered data path to Stripe, Twilio and Resend.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "keybrake-proxy", version)]
+pub struct Config {
+    /// Where workloads' SDKs connect.
+    #[arg(long, env = "KEYBRAKE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Redis holding key records and spend (shared with the operator).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+    /// Prefix of every Redis key (the operator's).
+    #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
+    pub redis_prefix: String,
+    /// Longest wait for Redis, in milliseconds; past it the call is refused (fail closed).
+    #[arg(long, env = "KEYBRAKE_REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+    /// Longest upstream call (headers and body), in seconds.
+    #[arg(long, env = "KEYBRAKE_UPSTREAM_TIMEOUT_SECS", default_value_t = 30)]
+    pub upstream_timeout_secs: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "KEYBRAKE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest upstream response body read, in bytes.
+    #[arg(long, env = "KEYBRAKE_MAX_RESPONSE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+    /// Concurrent connections served; more wait.
+    #[arg(long, env = "KEYBRAKE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Time allowed to send request headers, in seconds (slowloris).
+    #[arg(long, env = "KEYBRAKE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Time allowed to send the request body, in seconds.
+    #[arg(long, env = "KEYBRAKE_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: loopback, any free port.
+    pub fn local(redis_url: &str, redis_prefix: &str) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            redis_url: redis_url.into(),
+            redis_prefix: redis_prefix.into(),
+            redis_timeout_ms: 500,
+            upstream_timeout_secs: 30,
+            max_body_bytes: 1024 * 1024,
+            max_response_bytes: 16 * 1024 * 1024,
+            max_connections: 10_000,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+        }
+    }
+
+    /// The upstream timeout.
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_timeout_secs)
+    }
+}

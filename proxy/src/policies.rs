@@ -1,0 +1,285 @@
+//! The SpendPolicies the proxy serves, with their real vendor credentials, indexed by policy
+//! tag (which every vault token carries). Credentials are read from the Secrets the policies
+//! name, kept in memory only, and refreshed when those Secrets change; other Secrets (the scoped
+//! ones the operator writes, say) are watched by metadata only and never read.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use keybrake_crds::{SpendPolicy, Vendor, spend_policy::Pricing, validate::validate_policy};
+use keybrake_ledger::PolicyTag;
+use kube::{
+    Api, Client, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+
+/// The real credentials of a vendor account. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Stripe and Resend: one API key.
+    ApiKey(String),
+    /// Twilio: account SID and auth token.
+    Twilio {
+        /// `AC...`.
+        account_sid: String,
+        /// The auth token.
+        auth_token: String,
+    },
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
+}
+
+/// Everything the data path needs of one policy.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Vendor.
+    pub vendor: Vendor,
+    /// Upstream base URL, without a trailing slash.
+    pub upstream: String,
+    /// The real credentials.
+    pub credentials: Credentials,
+    /// Prices and rates.
+    pub pricing: Pricing,
+}
+
+/// A policy as the proxy sees it.
+#[derive(Debug, Clone)]
+pub enum PolicyState {
+    /// Usable.
+    Ready(Arc<PolicyConfig>),
+    /// Present but unusable, with the reason (missing Secret, invalid spec).
+    Unusable(String),
+}
+
+/// The table of policies.
+#[derive(Default)]
+pub struct Policies {
+    map: RwLock<HashMap<PolicyTag, PolicyState>>,
+    synced: AtomicBool,
+}
+
+impl Policies {
+    /// The policy of a tag.
+    pub fn get(&self, tag: &PolicyTag) -> Option<PolicyState> {
+        self.map.read().ok()?.get(tag).cloned()
+    }
+
+    /// Whether the first full load has happened (readiness).
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Replaces the whole table.
+    pub fn replace(&self, table: HashMap<PolicyTag, PolicyState>) {
+        if let Ok(mut map) = self.map.write() {
+            *map = table;
+        }
+        self.synced.store(true, Ordering::Release);
+    }
+}
+
+fn secret_value(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    let text = String::from_utf8(bytes.0.clone()).ok()?;
+    let text = text.trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The state of one policy given its credentials Secret (if found).
+pub fn state_of(policy: &SpendPolicy, secret: Option<&Secret>) -> PolicyState {
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    if let Err(v) = validate_policy(&policy.spec) {
+        return PolicyState::Unusable(format!("SpendPolicy {ns}/{name} is invalid: {v}"));
+    }
+    let secret_name = &policy.spec.credentials_secret_ref.name;
+    let Some(secret) = secret else {
+        return PolicyState::Unusable(format!(
+            "SpendPolicy {ns}/{name}: credentials Secret {ns}/{secret_name} not found"
+        ));
+    };
+    let missing = |key: &str| {
+        PolicyState::Unusable(format!(
+            "SpendPolicy {ns}/{name}: Secret {ns}/{secret_name} has no usable key {key:?}"
+        ))
+    };
+    let credentials = match policy.spec.vendor {
+        Vendor::Stripe | Vendor::Resend => match secret_value(secret, "apiKey") {
+            Some(k) => Credentials::ApiKey(k),
+            None => return missing("apiKey"),
+        },
+        Vendor::Twilio => match (
+            secret_value(secret, "accountSid"),
+            secret_value(secret, "authToken"),
+        ) {
+            (Some(account_sid), Some(auth_token)) => Credentials::Twilio {
+                account_sid,
+                auth_token,
+            },
+            (None, _) => return missing("accountSid"),
+            (_, None) => return missing("authToken"),
+        },
+    };
+    let upstream = policy
+        .spec
+        .upstream
+        .clone()
+        .unwrap_or_else(|| policy.spec.vendor.default_upstream().to_owned());
+    PolicyState::Ready(Arc::new(PolicyConfig {
+        namespace: ns,
+        name,
+        vendor: policy.spec.vendor,
+        upstream: upstream.trim_end_matches('/').to_owned(),
+        credentials,
+        pricing: policy.spec.pricing.clone(),
+    }))
+}
+
+/// Rebuilds the table from the policies, fetching each credentials Secret by name.
+async fn refresh(
+    policies: &Policies,
+    store: &reflector::Store<SpendPolicy>,
+    client: &Client,
+    timeout: Duration,
+) {
+    let mut table = HashMap::new();
+    for policy in store.state() {
+        let ns = policy.namespace().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let secret = match tokio::time::timeout(
+            timeout,
+            secrets.get_opt(&policy.spec.credentials_secret_ref.name),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, policy = %policy.name_any(), "could not read a credentials Secret");
+                None
+            }
+            Err(_) => None,
+        };
+        table.insert(
+            PolicyTag::of(&ns, &policy.name_any()),
+            state_of(&policy, secret.as_ref()),
+        );
+    }
+    policies.replace(table);
+}
+
+/// Keeps the table current until the task is dropped: reloads on any SpendPolicy change and
+/// on changes to a Secret some policy names.
+pub async fn watch(client: Client, policies: Arc<Policies>, timeout: Duration) {
+    let (store, writer) = reflector::store::<SpendPolicy>();
+    let policy_events = reflector(
+        writer,
+        watcher(
+            Api::<SpendPolicy>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .map(|_| true);
+    let referenced = store.clone();
+    // Metadata only: the data of Secrets no policy names is never fetched.
+    let secret_events = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .map(move |event| {
+        let Ok(event) = event else { return false };
+        let (watcher::Event::Apply(obj)
+        | watcher::Event::Delete(obj)
+        | watcher::Event::InitApply(obj)) = &event
+        else {
+            return false;
+        };
+        let (ns, name) = (obj.namespace(), obj.name_any());
+        referenced
+            .state()
+            .iter()
+            .any(|p| p.namespace() == ns && p.spec.credentials_secret_ref.name == name)
+    });
+    let events = futures::stream::select(policy_events, secret_events);
+    tokio::pin!(events);
+    while let Some(mut relevant) = events.next().await {
+        // Coalesce a burst (the initial listing, say) into one reload.
+        while let Some(Some(more)) = events.next().now_or_never() {
+            relevant |= more;
+        }
+        // The store fills as this very stream is polled: ask whether it is ready, never wait.
+        let ready = matches!(store.wait_until_ready().now_or_never(), Some(Ok(())));
+        if relevant && ready {
+            refresh(&policies, &store, &client, timeout).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    use super::*;
+
+    fn policy(vendor: &str) -> SpendPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy",
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": {"vendor": vendor, "credentialsSecretRef": {"name": "creds"}, "upstream": "http://127.0.0.1:9/"}
+        }))
+        .unwrap()
+    }
+
+    fn secret(pairs: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_credentials_per_vendor_and_never_prints_them() {
+        let PolicyState::Ready(cfg) = state_of(
+            &policy("stripe"),
+            Some(&secret(&[("apiKey", "sk_test_abc\n")])),
+        ) else {
+            panic!()
+        };
+        assert_eq!(cfg.credentials, Credentials::ApiKey("sk_test_abc".into()));
+        assert_eq!(cfg.upstream, "http://127.0.0.1:9");
+        assert!(!format!("{cfg:?}").contains("sk_test_abc"));
+        assert!(
+            matches!(state_of(&policy("twilio"), Some(&secret(&[("accountSid", "AC1")]))), PolicyState::Unusable(m) if m.contains("authToken"))
+        );
+        assert!(
+            matches!(state_of(&policy("resend"), None), PolicyState::Unusable(m) if m.contains("not found"))
+        );
+    }
+}

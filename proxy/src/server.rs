@@ -1,0 +1,110 @@
+//! The listeners: the data path (HTTP/1.1 and h2c) with a connection cap, header and body
+//! timeouts and header size limits; the admin port (/metrics, /healthz, /readyz); graceful
+//! shutdown that stops accepting and drains open requests under a deadline.
+
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+use crate::handler::{self, App};
+
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Serves the data path until `shutdown` resolves, then drains for up to 30 seconds.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let permits = Arc::new(Semaphore::new(app.config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(app.config.header_timeout_secs))
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    tokio::pin!(shutdown);
+    loop {
+        // Backpressure: past the cap, new connections wait in the kernel's backlog.
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(handler::handle(app, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 30s of draining");
+    }
+}
+
+fn admin_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = match req.uri().path() {
+        "/metrics" => (StatusCode::OK, app.metrics.encode()),
+        "/healthz" | "/livez" => (StatusCode::OK, "ok".into()),
+        "/readyz" if app.policies.synced() => (StatusCode::OK, "ok".into()),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "policies not loaded yet".into(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "not found".into()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Serves the admin port until the task is dropped.
+pub async fn serve_admin(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(admin_response(&app, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,554 @@
+//! The proxy's data path end to end: kube-lite, the operator, a real Redis, the proxy, and a
+//! recording upstream standing in for the vendor.
+
+use anyhow::Result;
+use keybrake_crds::{KeyPhase, VaultKey};
+use keybrake_e2e::{
+    http,
+    stack::{Stack, eventually},
+    upstream::{Mode, RecordingUpstream},
+    workspace_root,
+};
+use kube::Api;
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
+}
+
+/// A policy of `file` whose upstream is the recording upstream.
+fn pointed_at(file: &str, upstream: &RecordingUpstream) -> String {
+    example(file).replace(
+        "  credentialsSecretRef:\n",
+        &format!("  upstream: {}\n  credentialsSecretRef:\n", upstream.url()),
+    )
+}
+
+async fn active(stack: &Stack, ns: &str, name: &str) -> Result<()> {
+    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), ns);
+    eventually(&format!("{name} Active"), 20, || {
+        let api = api.clone();
+        async move {
+            api.get(name)
+                .await
+                .ok()
+                .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+async fn secret_value(stack: &Stack, ns: &str, secret: &str, key: &str) -> Result<String> {
+    let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(stack.client.clone(), ns)
+        .get(secret)
+        .await?;
+    Ok(String::from_utf8(s.data.unwrap()[key].0.clone())?)
+}
+
+struct Stripe {
+    stack: Stack,
+    upstream: RecordingUpstream,
+    proxy: keybrake_proxy::Running,
+    bearer: String,
+}
+
+async fn stripe() -> Result<Stripe> {
+    let stack = Stack::start().await?;
+    let upstream = RecordingUpstream::start().await?;
+    stack
+        .cluster
+        .apply(&pointed_at("stripe-policy.yaml", &upstream))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    active(&stack, "billing", "billing-agent-run-7f3a").await?;
+    let bearer = format!(
+        "Bearer {}",
+        secret_value(
+            &stack,
+            "billing",
+            "billing-agent-run-7f3a",
+            "STRIPE_API_KEY"
+        )
+        .await?
+    );
+    let proxy = stack.start_proxy().await?;
+    Ok(Stripe {
+        stack,
+        upstream,
+        proxy,
+        bearer,
+    })
+}
+
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_stripe_key_charges_until_the_cap_then_refuses_in_stripes_shape() -> Result<()> {
+    let s = stripe().await?;
+    let auth = ("Authorization", s.bearer.as_str());
+    // $200 + $200 fit the $500 daily cap; a third $200 does not.
+    for prefix in ["/stripe", ""] {
+        let r = http(
+            s.proxy.addr,
+            "POST",
+            &format!("{prefix}/v1/payment_intents"),
+            &[auth, FORM],
+            b"amount=20000&currency=usd&customer=cus_1",
+        )
+        .await?;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["status"], "succeeded");
+    }
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM],
+        b"amount=20000&currency=usd",
+    )
+    .await?;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("stripe-should-retry"), Some("false"));
+    assert_eq!(r.header("x-keybrake-cap-hit"), Some("true"));
+    let err = &r.json()["error"];
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str()),
+        (Some("rate_limit_error"), Some("cap_exhausted"))
+    );
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("daily cap of $500.00 on VaultKey billing/billing-agent-run-7f3a"),
+        "{err}"
+    );
+
+    let forwarded = s.upstream.requests();
+    assert_eq!(forwarded.len(), 2, "the refused call reached the vendor");
+    assert_eq!(forwarded[0].uri, "/v1/payment_intents");
+    assert_eq!(
+        forwarded[0].authorization, "Bearer sk_test_replace_me_with_the_real_secret_key",
+        "the real secret is injected"
+    );
+    let spend = s
+        .stack
+        .ledger()
+        .await?
+        .policy_spend(&keybrake_ledger::PolicyTag::of("billing", "stripe"))
+        .await?;
+    assert_eq!(spend.total, 400_000_000);
+    s.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_never_reach_the_vendor() -> Result<()> {
+    let s = stripe().await?;
+    let auth = ("Authorization", s.bearer.as_str());
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/refunds",
+        &[auth, FORM],
+        b"payment_intent=pi_1",
+    )
+    .await?;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("POST /v1/refunds is not in the allowedEndpoints")
+    );
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM],
+        b"amount=30000&currency=usd",
+    )
+    .await?;
+    assert_eq!(r.status, 429, "per-call cap of $250");
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM],
+        b"amount=1&amount=99999&currency=usd",
+    )
+    .await?;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("amount is sent more than once"),
+        "{}",
+        r.body
+    );
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM],
+        b"amount=100&currency=chf",
+    )
+    .await?;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("no exchange rate for currency \\\"chf\\\""),
+        "{}",
+        r.body
+    );
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/../v1/payment_intents",
+        &[auth, FORM],
+        b"amount=100&currency=usd",
+    )
+    .await?;
+    assert_eq!(r.status, 400);
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[("Authorization", "Bearer sk_live_the_real_key"), FORM],
+        b"amount=100&currency=usd",
+    )
+    .await?;
+    assert_eq!(r.status, 401);
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, auth, FORM],
+        b"amount=100&currency=usd",
+    )
+    .await?;
+    assert_eq!(r.status, 401, "duplicated Authorization");
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM],
+        &vec![b'a'; 2 * 1024 * 1024],
+    )
+    .await?;
+    assert_eq!(r.status, 413);
+    s.stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            "billing-agent-run-7f3a",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"revoked":true}}"#,
+        ])
+        .await?;
+    let revoked = eventually("the revoke to take effect", 10, || async {
+        let r = http(
+            s.proxy.addr,
+            "POST",
+            "/v1/payment_intents",
+            &[auth, FORM],
+            b"amount=100&currency=usd",
+        )
+        .await
+        .ok()?;
+        (r.status == 401).then_some(r)
+    })
+    .await?;
+    assert_eq!(revoked.json()["error"]["code"], "vault_key_revoked");
+    assert_eq!(
+        s.upstream.requests().len(),
+        0,
+        "a refused call reached the vendor"
+    );
+    s.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_forwarded_once_and_counted_once() -> Result<()> {
+    let s = stripe().await?;
+    let auth = ("Authorization", s.bearer.as_str());
+    let idem = ("Idempotency-Key", "run-7f3a-cus_1");
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        let addr = s.proxy.addr;
+        let bearer = s.bearer.clone();
+        calls.push(tokio::spawn(async move {
+            http(
+                addr,
+                "POST",
+                "/v1/payment_intents",
+                &[("Authorization", bearer.as_str()), FORM, idem],
+                b"amount=10000&currency=usd",
+            )
+            .await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for c in calls {
+        let r = c.await??;
+        assert_eq!(r.status, 200, "{}", r.body);
+        ids.insert(r.json()["id"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "every duplicate got the first response");
+    assert_eq!(s.upstream.requests().len(), 1, "forwarded once");
+    let other = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM, idem],
+        b"amount=20000&currency=usd",
+    )
+    .await?;
+    assert_eq!(other.status, 400);
+    assert_eq!(other.json()["error"]["type"], "idempotency_error");
+    let spend = s
+        .stack
+        .ledger()
+        .await?
+        .policy_spend(&keybrake_ledger::PolicyTag::of("billing", "stripe"))
+        .await?;
+    assert_eq!(spend.total, 100_000_000, "counted once");
+    s.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_closed_and_upstream_failures_settle_correctly() -> Result<()> {
+    let s = stripe().await?;
+    let auth = ("Authorization", s.bearer.as_str());
+    s.upstream.set_mode(Mode::Fail);
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM],
+        b"amount=10000&currency=usd",
+    )
+    .await?;
+    assert_eq!(r.status, 500, "the vendor's own error passes through");
+    let ledger = s.stack.ledger().await?;
+    let tag = keybrake_ledger::PolicyTag::of("billing", "stripe");
+    assert_eq!(
+        ledger.policy_spend(&tag).await?.total,
+        100_000_000,
+        "a 5xx is an unknown outcome: the estimate stays counted"
+    );
+    s.upstream.set_mode(Mode::Normal);
+    drop(s.stack.redis);
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM],
+        b"amount=10000&currency=usd",
+    )
+    .await?;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["code"], "accounting_unavailable");
+    assert_eq!(
+        s.upstream.requests().len(),
+        1,
+        "nothing is forwarded while Redis is down"
+    );
+    s.proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_and_resend_keys_are_costed_and_shaped_their_way() -> Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
+        .await?
+        .ok()?;
+    let upstream = RecordingUpstream::start().await?;
+    stack
+        .cluster
+        .apply(&pointed_at("twilio-policy.yaml", &upstream))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&pointed_at("resend-policy.yaml", &upstream))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&example("twilio-sms-key.yaml"))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&example("resend-email-key.yaml"))
+        .await?
+        .ok()?;
+    active(&stack, "agents", "haystack-notifier-run-41").await?;
+    active(&stack, "agents", "haystack-mailer-run-41").await?;
+    let proxy = stack.start_proxy().await?;
+
+    let sid = secret_value(
+        &stack,
+        "agents",
+        "haystack-notifier-run-41",
+        "TWILIO_ACCOUNT_SID",
+    )
+    .await?;
+    let token = secret_value(
+        &stack,
+        "agents",
+        "haystack-notifier-run-41",
+        "TWILIO_AUTH_TOKEN",
+    )
+    .await?;
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
+    );
+    let path = format!("/2010-04-01/Accounts/{sid}/Messages.json");
+    let body = format!(
+        "To=%2B15551234567&From=%2B15557654321&Body={}",
+        "a".repeat(200)
+    );
+    let r = http(
+        proxy.addr,
+        "POST",
+        &path,
+        &[("Authorization", basic.as_str()), FORM],
+        body.as_bytes(),
+    )
+    .await?;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let sent = &upstream.requests()[0];
+    assert_eq!(
+        sent.uri, "/2010-04-01/Accounts/ACreplace_me_with_the_real_account_sid/Messages.json",
+        "the real SID replaces the key's"
+    );
+    let other_sid = format!("/2010-04-01/Accounts/AC{}/Messages.json", "0".repeat(32));
+    let r = http(
+        proxy.addr,
+        "POST",
+        &other_sid,
+        &[("Authorization", basic.as_str()), FORM],
+        body.as_bytes(),
+    )
+    .await?;
+    assert_eq!((r.status, r.json()["code"].as_u64()), (403, Some(20403)));
+
+    let key = secret_value(&stack, "agents", "haystack-mailer-run-41", "RESEND_API_KEY").await?;
+    let bearer = format!("Bearer {key}");
+    let email = br#"{"from":"a@x.io","to":["b@y.io","c@y.io"],"cc":"d@y.io","subject":"receipt","html":"<p>ok</p>"}"#;
+    let r = http(
+        proxy.addr,
+        "POST",
+        "/emails",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        email,
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let dup = br#"{"to":"a@x.io","to":["b","c"]}"#;
+    let r = http(
+        proxy.addr,
+        "POST",
+        "/emails",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        dup,
+    )
+    .await?;
+    assert_eq!(
+        (r.status, r.json()["name"].as_str()),
+        (400, Some("validation_error"))
+    );
+
+    let ledger = stack.ledger().await?;
+    let sms = ledger
+        .policy_spend(&keybrake_ledger::PolicyTag::of("agents", "twilio"))
+        .await?;
+    assert_eq!(sms.total, 2 * 11_300, "two segments at $0.0113");
+    let mail = ledger
+        .policy_spend(&keybrake_ledger::PolicyTag::of("agents", "resend"))
+        .await?;
+    assert_eq!(mail.total, 3 * 900, "three recipients at $0.0009");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_callers_through_two_proxies_never_overshoot() -> Result<()> {
+    let s = stripe().await?;
+    let second = s.stack.start_proxy().await?;
+    let addrs = [s.proxy.addr, second.addr];
+    let mut calls = Vec::new();
+    for i in 0..500 {
+        let addr = addrs[i % 2];
+        let bearer = s.bearer.clone();
+        calls.push(tokio::spawn(async move {
+            http(
+                addr,
+                "POST",
+                "/v1/payment_intents",
+                &[("Authorization", bearer.as_str()), FORM],
+                b"amount=300&currency=usd",
+            )
+            .await
+        }));
+    }
+    let (mut ok, mut capped) = (0, 0);
+    for c in calls {
+        match c.await??.status {
+            200 => ok += 1,
+            429 => capped += 1,
+            other => anyhow::bail!("unexpected status {other}"),
+        }
+    }
+    let charged_upstream: u64 = s
+        .upstream
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            form_urlencoded::parse(r.body.as_bytes())
+                .find(|(k, _)| k == "amount")
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 10_000;
+    let recorded = s
+        .stack
+        .ledger()
+        .await?
+        .policy_spend(&keybrake_ledger::PolicyTag::of("billing", "stripe"))
+        .await?
+        .total;
+    println!(
+        "500 callers, 2 proxies: {ok} forwarded, {capped} refused; upstream charged {charged_upstream} micros, recorded {recorded}"
+    );
+    assert!(recorded <= 500_000_000, "overshoot");
+    assert_eq!(
+        charged_upstream, recorded,
+        "what the vendor saw is what was counted"
+    );
+    assert_eq!(ok + capped, 500);
+    second.shutdown().await;
+    s.proxy.shutdown().await;
+    Ok(())
+}
