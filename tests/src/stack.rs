@@ -3,7 +3,7 @@
 
 use std::{future::Future, time::Duration};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
 use kube::{Client, Config};
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -24,11 +24,24 @@ pub struct Stack {
     /// A client for the API server.
     pub client: Client,
     operator: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The proxy URL the operator writes into Secrets.
+    pub proxy_url: String,
 }
 
 impl Stack {
     /// Starts everything and installs the CRDs and the `billing` namespace.
     pub async fn start() -> Result<Stack> {
+        Stack::start_inner(false).await.map(|(s, _)| s)
+    }
+
+    /// Like [`Stack::start`], with a proxy started before the operator, so the Secrets the
+    /// operator writes carry the proxy's real URL (what a pod would use).
+    pub async fn start_with_proxy() -> Result<(Stack, keybrake_proxy::Running)> {
+        let (stack, proxy) = Stack::start_inner(true).await?;
+        Ok((stack, proxy.context("no proxy")?))
+    }
+
+    async fn start_inner(with_proxy: bool) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
         let cluster = Cluster::start().await?;
         let crds = workspace_root().join("manifests/crds");
         cluster
@@ -47,15 +60,23 @@ impl Stack {
             prefix,
             client,
             operator: None,
+            proxy_url: PROXY_URL.into(),
+        };
+        let proxy = if with_proxy {
+            let p = stack.start_proxy().await?;
+            stack.proxy_url = format!("http://{}", p.addr);
+            Some(p)
+        } else {
+            None
         };
         stack.start_operator().await?;
-        Ok(stack)
+        Ok((stack, proxy))
     }
 
     /// The operator's configuration in this stack.
     pub fn operator_config(&self) -> keybrake_operator::Config {
         keybrake_operator::Config {
-            proxy_url: PROXY_URL.into(),
+            proxy_url: self.proxy_url.clone(),
             redis_url: self.redis.url(),
             redis_prefix: self.prefix.clone(),
             metrics_addr: "127.0.0.1:0"

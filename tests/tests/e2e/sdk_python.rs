@@ -1,0 +1,175 @@
+//! The official Python stripe SDK against localstripe through the proxy, configured only from
+//! the Secret the operator wrote (what a pod with `envFrom` would have).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Secret;
+use keybrake_crds::{KeyPhase, VaultKey};
+use keybrake_e2e::{
+    python::{LocalStripe, run},
+    stack::{Stack, eventually},
+    workspace_root,
+};
+use keybrake_ledger::Token;
+use kube::Api;
+use serde_json::Value;
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
+}
+
+async fn secret_env(stack: &Stack, name: &str) -> Result<BTreeMap<String, String>> {
+    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
+    eventually(&format!("{name} Active"), 20, || async {
+        api.get(name)
+            .await
+            .ok()
+            .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
+    })
+    .await?;
+    let s = Api::<Secret>::namespaced(stack.client.clone(), "billing")
+        .get(name)
+        .await?;
+    Ok(s.data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
+}
+
+async fn stripe_stack() -> Result<(Stack, keybrake_proxy::Running, LocalStripe)> {
+    let localstripe = LocalStripe::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    let policy = example("stripe-policy.yaml")
+        .replace(
+            "  credentialsSecretRef:\n",
+            &format!(
+                "  upstream: {}\n  credentialsSecretRef:\n",
+                localstripe.url()
+            ),
+        )
+        .replace(
+            "sk_test_replace_me_with_the_real_secret_key",
+            "sk_test_localstripe_key",
+        );
+    stack.cluster.apply(&policy).await?.ok()?;
+    Ok((stack, proxy, localstripe))
+}
+
+fn key(name: &str, daily: u32) -> String {
+    example("stripe-run-key.yaml")
+        .replace("billing-agent-run-7f3a", name)
+        .replace("dailyUsdCap: 500", &format!("dailyUsdCap: {daily}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stripe_sdk_charges_then_raises_rate_limit_error_with_cap_exhausted_and_does_not_retry()
+-> Result<()> {
+    let (stack, proxy, _localstripe) = stripe_stack().await?;
+    stack.cluster.apply(&key("run-a", 500)).await?.ok()?;
+    let env = secret_env(&stack, "run-a").await?;
+    assert_eq!(env["STRIPE_API_BASE"], format!("http://{}", proxy.addr));
+    let out = run("stripe_run.py", &["global", "3", "20000"], &env).await?;
+    let results = out.as_array().unwrap();
+    assert!(
+        results[0]["ok"].as_str().unwrap().starts_with("pi_"),
+        "{out}"
+    );
+    assert_eq!(results[0]["status"], "succeeded");
+    assert!(results[1]["ok"].is_string(), "{out}");
+    assert_eq!(results[2]["rate_limited"], "cap_exhausted", "{out}");
+    assert_eq!(
+        results[2]["cap_exhausted"],
+        Value::Bool(true),
+        "the seeds' `\"cap_exhausted\" in str(e)` check"
+    );
+    assert_eq!(results[2]["http_status"], 429);
+    let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
+    let spend = stack.ledger().await?.key_spend(&token.key_id).await?;
+    assert_eq!(spend.total, 400_000_000);
+    assert_eq!(
+        spend.refused, 1,
+        "the SDK (with max_network_retries=2) retried the cap hit"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_step_with_the_same_idempotency_keys_is_not_charged_twice() -> Result<()> {
+    let (stack, proxy, _localstripe) = stripe_stack().await?;
+    stack.cluster.apply(&key("run-b", 500)).await?.ok()?;
+    let env = secret_env(&stack, "run-b").await?;
+    let first = run(
+        "stripe_run.py",
+        &["client", "3", "10000", "hatchet-run-b"],
+        &env,
+    )
+    .await?;
+    let retry = run(
+        "stripe_run.py",
+        &["client", "3", "10000", "hatchet-run-b"],
+        &env,
+    )
+    .await?;
+    assert_eq!(
+        first, retry,
+        "the retried step got the same PaymentIntents back"
+    );
+    let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
+    assert_eq!(
+        stack.ledger().await?.key_spend(&token.key_id).await?.total,
+        300_000_000,
+        "charged once"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_keys_raise_authentication_error_and_other_endpoints_permission_error() -> Result<()>
+{
+    let (stack, proxy, _localstripe) = stripe_stack().await?;
+    stack.cluster.apply(&key("run-c", 500)).await?.ok()?;
+    let env = secret_env(&stack, "run-c").await?;
+    let denied = run("stripe_run.py", &["customer", "0", "0"], &env).await?;
+    assert_eq!(denied[0]["http_status"], 403, "{denied}");
+    assert!(
+        denied[0]["permission_error"]
+            .as_str()
+            .unwrap()
+            .contains("endpoint_not_allowed"),
+        "{denied}"
+    );
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            "run-c",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"revoked":true}}"#,
+        ])
+        .await?;
+    let revoked = eventually("the SDK to see the revoke", 10, || async {
+        let out = run("stripe_run.py", &["global", "1", "100"], &env)
+            .await
+            .ok()?;
+        out[0].get("auth_error").is_some().then_some(out)
+    })
+    .await?;
+    assert!(
+        revoked[0]["auth_error"]
+            .as_str()
+            .unwrap()
+            .contains("vault_key_revoked"),
+        "{revoked}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
