@@ -26,7 +26,7 @@ ARGV[10] audit stream length (approximate MAXLEN)
 ARGV[11] key id (for the audit entry)
 
 Returns one of
-  {"granted", res id, today after, total after}
+  {"granted", res id, today after, total after, vault key, policy}
   {"reattempt", res id}       an earlier attempt's outcome is unknown: forward again, count nothing new
   {"refused", rule, limit, spent, estimate, vault key, policy}   (names empty before authentication)
   {"replay", status, headers json, body}
@@ -166,4 +166,4 @@ if ARGV[7] == "1" then
     "amount", fmt(estimate), "day", fmt(day))
   redis.call("EXPIRE", KEYS[7], ARGV[9])
 end
-return {"granted", ARGV[5], fmt(today + estimate), fmt(total + estimate)}
+return {"granted", ARGV[5], fmt(today + estimate), fmt(total + estimate), r.vault_key or "", r.policy or ""}

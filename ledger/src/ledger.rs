@@ -174,6 +174,10 @@ pub enum Admission {
         today: u64,
         /// Key spend in total, with the estimate.
         total: u64,
+        /// `namespace/name` of the VaultKey.
+        vault_key: String,
+        /// `namespace/name` of the SpendPolicy.
+        policy: String,
     },
     /// Forward again: an earlier attempt's outcome was unknown and is already counted.
     Reattempt {
@@ -568,6 +572,8 @@ fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
                 .ok_or_else(|| LedgerError::Reply("no reservation".into()))?,
             today: reply_int(text.get(2), "today")?,
             total: reply_int(text.get(3), "total")?,
+            vault_key: text.get(4).cloned().unwrap_or_default(),
+            policy: text.get(5).cloned().unwrap_or_default(),
         }),
         Some("reattempt") => Ok(Admission::Reattempt {
             reservation: text
@@ -613,11 +619,13 @@ mod tests {
     #[test]
     fn decodes_every_admission_and_rejects_garbage() {
         assert_eq!(
-            decode_admission(r(&["granted", "abc", "5", "7"])).unwrap(),
+            decode_admission(r(&["granted", "abc", "5", "7", "ns/k", "ns/p"])).unwrap(),
             Admission::Granted {
                 reservation: "abc".into(),
                 today: 5,
-                total: 7
+                total: 7,
+                vault_key: "ns/k".into(),
+                policy: "ns/p".into(),
             }
         );
         assert_eq!(

@@ -33,6 +33,9 @@ pub struct Config {
     /// Time allowed to send request headers, in seconds (slowloris).
     #[arg(long, env = "KEYBRAKE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
+    /// Shortest time between two status.spend writes of one key, in milliseconds.
+    #[arg(long, env = "KEYBRAKE_SPEND_INTERVAL_MS", default_value_t = 2000)]
+    pub spend_interval_ms: u64,
     /// Time allowed to send the request body, in seconds.
     #[arg(long, env = "KEYBRAKE_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
@@ -52,6 +55,7 @@ impl Config {
             max_connections: 10_000,
             header_timeout_secs: 10,
             body_timeout_secs: 30,
+            spend_interval_ms: 2000,
         }
     }
 

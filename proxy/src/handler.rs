@@ -26,6 +26,7 @@ use crate::{
     path,
     policies::{Credentials, Policies, PolicyConfig, PolicyState},
     refusal::{self, Kind, Refusal},
+    spend_writer::SpendWriter,
     upstream::Upstream,
     vendor::{self, Estimate},
 };
@@ -42,6 +43,8 @@ pub struct App {
     pub config: Config,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Keys whose status.spend needs writing.
+    pub spend: Arc<SpendWriter>,
 }
 
 /// Response bodies.
@@ -218,8 +221,8 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
             .as_deref()
             .map(|k| (k, fingerprint.as_str())),
     };
-    let reservation = match reserve(app, &request, vendor).await? {
-        Reserved::Go(r) => r,
+    let (reservation, vault_key, policy_name) = match reserve(app, &request, vendor).await? {
+        Reserved::Go(r, k, p) => (r, k, p),
         Reserved::Answer(resp) => return Ok(resp),
     };
 
@@ -299,6 +302,8 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
         }
     }
     app.metrics.forwarded(vendor, outcome, actual);
+    app.spend
+        .touch(&token.key_id, &vault_key, &policy_name, None);
     match forwarded {
         Ok((status, headers, body)) => Ok(respond(status, headers, body)),
         Err(UpstreamError::NotSent(e)) => Err((
@@ -329,7 +334,8 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
 }
 
 enum Reserved {
-    Go(String),
+    /// Forward under this reservation; the key's VaultKey and SpendPolicy names.
+    Go(String, String, String),
     Answer(Response<Body>),
 }
 
@@ -347,14 +353,23 @@ async fn reserve(
             (Some(vendor), Refusal::new(Kind::Unavailable, "accounting_unavailable", "redis", "accounting_unavailable: spend cannot be checked right now, so the call was not sent; retry shortly"))
         })?;
         match admission {
-            Admission::Granted { reservation, .. } | Admission::Reattempt { reservation } => {
-                return Ok(Reserved::Go(reservation));
+            Admission::Granted {
+                reservation,
+                vault_key,
+                policy,
+                ..
+            } => {
+                return Ok(Reserved::Go(reservation, vault_key, policy));
+            }
+            Admission::Reattempt { reservation } => {
+                return Ok(Reserved::Go(reservation, String::new(), String::new()));
             }
             Admission::Refused(r) => {
-                return Err((
-                    Some(vendor),
-                    refusal::from_ledger(&r, request.method, request.path),
-                ));
+                let refusal = refusal::from_ledger(&r, request.method, request.path);
+                let cap_hit = r.rule.is_cap().then(|| refusal.message.clone());
+                app.spend
+                    .touch(request.key_id, &r.vault_key, &r.policy, cap_hit);
+                return Err((Some(vendor), refusal));
             }
             Admission::Replay(stored) => {
                 let mut headers: Vec<(String, String)> =

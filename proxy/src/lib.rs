@@ -11,6 +11,7 @@ pub mod path;
 pub mod policies;
 pub mod refusal;
 pub mod server;
+pub mod spend_writer;
 pub mod upstream;
 pub mod vendor;
 
@@ -103,7 +104,7 @@ pub async fn start(
     );
     let policies = Arc::new(Policies::default());
     let watcher = tokio::spawn(policies::watch(
-        client,
+        client.clone(),
         policies.clone(),
         Duration::from_secs(5),
     ));
@@ -113,12 +114,21 @@ pub async fn start(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let spend = Arc::new(spend_writer::SpendWriter::default());
+    let writer = tokio::spawn(spend_writer::run(
+        spend.clone(),
+        ledger.clone(),
+        client.clone(),
+        Duration::from_millis(config.spend_interval_ms),
+        Duration::from_secs(5),
+    ));
     let app = Arc::new(App {
         policies,
         ledger,
         upstream: upstream::client(),
         config: config.clone(),
         metrics: Arc::new(Metrics::default()),
+        spend,
     });
 
     let sweeper = {
@@ -160,6 +170,6 @@ pub async fn start(
         admin_addr,
         stop,
         server,
-        background: vec![watcher, sweeper, admin_task],
+        background: vec![watcher, sweeper, admin_task, writer],
     })
 }

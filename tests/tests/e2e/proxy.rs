@@ -552,3 +552,70 @@ async fn five_hundred_callers_through_two_proxies_never_overshoot() -> Result<()
     s.proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> {
+    let s = stripe().await?;
+    let auth = ("Authorization", s.bearer.as_str());
+    for _ in 0..3 {
+        http(
+            s.proxy.addr,
+            "POST",
+            "/v1/payment_intents",
+            &[auth, FORM],
+            b"amount=20000&currency=usd",
+        )
+        .await?;
+    }
+    let started = std::time::Instant::now();
+    let row = eventually("kubectl get vk to show the spend", 15, || async {
+        let out = s
+            .stack
+            .cluster
+            .kubectl_ok(&["get", "vk", "-n", "billing", "billing-agent-run-7f3a"])
+            .await
+            .ok()?;
+        out.contains("400.00").then_some(out)
+    })
+    .await?;
+    println!(
+        "spend visible in kubectl get vk {:.1}s after the calls:\n{row}",
+        started.elapsed().as_secs_f64()
+    );
+    let described = eventually("the CapReached event", 15, || async {
+        let out = s
+            .stack
+            .cluster
+            .kubectl_ok(&["describe", "vk", "-n", "billing", "billing-agent-run-7f3a"])
+            .await
+            .ok()?;
+        out.contains("CapReached").then_some(out)
+    })
+    .await?;
+    assert!(
+        described.contains("cap_exhausted: the daily cap of $500.00"),
+        "{described}"
+    );
+    assert!(
+        described
+            .lines()
+            .any(|l| l.trim_start().starts_with("Refused:") && l.trim_end().ends_with(" 1")),
+        "{described}"
+    );
+    let policy = s
+        .stack
+        .cluster
+        .kubectl_ok(&[
+            "get",
+            "sp",
+            "-n",
+            "billing",
+            "stripe",
+            "-o",
+            "jsonpath={.status.spend.totalUsd}",
+        ])
+        .await?;
+    assert_eq!(policy, "400.00");
+    s.proxy.shutdown().await;
+    Ok(())
+}

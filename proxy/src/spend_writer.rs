@@ -1,0 +1,171 @@
+//! Spend write-back: `status.spend` of each VaultKey that saw calls (and its SpendPolicy's
+//! aggregate), read from the Redis counters and written with the proxy's own field manager at
+//! most once per interval, so bursts coalesce and the operator's status fields are never
+//! touched. The first cap hit of a key in a UTC day raises a Warning Event on it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use keybrake_crds::{SpendPolicy, Usd, VaultKey, status::SpendStatus};
+use keybrake_ledger::{KeyId, Ledger, PolicyTag, Spend};
+use kube::{
+    Api, Client, Resource,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use redis::aio::ConnectionManager;
+use serde_json::json;
+
+/// Field manager of the proxy's status writes.
+pub const MANAGER: &str = "keybrake-proxy";
+
+#[derive(Debug, Clone)]
+struct Touch {
+    vault_key: String,
+    policy: String,
+    cap_hit: Option<String>,
+}
+
+/// Keys whose spend changed since the last write.
+#[derive(Default)]
+pub struct SpendWriter {
+    dirty: Mutex<HashMap<KeyId, Touch>>,
+}
+
+impl SpendWriter {
+    /// Notes that a key's counters changed (`cap_hit`: the refusal message of a cap hit).
+    pub fn touch(&self, key: &KeyId, vault_key: &str, policy: &str, cap_hit: Option<String>) {
+        if vault_key.is_empty() {
+            return;
+        }
+        if let Ok(mut d) = self.dirty.lock() {
+            let entry = d.entry(key.clone()).or_insert_with(|| Touch {
+                vault_key: vault_key.into(),
+                policy: policy.into(),
+                cap_hit: None,
+            });
+            if cap_hit.is_some() {
+                entry.cap_hit = cap_hit;
+            }
+        }
+    }
+
+    fn take(&self) -> HashMap<KeyId, Touch> {
+        self.dirty
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+    }
+}
+
+fn status_of(s: &Spend) -> SpendStatus {
+    SpendStatus {
+        today_usd: Usd::from_micros(s.today).unwrap_or(Usd::MAX),
+        total_usd: Usd::from_micros(s.total).unwrap_or(Usd::MAX),
+        calls: s.calls,
+        refused: s.refused,
+        last_call_at: s
+            .last_call_ms
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+    }
+}
+
+fn split(ns_name: &str) -> Option<(&str, &str)> {
+    ns_name.split_once('/')
+}
+
+/// Writes dirty keys every `interval` until the task is dropped.
+pub async fn run(
+    writer: Arc<SpendWriter>,
+    ledger: Ledger<ConnectionManager>,
+    client: Client,
+    interval: Duration,
+    timeout: Duration,
+) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let mut evented: HashMap<KeyId, i64> = HashMap::new();
+    loop {
+        tokio::time::sleep(interval).await;
+        let batch = writer.take();
+        let mut policies = HashSet::new();
+        for (key, touch) in batch {
+            let Some((ns, name)) = split(&touch.vault_key) else {
+                continue;
+            };
+            policies.insert(touch.policy.clone());
+            let spend = match ledger.key_spend(&key).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read spend");
+                    writer.touch(&key, &touch.vault_key, &touch.policy, touch.cap_hit);
+                    continue;
+                }
+            };
+            let api: Api<VaultKey> = Api::namespaced(client.clone(), ns);
+            let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend)}});
+            let params = PatchParams::apply(MANAGER).force();
+            match tokio::time::timeout(
+                timeout,
+                api.patch_status(name, &params, &Patch::Apply(&patch)),
+            )
+            .await
+            {
+                Ok(Ok(vk)) => {
+                    if let Some(message) = touch.cap_hit {
+                        let day = ledger.now().await.map(|(_, d)| d).unwrap_or_default();
+                        if evented.get(&key) != Some(&day) {
+                            evented.insert(key.clone(), day);
+                            let event = Event {
+                                type_: EventType::Warning,
+                                reason: "CapReached".into(),
+                                note: Some(message),
+                                action: "Refuse".into(),
+                                secondary: None,
+                            };
+                            if let Err(e) = recorder.publish(&event, &vk.object_ref(&())).await {
+                                tracing::warn!(error = %e, "could not publish the cap-hit Event");
+                            }
+                        }
+                    }
+                }
+                Ok(Err(kube::Error::Api(s))) if s.is_not_found() => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, vaultkey = %touch.vault_key, "could not write spend")
+                }
+                Err(_) => tracing::warn!(vaultkey = %touch.vault_key, "writing spend timed out"),
+            }
+        }
+        for policy in policies {
+            let Some((ns, name)) = split(&policy) else {
+                continue;
+            };
+            let Ok(spend) = ledger.policy_spend(&PolicyTag::of(ns, name)).await else {
+                continue;
+            };
+            let api: Api<SpendPolicy> = Api::namespaced(client.clone(), ns);
+            let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": {"spend": status_of(&spend)}});
+            if let Ok(Err(e)) = tokio::time::timeout(
+                timeout,
+                api.patch_status(
+                    name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&patch),
+                ),
+            )
+            .await
+            {
+                tracing::warn!(error = %e, policy = %policy, "could not write policy spend");
+            }
+        }
+    }
+}
