@@ -272,6 +272,62 @@ pub enum Settlement {
     AlreadySettled,
 }
 
+/// One call in the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// Stream id (time-ordered).
+    pub id: String,
+    /// Unix ms (Redis time).
+    pub ts_ms: i64,
+    /// Key id.
+    pub key: String,
+    /// `namespace/name` of the VaultKey.
+    pub vault_key: String,
+    /// Run label.
+    pub run_label: String,
+    /// Vendor.
+    pub vendor: String,
+    /// Method.
+    pub method: String,
+    /// Canonical path.
+    pub path: String,
+    /// Reserved estimate, micro-dollars.
+    pub estimate: u64,
+    /// Settled cost, micro-dollars.
+    pub actual: u64,
+    /// Vendor HTTP status ("" when none).
+    pub status: String,
+    /// Vendor request id or object id.
+    pub request_id: String,
+    /// `ok`, `vendor_error`, `not_sent`, `unknown` or `refused`.
+    pub outcome: String,
+    /// The refusing rule, for refusals.
+    pub rule: String,
+}
+
+impl AuditEntry {
+    fn from_fields(id: String, f: &std::collections::HashMap<String, String>) -> AuditEntry {
+        let s = |k: &str| f.get(k).cloned().unwrap_or_default();
+        let n = |k: &str| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        AuditEntry {
+            id,
+            ts_ms: n("ts") as i64,
+            key: s("key"),
+            vault_key: s("vk"),
+            run_label: s("run"),
+            vendor: s("vendor"),
+            method: s("method"),
+            path: s("path"),
+            estimate: n("estimate"),
+            actual: n("actual"),
+            status: s("status"),
+            request_id: s("request_id"),
+            outcome: s("outcome"),
+            rule: s("rule"),
+        }
+    }
+}
+
 /// The accounting over one Redis (single node or cluster).
 #[derive(Clone)]
 pub struct Ledger<C> {
@@ -496,6 +552,46 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             }),
             other => Err(LedgerError::Reply(format!("settle returned {other:?}"))),
         }
+    }
+
+    /// Every policy tag with records (the sweeper's and the audit view's index).
+    pub async fn policy_tags(&self) -> Result<Vec<PolicyTag>> {
+        let mut conn = self.conn.clone();
+        let tags: Vec<String> = self.timed(conn.smembers(self.keys.policy_index())).await?;
+        Ok(tags.into_iter().map(PolicyTag::from_index).collect())
+    }
+
+    /// A policy's audit entries between two times (Unix ms, inclusive), oldest first, at most
+    /// `count`.
+    pub async fn audit(
+        &self,
+        tag: &PolicyTag,
+        from_ms: Option<i64>,
+        to_ms: Option<i64>,
+        count: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        let mut conn = self.conn.clone();
+        let start = from_ms.map_or("-".to_owned(), |ms| format!("{ms}-0"));
+        let end = to_ms.map_or("+".to_owned(), |ms| format!("{ms}-18446744073709551615"));
+        let reply: redis::streams::StreamRangeReply = self
+            .timed(conn.xrange_count(self.keys.policy(tag).audit(), start, end, count))
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|e| {
+                let fields = e
+                    .map
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        redis::from_redis_value_ref::<String>(v)
+                            .ok()
+                            .map(|v| (k.clone(), v))
+                    })
+                    .collect();
+                AuditEntry::from_fields(e.id, &fields)
+            })
+            .collect())
     }
 
     /// Settles reservations past their deadline as "unknown outcome" (their estimate stays

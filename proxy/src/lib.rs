@@ -3,6 +3,7 @@
 //! the real vendor credentials come from the SpendPolicies' Secrets and live only in memory.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod handler;

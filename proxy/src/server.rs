@@ -13,7 +13,10 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::handler::{self, App};
+use crate::{
+    audit,
+    handler::{self, App},
+};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -73,7 +76,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     }
 }
 
-fn admin_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn admin_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
         "/metrics" => (StatusCode::OK, app.metrics.encode()),
         "/healthz" | "/livez" => (StatusCode::OK, "ok".into()),
@@ -82,6 +85,20 @@ fn admin_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::SERVICE_UNAVAILABLE,
             "policies not loaded yet".into(),
         ),
+        "/audit" => match audit::parse(req.uri().query()) {
+            Err(e) => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": e}).to_string(),
+            ),
+            Ok(q) => match audit::run(&app.ledger, &q).await {
+                Ok(v) => (StatusCode::OK, v.to_string()),
+                Err(e) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"error": format!("audit trail unavailable: {e}")})
+                        .to_string(),
+                ),
+            },
+        },
         _ => (StatusCode::NOT_FOUND, "not found".into()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -100,7 +117,7 @@ pub async fn serve_admin(listener: TcpListener, app: Arc<App>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(admin_response(&app, &req)) }
+                async move { Ok::<_, Infallible>(admin_response(&app, &req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -619,3 +619,56 @@ async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> 
     s.proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_lists_calls_with_costs_request_ids_and_run_totals() -> Result<()> {
+    let s = stripe().await?;
+    let auth = ("Authorization", s.bearer.as_str());
+    for amount in ["12500", "20000", "30000"] {
+        http(
+            s.proxy.addr,
+            "POST",
+            "/v1/payment_intents",
+            &[auth, FORM],
+            format!("amount={amount}&currency=usd").as_bytes(),
+        )
+        .await?;
+    }
+    let r = http(
+        s.proxy.admin_addr,
+        "GET",
+        "/audit?run_label=hatchet%2Fbilling-agent%2F7f3a9c2e",
+        &[],
+        b"",
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    assert_eq!(
+        (
+            entries[0]["outcome"].as_str(),
+            entries[0]["actual_usd"].as_str()
+        ),
+        (Some("ok"), Some("125.00"))
+    );
+    assert_eq!(entries[0]["request_id"], "req_1", "the vendor's Request-Id");
+    assert_eq!(
+        (entries[2]["outcome"].as_str(), entries[2]["rule"].as_str()),
+        (Some("refused"), Some("per_call_cap"))
+    );
+    let total = &v["totals"]["hatchet/billing-agent/7f3a9c2e"];
+    assert_eq!(
+        (
+            total["calls"].as_u64(),
+            total["refused"].as_u64(),
+            total["actual_usd"].as_str()
+        ),
+        (Some(2), Some(1), Some("325.00"))
+    );
+    let bad = http(s.proxy.admin_addr, "GET", "/audit?from=yesterday", &[], b"").await?;
+    assert_eq!(bad.status, 400);
+    s.proxy.shutdown().await;
+    Ok(())
+}
