@@ -173,3 +173,106 @@ async fn revoked_keys_raise_authentication_error_and_other_endpoints_permission_
     proxy.shutdown().await;
     Ok(())
 }
+
+async fn agents_stack() -> Result<(
+    Stack,
+    keybrake_proxy::Running,
+    keybrake_e2e::upstream::RecordingUpstream,
+)> {
+    let upstream = keybrake_e2e::upstream::RecordingUpstream::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    stack
+        .cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
+        .await?
+        .ok()?;
+    for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
+        let yaml = example(policy).replace(
+            "  credentialsSecretRef:\n",
+            &format!("  upstream: {}\n  credentialsSecretRef:\n", upstream.url()),
+        );
+        stack.cluster.apply(&yaml).await?.ok()?;
+    }
+    Ok((stack, proxy, upstream))
+}
+
+async fn agents_env(stack: &Stack, name: &str) -> Result<BTreeMap<String, String>> {
+    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), "agents");
+    eventually(&format!("{name} Active"), 20, || async {
+        api.get(name)
+            .await
+            .ok()
+            .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
+    })
+    .await?;
+    let s = Api::<Secret>::namespaced(stack.client.clone(), "agents")
+        .get(name)
+        .await?;
+    Ok(s.data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_twilio_sdk_sends_then_raises_twilio_rest_exception_429_at_the_cap() -> Result<()> {
+    let (stack, proxy, upstream) = agents_stack().await?;
+    // $0.05 a day: two 2-segment texts at $0.0113 a segment fit, a third does not.
+    stack
+        .cluster
+        .apply(&example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""))
+        .await?
+        .ok()?;
+    let env = agents_env(&stack, "haystack-notifier-run-41").await?;
+    let out = run("twilio_run.py", &["3", "200"], &env).await?;
+    let r = out.as_array().unwrap();
+    assert!(r[0]["ok"].as_str().unwrap().starts_with("SM"), "{out}");
+    assert_eq!(r[0]["segments"], "2");
+    assert!(r[1]["ok"].is_string(), "{out}");
+    assert_eq!(
+        (r[2]["http_status"].as_u64(), r[2]["error"].as_u64()),
+        (Some(429), Some(20429)),
+        "{out}"
+    );
+    assert!(
+        r[2]["message"].as_str().unwrap().contains("cap_exhausted"),
+        "{out}"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+    assert!(
+        upstream.requests()[0].authorization.starts_with("Basic "),
+        "the real credentials are injected"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_resend_sdk_sends_then_raises_rate_limit_error_at_the_cap() -> Result<()> {
+    let (stack, proxy, upstream) = agents_stack().await?;
+    // Three recipients at $0.0009: $0.005 allows one email, not two.
+    stack
+        .cluster
+        .apply(
+            &example("resend-email-key.yaml").replace("dailyUsdCap: 10", "dailyUsdCap: \"0.005\""),
+        )
+        .await?
+        .ok()?;
+    let env = agents_env(&stack, "haystack-mailer-run-41").await?;
+    assert_eq!(env["RESEND_API_URL"], format!("http://{}", proxy.addr));
+    let out = run("resend_run.py", &["2", "3"], &env).await?;
+    let r = out.as_array().unwrap();
+    assert!(r[0]["ok"].as_str().unwrap().starts_with("email-"), "{out}");
+    assert_eq!(r[1]["class"], "RateLimitError", "{out}");
+    assert!(
+        r[1]["rate_limited"]
+            .as_str()
+            .unwrap()
+            .contains("cap_exhausted"),
+        "{out}"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+    proxy.shutdown().await;
+    Ok(())
+}
