@@ -2,8 +2,8 @@
 //! kubectl 1.32 pointed at it.
 #![forbid(unsafe_code)]
 
-pub mod python;
 pub mod redis_server;
+pub mod sdk;
 pub mod stack;
 pub mod upstream;
 

@@ -9,4 +9,4 @@ mod kube_lite_watch;
 mod ledger_scripts;
 mod operator;
 mod proxy;
-mod sdk_python;
+mod sdk;

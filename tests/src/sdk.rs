@@ -1,4 +1,4 @@
-//! The official Python SDKs, driven as a workload would drive them, and localstripe.
+//! The official Python and Node SDKs, driven as a workload would drive them, and localstripe.
 
 use std::{collections::BTreeMap, process::Stdio};
 
@@ -53,6 +53,28 @@ impl Drop for LocalStripe {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
     }
+}
+
+/// Runs `tests/sdk/node_run.mjs` (the official Node SDKs) with exactly `env` as its environment.
+pub async fn run_node(args: &[&str], env: &BTreeMap<String, String>) -> Result<serde_json::Value> {
+    let out = tokio::process::Command::new("node")
+        .arg(workspace_root().join("tests/sdk/node_run.mjs"))
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(workspace_root().join("tests/sdk"))
+        .output()
+        .await
+        .context("running node")?;
+    if !out.status.success() {
+        bail!(
+            "node_run.mjs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).with_context(|| format!("node_run.mjs printed {text}"))
 }
 
 /// Runs `tests/sdk/<script>` with exactly `env` as its environment (as a pod started with only

@@ -1,4 +1,5 @@
-//! The official Python stripe SDK against localstripe through the proxy, configured only from
+//! The official Python and Node SDKs through the proxy (localstripe for Stripe, the recording
+//! upstream for Twilio and Resend), configured only from
 //! the Secret the operator wrote (what a pod with `envFrom` would have).
 
 use std::collections::BTreeMap;
@@ -273,6 +274,81 @@ async fn the_resend_sdk_sends_then_raises_rate_limit_error_at_the_cap() -> Resul
         "{out}"
     );
     assert_eq!(upstream.requests().len(), 1);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_sdks_raise_their_own_errors_at_the_cap() -> Result<()> {
+    use keybrake_e2e::sdk::run_node;
+    let (stack, proxy, _localstripe) = stripe_stack().await?;
+    stack.cluster.apply(&key("run-node", 500)).await?.ok()?;
+    let env = secret_env(&stack, "run-node").await?;
+    let out = run_node(&["stripe", "3", "20000"], &env).await?;
+    let r = out.as_array().unwrap();
+    assert!(r[0]["ok"].as_str().unwrap().starts_with("pi_"), "{out}");
+    assert_eq!(
+        (
+            r[2]["error"].as_str(),
+            r[2]["code"].as_str(),
+            r[2]["status"].as_u64()
+        ),
+        (
+            Some("StripeRateLimitError"),
+            Some("cap_exhausted"),
+            Some(429)
+        ),
+        "{out}"
+    );
+    let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
+    assert_eq!(
+        stack
+            .ledger()
+            .await?
+            .key_spend(&token.key_id)
+            .await?
+            .refused,
+        1,
+        "Node stripe retried the cap hit"
+    );
+    proxy.shutdown().await;
+
+    let (stack, proxy, _upstream) = agents_stack().await?;
+    stack
+        .cluster
+        .apply(&example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(
+            &example("resend-email-key.yaml").replace("dailyUsdCap: 10", "dailyUsdCap: \"0.005\""),
+        )
+        .await?
+        .ok()?;
+    let env = agents_env(&stack, "haystack-notifier-run-41").await?;
+    let out = run_node(&["twilio", "3", "200"], &env).await?;
+    let r = out.as_array().unwrap();
+    assert!(r[1]["ok"].is_string(), "{out}");
+    assert_eq!(
+        (
+            r[2]["error"].as_str(),
+            r[2]["code"].as_u64(),
+            r[2]["status"].as_u64()
+        ),
+        (Some("RestException"), Some(20429), Some(429)),
+        "{out}"
+    );
+    let mut env = agents_env(&stack, "haystack-mailer-run-41").await?;
+    env.retain(|k, _| k.starts_with("RESEND_") || k.starts_with("KEYBRAKE_"));
+    let out = run_node(&["resend", "2", "3"], &env).await?;
+    let r = out.as_array().unwrap();
+    assert!(r[0]["ok"].is_string(), "{out}");
+    assert_eq!(
+        (r[1]["error"].as_str(), r[1]["status"].as_u64()),
+        (Some("daily_quota_exceeded"), Some(429)),
+        "{out}"
+    );
     proxy.shutdown().await;
     Ok(())
 }
