@@ -1,6 +1,6 @@
 //! The official Python and Node SDKs through the proxy (localstripe for Stripe, the recording
-//! upstream for Twilio and Resend), configured only from
-//! the Secret the operator wrote (what a pod with `envFrom` would have).
+//! upstream for Twilio and Resend), configured only from the Secret the operator wrote (what a
+//! pod with `envFrom` would have).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,7 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{KeyPhase, VaultKey};
 use keybrake_e2e::{
-    python::{LocalStripe, run},
+    sdk::{LocalStripe, run},
     stack::{Stack, eventually},
     workspace_root,
 };
