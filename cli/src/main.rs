@@ -1,8 +1,10 @@
-//! `keybrake`: the local stack, CRD generation, and spend and audit views.
+//! `keybrake`: the local stack, CRD generation, and spend and audit views. Also usable as a
+//! kubectl plugin: link it as `kubectl-keybrake` on the PATH and run `kubectl keybrake spend`.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
+use keybrake_cli::{dev, views};
 
 /// Scoped, spend-capped vendor credentials for Kubernetes workloads.
 #[derive(Parser)]
@@ -14,18 +16,56 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the whole stack locally (API server, Redis, operator, proxy, vendor sandboxes).
+    Dev(dev::DevArgs),
     /// Print the VaultKey and SpendPolicy CRDs, or write them into a folder.
     Crds {
         /// Write one file per CRD into this folder instead of printing.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A table of keys, caps, spend and expiry.
+    Spend {
+        /// Only this namespace (default: all).
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// The calls of a run (or a key) with their costs, vendor request ids and the run's total.
+    Audit {
+        /// The run label (`spec.runLabel`).
+        #[arg(long)]
+        run_label: Option<String>,
+        /// A key id (`KEYBRAKE_KEY_ID`).
+        #[arg(long)]
+        key: Option<String>,
+        /// The proxy's admin URL.
+        #[arg(
+            long,
+            env = "KEYBRAKE_ADMIN_URL",
+            default_value = "http://127.0.0.1:8081"
+        )]
+        admin_url: String,
+    },
 }
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Dev(args) => dev::run(args).await,
         Command::Crds { out } => crds(out),
+        Command::Spend { namespace } => views::spend(namespace).await,
+        Command::Audit {
+            run_label,
+            key,
+            admin_url,
+        } => views::audit(&admin_url, run_label, key).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

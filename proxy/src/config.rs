@@ -33,6 +33,14 @@ pub struct Config {
     /// Time allowed to send request headers, in seconds (slowloris).
     #[arg(long, env = "KEYBRAKE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
+    /// Upstream for policies that name none, per vendor (`stripe=http://127.0.0.1:8420`);
+    /// repeatable. Default: the vendor's public API.
+    #[arg(
+        long = "default-upstream",
+        env = "KEYBRAKE_DEFAULT_UPSTREAMS",
+        value_delimiter = ','
+    )]
+    pub default_upstreams: Vec<String>,
     /// Shortest time between two status.spend writes of one key, in milliseconds.
     #[arg(long, env = "KEYBRAKE_SPEND_INTERVAL_MS", default_value_t = 2000)]
     pub spend_interval_ms: u64,
@@ -56,7 +64,20 @@ impl Config {
             header_timeout_secs: 10,
             body_timeout_secs: 30,
             spend_interval_ms: 2000,
+            default_upstreams: Vec::new(),
         }
+    }
+
+    /// The default upstream of `vendor`: an override, else the vendor's public API.
+    pub fn default_upstream(&self, vendor: keybrake_crds::Vendor) -> String {
+        self.default_upstreams
+            .iter()
+            .filter_map(|o| o.split_once('='))
+            .find(|(v, _)| *v == vendor.as_str())
+            .map_or_else(
+                || vendor.default_upstream().to_owned(),
+                |(_, url)| url.to_owned(),
+            )
     }
 
     /// The upstream timeout.

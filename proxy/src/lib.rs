@@ -108,6 +108,7 @@ pub async fn start(
         client.clone(),
         policies.clone(),
         Duration::from_secs(5),
+        config.clone(),
     ));
     for _ in 0..200 {
         if policies.synced() {

@@ -104,7 +104,11 @@ fn secret_value(secret: &Secret, key: &str) -> Option<String> {
 }
 
 /// The state of one policy given its credentials Secret (if found).
-pub fn state_of(policy: &SpendPolicy, secret: Option<&Secret>) -> PolicyState {
+pub fn state_of(
+    policy: &SpendPolicy,
+    secret: Option<&Secret>,
+    default_upstream: &dyn Fn(Vendor) -> String,
+) -> PolicyState {
     let ns = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
     if let Err(v) = validate_policy(&policy.spec) {
@@ -142,7 +146,7 @@ pub fn state_of(policy: &SpendPolicy, secret: Option<&Secret>) -> PolicyState {
         .spec
         .upstream
         .clone()
-        .unwrap_or_else(|| policy.spec.vendor.default_upstream().to_owned());
+        .unwrap_or_else(|| default_upstream(policy.spec.vendor));
     PolicyState::Ready(Arc::new(PolicyConfig {
         namespace: ns,
         name,
@@ -159,6 +163,7 @@ async fn refresh(
     store: &reflector::Store<SpendPolicy>,
     client: &Client,
     timeout: Duration,
+    defaults: &crate::Config,
 ) {
     let mut table = HashMap::new();
     for policy in store.state() {
@@ -177,9 +182,10 @@ async fn refresh(
             }
             Err(_) => None,
         };
+        let default_upstream = |v: Vendor| defaults.default_upstream(v);
         table.insert(
             PolicyTag::of(&ns, &policy.name_any()),
-            state_of(&policy, secret.as_ref()),
+            state_of(&policy, secret.as_ref(), &default_upstream),
         );
     }
     policies.replace(table);
@@ -187,7 +193,12 @@ async fn refresh(
 
 /// Keeps the table current until the task is dropped: reloads on any SpendPolicy change and
 /// on changes to a Secret some policy names.
-pub async fn watch(client: Client, policies: Arc<Policies>, timeout: Duration) {
+pub async fn watch(
+    client: Client,
+    policies: Arc<Policies>,
+    timeout: Duration,
+    config: crate::Config,
+) {
     let (store, writer) = reflector::store::<SpendPolicy>();
     let policy_events = reflector(
         writer,
@@ -229,7 +240,7 @@ pub async fn watch(client: Client, policies: Arc<Policies>, timeout: Duration) {
         // The store fills as this very stream is polled: ask whether it is ready, never wait.
         let ready = matches!(store.wait_until_ready().now_or_never(), Some(Ok(())));
         if relevant && ready {
-            refresh(&policies, &store, &client, timeout).await;
+            refresh(&policies, &store, &client, timeout, &config).await;
         }
     }
 }
@@ -269,6 +280,7 @@ mod tests {
         let PolicyState::Ready(cfg) = state_of(
             &policy("stripe"),
             Some(&secret(&[("apiKey", "sk_test_abc\n")])),
+            &|v| v.default_upstream().to_owned(),
         ) else {
             panic!()
         };
@@ -276,10 +288,10 @@ mod tests {
         assert_eq!(cfg.upstream, "http://127.0.0.1:9");
         assert!(!format!("{cfg:?}").contains("sk_test_abc"));
         assert!(
-            matches!(state_of(&policy("twilio"), Some(&secret(&[("accountSid", "AC1")]))), PolicyState::Unusable(m) if m.contains("authToken"))
+            matches!(state_of(&policy("twilio"), Some(&secret(&[("accountSid", "AC1")])), &|v| v.default_upstream().to_owned()), PolicyState::Unusable(m) if m.contains("authToken"))
         );
         assert!(
-            matches!(state_of(&policy("resend"), None), PolicyState::Unusable(m) if m.contains("not found"))
+            matches!(state_of(&policy("resend"), None, &|v| v.default_upstream().to_owned()), PolicyState::Unusable(m) if m.contains("not found"))
         );
     }
 }

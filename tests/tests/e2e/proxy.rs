@@ -98,7 +98,7 @@ async fn a_capped_stripe_key_charges_until_the_cap_then_refuses_in_stripes_shape
             "POST",
             &format!("{prefix}/v1/payment_intents"),
             &[auth, FORM],
-            b"amount=20000&currency=usd&customer=cus_1",
+            b"amount=20000&currency=usd&confirm=true&customer=cus_1",
         )
         .await?;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -109,7 +109,7 @@ async fn a_capped_stripe_key_charges_until_the_cap_then_refuses_in_stripes_shape
         "POST",
         "/v1/payment_intents",
         &[auth, FORM],
-        b"amount=20000&currency=usd",
+        b"amount=20000&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(r.status, 429);
@@ -170,7 +170,7 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
         "POST",
         "/v1/payment_intents",
         &[auth, FORM],
-        b"amount=30000&currency=usd",
+        b"amount=30000&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(r.status, 429, "per-call cap of $250");
@@ -179,7 +179,7 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
         "POST",
         "/v1/payment_intents",
         &[auth, FORM],
-        b"amount=1&amount=99999&currency=usd",
+        b"amount=1&amount=99999&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(r.status, 400);
@@ -207,7 +207,7 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
         "POST",
         "/v1/../v1/payment_intents",
         &[auth, FORM],
-        b"amount=100&currency=usd",
+        b"amount=100&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(r.status, 400);
@@ -216,7 +216,7 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
         "POST",
         "/v1/payment_intents",
         &[("Authorization", "Bearer sk_live_the_real_key"), FORM],
-        b"amount=100&currency=usd",
+        b"amount=100&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(r.status, 401);
@@ -225,7 +225,7 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
         "POST",
         "/v1/payment_intents",
         &[auth, auth, FORM],
-        b"amount=100&currency=usd",
+        b"amount=100&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(r.status, 401, "duplicated Authorization");
@@ -258,7 +258,7 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
             "POST",
             "/v1/payment_intents",
             &[auth, FORM],
-            b"amount=100&currency=usd",
+            b"amount=100&currency=usd&confirm=true",
         )
         .await
         .ok()?;
@@ -290,7 +290,7 @@ async fn an_idempotency_key_is_forwarded_once_and_counted_once() -> Result<()> {
                 "POST",
                 "/v1/payment_intents",
                 &[("Authorization", bearer.as_str()), FORM, idem],
-                b"amount=10000&currency=usd",
+                b"amount=10000&currency=usd&confirm=true",
             )
             .await
         }));
@@ -308,7 +308,7 @@ async fn an_idempotency_key_is_forwarded_once_and_counted_once() -> Result<()> {
         "POST",
         "/v1/payment_intents",
         &[auth, FORM, idem],
-        b"amount=20000&currency=usd",
+        b"amount=20000&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(other.status, 400);
@@ -334,7 +334,7 @@ async fn redis_down_fails_closed_and_upstream_failures_settle_correctly() -> Res
         "POST",
         "/v1/payment_intents",
         &[auth, FORM],
-        b"amount=10000&currency=usd",
+        b"amount=10000&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(r.status, 500, "the vendor's own error passes through");
@@ -352,7 +352,7 @@ async fn redis_down_fails_closed_and_upstream_failures_settle_correctly() -> Res
         "POST",
         "/v1/payment_intents",
         &[auth, FORM],
-        b"amount=10000&currency=usd",
+        b"amount=10000&currency=usd&confirm=true",
     )
     .await?;
     assert_eq!(r.status, 503);
@@ -508,7 +508,7 @@ async fn five_hundred_callers_through_two_proxies_never_overshoot() -> Result<()
                 "POST",
                 "/v1/payment_intents",
                 &[("Authorization", bearer.as_str()), FORM],
-                b"amount=300&currency=usd",
+                b"amount=300&currency=usd&confirm=true",
             )
             .await
         }));
@@ -563,7 +563,7 @@ async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> 
             "POST",
             "/v1/payment_intents",
             &[auth, FORM],
-            b"amount=20000&currency=usd",
+            b"amount=20000&currency=usd&confirm=true",
         )
         .await?;
     }
@@ -630,7 +630,7 @@ async fn the_audit_trail_lists_calls_with_costs_request_ids_and_run_totals() -> 
             "POST",
             "/v1/payment_intents",
             &[auth, FORM],
-            format!("amount={amount}&currency=usd").as_bytes(),
+            format!("amount={amount}&currency=usd&confirm=true").as_bytes(),
         )
         .await?;
     }

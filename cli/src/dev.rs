@@ -1,0 +1,280 @@
+//! `keybrake dev`: the whole stack on one machine, in the foreground. kube-lite (with the CRDs
+//! applied and its objects kept in the state folder), a `redis-server` child (or `--redis-url`),
+//! the operator and the proxy (their own `run`/`start`, the code paths of their binaries), and a
+//! vendor sandbox for every vendor not pointed elsewhere with `--upstream`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use keybrake_crds::Vendor;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+
+use crate::sandbox::Sandbox;
+
+/// Options of `keybrake dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Where the kubeconfig, env file, Redis data and API objects are kept.
+    #[arg(long, default_value = ".keybrake")]
+    pub state_dir: PathBuf,
+    /// API server port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub api_port: u16,
+    /// Proxy port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub proxy_port: u16,
+    /// Use this Redis instead of starting one.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Send a vendor's calls to this URL instead of the sandbox, e.g.
+    /// `stripe=http://127.0.0.1:8420` (localstripe) or `stripe=https://api.stripe.com`.
+    #[arg(long = "upstream", value_name = "VENDOR=URL")]
+    pub upstreams: Vec<String>,
+}
+
+/// A child process killed on drop.
+struct Child(tokio::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_redis(dir: &Path) -> Result<(Child, String)> {
+    if which("redis-server").is_none() {
+        bail!(
+            "redis-server not found: install it (`apt-get install redis-server`, or `bash scripts/install-deps`) or pass --redis-url"
+        );
+    }
+    let port = free_port()?;
+    let data = dir.join("redis");
+    std::fs::create_dir_all(&data)?;
+    let child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting redis-server")?;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok((Child(child), format!("redis://127.0.0.1:{port}/")));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("redis-server did not start on port {port}")
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Parses `VENDOR=URL` overrides, refusing unknown vendors by name.
+pub fn parse_upstreams(items: &[String]) -> Result<Vec<(Vendor, String)>> {
+    items
+        .iter()
+        .map(|item| {
+            let (vendor, url) = item
+                .split_once('=')
+                .with_context(|| format!("--upstream {item:?} is not VENDOR=URL"))?;
+            let vendor: Vendor = vendor
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--upstream {item:?}: {e}"))?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--upstream {item:?}: the URL must start with http:// or https://");
+            }
+            Ok((vendor, url.trim_end_matches('/').to_owned()))
+        })
+        .collect()
+}
+
+async fn apply_crds(client: &Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in keybrake_crds::manifests::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        api.patch(
+            &name,
+            &PatchParams::apply("keybrake-dev").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying CRD {name}"))?;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Runs the stack until SIGINT or SIGTERM.
+pub async fn run(args: DevArgs) -> Result<()> {
+    let overrides = parse_upstreams(&args.upstreams)?;
+    let dir = args.state_dir.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let (redis_child, redis_url) = match &args.redis_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let (child, url) = start_redis(&dir).await?;
+            (Some(child), url)
+        }
+    };
+
+    let api = kube_lite::KubeLite::start(kube_lite::Options {
+        bind: Some(SocketAddr::from(([127, 0, 0, 1], args.api_port))),
+        state_file: Some(dir.join("kube-lite.json")),
+        ..Default::default()
+    })
+    .await?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig())?;
+    let client = Client::try_from(kube::Config::new(api.url().parse()?))?;
+    apply_crds(&client).await?;
+
+    let mut sandboxes = Vec::new();
+    let mut default_upstreams = Vec::new();
+    for vendor in Vendor::ALL {
+        match overrides.iter().find(|(v, _)| *v == vendor) {
+            Some((_, url)) => default_upstreams.push(format!("{vendor}={url}")),
+            None => {
+                let sandbox = Sandbox::start().await?;
+                default_upstreams.push(format!("{vendor}={}", sandbox.url()));
+                sandboxes.push(sandbox);
+            }
+        }
+    }
+
+    let mut proxy_config = keybrake_proxy::Config::local(&redis_url, "kb");
+    proxy_config.listen = SocketAddr::from(([127, 0, 0, 1], args.proxy_port));
+    proxy_config.default_upstreams = default_upstreams.clone();
+    let proxy = keybrake_proxy::start(
+        client.clone(),
+        proxy_config,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await?;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let admin_url = format!("http://{}", proxy.admin_addr);
+
+    let operator_config = keybrake_operator::Config {
+        proxy_url: proxy_url.clone(),
+        redis_url: redis_url.clone(),
+        redis_prefix: "kb".into(),
+        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        leader_election: false,
+        lease_namespace: "default".into(),
+        lease_secs: 15,
+        identity: "keybrake-dev".into(),
+        call_timeout_secs: 10,
+    };
+    let (stop_operator, operator_stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(keybrake_operator::run(
+        client.clone(),
+        operator_config,
+        async move {
+            let _ = operator_stopped.await;
+        },
+    ));
+
+    let env = format!(
+        "KUBECONFIG={}\nKEYBRAKE_PROXY_URL={proxy_url}\nKEYBRAKE_ADMIN_URL={admin_url}\nREDIS_URL={redis_url}\n",
+        std::fs::canonicalize(&kubeconfig)
+            .unwrap_or(kubeconfig.clone())
+            .display()
+    );
+    std::fs::write(dir.join("env"), &env)?;
+    println!(
+        "keybrake dev: ready (api {}, proxy {proxy_url}, admin {admin_url}, upstreams {}); `set -a; . {}/env; set +a` to use it",
+        api.url(),
+        default_upstreams.join(" "),
+        dir.display()
+    );
+
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = operator => {
+            match result {
+                Ok(Err(e)) => eprintln!("keybrake dev: the operator stopped: {e}"),
+                _ => eprintln!("keybrake dev: the operator stopped"),
+            }
+        }
+    }
+    let _ = stop_operator.send(());
+    proxy.shutdown().await;
+    api.shutdown().await;
+    drop(sandboxes);
+    drop(redis_child);
+    println!("keybrake dev: stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_overrides_name_what_is_wrong() {
+        let ok = parse_upstreams(&["stripe=http://127.0.0.1:8420/".into()]).unwrap();
+        assert_eq!(ok, vec![(Vendor::Stripe, "http://127.0.0.1:8420".into())]);
+        assert!(
+            parse_upstreams(&["paypal=http://x".into()])
+                .unwrap_err()
+                .to_string()
+                .contains("unknown vendor \"paypal\"")
+        );
+        assert!(
+            parse_upstreams(&["stripe".into()])
+                .unwrap_err()
+                .to_string()
+                .contains("VENDOR=URL")
+        );
+        assert!(
+            parse_upstreams(&["stripe=ftp://x".into()])
+                .unwrap_err()
+                .to_string()
+                .contains("http://")
+        );
+    }
+}

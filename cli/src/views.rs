@@ -1,0 +1,156 @@
+//! `keybrake spend` and `keybrake audit`: the views people would otherwise assemble by hand
+//! from `kubectl get vk -o json` and the proxy's audit API.
+
+use anyhow::{Context, Result, bail};
+use keybrake_crds::VaultKey;
+use kube::{Api, Client, ResourceExt, api::ListParams};
+use serde_json::Value;
+
+/// Prints a table of keys, caps, spend and expiry.
+pub async fn spend(namespace: Option<String>) -> Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("no Kubernetes configuration (set KUBECONFIG, e.g. from .keybrake/env)")?;
+    let api: Api<VaultKey> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let keys = api.list(&ListParams::default()).await?;
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "NAME",
+            "VENDOR",
+            "CAP",
+            "TODAY",
+            "SPENT",
+            "CALLS",
+            "REFUSED",
+            "EXPIRES",
+            "PHASE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for k in keys.items {
+        let st = k.status.clone().unwrap_or_default();
+        let spend = st.spend.clone().unwrap_or_default();
+        rows.push(vec![
+            k.namespace().unwrap_or_default(),
+            k.name_any(),
+            st.vendor.map(|v| v.to_string()).unwrap_or_default(),
+            st.cap.unwrap_or_default(),
+            spend.today_usd.to_string(),
+            spend.total_usd.to_string(),
+            spend.calls.to_string(),
+            spend.refused.to_string(),
+            st.expires_at.map(|t| t.0.to_string()).unwrap_or_default(),
+            st.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
+        ]);
+    }
+    print_rows(&rows);
+    Ok(())
+}
+
+fn print_rows(rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", line.join("   ").trim_end());
+    }
+}
+
+/// A GET on a plain-HTTP URL, returning status and body.
+async fn get(url: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .context("the admin URL must be http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let mut s = tokio::net::TcpStream::connect(host)
+        .await
+        .with_context(|| format!("connecting to {host}"))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// Prints the calls of a run with their costs and vendor request ids, and the run's total.
+pub async fn audit(admin_url: &str, run_label: Option<String>, key: Option<String>) -> Result<()> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(r) = &run_label {
+        query.append_pair("run_label", r);
+    }
+    if let Some(k) = &key {
+        query.append_pair("key", k);
+    }
+    let (status, body) = get(&format!(
+        "{}/audit?{}",
+        admin_url.trim_end_matches('/'),
+        query.finish()
+    ))
+    .await?;
+    let v: Value = serde_json::from_str(&body)
+        .with_context(|| format!("the proxy answered {status}: {body}"))?;
+    if status != 200 {
+        bail!("the proxy answered {status}: {}", v["error"]);
+    }
+    let mut rows = vec![
+        [
+            "TIME",
+            "VAULTKEY",
+            "CALL",
+            "ESTIMATE",
+            "ACTUAL",
+            "OUTCOME",
+            "REQUEST ID",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in v["entries"].as_array().into_iter().flatten() {
+        let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+        let outcome = if s("rule").is_empty() {
+            s("outcome")
+        } else {
+            format!("refused: {}", s("rule"))
+        };
+        rows.push(vec![
+            s("time"),
+            s("vault_key"),
+            format!("{} {}", s("method"), s("path")),
+            s("estimate_usd"),
+            s("actual_usd"),
+            outcome,
+            s("request_id"),
+        ]);
+    }
+    print_rows(&rows);
+    for (run, t) in v["totals"].as_object().into_iter().flatten() {
+        println!(
+            "\nrun {run}: {} calls, {} refused, {} spent",
+            t["calls"],
+            t["refused"],
+            t["actual_usd"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The README's first command and walkthrough, run verbatim: `keybrake dev` (the real binary),
+//! then the walkthrough block with real kubectl 1.32 and the official Python stripe SDK.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::io::AsyncBufReadExt;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn walkthrough() -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("```sh walkthrough\n")
+        .expect("the README has a walkthrough block")
+        + "```sh walkthrough\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    readme[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_walkthrough_runs_verbatim() {
+    let state = tempfile::tempdir().unwrap();
+    let keybrake = PathBuf::from(env!("CARGO_BIN_EXE_keybrake"));
+    let tools = root().join(".tools/bin");
+    let path = format!(
+        "{}:{}:{}",
+        keybrake.parent().unwrap().display(),
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut dev = tokio::process::Command::new(&keybrake)
+        .args(["dev", "--state-dir"])
+        .arg(state.path())
+        .env("PATH", &path)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("keybrake dev: ready") {
+                return line;
+            }
+        }
+        panic!("keybrake dev exited before it was ready")
+    })
+    .await
+    .expect("keybrake dev was not ready in 60s");
+    println!("{ready}");
+
+    // Verbatim but for where the state lives, and a private kubectl cache.
+    let script = walkthrough().replace(
+        ". .keybrake/env",
+        &format!(". {}/env", state.path().display()),
+    );
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -euo pipefail\nexport KUBECACHEDIR={}/cache\n{script}",
+            state.path().display()
+        ))
+        .current_dir(root())
+        .env("PATH", &path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "the walkthrough failed");
+    assert!(
+        stdout.contains("charged cus_1: pi_") && stdout.contains("charged cus_2: pi_"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("refused cus_3: cap_exhausted"), "{stdout}");
+    assert!(
+        stdout.contains("400.00"),
+        "spend in kubectl get vk: {stdout}"
+    );
+    assert!(
+        stdout.contains("run hatchet/billing-agent/7f3a9c2e: 2 calls, 1 refused, 400.00 spent"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("refused cus_1: vault_key_revoked"),
+        "{stdout}"
+    );
+
+    // Ctrl-C stops everything and exits 0.
+    let pid = dev.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
+        .await
+        .expect("keybrake dev did not stop")
+        .unwrap();
+    assert!(status.success(), "keybrake dev exited with {status}");
+}
