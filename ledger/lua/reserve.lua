@@ -130,7 +130,8 @@ if ARGV[7] == "1" then
   end
 end
 
--- Caps, all checked before anything is counted.
+-- Caps, all checked before anything is counted. They bound spending: a call known to cost
+-- nothing (a read) passes even when a cap was lowered below what is already spent.
 local per_call = int(r.per_call_cap)
 if per_call and estimate > per_call then return refuse("per_call_cap", per_call, 0) end
 
@@ -138,20 +139,20 @@ local s = redis.call("HMGET", KEYS[2], "day", "today", "total")
 local today = (int(s[1]) == day) and (int(s[2]) or 0) or 0
 local total = int(s[3]) or 0
 local daily_cap = int(r.daily_cap)
-if daily_cap and today + estimate > daily_cap then return refuse("daily_cap", daily_cap, today) end
+if estimate > 0 and daily_cap and today + estimate > daily_cap then return refuse("daily_cap", daily_cap, today) end
 local total_cap = int(r.total_cap)
-if total_cap and total + estimate > total_cap then return refuse("total_cap", total_cap, total) end
+if estimate > 0 and total_cap and total + estimate > total_cap then return refuse("total_cap", total_cap, total) end
 
 local p = redis.call("HMGET", KEYS[3], "daily_budget", "total_budget")
 local ps = redis.call("HMGET", KEYS[4], "day", "today", "total")
 local p_today = (int(ps[1]) == day) and (int(ps[2]) or 0) or 0
 local p_total = int(ps[3]) or 0
 local daily_budget = int(p[1])
-if daily_budget and p_today + estimate > daily_budget then
+if estimate > 0 and daily_budget and p_today + estimate > daily_budget then
   return refuse("policy_daily_budget", daily_budget, p_today)
 end
 local total_budget = int(p[2])
-if total_budget and p_total + estimate > total_budget then
+if estimate > 0 and total_budget and p_total + estimate > total_budget then
   return refuse("policy_total_budget", total_budget, p_total)
 end
 

@@ -301,10 +301,19 @@ async fn caps_hold_at_the_exact_boundary() -> Result<()> {
         other => panic!("{other:?}"),
     }
     granted(&fx.reserve(&key, PI, Usd::ZERO).await?);
+    // A cap lowered below what is spent refuses spending, not free calls.
+    let mut lowered = key.record.clone();
+    lowered.daily_cap = Some(usd("5"));
+    fx.ledger.write_key(key.id(), &lowered).await?;
+    assert_eq!(
+        refused(&fx.reserve(&key, PI, usd("0.000001")).await?),
+        Rule::DailyCap
+    );
+    granted(&fx.reserve(&key, PI, Usd::ZERO).await?);
     let spend = fx.ledger.key_spend(key.id()).await?;
     assert_eq!(
         (spend.today, spend.total, spend.refused),
-        (10_000_000, 10_000_000, 2)
+        (10_000_000, 10_000_000, 3)
     );
     Ok(())
 }

@@ -695,3 +695,52 @@ async fn spend_written_by_the_proxy_survives_operator_status_writes_and_a_spent_
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_changes_reach_redis_at_once_without_a_new_token() -> Result<()> {
+    let stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
+    let token = token_of(&stack, "billing-agent-run-7f3a").await?;
+    let ledger = stack.ledger().await?;
+    assert!(matches!(
+        charge(&ledger, &token, 200).await?,
+        Admission::Granted { .. }
+    ));
+    // Lower the daily cap below what is spent, and widen the allowlist within the policy.
+    let changed = example("stripe-run-key.yaml")
+        .replace("dailyUsdCap: 500", "dailyUsdCap: 150")
+        .replace(
+            "    - POST /v1/payment_intents\n",
+            "    - POST /v1/payment_intents\n    - GET /v1/customers/*\n",
+        );
+    stack.cluster.apply(&changed).await?.ok()?;
+    let refused = eventually("the lower cap to be enforced", 10, || async {
+        refusal(&charge(&ledger, &token, 1).await.ok()?).filter(|r| *r == Rule::DailyCap)
+    })
+    .await?;
+    assert_eq!(refused, Rule::DailyCap);
+    let hash = token.secret_hash();
+    let read = ReserveRequest {
+        key_id: &token.key_id,
+        secret_hash: &hash,
+        method: "GET",
+        path: "/v1/customers/cus_1",
+        estimate: Usd::ZERO,
+        idempotency: None,
+    };
+    assert!(
+        matches!(ledger.reserve(&read).await?, Admission::Granted { .. }),
+        "the widened allowlist"
+    );
+    assert_eq!(
+        token_of(&stack, "billing-agent-run-7f3a").await?,
+        token,
+        "the token did not change"
+    );
+    Ok(())
+}
