@@ -41,6 +41,9 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub default_upstreams: Vec<String>,
+    /// Audit entries kept per SpendPolicy (approximate; older ones are trimmed).
+    #[arg(long, env = "KEYBRAKE_AUDIT_MAX_LEN", default_value_t = 100_000)]
+    pub audit_max_len: u64,
     /// Shortest time between two status.spend writes of one key, in milliseconds.
     #[arg(long, env = "KEYBRAKE_SPEND_INTERVAL_MS", default_value_t = 2000)]
     pub spend_interval_ms: u64,
@@ -65,6 +68,7 @@ impl Config {
             body_timeout_secs: 30,
             spend_interval_ms: 2000,
             default_upstreams: Vec::new(),
+            audit_max_len: 100_000,
         }
     }
 

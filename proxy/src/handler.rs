@@ -289,7 +289,11 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
         idempotency_key: idempotency_key.as_deref(),
         response: matches!(outcome, Outcome::Ok | Outcome::VendorError).then_some(&stored),
     };
-    match app.ledger.settle(&settle).await {
+    let settle_started = std::time::Instant::now();
+    let settled = app.ledger.settle(&settle).await;
+    app.metrics
+        .redis_latency("settle", settle_started.elapsed());
+    match settled {
         Ok(Settlement::Settled { .. }) => {}
         Ok(Settlement::AlreadySettled) => {
             tracing::warn!(reservation, "reservation was already settled (swept?)")
@@ -301,7 +305,12 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
             tracing::error!(error = %e, reservation, "could not settle; the sweeper will keep the estimate counted");
         }
     }
-    app.metrics.forwarded(vendor, outcome, actual);
+    app.metrics.forwarded(
+        vendor,
+        crate::metrics::endpoint_label(&method, &path),
+        outcome,
+        actual,
+    );
     app.spend
         .touch(&token.key_id, &vault_key, &policy_name, None);
     match forwarded {
@@ -347,7 +356,10 @@ async fn reserve(
 ) -> Result<Reserved, Refused> {
     let deadline = tokio::time::Instant::now() + app.config.upstream_timeout();
     loop {
-        let admission = app.ledger.reserve(request).await.map_err(|e| {
+        let started = std::time::Instant::now();
+        let admission = app.ledger.reserve(request).await;
+        app.metrics.redis_latency("reserve", started.elapsed());
+        let admission = admission.map_err(|e| {
             app.metrics.redis_error();
             tracing::error!(error = %e, "reserve failed; refusing (fail closed)");
             (Some(vendor), Refusal::new(Kind::Unavailable, "accounting_unavailable", "redis", "accounting_unavailable: spend cannot be checked right now, so the call was not sent; retry shortly"))

@@ -100,6 +100,7 @@ pub async fn start(
         LedgerConfig {
             timeout: Duration::from_millis(config.redis_timeout_ms),
             reservation_deadline: config.upstream_timeout() * 2 + Duration::from_secs(30),
+            audit_max_len: config.audit_max_len,
             ..Default::default()
         },
     );

@@ -11,13 +11,45 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Labels: vendor and outcome.
+/// Labels: vendor, endpoint and outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Forwarded {
     /// Vendor.
     pub vendor: String,
+    /// Method and path with ids folded to `*` (`POST /v1/payment_intents/*/confirm`).
+    pub endpoint: String,
     /// `ok`, `vendor_error`, `not_sent`, `unknown`.
     pub outcome: String,
+}
+
+/// Labels: which script.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScriptLabel {
+    /// `reserve` or `settle`.
+    pub script: String,
+}
+
+/// A path with object ids folded to `*`, so metric labels stay few: Stripe ids (`pi_3N...`),
+/// Twilio SIDs (`AC` + 32 hex), UUIDs and other long tokens.
+pub fn endpoint_label(method: &str, path: &str) -> String {
+    fn fold(seg: &str) -> &str {
+        let stripe_id = seg.split_once('_').is_some_and(|(p, rest)| {
+            (2..=6).contains(&p.len())
+                && p.bytes().all(|b| b.is_ascii_lowercase())
+                && !rest.is_empty()
+                && rest
+                    .bytes()
+                    .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+        });
+        let sid = seg.len() == 34 && seg.bytes().take(2).all(|b| b.is_ascii_uppercase());
+        let long = seg.len() >= 24
+            || (seg.contains('-')
+                && seg.len() >= 16
+                && !seg.bytes().all(|b| b.is_ascii_digit() || b == b'-'));
+        if stripe_id || sid || long { "*" } else { seg }
+    }
+    let folded: Vec<&str> = path.split('/').map(fold).collect();
+    format!("{method} {}", folded.join("/"))
 }
 
 /// Labels: vendor and refusing rule.
@@ -43,6 +75,7 @@ pub struct Metrics {
     refused: Family<Refused, Counter>,
     spend_micros: Family<VendorLabel, Counter>,
     upstream_seconds: Family<VendorLabel, Histogram>,
+    redis_seconds: Family<ScriptLabel, Histogram>,
     redis_errors: Counter,
 }
 
@@ -56,6 +89,9 @@ impl Default for Metrics {
             Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ])
+        });
+        let redis_seconds = Family::<ScriptLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5])
         });
         let redis_errors = Counter::default();
         registry.register(
@@ -75,6 +111,11 @@ impl Default for Metrics {
             upstream_seconds.clone(),
         );
         registry.register(
+            "redis_seconds",
+            "Reserve and settle script latency",
+            redis_seconds.clone(),
+        );
+        registry.register(
             "redis_errors",
             "Redis calls that failed or timed out (calls refused: fail closed)",
             redis_errors.clone(),
@@ -85,6 +126,7 @@ impl Default for Metrics {
             refused,
             spend_micros,
             upstream_seconds,
+            redis_seconds,
             redis_errors,
         }
     }
@@ -92,11 +134,12 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a forwarded call and its settled cost.
-    pub fn forwarded(&self, vendor: Vendor, outcome: Outcome, actual: Usd) {
+    pub fn forwarded(&self, vendor: Vendor, endpoint: String, outcome: Outcome, actual: Usd) {
         let outcome = format!("{outcome:?}").to_ascii_lowercase();
         self.forwarded
             .get_or_create(&Forwarded {
                 vendor: vendor.to_string(),
+                endpoint,
                 outcome,
             })
             .inc();
@@ -126,6 +169,15 @@ impl Metrics {
             .observe(d.as_secs_f64());
     }
 
+    /// Records a script's latency.
+    pub fn redis_latency(&self, script: &str, d: Duration) {
+        self.redis_seconds
+            .get_or_create(&ScriptLabel {
+                script: script.into(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
     /// Counts a Redis failure.
     pub fn redis_error(&self) {
         self.redis_errors.inc();
@@ -136,5 +188,39 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_labels_fold_ids() {
+        assert_eq!(
+            endpoint_label("POST", "/v1/payment_intents"),
+            "POST /v1/payment_intents"
+        );
+        assert_eq!(
+            endpoint_label("POST", "/v1/payment_intents/pi_3NkE2x/confirm"),
+            "POST /v1/payment_intents/*/confirm"
+        );
+        assert_eq!(
+            endpoint_label("GET", "/v1/customers/cus_Abc123"),
+            "GET /v1/customers/*"
+        );
+        let sid = format!("AC{}", "a".repeat(32));
+        assert_eq!(
+            endpoint_label("POST", &format!("/2010-04-01/Accounts/{sid}/Messages.json")),
+            "POST /2010-04-01/Accounts/*/Messages.json"
+        );
+        assert_eq!(
+            endpoint_label("GET", "/emails/4ef9a417-02e9-4d39-ad75-9611e0fcc33c"),
+            "GET /emails/*"
+        );
+        assert_eq!(
+            endpoint_label("POST", "/emails/batch"),
+            "POST /emails/batch"
+        );
     }
 }

@@ -672,3 +672,71 @@ async fn the_audit_trail_lists_calls_with_costs_request_ids_and_run_totals() -> 
     s.proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_credential_refresh_and_metrics() -> Result<()> {
+    use http_body_util::{BodyExt, Full};
+    let s = stripe().await?;
+    // HTTP/2 with prior knowledge (h2c), as a gRPC-style or h2-only client would speak.
+    let stream = tokio::net::TcpStream::connect(s.proxy.addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{}/v1/payment_intents", s.proxy.addr))
+        .header("authorization", s.bearer.as_str())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(bytes::Bytes::from_static(
+            b"amount=100&currency=usd&confirm=true",
+        )))?;
+    let resp = sender.send_request(req).await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    let _ = resp.into_body().collect().await?;
+
+    // The real credential changes in its Secret: the next call uses the new one.
+    let rotated = pointed_at("stripe-policy.yaml", &s.upstream).replace(
+        "sk_test_replace_me_with_the_real_secret_key",
+        "sk_test_rotated_by_the_platform_team",
+    );
+    s.stack.cluster.apply(&rotated).await?.ok()?;
+    let auth = ("Authorization", s.bearer.as_str());
+    eventually("the proxy to use the new credential", 15, || async {
+        http(
+            s.proxy.addr,
+            "POST",
+            "/v1/payment_intents",
+            &[auth, FORM],
+            b"amount=100&currency=usd&confirm=true",
+        )
+        .await
+        .ok()?;
+        s.upstream
+            .requests()
+            .last()
+            .filter(|r| r.authorization == "Bearer sk_test_rotated_by_the_platform_team")
+            .cloned()
+    })
+    .await?;
+
+    let metrics = http(s.proxy.admin_addr, "GET", "/metrics", &[], b"")
+        .await?
+        .body;
+    assert!(
+        metrics.contains(r#"endpoint="POST /v1/payment_intents""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keybrake_proxy_upstream_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keybrake_proxy_redis_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("sk_test_"), "a secret in the metrics");
+    s.proxy.shutdown().await;
+    Ok(())
+}

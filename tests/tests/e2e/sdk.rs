@@ -352,3 +352,31 @@ async fn the_node_sdks_raise_their_own_errors_at_the_cap() -> Result<()> {
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_key_raises_authentication_error() -> Result<()> {
+    let (stack, proxy, _localstripe) = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&key("run-d", 500).replace("ttl: 2h", "ttl: 3s"))
+        .await?
+        .ok()?;
+    let env = secret_env(&stack, "run-d").await?;
+    let expired = eventually("the key to expire", 15, || async {
+        let out = run("stripe_run.py", &["client", "1", "100"], &env)
+            .await
+            .ok()?;
+        out[0].get("auth_error").is_some().then_some(out)
+    })
+    .await?;
+    assert!(
+        expired[0]["auth_error"]
+            .as_str()
+            .unwrap()
+            .contains("vault_key_expired"),
+        "{expired}"
+    );
+    assert_eq!(expired[0]["http_status"], 401);
+    proxy.shutdown().await;
+    Ok(())
+}
