@@ -238,6 +238,15 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
     )
     .await?;
     assert_eq!(r.status, 413);
+    assert_eq!(
+        s.upstream.requests().len(),
+        0,
+        "a refused call reached the vendor"
+    );
+
+    // Revocation: measured from `kubectl patch` returning to the first refusal. Calls in
+    // between are still the key's own (it was valid until the operator revoked it in Redis).
+    let patch = r#"{"spec":{"revoked":true}}"#;
     s.stack
         .cluster
         .kubectl_ok(&[
@@ -249,27 +258,42 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
             "--type",
             "merge",
             "-p",
-            r#"{"spec":{"revoked":true}}"#,
+            patch,
         ])
         .await?;
+    let patched = std::time::Instant::now();
     let revoked = eventually("the revoke to take effect", 10, || async {
         let r = http(
             s.proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[auth, FORM],
-            b"amount=100&currency=usd&confirm=true",
+            "GET",
+            "/v1/payment_intents/pi_1",
+            &[auth],
+            b"",
         )
         .await
         .ok()?;
         (r.status == 401).then_some(r)
     })
     .await?;
+    println!(
+        "revocation: first refusal {:.0} ms after kubectl patch returned",
+        patched.elapsed().as_secs_f64() * 1000.0
+    );
     assert_eq!(revoked.json()["error"]["code"], "vault_key_revoked");
+    let after = s.upstream.requests().len();
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM],
+        b"amount=100&currency=usd&confirm=true",
+    )
+    .await?;
+    assert_eq!(r.status, 401);
     assert_eq!(
         s.upstream.requests().len(),
-        0,
-        "a refused call reached the vendor"
+        after,
+        "a call after the revoke reached the vendor"
     );
     s.proxy.shutdown().await;
     Ok(())
