@@ -97,6 +97,25 @@ async fn the_readme_walkthrough_runs_verbatim() {
         "{stdout}"
     );
 
+    // The same binary is a kubectl plugin when it is on the PATH as kubectl-keybrake.
+    let plugins = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&keybrake, plugins.path().join("kubectl-keybrake")).unwrap();
+    let plugin = tokio::process::Command::new("kubectl")
+        .args(["keybrake", "spend", "-n", "billing"])
+        .env("PATH", format!("{}:{path}", plugins.path().display()))
+        .env("KUBECONFIG", state.path().join("kubeconfig"))
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&plugin.stdout);
+    assert!(
+        plugin.status.success()
+            && listed.contains("billing-agent-run-7f3a")
+            && listed.contains("Revoked"),
+        "{listed}{}",
+        String::from_utf8_lossy(&plugin.stderr)
+    );
+
     // Ctrl-C stops everything and exits 0.
     let pid = dev.id().unwrap().to_string();
     tokio::process::Command::new("kill")

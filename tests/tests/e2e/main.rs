@@ -10,3 +10,4 @@ mod ledger_scripts;
 mod operator;
 mod proxy;
 mod sdk;
+mod workflows;

@@ -1,0 +1,244 @@
+//! The seeds' workflows end to end, with the official SDKs and real kubectl: the Hatchet fan-out
+//! (one key shared by 50 parallel child runs, run-scoped Idempotency-Keys, a retried run) and the
+//! Haystack agent loop (Twilio and Resend tools with separate keys and caps).
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Secret;
+use keybrake_crds::{KeyPhase, VaultKey};
+use keybrake_e2e::{
+    sdk::{LocalStripe, run},
+    stack::{Stack, eventually},
+    upstream::RecordingUpstream,
+    workspace_root,
+};
+use keybrake_ledger::{PolicyTag, Token};
+use kube::Api;
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
+}
+
+fn upstream_of(yaml: &str, url: &str) -> String {
+    yaml.replace(
+        "  credentialsSecretRef:\n",
+        &format!("  upstream: {url}\n  credentialsSecretRef:\n"),
+    )
+}
+
+async fn env_of(stack: &Stack, ns: &str, name: &str) -> Result<BTreeMap<String, String>> {
+    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), ns);
+    eventually(&format!("{name} Active"), 20, || async {
+        api.get(name)
+            .await
+            .ok()
+            .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
+    })
+    .await?;
+    let s = Api::<Secret>::namespaced(stack.client.clone(), ns)
+        .get(name)
+        .await?;
+    Ok(s.data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hatchet_fan_out_of_fifty_children_stops_at_the_cap_and_a_retried_run_charges_nothing_new()
+-> Result<()> {
+    let localstripe = LocalStripe::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    stack
+        .cluster
+        .apply(
+            &upstream_of(&example("stripe-policy.yaml"), &localstripe.url()).replace(
+                "sk_test_replace_me_with_the_real_secret_key",
+                "sk_test_localstripe",
+            ),
+        )
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    let env = env_of(&stack, "billing", "billing-agent-run-7f3a").await?;
+
+    // 50 children x 3 customers x $20 = $3000 wanted; the run's key allows $500 a day.
+    let first = run("hatchet_fanout.py", &["50", "3", "2000", "run-7f3a"], &env).await?;
+    let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
+    let ledger = stack.ledger().await?;
+    let spend = ledger.key_spend(&token.key_id).await?;
+    println!(
+        "fan-out: {} charged, {} refused at the cap, {} counted of a $500 cap",
+        first["charged"],
+        first["capped"],
+        keybrake_crds::Usd::from_micros(spend.total).unwrap()
+    );
+    assert_eq!(first["charged"], 25, "{first}");
+    assert_eq!(first["capped"], 125);
+    assert_eq!(spend.total, 500_000_000, "no overshoot, nothing lost");
+
+    // Hatchet retries the run: same run id, same Idempotency-Keys.
+    let retry = run("hatchet_fanout.py", &["50", "3", "2000", "run-7f3a"], &env).await?;
+    assert_eq!(
+        retry["ids"], first["ids"],
+        "the retried run got the same PaymentIntents back"
+    );
+    assert_eq!(
+        ledger.key_spend(&token.key_id).await?.total,
+        500_000_000,
+        "the retried run charged nothing new"
+    );
+    let policy = ledger
+        .policy_spend(&PolicyTag::of("billing", "stripe"))
+        .await?;
+    assert_eq!(policy.total, 500_000_000);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haystack_agent_loop_is_capped_per_tool() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    stack
+        .cluster
+        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
+        .await?
+        .ok()?;
+    for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
+        stack
+            .cluster
+            .apply(&upstream_of(&example(policy), &upstream.url()))
+            .await?
+            .ok()?;
+    }
+    // $0.05 of texts (4 one-segment texts at $0.0113) and $0.003 of email (3 at $0.0009).
+    stack
+        .cluster
+        .apply(&example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(
+            &example("resend-email-key.yaml").replace("dailyUsdCap: 10", "dailyUsdCap: \"0.003\""),
+        )
+        .await?
+        .ok()?;
+    let mut env = env_of(&stack, "agents", "haystack-notifier-run-41").await?;
+    env.extend(env_of(&stack, "agents", "haystack-mailer-run-41").await?);
+    let log = run("haystack_agent.py", &["8"], &env).await?;
+    println!("agent loop: {log}");
+    assert_eq!(
+        (log["sms_sent"].as_u64(), log["sms_capped"].as_u64()),
+        (Some(4), Some(4)),
+        "{log}"
+    );
+    assert_eq!(
+        (log["emails_sent"].as_u64(), log["emails_capped"].as_u64()),
+        (Some(3), Some(5)),
+        "{log}"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        7,
+        "only the calls within the caps reached the vendors"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_by_kubectl_patch_and_delete_refuses_the_next_call() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    stack
+        .cluster
+        .apply(&upstream_of(
+            &example("stripe-policy.yaml"),
+            &upstream.url(),
+        ))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-worker-key.yaml"))
+        .await?
+        .ok()?;
+    let run_key =
+        env_of(&stack, "billing", "billing-agent-run-7f3a").await?["STRIPE_API_KEY"].clone();
+    let worker_key = {
+        let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
+        eventually("billing-worker Active", 20, || async {
+            api.get("billing-worker")
+                .await
+                .ok()
+                .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
+        })
+        .await?;
+        let s = Api::<Secret>::namespaced(stack.client.clone(), "billing")
+            .get("billing-worker-stripe")
+            .await?;
+        String::from_utf8(s.data.unwrap()["STRIPE_API_KEY"].0.clone())?
+    };
+    let refused_after = |key: String, started: std::time::Instant| {
+        let addr = proxy.addr;
+        async move {
+            let bearer = format!("Bearer {key}");
+            eventually("the first refusal", 10, || async {
+                let r = keybrake_e2e::http(
+                    addr,
+                    "POST",
+                    "/v1/payment_intents",
+                    &[
+                        ("Authorization", bearer.as_str()),
+                        ("Content-Type", "application/x-www-form-urlencoded"),
+                    ],
+                    b"amount=0&currency=usd",
+                )
+                .await
+                .ok()?;
+                (r.status == 401).then_some(started.elapsed())
+            })
+            .await
+        }
+    };
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            "billing-agent-run-7f3a",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"revoked":true}}"#,
+        ])
+        .await?;
+    let by_patch = refused_after(run_key, std::time::Instant::now()).await?;
+    stack
+        .cluster
+        .kubectl_ok(&["delete", "vk", "-n", "billing", "billing-worker"])
+        .await?;
+    let by_delete = refused_after(worker_key, std::time::Instant::now()).await?;
+    println!(
+        "revocation, command returned to first refusal: kubectl patch {:.0} ms, kubectl delete {:.0} ms",
+        by_patch.as_secs_f64() * 1000.0,
+        by_delete.as_secs_f64() * 1000.0
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
