@@ -129,3 +129,24 @@ async fn the_readme_walkthrough_runs_verbatim() {
         .unwrap();
     assert!(status.success(), "keybrake dev exited with {status}");
 }
+
+#[tokio::test]
+async fn without_redis_server_keybrake_dev_says_how_to_install_it() {
+    let keybrake = PathBuf::from(env!("CARGO_BIN_EXE_keybrake"));
+    let state = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(&keybrake)
+        .args(["dev", "--state-dir"])
+        .arg(state.path())
+        .env("PATH", "/nonexistent")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("redis-server not found")
+            && stderr.contains("apt-get install redis-server"),
+        "{stderr}"
+    );
+}
