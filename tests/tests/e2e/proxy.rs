@@ -764,3 +764,55 @@ async fn h2c_credential_refresh_and_metrics() -> Result<()> {
     s.proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_are_refused_and_shutdown_drains_in_flight_calls() -> Result<()> {
+    let s = stripe().await?;
+    let auth = ("Authorization", s.bearer.as_str());
+    let huge = "x".repeat(100 * 1024);
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[auth, FORM, ("X-Padding", huge.as_str())],
+        b"amount=100&currency=usd&confirm=true",
+    )
+    .await?;
+    assert_eq!(r.status, 431, "request header fields too large");
+    assert_eq!(s.upstream.requests().len(), 0);
+
+    // A call in flight when the proxy is told to stop still completes and is settled.
+    s.upstream
+        .set_mode(Mode::Slow(std::time::Duration::from_millis(700)));
+    let addr = s.proxy.addr;
+    let bearer = s.bearer.clone();
+    let in_flight = tokio::spawn(async move {
+        http(
+            addr,
+            "POST",
+            "/v1/payment_intents",
+            &[("Authorization", bearer.as_str()), FORM],
+            b"amount=1000&currency=usd&confirm=true",
+        )
+        .await
+    });
+    eventually("the call to reach the upstream", 10, || async {
+        (!s.upstream.requests().is_empty()).then_some(())
+    })
+    .await?;
+    s.proxy.shutdown().await;
+    let r = in_flight.await??;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+    let spend = s
+        .stack
+        .ledger()
+        .await?
+        .policy_spend(&keybrake_ledger::PolicyTag::of("billing", "stripe"))
+        .await?;
+    assert_eq!(spend.total, 10_000_000, "the drained call was settled");
+    Ok(())
+}
