@@ -133,9 +133,8 @@ impl Cluster {
     }
 }
 
-/// A raw HTTP/1.1 exchange (no client library smoothing anything over): sends the request on a
-/// fresh connection and returns the status code and body. Write errors are ignored, so a
-/// server that answers early (413) and closes is still heard.
+/// A raw HTTP/1.1 exchange returning the status and the body (the JSON document inside a chunked
+/// body): [`http`] without the headers.
 pub async fn raw_http(
     addr: std::net::SocketAddr,
     method: &str,
@@ -143,43 +142,8 @@ pub async fn raw_http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let (mut rd, mut wr) = stream.split();
-    let write = async {
-        let _ = wr.write_all(head.as_bytes()).await;
-        let _ = wr.write_all(body).await;
-    };
-    let mut buf = Vec::new();
-    let read = rd.read_to_end(&mut buf);
-    let (_, read) = tokio::join!(write, read);
-    if buf.is_empty() {
-        read?;
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status line")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    // Chunked bodies: keep the JSON document between the chunk sizes.
-    let body = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b >= a => body[a..=b].to_owned(),
-        _ => body,
-    };
-    Ok((code, body))
+    let reply = http(addr, method, path, headers, body).await?;
+    Ok((reply.status, reply.body))
 }
 
 /// A full raw HTTP/1.1 reply.

@@ -98,17 +98,7 @@ impl Stack {
 
     /// Starts the operator with a given configuration.
     pub async fn start_operator_with(&mut self, config: keybrake_operator::Config) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        let client = self.client.clone();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = rx.await;
-            };
-            if let Err(e) = keybrake_operator::run(client, config, shutdown).await {
-                eprintln!("operator stopped: {e}");
-            }
-        });
-        self.operator = Some((tx, task));
+        self.operator = Some(self.spawn_replica(config));
         Ok(())
     }
 
@@ -142,6 +132,79 @@ impl Stack {
     pub async fn start_proxy(&self) -> Result<keybrake_proxy::Running> {
         let config = keybrake_proxy::Config::local(&self.redis.url(), &self.prefix);
         Ok(keybrake_proxy::start(self.client.clone(), config, "127.0.0.1:0".parse()?).await?)
+    }
+
+    /// Waits (up to 20 s) until a VaultKey reaches `phase`, and returns it.
+    pub async fn key_in_phase(
+        &self,
+        ns: &str,
+        name: &str,
+        phase: keybrake_crds::KeyPhase,
+    ) -> Result<keybrake_crds::VaultKey> {
+        let api: kube::Api<keybrake_crds::VaultKey> =
+            kube::Api::namespaced(self.client.clone(), ns);
+        eventually(&format!("{ns}/{name} to be {phase:?}"), 20, || {
+            let api = api.clone();
+            async move {
+                api.get(name)
+                    .await
+                    .ok()
+                    .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(phase))
+            }
+        })
+        .await
+    }
+
+    /// A Secret's data, decoded: what a pod with `envFrom` would see.
+    pub async fn secret_data(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let secret =
+            kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(self.client.clone(), ns)
+                .get(name)
+                .await?;
+        Ok(secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect())
+    }
+
+    /// Waits for a VaultKey to be Active and returns its Secret's data.
+    pub async fn active_key_env(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let vk = self
+            .key_in_phase(ns, name, keybrake_crds::KeyPhase::Active)
+            .await?;
+        let secret = vk
+            .status
+            .and_then(|s| s.secret_name)
+            .unwrap_or_else(|| name.to_owned());
+        self.secret_data(ns, &secret).await
+    }
+
+    /// `kubectl patch vk NAME --type merge -p '{"spec":{"revoked":true}}'`.
+    pub async fn revoke_with_kubectl(&self, ns: &str, name: &str) -> Result<()> {
+        self.cluster
+            .kubectl_ok(&[
+                "patch",
+                "vk",
+                "-n",
+                ns,
+                name,
+                "--type",
+                "merge",
+                "-p",
+                r#"{"spec":{"revoked":true}}"#,
+            ])
+            .await?;
+        Ok(())
     }
 
     /// A ledger on the operator's keyspace.

@@ -21,17 +21,7 @@ fn example(name: &str) -> String {
 }
 
 async fn key_in_phase(stack: &Stack, name: &str, phase: KeyPhase) -> Result<VaultKey> {
-    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
-    eventually(&format!("{name} to be {phase:?}"), 20, || {
-        let api = api.clone();
-        async move {
-            api.get(name)
-                .await
-                .ok()
-                .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(phase))
-        }
-    })
-    .await
+    stack.key_in_phase("billing", name, phase).await
 }
 
 fn secret_data(s: &Secret) -> BTreeMap<String, String> {
@@ -446,18 +436,7 @@ async fn revocation_by_flag_and_by_delete_is_enforced_in_redis() -> Result<()> {
     let ledger = stack.ledger().await?;
 
     stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"revoked":true}}"#,
-        ])
+        .revoke_with_kubectl("billing", "billing-agent-run-7f3a")
         .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Revoked).await?;
     assert_eq!(
@@ -579,18 +558,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
     .await?;
     // The new leader reconciles: a revoke is enforced.
     stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"revoked":true}}"#,
-        ])
+        .revoke_with_kubectl("billing", "billing-agent-run-7f3a")
         .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Revoked).await?;
     drop(stop_b);

@@ -2,14 +2,13 @@
 //! recording upstream standing in for the vendor.
 
 use anyhow::Result;
-use keybrake_crds::{KeyPhase, VaultKey};
+use keybrake_crds::KeyPhase;
 use keybrake_e2e::{
     http,
     stack::{Stack, eventually},
     upstream::{Mode, RecordingUpstream},
     workspace_root,
 };
-use kube::Api;
 
 fn example(name: &str) -> String {
     std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
@@ -24,25 +23,18 @@ fn pointed_at(file: &str, upstream: &RecordingUpstream) -> String {
 }
 
 async fn active(stack: &Stack, ns: &str, name: &str) -> Result<()> {
-    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), ns);
-    eventually(&format!("{name} Active"), 20, || {
-        let api = api.clone();
-        async move {
-            api.get(name)
-                .await
-                .ok()
-                .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
-        }
-    })
-    .await?;
-    Ok(())
+    stack
+        .key_in_phase(ns, name, KeyPhase::Active)
+        .await
+        .map(drop)
 }
 
 async fn secret_value(stack: &Stack, ns: &str, secret: &str, key: &str) -> Result<String> {
-    let s = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(stack.client.clone(), ns)
-        .get(secret)
-        .await?;
-    Ok(String::from_utf8(s.data.unwrap()[key].0.clone())?)
+    stack
+        .secret_data(ns, secret)
+        .await?
+        .remove(key)
+        .ok_or_else(|| anyhow::anyhow!("{ns}/{secret} has no {key}"))
 }
 
 struct Stripe {

@@ -5,15 +5,12 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use k8s_openapi::api::core::v1::Secret;
-use keybrake_crds::{KeyPhase, VaultKey};
 use keybrake_e2e::{
     sdk::{LocalStripe, run},
     stack::{Stack, eventually},
     workspace_root,
 };
 use keybrake_ledger::Token;
-use kube::Api;
 use serde_json::Value;
 
 fn example(name: &str) -> String {
@@ -21,22 +18,7 @@ fn example(name: &str) -> String {
 }
 
 async fn secret_env(stack: &Stack, name: &str) -> Result<BTreeMap<String, String>> {
-    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
-    eventually(&format!("{name} Active"), 20, || async {
-        api.get(name)
-            .await
-            .ok()
-            .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
-    })
-    .await?;
-    let s = Api::<Secret>::namespaced(stack.client.clone(), "billing")
-        .get(name)
-        .await?;
-    Ok(s.data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-        .collect())
+    stack.active_key_env("billing", name).await
 }
 
 async fn stripe_stack() -> Result<(Stack, keybrake_proxy::Running, LocalStripe)> {
@@ -143,20 +125,7 @@ async fn revoked_keys_raise_authentication_error_and_other_endpoints_permission_
             .contains("endpoint_not_allowed"),
         "{denied}"
     );
-    stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            "run-c",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"revoked":true}}"#,
-        ])
-        .await?;
+    stack.revoke_with_kubectl("billing", "run-c").await?;
     let revoked = eventually("the SDK to see the revoke", 10, || async {
         let out = run("stripe_run.py", &["global", "1", "100"], &env)
             .await
@@ -198,22 +167,7 @@ async fn agents_stack() -> Result<(
 }
 
 async fn agents_env(stack: &Stack, name: &str) -> Result<BTreeMap<String, String>> {
-    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), "agents");
-    eventually(&format!("{name} Active"), 20, || async {
-        api.get(name)
-            .await
-            .ok()
-            .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
-    })
-    .await?;
-    let s = Api::<Secret>::namespaced(stack.client.clone(), "agents")
-        .get(name)
-        .await?;
-    Ok(s.data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-        .collect())
+    stack.active_key_env("agents", name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

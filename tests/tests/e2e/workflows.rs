@@ -5,8 +5,6 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use k8s_openapi::api::core::v1::Secret;
-use keybrake_crds::{KeyPhase, VaultKey};
 use keybrake_e2e::{
     sdk::{LocalStripe, run},
     stack::{Stack, eventually},
@@ -14,7 +12,6 @@ use keybrake_e2e::{
     workspace_root,
 };
 use keybrake_ledger::{PolicyTag, Token};
-use kube::Api;
 
 fn example(name: &str) -> String {
     std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
@@ -28,22 +25,7 @@ fn upstream_of(yaml: &str, url: &str) -> String {
 }
 
 async fn env_of(stack: &Stack, ns: &str, name: &str) -> Result<BTreeMap<String, String>> {
-    let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), ns);
-    eventually(&format!("{name} Active"), 20, || async {
-        api.get(name)
-            .await
-            .ok()
-            .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
-    })
-    .await?;
-    let s = Api::<Secret>::namespaced(stack.client.clone(), ns)
-        .get(name)
-        .await?;
-    Ok(s.data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-        .collect())
+    stack.active_key_env(ns, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,20 +160,7 @@ async fn revocation_by_kubectl_patch_and_delete_refuses_the_next_call() -> Resul
         .ok()?;
     let run_key =
         env_of(&stack, "billing", "billing-agent-run-7f3a").await?["STRIPE_API_KEY"].clone();
-    let worker_key = {
-        let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
-        eventually("billing-worker Active", 20, || async {
-            api.get("billing-worker")
-                .await
-                .ok()
-                .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
-        })
-        .await?;
-        let s = Api::<Secret>::namespaced(stack.client.clone(), "billing")
-            .get("billing-worker-stripe")
-            .await?;
-        String::from_utf8(s.data.unwrap()["STRIPE_API_KEY"].0.clone())?
-    };
+    let worker_key = env_of(&stack, "billing", "billing-worker").await?["STRIPE_API_KEY"].clone();
     let refused_after = |key: String, started: std::time::Instant| {
         let addr = proxy.addr;
         async move {
@@ -215,18 +184,7 @@ async fn revocation_by_kubectl_patch_and_delete_refuses_the_next_call() -> Resul
         }
     };
     stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"revoked":true}}"#,
-        ])
+        .revoke_with_kubectl("billing", "billing-agent-run-7f3a")
         .await?;
     let by_patch = refused_after(run_key, std::time::Instant::now()).await?;
     stack
