@@ -26,6 +26,8 @@ pub struct Recorded {
     pub authorization: String,
     /// Idempotency-Key header.
     pub idempotency_key: Option<String>,
+    /// Accept-Encoding header.
+    pub accept_encoding: Option<String>,
     /// Body.
     pub body: String,
 }
@@ -154,6 +156,7 @@ impl Sandbox {
                             };
                             let authorization = header("authorization").unwrap_or_default();
                             let idempotency_key = header("idempotency-key");
+                            let accept_encoding = header("accept-encoding");
                             let body = req
                                 .into_body()
                                 .collect()
@@ -168,6 +171,7 @@ impl Sandbox {
                                     uri: uri.clone(),
                                     authorization,
                                     idempotency_key,
+                                    accept_encoding,
                                     body: body.clone(),
                                 });
                                 r.len()

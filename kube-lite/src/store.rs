@@ -326,6 +326,10 @@ impl State {
         let id = (ns.to_owned(), name.to_owned());
         if type_ == EventType::Deleted {
             objects.remove(&id);
+            // The object's server-side apply history goes with it.
+            let key = res.key();
+            self.applied
+                .retain(|(k, o_ns, o_name, _, _), _| !(*k == key && o_ns == ns && o_name == name));
         } else {
             objects.insert(id, obj.clone());
         }

@@ -50,8 +50,10 @@ pub struct App {
 /// Response bodies.
 pub type Body = Full<Bytes>;
 
-/// Headers never passed on in either direction (hop-by-hop, or ours to set).
-const DROPPED: [&str; 10] = [
+/// Headers never passed on in either direction (hop-by-hop, or ours to set). `accept-encoding`
+/// goes too: the proxy must read the vendor's answer to settle the actual cost, so it asks for
+/// it uncompressed.
+const DROPPED: [&str; 11] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -62,6 +64,7 @@ const DROPPED: [&str; 10] = [
     "upgrade",
     "host",
     "content-length",
+    "accept-encoding",
 ];
 
 /// The vendor a request is for when its credential cannot tell (for the shape of the refusal).

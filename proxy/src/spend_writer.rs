@@ -97,6 +97,10 @@ pub async fn run(
     loop {
         tokio::time::sleep(interval).await;
         let batch = writer.take();
+        // Forget cap-hit Events of past days (one entry per key at most, only for today).
+        if let Ok((_, today)) = ledger.now().await {
+            evented.retain(|_, day| *day >= today);
+        }
         let mut policies = HashSet::new();
         for (key, touch) in batch {
             let Some((ns, name)) = split(&touch.vault_key) else {

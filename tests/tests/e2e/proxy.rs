@@ -89,7 +89,7 @@ async fn a_capped_stripe_key_charges_until_the_cap_then_refuses_in_stripes_shape
             s.proxy.addr,
             "POST",
             &format!("{prefix}/v1/payment_intents"),
-            &[auth, FORM],
+            &[auth, FORM, ("Accept-Encoding", "gzip, deflate")],
             b"amount=20000&currency=usd&confirm=true&customer=cus_1",
         )
         .await?;
@@ -122,6 +122,10 @@ async fn a_capped_stripe_key_charges_until_the_cap_then_refuses_in_stripes_shape
 
     let forwarded = s.upstream.requests();
     assert_eq!(forwarded.len(), 2, "the refused call reached the vendor");
+    assert_eq!(
+        forwarded[0].accept_encoding, None,
+        "the vendor must answer uncompressed: the proxy reads the cost"
+    );
     assert_eq!(forwarded[0].uri, "/v1/payment_intents");
     assert_eq!(
         forwarded[0].authorization, "Bearer sk_test_replace_me_with_the_real_secret_key",
