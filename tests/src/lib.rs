@@ -21,6 +21,20 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// An example manifest from `manifests/examples/`.
+pub fn example(name: &str) -> String {
+    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name))
+        .unwrap_or_default()
+}
+
+/// A SpendPolicy manifest with its `upstream` set to `url` (a sandbox or localstripe).
+pub fn with_upstream(policy_yaml: &str, url: &str) -> String {
+    policy_yaml.replace(
+        "  credentialsSecretRef:\n",
+        &format!("  upstream: {url}\n  credentialsSecretRef:\n"),
+    )
+}
+
 /// The kubectl 1.32 binary installed by `scripts/install-deps` (or `KUBECTL`).
 pub fn kubectl_path() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("KUBECTL") {

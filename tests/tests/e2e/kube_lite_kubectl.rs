@@ -3,11 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use keybrake_e2e::{Cluster, workspace_root};
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
-}
+use keybrake_e2e::{Cluster, example, workspace_root};
 
 /// A cluster with the Keybrake CRDs, the `billing` namespace and the Stripe policy.
 async fn billing_cluster() -> Result<Cluster> {

@@ -6,8 +6,8 @@ use anyhow::Result;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use keybrake_crds::{KeyPhase, SpendPolicy, Usd, VaultKey, Vendor};
 use keybrake_e2e::{
+    example,
     stack::{PROXY_URL, Stack, eventually},
-    workspace_root,
 };
 use keybrake_ledger::{Admission, Ledger, ReserveRequest, Rule, Token};
 use kube::{
@@ -15,10 +15,6 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
-}
 
 async fn key_in_phase(stack: &Stack, name: &str, phase: KeyPhase) -> Result<VaultKey> {
     stack.key_in_phase("billing", name, phase).await

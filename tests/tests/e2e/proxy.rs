@@ -4,22 +4,14 @@
 use anyhow::Result;
 use keybrake_crds::KeyPhase;
 use keybrake_e2e::{
-    http,
+    example, http,
     stack::{Stack, eventually},
     upstream::{Mode, RecordingUpstream},
-    workspace_root,
+    with_upstream,
 };
 
-fn example(name: &str) -> String {
-    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
-}
-
-/// A policy of `file` whose upstream is the recording upstream.
 fn pointed_at(file: &str, upstream: &RecordingUpstream) -> String {
-    example(file).replace(
-        "  credentialsSecretRef:\n",
-        &format!("  upstream: {}\n  credentialsSecretRef:\n", upstream.url()),
-    )
+    with_upstream(&example(file), &upstream.url())
 }
 
 async fn active(stack: &Stack, ns: &str, name: &str) -> Result<()> {

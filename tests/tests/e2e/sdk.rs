@@ -6,16 +6,13 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use keybrake_e2e::{
+    example,
     sdk::{LocalStripe, run},
     stack::{Stack, eventually},
-    workspace_root,
+    with_upstream,
 };
 use keybrake_ledger::Token;
 use serde_json::Value;
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
-}
 
 async fn secret_env(stack: &Stack, name: &str) -> Result<BTreeMap<String, String>> {
     stack.active_key_env("billing", name).await
@@ -24,18 +21,10 @@ async fn secret_env(stack: &Stack, name: &str) -> Result<BTreeMap<String, String
 async fn stripe_stack() -> Result<(Stack, keybrake_proxy::Running, LocalStripe)> {
     let localstripe = LocalStripe::start().await?;
     let (stack, proxy) = Stack::start_with_proxy().await?;
-    let policy = example("stripe-policy.yaml")
-        .replace(
-            "  credentialsSecretRef:\n",
-            &format!(
-                "  upstream: {}\n  credentialsSecretRef:\n",
-                localstripe.url()
-            ),
-        )
-        .replace(
-            "sk_test_replace_me_with_the_real_secret_key",
-            "sk_test_localstripe_key",
-        );
+    let policy = with_upstream(&example("stripe-policy.yaml"), &localstripe.url()).replace(
+        "sk_test_replace_me_with_the_real_secret_key",
+        "sk_test_localstripe_key",
+    );
     stack.cluster.apply(&policy).await?.ok()?;
     Ok((stack, proxy, localstripe))
 }
@@ -157,10 +146,7 @@ async fn agents_stack() -> Result<(
         .await?
         .ok()?;
     for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
-        let yaml = example(policy).replace(
-            "  credentialsSecretRef:\n",
-            &format!("  upstream: {}\n  credentialsSecretRef:\n", upstream.url()),
-        );
+        let yaml = with_upstream(&example(policy), &upstream.url());
         stack.cluster.apply(&yaml).await?.ok()?;
     }
     Ok((stack, proxy, upstream))

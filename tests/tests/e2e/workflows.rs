@@ -6,23 +6,13 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use keybrake_e2e::{
+    example,
     sdk::{LocalStripe, run},
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
-    workspace_root,
+    with_upstream,
 };
 use keybrake_ledger::{PolicyTag, Token};
-
-fn example(name: &str) -> String {
-    std::fs::read_to_string(workspace_root().join("manifests/examples").join(name)).unwrap()
-}
-
-fn upstream_of(yaml: &str, url: &str) -> String {
-    yaml.replace(
-        "  credentialsSecretRef:\n",
-        &format!("  upstream: {url}\n  credentialsSecretRef:\n"),
-    )
-}
 
 async fn env_of(stack: &Stack, ns: &str, name: &str) -> Result<BTreeMap<String, String>> {
     stack.active_key_env(ns, name).await
@@ -36,7 +26,7 @@ async fn hatchet_fan_out_of_fifty_children_stops_at_the_cap_and_a_retried_run_ch
     stack
         .cluster
         .apply(
-            &upstream_of(&example("stripe-policy.yaml"), &localstripe.url()).replace(
+            &with_upstream(&example("stripe-policy.yaml"), &localstripe.url()).replace(
                 "sk_test_replace_me_with_the_real_secret_key",
                 "sk_test_localstripe",
             ),
@@ -96,7 +86,7 @@ async fn haystack_agent_loop_is_capped_per_tool() -> Result<()> {
     for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
         stack
             .cluster
-            .apply(&upstream_of(&example(policy), &upstream.url()))
+            .apply(&with_upstream(&example(policy), &upstream.url()))
             .await?
             .ok()?;
     }
@@ -142,7 +132,7 @@ async fn revocation_by_kubectl_patch_and_delete_refuses_the_next_call() -> Resul
     let (stack, proxy) = Stack::start_with_proxy().await?;
     stack
         .cluster
-        .apply(&upstream_of(
+        .apply(&with_upstream(
             &example("stripe-policy.yaml"),
             &upstream.url(),
         ))
