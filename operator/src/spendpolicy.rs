@@ -169,7 +169,10 @@ pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Ac
         )
         .await?;
     }
-    Ok(Action::requeue(Duration::from_secs(300)))
+    // The key count comes from the VaultKey controller's cache, which can trail the watch event
+    // that triggered this reconcile; a short periodic re-check keeps it eventually right (the
+    // reconcile is a cache scan and a status compare).
+    Ok(Action::requeue(Duration::from_secs(15)))
 }
 
 /// Failed reconciles are logged, counted and retried after a short, bounded delay.

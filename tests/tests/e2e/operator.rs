@@ -143,7 +143,7 @@ async fn issues_a_credential_into_redis_and_a_secret() -> Result<()> {
         "the key's narrower allowlist is in Redis"
     );
     // The SpendPolicy reports its key and budget.
-    let sp = eventually("the policy to count its key", 10, || async {
+    let sp = eventually("the policy to count its key", 20, || async {
         Api::<SpendPolicy>::namespaced(stack.client.clone(), "billing")
             .get("stripe")
             .await
