@@ -186,15 +186,23 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
 
     let headers = req.headers().clone();
     let body = read_body(app, req.into_body(), vendor).await?;
-    let estimate = match vendor::estimate(vendor, &method, &path, &body, &policy.pricing).map_err(|e| bad(vendor, "invalid_request", format!("invalid_request: {e}")))? {
+    let estimate = match vendor::estimate(vendor, &method, &path, &body, &policy.pricing)
+        .map_err(|e| bad(vendor, "invalid_request", format!("invalid_request: {e}")))?
+    {
         Estimate::Known(u) => u,
-        Estimate::Unknown => policy.pricing.unknown_call_usd.ok_or_else(|| {
-            bad(
-                vendor,
-                "cost_unknown",
-                format!("cost_unknown: the cost of {method} {path} cannot be read from the request and SpendPolicy {}/{} sets no pricing.unknownCallUsd", policy.namespace, policy.name),
-            )
-        })?,
+        Estimate::Unknown => match prefetched_cost(app, &policy, &method, &path).await {
+            Some(u) => u,
+            None => policy.pricing.unknown_call_usd.ok_or_else(|| {
+                bad(
+                    vendor,
+                    "cost_unknown",
+                    format!(
+                        "cost_unknown: the cost of {method} {path} cannot be read from the request and SpendPolicy {}/{} sets no pricing.unknownCallUsd",
+                        policy.namespace, policy.name
+                    ),
+                )
+            })?,
+        },
     };
 
     let idempotency_key = headers
@@ -411,6 +419,35 @@ async fn reserve(
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
         }
+    }
+}
+
+/// The exact cost of a call whose amount lives on an existing vendor object (Stripe confirm,
+/// invoice pay), read from the vendor first; `None` when there is no such object or the read
+/// fails (then `unknownCallUsd` is reserved).
+async fn prefetched_cost(
+    app: &App,
+    policy: &PolicyConfig,
+    method: &str,
+    path: &str,
+) -> Option<Usd> {
+    if policy.vendor != Vendor::Stripe {
+        return None;
+    }
+    let (object, field) = vendor::stripe::prefetch(method, path)?;
+    match forward(
+        app,
+        policy,
+        "GET",
+        &object,
+        None,
+        &HeaderMap::new(),
+        Bytes::new(),
+    )
+    .await
+    {
+        Ok((200, _, body)) => vendor::stripe::prefetched_cost(&body, field, &policy.pricing),
+        _ => None,
     }
 }
 

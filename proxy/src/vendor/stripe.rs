@@ -74,6 +74,27 @@ pub fn estimate(
     }
 }
 
+/// For calls whose amount lives on an existing object (confirming a PaymentIntent, paying an
+/// invoice): the object to read first, and its field holding the amount that will move. The
+/// proxy reads it with the real key and reserves that exact amount instead of `unknownCallUsd`,
+/// so such a call cannot move more than a cap allows.
+pub fn prefetch(method: &str, path: &str) -> Option<(String, &'static str)> {
+    match (method, segments(path).as_slice()) {
+        ("POST", ["v1", "payment_intents", id, "confirm"]) => {
+            Some((format!("/v1/payment_intents/{id}"), "amount"))
+        }
+        ("POST", ["v1", "invoices", id, "pay"]) => {
+            Some((format!("/v1/invoices/{id}"), "amount_remaining"))
+        }
+        _ => None,
+    }
+}
+
+/// The amount in `field` of a fetched object, in dollars.
+pub fn prefetched_cost(body: &[u8], field: &str, pricing: &Pricing) -> Option<Usd> {
+    usd_of(&serde_json::from_slice::<Value>(body).ok()?, field, pricing)
+}
+
 fn usd_of(v: &Value, amount_field: &str, pricing: &Pricing) -> Option<Usd> {
     let amount = v.get(amount_field)?.as_u64()?;
     let currency = v.get("currency")?.as_str()?;
@@ -215,6 +236,25 @@ mod tests {
             estimate("POST", "/v1/transfers", b"amount=5&currency=usd", &p).unwrap(),
             Estimate::Unknown
         );
+    }
+
+    #[test]
+    fn confirm_and_invoice_pay_read_their_object_first() {
+        assert_eq!(
+            prefetch("POST", "/v1/payment_intents/pi_1/confirm"),
+            Some(("/v1/payment_intents/pi_1".into(), "amount"))
+        );
+        assert_eq!(
+            prefetch("POST", "/v1/invoices/in_1/pay"),
+            Some(("/v1/invoices/in_1".into(), "amount_remaining"))
+        );
+        assert_eq!(prefetch("POST", "/v1/payment_intents"), None);
+        let p = pricing();
+        assert_eq!(
+            prefetched_cost(br#"{"amount":40000,"currency":"eur"}"#, "amount", &p),
+            Some(usd("432"))
+        );
+        assert_eq!(prefetched_cost(b"{}", "amount", &p), None);
     }
 
     #[test]

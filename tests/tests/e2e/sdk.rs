@@ -320,3 +320,37 @@ async fn an_expired_key_raises_authentication_error() -> Result<()> {
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirming_payment_intents_is_costed_at_their_amount_and_cannot_pass_the_cap() -> Result<()>
+{
+    let (stack, proxy, _localstripe) = stripe_stack().await?;
+    let key = example("stripe-run-key.yaml")
+        .replace("billing-agent-run-7f3a", "run-confirm")
+        .replace("  perCallUsdCap: \"250.00\"\n", "")
+        .replace(
+            "    - POST /v1/payment_intents\n",
+            "    - POST /v1/payment_intents\n    - POST /v1/payment_intents/*/confirm\n",
+        );
+    stack.cluster.apply(&key).await?.ok()?;
+    let env = secret_env(&stack, "run-confirm").await?;
+    let out = run("stripe_confirm.py", &["2", "40000"], &env).await?;
+    assert_eq!(
+        out["created"],
+        serde_json::json!(["requires_confirmation", "requires_confirmation"]),
+        "{out}"
+    );
+    let confirms = out["confirms"].as_array().unwrap();
+    assert_eq!(confirms[0]["status"], "succeeded", "{out}");
+    assert_eq!(
+        confirms[1]["rate_limited"], "cap_exhausted",
+        "the second $400 confirm would pass the $500 cap: {out}"
+    );
+    let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
+    assert_eq!(
+        stack.ledger().await?.key_spend(&token.key_id).await?.total,
+        400_000_000
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
