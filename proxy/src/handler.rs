@@ -190,7 +190,7 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
         .map_err(|e| bad(vendor, "invalid_request", format!("invalid_request: {e}")))?
     {
         Estimate::Known(u) => u,
-        Estimate::Unknown => match prefetched_cost(app, &policy, &method, &path).await {
+        Estimate::Unknown => match prefetched_cost(app, &token, &policy, &method, &path).await {
             Some(u) => u,
             None => policy.pricing.unknown_call_usd.ok_or_else(|| {
                 bad(
@@ -424,9 +424,11 @@ async fn reserve(
 
 /// The exact cost of a call whose amount lives on an existing vendor object (Stripe confirm,
 /// invoice pay), read from the vendor first; `None` when there is no such object or the read
-/// fails (then `unknownCallUsd` is reserved).
+/// fails (then `unknownCallUsd` is reserved). Only a caller whose secret matches the key record
+/// makes the proxy read anything with the real key; the reserve script still decides.
 async fn prefetched_cost(
     app: &App,
+    token: &Token,
     policy: &PolicyConfig,
     method: &str,
     path: &str,
@@ -435,6 +437,11 @@ async fn prefetched_cost(
         return None;
     }
     let (object, field) = vendor::stripe::prefetch(method, path)?;
+    let record = app.ledger.key_fields(&token.key_id).await.ok()?;
+    let hash = token.secret_hash();
+    if record.get("secret_hash") != Some(&hash) && record.get("prev_secret_hash") != Some(&hash) {
+        return None;
+    }
     match forward(
         app,
         policy,

@@ -138,6 +138,22 @@ async fn a_capped_stripe_key_charges_until_the_cap_then_refuses_in_stripes_shape
 async fn refusals_never_reach_the_vendor() -> Result<()> {
     let s = stripe().await?;
     let auth = ("Authorization", s.bearer.as_str());
+    // The right key id with a forged secret: refused, and the proxy reads nothing from the vendor
+    // with the real key (not even the PaymentIntent a confirm would cost).
+    let real = keybrake_ledger::Token::parse_bearer(s.bearer.trim_start_matches("Bearer "))?;
+    let forged = format!(
+        "Bearer {}",
+        keybrake_ledger::Token::generate(real.vendor, real.key_id.clone()).bearer()
+    );
+    let r = http(
+        s.proxy.addr,
+        "POST",
+        "/v1/payment_intents/pi_1/confirm",
+        &[("Authorization", forged.as_str()), FORM],
+        b"",
+    )
+    .await?;
+    assert_eq!(r.status, 401);
     let r = http(
         s.proxy.addr,
         "POST",
