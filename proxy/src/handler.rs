@@ -45,6 +45,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Keys whose status.spend needs writing.
     pub spend: Arc<SpendWriter>,
+    /// Refuses at once for a moment after Redis fails.
+    pub redis_breaker: crate::breaker::Breaker,
 }
 
 /// Response bodies.
@@ -367,13 +369,28 @@ async fn reserve(
 ) -> Result<Reserved, Refused> {
     let deadline = tokio::time::Instant::now() + app.config.upstream_timeout();
     loop {
+        let unavailable = || {
+            (
+                Some(vendor),
+                Refusal::new(
+                    Kind::Unavailable,
+                    "accounting_unavailable",
+                    "redis",
+                    "accounting_unavailable: spend cannot be checked right now, so the call was not sent; retry shortly",
+                ),
+            )
+        };
+        if app.redis_breaker.is_open() {
+            return Err(unavailable());
+        }
         let started = std::time::Instant::now();
         let admission = app.ledger.reserve(request).await;
         app.metrics.redis_latency("reserve", started.elapsed());
         let admission = admission.map_err(|e| {
             app.metrics.redis_error();
+            app.redis_breaker.trip();
             tracing::error!(error = %e, "reserve failed; refusing (fail closed)");
-            (Some(vendor), Refusal::new(Kind::Unavailable, "accounting_unavailable", "redis", "accounting_unavailable: spend cannot be checked right now, so the call was not sent; retry shortly"))
+            unavailable()
         })?;
         match admission {
             Admission::Granted {

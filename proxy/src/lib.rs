@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod handler;
 pub mod metrics;
@@ -132,6 +133,7 @@ pub async fn start(
         config: config.clone(),
         metrics: Arc::new(Metrics::default()),
         spend,
+        redis_breaker: breaker::Breaker::new(Duration::from_millis(250)),
     });
 
     let sweeper = {

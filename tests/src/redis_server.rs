@@ -57,22 +57,53 @@ pub struct RedisServer {
     child: Child,
     /// Its port.
     pub port: u16,
-    _dir: TempDir,
+    dir: TempDir,
+    durable: bool,
 }
+
+/// AOF with an fsync per write: nothing acknowledged is lost to a SIGKILL.
+const DURABLE: [&str; 4] = ["--appendonly", "yes", "--appendfsync", "always"];
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> Result<RedisServer> {
+        RedisServer::start_with(false).await
+    }
+
+    /// Starts a server with AOF on (every write fsynced), for tests that kill and restart it.
+    pub async fn start_durable() -> Result<RedisServer> {
+        RedisServer::start_with(true).await
+    }
+
+    async fn start_with(durable: bool) -> Result<RedisServer> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let child = spawn(dir.path(), port, &[])?;
+        let child = spawn(dir.path(), port, if durable { &DURABLE[..] } else { &[] })?;
         let server = RedisServer {
             child,
             port,
-            _dir: dir,
+            dir,
+            durable,
         };
         wait_ready(port).await?;
         Ok(server)
+    }
+
+    /// Kills the server with SIGKILL (no shutdown save).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and folder (with a durable server, the data is back).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.child = spawn(
+            self.dir.path(),
+            self.port,
+            if self.durable { &DURABLE[..] } else { &[] },
+        )?;
+        wait_ready(self.port).await
     }
 
     /// `redis://127.0.0.1:PORT/`.

@@ -41,7 +41,20 @@ impl Stack {
         Ok((stack, proxy.context("no proxy")?))
     }
 
+    /// Like [`Stack::start_with_proxy`], on a Redis with AOF on that tests can kill and restart.
+    pub async fn start_with_proxy_on_durable_redis() -> Result<(Stack, keybrake_proxy::Running)> {
+        let (stack, proxy) = Stack::start_on(RedisServer::start_durable().await?, true).await?;
+        Ok((stack, proxy.context("no proxy")?))
+    }
+
     async fn start_inner(with_proxy: bool) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
+        Stack::start_on(RedisServer::start().await?, with_proxy).await
+    }
+
+    async fn start_on(
+        redis: RedisServer,
+        with_proxy: bool,
+    ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
         let cluster = Cluster::start().await?;
         let crds = workspace_root().join("manifests/crds");
         cluster
@@ -51,7 +64,6 @@ impl Stack {
             .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
             .await?
             .ok()?;
-        let redis = RedisServer::start().await?;
         let client = Client::try_from(Config::new(cluster.url().parse()?))?;
         let prefix = format!("op{}", rand_suffix());
         let mut stack = Stack {

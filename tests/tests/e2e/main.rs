@@ -2,6 +2,7 @@
 // Test code: a failed unwrap is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod faults;
 mod kube_lite_api;
 mod kube_lite_controller;
 mod kube_lite_kubectl;

@@ -1,0 +1,91 @@
+//! Faults (issue 10): what fails, and that nothing is lost, forwarded unaccounted or over a cap.
+
+use anyhow::Result;
+use keybrake_e2e::{
+    example, http,
+    stack::{Stack, eventually},
+    upstream::RecordingUpstream,
+    with_upstream,
+};
+use keybrake_ledger::PolicyTag;
+
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    let (mut stack, proxy) = Stack::start_with_proxy_on_durable_redis().await?;
+    stack
+        .cluster
+        .apply(&with_upstream(
+            &example("stripe-policy.yaml"),
+            &upstream.url(),
+        ))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    let env = stack
+        .active_key_env("billing", "billing-agent-run-7f3a")
+        .await?;
+    let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
+    let charge = || {
+        let bearer = bearer.clone();
+        async move {
+            http(
+                proxy.addr,
+                "POST",
+                "/v1/payment_intents",
+                &[("Authorization", bearer.as_str()), FORM],
+                b"amount=10000&currency=usd&confirm=true",
+            )
+            .await
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(charge().await?.status, 200);
+    }
+
+    stack.redis.kill();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let r = charge().await?;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "accounting_unavailable");
+    }
+    println!(
+        "Redis down: 20 calls refused in {:.0} ms, none forwarded",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "a call was forwarded while Redis was down"
+    );
+
+    stack.redis.restart().await?;
+    let restarted = std::time::Instant::now();
+    eventually("the proxy to recover on its own", 15, || async {
+        (charge().await.ok()?.status == 200).then_some(())
+    })
+    .await?;
+    println!(
+        "recovered {:.0} ms after Redis came back, without a proxy restart",
+        restarted.elapsed().as_secs_f64() * 1000.0
+    );
+    let spend = stack
+        .ledger()
+        .await?
+        .policy_spend(&PolicyTag::of("billing", "stripe"))
+        .await?;
+    assert_eq!(
+        spend.total, 300_000_000,
+        "the counters survived the kill (AOF) and count the new call"
+    );
+    assert_eq!(upstream.requests().len(), 3);
+    proxy.shutdown().await;
+    Ok(())
+}
