@@ -27,6 +27,9 @@ fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Result<Child> {
             "",
             "--appendonly",
             "no",
+            // Lets the fault tests stall Redis with DEBUG SLEEP (from loopback only).
+            "--enable-debug-command",
+            "local",
         ])
         .args(["--dir", dir.to_str().context("temp dir is not UTF-8")?])
         .args(extra)
