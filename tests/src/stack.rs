@@ -201,6 +201,27 @@ impl Stack {
         self.secret_data(ns, &secret).await
     }
 
+    /// Applies the example Stripe policy (its upstream set to `upstream_url`) and the seeds' run
+    /// key `billing/billing-agent-run-7f3a`, waits for the key, and returns its Secret's data.
+    pub async fn apply_stripe_run_key(
+        &self,
+        upstream_url: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        self.cluster
+            .apply(&crate::with_upstream(
+                &crate::example("stripe-policy.yaml"),
+                upstream_url,
+            ))
+            .await?
+            .ok()?;
+        self.cluster
+            .apply(&crate::example("stripe-run-key.yaml"))
+            .await?
+            .ok()?;
+        self.active_key_env("billing", "billing-agent-run-7f3a")
+            .await
+    }
+
     /// `kubectl patch vk NAME --type merge -p '{"spec":{"revoked":true}}'`.
     pub async fn revoke_with_kubectl(&self, ns: &str, name: &str) -> Result<()> {
         self.cluster

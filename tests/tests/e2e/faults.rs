@@ -15,22 +15,7 @@ const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded")
 async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
     let (mut stack, proxy) = Stack::start_with_proxy_on_durable_redis().await?;
-    stack
-        .cluster
-        .apply(&with_upstream(
-            &example("stripe-policy.yaml"),
-            &upstream.url(),
-        ))
-        .await?
-        .ok()?;
-    stack
-        .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
-    let env = stack
-        .active_key_env("billing", "billing-agent-run-7f3a")
-        .await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let charge = || {
         let bearer = bearer.clone();
@@ -94,22 +79,7 @@ async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact()
 async fn a_stalled_redis_turns_calls_into_refusals_not_unaccounted_forwards() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
     let (stack, proxy) = Stack::start_with_proxy().await?;
-    stack
-        .cluster
-        .apply(&with_upstream(
-            &example("stripe-policy.yaml"),
-            &upstream.url(),
-        ))
-        .await?
-        .ok()?;
-    stack
-        .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
-    let env = stack
-        .active_key_env("billing", "billing-agent-run-7f3a")
-        .await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     // Redis stops answering for 2 s (single-threaded: every client waits).
     let mut conn = stack.redis.connect().await?;

@@ -39,27 +39,8 @@ struct Stripe {
 async fn stripe() -> Result<Stripe> {
     let stack = Stack::start().await?;
     let upstream = RecordingUpstream::start().await?;
-    stack
-        .cluster
-        .apply(&pointed_at("stripe-policy.yaml", &upstream))
-        .await?
-        .ok()?;
-    stack
-        .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
-    active(&stack, "billing", "billing-agent-run-7f3a").await?;
-    let bearer = format!(
-        "Bearer {}",
-        secret_value(
-            &stack,
-            "billing",
-            "billing-agent-run-7f3a",
-            "STRIPE_API_KEY"
-        )
-        .await?
-    );
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let proxy = stack.start_proxy().await?;
     Ok(Stripe {
         stack,

@@ -130,26 +130,12 @@ async fn haystack_agent_loop_is_capped_per_tool() -> Result<()> {
 async fn revocation_by_kubectl_patch_and_delete_refuses_the_next_call() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
     let (stack, proxy) = Stack::start_with_proxy().await?;
-    stack
-        .cluster
-        .apply(&with_upstream(
-            &example("stripe-policy.yaml"),
-            &upstream.url(),
-        ))
-        .await?
-        .ok()?;
-    stack
-        .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+    let run_key = stack.apply_stripe_run_key(&upstream.url()).await?["STRIPE_API_KEY"].clone();
     stack
         .cluster
         .apply(&example("stripe-worker-key.yaml"))
         .await?
         .ok()?;
-    let run_key =
-        env_of(&stack, "billing", "billing-agent-run-7f3a").await?["STRIPE_API_KEY"].clone();
     let worker_key = env_of(&stack, "billing", "billing-worker").await?["STRIPE_API_KEY"].clone();
     let refused_after = |key: String, started: std::time::Instant| {
         let addr = proxy.addr;
