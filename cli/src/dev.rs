@@ -148,6 +148,24 @@ async fn shutdown_signal() {
     }
 }
 
+/// The ServiceAccount (`namespace:name`) whose token `keybrake dev` writes as `KEYBRAKE_API_KEY`
+/// for the issuance API; keys it issues land in its namespace.
+pub const DEV_ACCOUNT: &str = "billing:workflow-runner";
+
+/// The dev API token, made once and kept in the state folder (so `.keybrake/env` stays valid
+/// across restarts).
+fn dev_token(dir: &Path) -> Result<String> {
+    let path = dir.join("api-token");
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_owned());
+    }
+    let token = format!("kbdev-{}", hex::encode(rand::random::<[u8; 24]>()));
+    std::fs::write(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
 /// Runs the stack until SIGINT or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<()> {
     let overrides = parse_upstreams(&args.upstreams)?;
@@ -162,9 +180,17 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
     };
 
+    let api_token = dev_token(&dir)?;
     let api = kube_lite::KubeLite::start(kube_lite::Options {
         bind: Some(SocketAddr::from(([127, 0, 0, 1], args.api_port))),
         state_file: Some(dir.join("kube-lite.json")),
+        tokens: vec![kube_lite::review::StaticToken {
+            token: api_token.clone(),
+            user: format!("system:serviceaccount:{DEV_ACCOUNT}"),
+            uid: "keybrake-dev".into(),
+            // Local use only: the dev account may do anything, like a kind cluster's admin.
+            groups: vec!["system:serviceaccounts".into(), "system:masters".into()],
+        }],
         ..Default::default()
     })
     .await?;
@@ -219,7 +245,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     ));
 
     let env = format!(
-        "KUBECONFIG={}\nKEYBRAKE_PROXY_URL={proxy_url}\nKEYBRAKE_ADMIN_URL={admin_url}\nREDIS_URL={redis_url}\n",
+        "KUBECONFIG={}\nKEYBRAKE_PROXY_URL={proxy_url}\nKEYBRAKE_ADMIN_URL={admin_url}\nREDIS_URL={redis_url}\nKEYBRAKE_API_KEY={api_token}\n",
         std::fs::canonicalize(&kubeconfig)
             .unwrap_or(kubeconfig.clone())
             .display()

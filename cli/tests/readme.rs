@@ -93,6 +93,13 @@ async fn the_readme_walkthrough_runs_verbatim() {
         "{stdout}"
     );
     assert!(
+        stdout.contains("issued hatchet-billing-agent-demo-1-")
+            && stdout.contains("charged $30.00: pi_")
+            && stdout.contains("refused: cap_exhausted")
+            && stdout.contains("state revoked, spent $30.00"),
+        "the issuance API example: {stdout}"
+    );
+    assert!(
         stdout.contains("refused cus_1: vault_key_revoked"),
         "{stdout}"
     );

@@ -123,6 +123,11 @@ impl Check {
     }
 }
 
+/// Whether `name` is a DNS-1123 label (namespace names).
+pub fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
+}
+
 /// Whether `name` is a DNS-1123 subdomain (the rule for Secret names).
 pub fn is_dns_subdomain(name: &str) -> bool {
     let label_ok = |l: &str| {

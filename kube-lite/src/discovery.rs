@@ -31,6 +31,15 @@ pub fn version() -> Value {
     })
 }
 
+/// The verbs of a resource in discovery.
+fn verbs(r: &Resource) -> &'static [&'static str] {
+    if crate::review::is_review(r) {
+        &["create"]
+    } else {
+        &VERBS
+    }
+}
+
 const VERBS: [&str; 8] = [
     "create",
     "delete",
@@ -58,7 +67,7 @@ fn aggregated_resource(r: &Resource) -> Value {
         "responseKind": kind,
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": r.singular,
-        "verbs": VERBS,
+        "verbs": verbs(r),
     });
     if !r.short_names.is_empty() {
         v["shortNames"] = json!(r.short_names);
@@ -135,7 +144,7 @@ pub fn resource_list(reg: &Registry, g: &str, version: &str) -> Option<Value> {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": verbs(r),
         });
         if !r.short_names.is_empty() {
             v["shortNames"] = json!(r.short_names);

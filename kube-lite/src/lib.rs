@@ -12,6 +12,7 @@ pub mod patch;
 pub mod persist;
 pub mod request;
 pub mod resources;
+pub mod review;
 pub mod schema;
 pub mod selector;
 pub mod server;
@@ -37,6 +38,8 @@ pub struct Options {
     pub history: Option<usize>,
     /// How often idle watches get a bookmark (default [`watch::BOOKMARK_EVERY`]).
     pub bookmark_interval: Option<std::time::Duration>,
+    /// Bearer tokens TokenReview accepts (the `--token-auth-file` lines).
+    pub tokens: Vec<review::StaticToken>,
 }
 
 /// A running server; dropping it does not stop it, [`KubeLite::shutdown`] does.
@@ -89,6 +92,7 @@ impl KubeLite {
             addr,
             shutdown: stopped.clone(),
             bookmark_every: opts.bookmark_interval.unwrap_or(watch::BOOKMARK_EVERY),
+            tokens: opts.tokens.clone(),
         });
         let mut until = stopped;
         let task = tokio::spawn(server::serve(listener, shared, async move {

@@ -17,6 +17,9 @@ struct Args {
     /// Keep objects in this file across restarts.
     #[arg(long, env = "KUBE_LITE_STATE")]
     state_file: Option<PathBuf>,
+    /// Bearer tokens for TokenReview, in kube-apiserver's `--token-auth-file` format.
+    #[arg(long, env = "KUBE_LITE_TOKEN_AUTH_FILE")]
+    token_auth_file: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -25,9 +28,22 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let args = Args::parse();
+    let tokens = match args
+        .token_auth_file
+        .as_deref()
+        .map(kube_lite::review::load_token_file)
+    {
+        None => Vec::new(),
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            eprintln!("kube-lite: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let opts = kube_lite::Options {
         bind: Some(args.bind),
         state_file: args.state_file,
+        tokens,
         ..Default::default()
     };
     let server = match kube_lite::KubeLite::start(opts).await {

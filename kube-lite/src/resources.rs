@@ -206,6 +206,42 @@ pub fn builtins() -> Vec<Resource> {
             .short(&["ds"])
             .with_status(),
         Resource::builtin("coordination.k8s.io", "v1", "Lease", "leases", true),
+        Resource::builtin("rbac.authorization.k8s.io", "v1", "Role", "roles", true),
+        Resource::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+        ),
+        Resource::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+        ),
+        Resource::builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+        ),
+        Resource::builtin(
+            "authentication.k8s.io",
+            "v1",
+            "TokenReview",
+            "tokenreviews",
+            false,
+        ),
+        Resource::builtin(
+            "authorization.k8s.io",
+            "v1",
+            "SubjectAccessReview",
+            "subjectaccessreviews",
+            false,
+        ),
         Resource::builtin(
             "apiextensions.k8s.io",
             "v1",

@@ -44,6 +44,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// How often idle watches get a bookmark.
     pub bookmark_every: std::time::Duration,
+    /// Bearer tokens TokenReview accepts.
+    pub tokens: Vec<crate::review::StaticToken>,
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {
@@ -229,6 +231,18 @@ async fn resource(
         .unwrap_or("application/json")
         .to_owned();
     let method = req.method().clone();
+    if crate::review::is_review(&res) {
+        if method != Method::POST || rp.name.is_some() {
+            return Err(ApiError::method_not_allowed(format!(
+                "{} only supports create",
+                res.qualified_plural()
+            )));
+        }
+        let body = decode_object(&content_type, &read_body(req).await?)?;
+        let st = shared.store.lock();
+        let answer = crate::review::answer(&res, &st, &shared.tokens, body)?;
+        return Ok(json_response(201, &answer));
+    }
     match (method, rp.name.clone()) {
         (Method::GET, None) if query.watch => {
             Ok(start_watch(shared, res, rp.namespace, query, accept))

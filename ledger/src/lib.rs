@@ -6,6 +6,7 @@
 pub mod layout;
 pub mod ledger;
 pub mod record;
+pub mod secret_env;
 pub mod token;
 
 pub use layout::{Keyspace, Slot};

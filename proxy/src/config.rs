@@ -50,6 +50,9 @@ pub struct Config {
     /// Time allowed to send the request body, in seconds.
     #[arg(long, env = "KEYBRAKE_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// Longest `POST /vault/keys` waits for the operator to make a new key work, in seconds.
+    #[arg(long, env = "KEYBRAKE_ISSUE_TIMEOUT_SECS", default_value_t = 10)]
+    pub issue_timeout_secs: u64,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             spend_interval_ms: 2000,
             default_upstreams: Vec::new(),
             audit_max_len: 100_000,
+            issue_timeout_secs: 10,
         }
     }
 
@@ -82,6 +86,11 @@ impl Config {
                 || vendor.default_upstream().to_owned(),
                 |(_, url)| url.to_owned(),
             )
+    }
+
+    /// How long issuance waits for the operator.
+    pub fn issue_timeout(&self) -> Duration {
+        Duration::from_secs(self.issue_timeout_secs)
     }
 
     /// The upstream timeout.

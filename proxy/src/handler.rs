@@ -33,6 +33,8 @@ use crate::{
 
 /// What every request shares.
 pub struct App {
+    /// The Kubernetes API (the issuance API's reviews and VaultKeys).
+    pub client: kube::Client,
     /// Policies and their real credentials.
     pub policies: Arc<Policies>,
     /// The accounting.

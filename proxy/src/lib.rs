@@ -8,6 +8,7 @@ pub mod auth;
 pub mod breaker;
 pub mod config;
 pub mod handler;
+pub mod issuance;
 pub mod metrics;
 pub mod path;
 pub mod policies;
@@ -127,6 +128,7 @@ pub async fn start(
         Duration::from_secs(5),
     ));
     let app = Arc::new(App {
+        client: client.clone(),
         policies,
         ledger,
         upstream: upstream::client(),

@@ -16,6 +16,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use crate::{
     audit,
     handler::{self, App},
+    issuance,
 };
 
 /// Largest request head (request line and headers) accepted.
@@ -57,7 +58,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         let app = app.clone();
         let service = service_fn(move |req| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(handler::handle(app, req).await) }
+            async move {
+                // The issuance API is on the data port too, so workflow code written for
+                // Keybrake needs only its base URL changed.
+                if issuance::owns(req.uri().path()) {
+                    return Ok::<_, Infallible>(issuance::serve(&app, req).await);
+                }
+                Ok::<_, Infallible>(handler::handle(app, req).await)
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -76,7 +84,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     }
 }
 
-async fn admin_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn admin_response(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if issuance::owns(req.uri().path()) {
+        return issuance::serve(app, req).await;
+    }
     let (status, body) = match req.uri().path() {
         "/metrics" => (StatusCode::OK, app.metrics.encode()),
         "/healthz" | "/livez" => (StatusCode::OK, "ok".into()),
@@ -117,7 +128,7 @@ pub async fn serve_admin(listener: TcpListener, app: Arc<App>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(admin_response(&app, &req).await) }
+                async move { Ok::<_, Infallible>(admin_response(&app, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

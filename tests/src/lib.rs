@@ -2,6 +2,7 @@
 //! kubectl 1.32 pointed at it.
 #![forbid(unsafe_code)]
 
+pub mod identities;
 pub mod redis_server;
 pub mod sdk;
 pub mod stack;
@@ -86,7 +87,11 @@ impl Output {
 impl Cluster {
     /// Starts a server on a free loopback port.
     pub async fn start() -> Result<Cluster> {
-        Cluster::start_with(Options::default()).await
+        Cluster::start_with(Options {
+            tokens: identities::tokens(),
+            ..Default::default()
+        })
+        .await
     }
 
     /// Starts a server with options.

@@ -57,8 +57,17 @@ impl Drop for LocalStripe {
 
 /// Runs `tests/sdk/node_run.mjs` (the official Node SDKs) with exactly `env` as its environment.
 pub async fn run_node(args: &[&str], env: &BTreeMap<String, String>) -> Result<serde_json::Value> {
+    run_node_script("node_run.mjs", args, env).await
+}
+
+/// Runs `tests/sdk/<script>` with Node and exactly `env`, and parses its JSON output.
+pub async fn run_node_script(
+    script: &str,
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+) -> Result<serde_json::Value> {
     let out = tokio::process::Command::new("node")
-        .arg(workspace_root().join("tests/sdk/node_run.mjs"))
+        .arg(workspace_root().join("tests/sdk").join(script))
         .args(args)
         .env_clear()
         .envs(env)
@@ -68,13 +77,10 @@ pub async fn run_node(args: &[&str], env: &BTreeMap<String, String>) -> Result<s
         .await
         .context("running node")?;
     if !out.status.success() {
-        bail!(
-            "node_run.mjs failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).with_context(|| format!("node_run.mjs printed {text}"))
+    serde_json::from_str(text.trim()).with_context(|| format!("{script} printed {text}"))
 }
 
 /// Runs `tests/sdk/<script>` with exactly `env` as its environment (as a pod started with only

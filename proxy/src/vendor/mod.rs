@@ -100,7 +100,7 @@ fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// Parses JSON, refusing duplicate object keys (which parsers resolve differently).
-fn json_no_duplicates(body: &[u8]) -> Result<serde_json::Value, BadRequest> {
+pub fn json_no_duplicates(body: &[u8]) -> Result<serde_json::Value, BadRequest> {
     use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 
     struct Strict;

@@ -452,3 +452,114 @@ async fn resource_versions_guard_updates_patches_and_deletes() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn token_and_access_reviews_follow_the_token_file_and_rbac() -> Result<()> {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenReview, TokenReviewSpec},
+        authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+    };
+    use keybrake_e2e::identities;
+    let c = Cluster::start().await?;
+    let client = client(&c)?;
+    c.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
+        .await?
+        .ok()?;
+    c.apply(identities::RBAC).await?.ok()?;
+    let reviews: Api<TokenReview> = Api::all(client.clone());
+    let review = |token: &str| TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.into()),
+            audiences: None,
+        },
+        ..Default::default()
+    };
+    let ok = reviews
+        .create(&PostParams::default(), &review(identities::BILLING_WORKER))
+        .await?
+        .status
+        .unwrap();
+    assert_eq!(ok.authenticated, Some(true));
+    let user = ok.user.unwrap();
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:billing:hatchet-worker")
+    );
+    assert!(
+        user.groups
+            .unwrap()
+            .contains(&"system:authenticated".to_owned())
+    );
+    let bad = reviews
+        .create(&PostParams::default(), &review("nope"))
+        .await?
+        .status
+        .unwrap();
+    assert_ne!(bad.authenticated, Some(true));
+    assert!(bad.error.is_some());
+
+    let access: Api<SubjectAccessReview> = Api::all(client.clone());
+    let can = |user: &str, groups: &[&str], verb: &str, ns: &str| SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.into()),
+            groups: Some(groups.iter().map(|g| g.to_string()).collect()),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("keybrake.com".into()),
+                resource: Some("vaultkeys".into()),
+                verb: Some(verb.into()),
+                namespace: Some(ns.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let worker = "system:serviceaccount:billing:hatchet-worker";
+    let reader = "system:serviceaccount:billing:reader";
+    for (user, groups, verb, ns, allowed) in [
+        (worker, &[][..], "create", "billing", true),
+        (worker, &[], "delete", "billing", true),
+        (worker, &[], "create", "other", false),
+        (worker, &[], "update", "billing", false),
+        (reader, &[], "list", "billing", true),
+        (reader, &[], "create", "billing", false),
+        ("alice", &["system:masters"], "create", "anywhere", true),
+        (
+            "mallory",
+            &["system:authenticated"],
+            "get",
+            "billing",
+            false,
+        ),
+    ] {
+        let answer = access
+            .create(&PostParams::default(), &can(user, groups, verb, ns))
+            .await?
+            .status
+            .unwrap();
+        assert_eq!(answer.allowed, allowed, "{user} {verb} in {ns}: {answer:?}");
+        if allowed {
+            assert!(!answer.reason.unwrap_or_default().is_empty());
+        }
+    }
+    // Create-only, never stored, as on a real server.
+    let listed = c
+        .kubectl(
+            &[
+                "get",
+                "--raw",
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+            ],
+            None,
+        )
+        .await?;
+    assert_ne!(listed.code, 0);
+    assert!(
+        listed.stderr.contains("MethodNotAllowed")
+            || listed.stderr.contains("405")
+            || listed.stderr.contains("only supports create"),
+        "{}",
+        listed.stderr
+    );
+    Ok(())
+}

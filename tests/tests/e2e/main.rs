@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod faults;
+mod issuance;
 mod kube_lite_api;
 mod kube_lite_controller;
 mod kube_lite_kubectl;

@@ -1,0 +1,421 @@
+//! The four operations, each on real `VaultKey` objects: issue (create, wait until the operator
+//! has made the key work, hand out the token once), show, list, and revoke (in Redis at once,
+//! then `spec.revoked` so the operator and kubectl agree).
+
+use std::collections::BTreeMap;
+
+use hyper::StatusCode;
+use k8s_openapi::api::core::v1::Secret;
+use keybrake_crds::{
+    KeyPhase, SpendPolicy, VaultKey, VaultKeySpec, Vendor,
+    validate::{is_dns_label, resolve_key},
+    vault_key::PolicyRef,
+};
+use keybrake_ledger::{KeyId, PolicyTag, secret_env};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::wait::await_condition,
+};
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, Caller,
+    request::{IssueRequest, violations_error},
+    view,
+};
+use crate::{handler::App, policies::PolicyState};
+
+/// Label on keys this API issued.
+pub const ISSUED_BY: &str = "keybrake.com/issued-by";
+/// Annotation: the user who asked for the key.
+pub const REQUESTED_BY: &str = "keybrake.com/requested-by";
+
+fn kube_error(what: &str, e: kube::Error) -> ApiError {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("{what}: not found"))
+        }
+        kube::Error::Api(s) if s.code == 403 => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "{what}: the proxy's own RBAC does not allow it: {}",
+                s.message
+            ),
+        ),
+        kube::Error::Api(s) if s.code == 422 || s.code == 400 => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{what}: the Kubernetes API refused it: {}", s.message),
+        ),
+        _ => ApiError::unavailable(what, e),
+    }
+}
+
+/// The policy a key draws on: the one named, else the namespace's only one for the vendor.
+async fn choose_policy(
+    api: &Api<SpendPolicy>,
+    ns: &str,
+    vendor: Vendor,
+    named: Option<&str>,
+) -> Result<SpendPolicy, ApiError> {
+    if let Some(name) = named {
+        let p = api
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_error("reading the SpendPolicy", e))?;
+        return match p {
+            Some(p) if p.spec.vendor == vendor => Ok(p),
+            Some(p) => Err(ApiError::field(
+                "policy",
+                format!(
+                    "SpendPolicy {ns}/{name} is for {}, not {vendor}",
+                    p.spec.vendor
+                ),
+            )),
+            None => Err(ApiError::field(
+                "policy",
+                format!("no SpendPolicy {name:?} in namespace {ns:?}"),
+            )),
+        };
+    }
+    let all = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| kube_error("listing SpendPolicies", e))?;
+    let mut matching: Vec<SpendPolicy> = all
+        .items
+        .into_iter()
+        .filter(|p| p.spec.vendor == vendor)
+        .collect();
+    match matching.len() {
+        0 => Err(ApiError::field(
+            "vendor",
+            format!(
+                "no SpendPolicy for {vendor} in namespace {ns:?}; a platform admin creates one first"
+            ),
+        )),
+        1 => Ok(matching.remove(0)),
+        _ => Err(ApiError::field(
+            "policy",
+            format!(
+                "required: namespace {ns:?} has several SpendPolicies for {vendor} ({}); name one",
+                matching
+                    .iter()
+                    .map(|p| p.name_any())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
+/// A VaultKey name from the run label (readable in `kubectl get vk`), with a random suffix.
+fn generated_name(run_label: Option<&str>) -> String {
+    let suffix = hex::encode(rand::random::<[u8; 4]>());
+    let mut slug = String::new();
+    for c in run_label.unwrap_or("run").chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+        if slug.len() >= 40 {
+            break;
+        }
+    }
+    let slug = slug.trim_matches('-');
+    if slug.is_empty() {
+        format!("run-{suffix}")
+    } else {
+        format!("{slug}-{suffix}")
+    }
+}
+
+fn key_object(name: &str, caller: &Caller, policy: &str, req: &IssueRequest) -> VaultKey {
+    let spec = VaultKeySpec {
+        policy_ref: PolicyRef {
+            name: policy.to_owned(),
+        },
+        daily_usd_cap: req.daily_usd_cap,
+        total_usd_cap: req.total_usd_cap,
+        per_call_usd_cap: req.per_call_usd_cap,
+        allowed_endpoints: req.allowed_endpoints.clone(),
+        ttl: req.expires_in,
+        expires_at: req
+            .expires_at
+            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+        run_label: req.run_label.clone(),
+        revoked: false,
+        rotation: None,
+        secret_name: None,
+        restart_targets: Vec::new(),
+    };
+    VaultKey {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            labels: Some(BTreeMap::from([(
+                ISSUED_BY.to_owned(),
+                "issuance-api".to_owned(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                REQUESTED_BY.to_owned(),
+                caller.username.clone(),
+            )])),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+/// Whether the operator has acted on the key (any phase but Pending).
+fn settled(vk: Option<&VaultKey>) -> bool {
+    vk.and_then(|k| k.status.as_ref()?.phase)
+        .is_some_and(|p| p != KeyPhase::Pending)
+}
+
+/// Issues a key and returns it with its token, once the key works.
+pub async fn issue(
+    app: &App,
+    caller: &Caller,
+    ns: &str,
+    req: IssueRequest,
+) -> Result<(StatusCode, Value), ApiError> {
+    let policies: Api<SpendPolicy> = Api::namespaced(app.client.clone(), ns);
+    let policy = choose_policy(&policies, ns, req.vendor, req.policy.as_deref()).await?;
+    let policy_name = policy.name_any();
+    if let Some(name) = &req.name
+        && !is_dns_label(name)
+    {
+        return Err(ApiError::field(
+            "name",
+            format!("{name:?} must be a lowercase DNS label (a-z, 0-9, '-', at most 63)"),
+        ));
+    }
+    let name = req
+        .name
+        .clone()
+        .unwrap_or_else(|| generated_name(req.run_label.as_deref()));
+    let object = key_object(&name, caller, &policy_name, &req);
+    // Redis time is the truth for expiry; without Redis no key could work anyway.
+    let (now_ms, _) = app
+        .ledger
+        .now()
+        .await
+        .map_err(|e| ApiError::unavailable("cannot reach Redis", e))?;
+    let now = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    resolve_key(&object.spec, &policy_name, &policy.spec, now).map_err(|v| violations_error(&v))?;
+    match app.policies.get(&PolicyTag::of(ns, &policy_name)) {
+        Some(PolicyState::Ready(_)) => {}
+        Some(PolicyState::Unusable(why)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("the SpendPolicy cannot be used: {why}"),
+            ));
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "SpendPolicy {ns}/{policy_name} is not loaded by the proxy yet; retry in a few seconds"
+                ),
+            ));
+        }
+    }
+    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
+    match keys.create(&PostParams::default(), &object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!("name: a VaultKey {ns}/{name} already exists"),
+                field: Some("name".into()),
+            });
+        }
+        Err(e) => return Err(kube_error("creating the VaultKey", e)),
+    }
+    tracing::info!(
+        namespace = ns,
+        name,
+        user = caller.username,
+        "issuing a vault key"
+    );
+    let timeout = app.config.issue_timeout();
+    let waited = tokio::time::timeout(timeout, await_condition(keys.clone(), &name, settled)).await;
+    let vk = match waited {
+        Ok(Ok(Some(vk))) if settled(Some(&vk)) => vk,
+        outcome => {
+            // Nothing half-made stays behind: the caller never got a token.
+            let now = keys.get_opt(&name).await.ok().flatten();
+            let _ = keys.delete(&name, &DeleteParams::default()).await;
+            let why = now
+                .as_ref()
+                .and_then(|k| view::key(k, None)["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "no status yet".into());
+            let cause = match outcome {
+                Ok(Err(e)) => format!("watching it failed: {e}"),
+                _ => format!(
+                    "the operator did not make it work within {}s ({why})",
+                    timeout.as_secs()
+                ),
+            };
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("VaultKey {ns}/{name}: {cause}; it was deleted and nothing was issued"),
+            ));
+        }
+    };
+    if vk.status.as_ref().and_then(|s| s.phase) != Some(KeyPhase::Active) {
+        let _ = keys.delete(&name, &DeleteParams::default()).await;
+        let body = view::key(&vk, None);
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "VaultKey {ns}/{name} is {}: {}; it was deleted and nothing was issued",
+                body["state"].as_str().unwrap_or("not active"),
+                body["message"].as_str().unwrap_or("")
+            ),
+        ));
+    }
+    let secret_name = vk
+        .status
+        .as_ref()
+        .and_then(|s| s.secret_name.clone())
+        .unwrap_or_else(|| name.clone());
+    let secret = Api::<Secret>::namespaced(app.client.clone(), ns)
+        .get(&secret_name)
+        .await
+        .map_err(|e| kube_error(&format!("reading Secret {ns}/{secret_name}"), e))?;
+    let data: BTreeMap<String, String> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+        .collect();
+    let token = secret_env::token_from(req.vendor, &data).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Secret {ns}/{secret_name} holds no {} token", req.vendor),
+        )
+    })?;
+    let mut body = view::key(&vk, None);
+    body["base_url"] = json!(data.get("KEYBRAKE_PROXY_URL"));
+    match req.vendor {
+        Vendor::Twilio => {
+            body["account_sid"] = json!(token.twilio_sid());
+            body["vault_key"] = json!(token.secret());
+        }
+        Vendor::Stripe | Vendor::Resend => body["vault_key"] = json!(token.bearer()),
+    }
+    Ok((StatusCode::CREATED, body))
+}
+
+async fn live_spend(app: &App, vk: &VaultKey) -> Option<keybrake_ledger::Spend> {
+    let id = KeyId::parse(vk.status.as_ref()?.key_id.as_deref()?).ok()?;
+    app.ledger.key_spend(&id).await.ok()
+}
+
+/// One key, with live spend.
+pub async fn show(app: &App, ns: &str, name: &str) -> Result<(StatusCode, Value), ApiError> {
+    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
+    let vk = keys
+        .get_opt(name)
+        .await
+        .map_err(|e| kube_error("reading the VaultKey", e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no key {name:?} in namespace {ns:?}"),
+            )
+        })?;
+    let spend = live_spend(app, &vk).await;
+    Ok((StatusCode::OK, view::key(&vk, spend)))
+}
+
+/// The namespace's keys, optionally only one run's.
+pub async fn list(
+    app: &App,
+    ns: &str,
+    run_label: Option<&str>,
+) -> Result<(StatusCode, Value), ApiError> {
+    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
+    let all = keys
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| kube_error("listing VaultKeys", e))?;
+    let items: Vec<Value> = all
+        .items
+        .iter()
+        .filter(|k| run_label.is_none_or(|l| k.spec.run_label.as_deref() == Some(l)))
+        .map(|k| view::key(k, None))
+        .collect();
+    Ok((StatusCode::OK, json!({"keys": items})))
+}
+
+/// Revokes a key: in Redis first (the next call is refused, whatever the operator is doing),
+/// then `spec.revoked` on the VaultKey.
+pub async fn revoke(
+    app: &App,
+    caller: &Caller,
+    ns: &str,
+    name: &str,
+) -> Result<(StatusCode, Value), ApiError> {
+    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
+    let vk = keys
+        .get_opt(name)
+        .await
+        .map_err(|e| kube_error("reading the VaultKey", e))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no key {name:?} in namespace {ns:?}"),
+            )
+        })?;
+    if let Some(id) = vk
+        .status
+        .as_ref()
+        .and_then(|s| s.key_id.as_deref())
+        .and_then(|k| KeyId::parse(k).ok())
+        && let Err(e) = app.ledger.revoke(&id).await
+    {
+        // The data path refuses every call while Redis is unreachable, and the operator revokes
+        // in Redis from spec.revoked when it is back.
+        tracing::warn!(namespace = ns, name, error = %e, "could not revoke in Redis; spec.revoked is set");
+    }
+    let patched = if vk.spec.revoked {
+        vk
+    } else {
+        keys.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"revoked": true}})),
+        )
+        .await
+        .map_err(|e| kube_error("marking the VaultKey revoked", e))?
+    };
+    tracing::info!(
+        namespace = ns,
+        name,
+        user = caller.username,
+        "vault key revoked through the API"
+    );
+    let spend = live_spend(app, &patched).await;
+    Ok((StatusCode::OK, view::key(&patched, spend)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_from_the_run_label() {
+        let n = generated_name(Some("hatchet/billing-agent/7F3A9C2E"));
+        assert!(n.starts_with("hatchet-billing-agent-7f3a9c2e-"), "{n}");
+        assert!(is_dns_label(&n));
+        let n = generated_name(Some(&"x/".repeat(100)));
+        assert!(is_dns_label(&n), "{n}");
+        assert!(generated_name(Some("///")).starts_with("run-"));
+        assert!(generated_name(None).starts_with("run-"));
+    }
+}

@@ -1,0 +1,184 @@
+//! The Keybrake-compatible issuance API: `POST /vault/keys` issues a key per workflow run,
+//! `GET /vault/keys[/{key_id}]` reads them, `DELETE /vault/keys/{key_id}` revokes. Each key is a
+//! real `VaultKey` in the caller's namespace, so kubectl, GitOps tooling and the operator see it.
+//! Callers authenticate with a Kubernetes bearer token (TokenReview) and are authorized by RBAC
+//! (SubjectAccessReview) for the verb on `vaultkeys` in that namespace. `key_id` is the VaultKey's
+//! name.
+
+mod caller;
+mod keys;
+mod request;
+mod view;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header::CONTENT_TYPE};
+use serde_json::{Value, json};
+
+pub use caller::Caller;
+pub use request::IssueRequest;
+
+use crate::handler::App;
+
+/// Largest issuance request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// An answer other than success: a status and a message that names the problem (and the
+/// request field, when one is at fault). The admin API's error shape: `{"error": ..., "field": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The request field at fault, in the API's own names.
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    /// An error with no field.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// A 422 naming a field.
+    pub fn field(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: format!("{field}: {}", message.into()),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    /// A 503 for a dependency (API server, Redis) that failed.
+    pub fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}: {e}"))
+    }
+
+    fn body(&self) -> Value {
+        let mut v = json!({"error": self.message});
+        if let Some(f) = &self.field {
+            v["field"] = json!(f);
+        }
+        v
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// An error response in the admin API's shape.
+pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
+    json_response(e.status, &e.body())
+}
+
+/// Whether a path belongs to this API.
+pub fn owns(path: &str) -> bool {
+    path == "/vault/keys" || path == "/vault/keys/" || path.starts_with("/vault/keys/")
+}
+
+/// Serves one request of the issuance API.
+pub async fn serve(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match route(app, req).await {
+        Ok((status, body)) => json_response(status, &body),
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(status = %e.status, error = %e.message, "issuance API failed");
+            }
+            error_response(&e)
+        }
+    }
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Result<(StatusCode, Value), ApiError> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let key_id = path.strip_prefix("/vault/keys/").map(str::to_owned);
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    for (k, _) in &query {
+        if !["namespace", "run_label"].contains(&k.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown query parameter {k:?}; use namespace or run_label"),
+            ));
+        }
+    }
+    let caller = caller::authenticate(&app.client, req.headers()).await?;
+    let method = req.method().clone();
+    match (method, key_id) {
+        (Method::POST, None) => {
+            let body = read_body(req).await?;
+            let issue = IssueRequest::parse(&body)?;
+            let ns = caller
+                .namespace_for(issue.namespace.as_deref().or(param("namespace").as_deref()))?;
+            caller::authorize(&app.client, &caller, "create", &ns, None).await?;
+            keys::issue(app, &caller, &ns, issue).await
+        }
+        (Method::GET, None) => {
+            let ns = caller.namespace_for(param("namespace").as_deref())?;
+            caller::authorize(&app.client, &caller, "list", &ns, None).await?;
+            keys::list(app, &ns, param("run_label").as_deref()).await
+        }
+        (Method::GET, Some(name)) => {
+            let ns = caller.namespace_for(param("namespace").as_deref())?;
+            caller::authorize(&app.client, &caller, "get", &ns, Some(&name)).await?;
+            keys::show(app, &ns, &name).await
+        }
+        (Method::DELETE, Some(name)) => {
+            let ns = caller.namespace_for(param("namespace").as_deref())?;
+            caller::authorize(&app.client, &caller, "delete", &ns, Some(&name)).await?;
+            keys::revoke(app, &caller, &ns, &name).await
+        }
+        (m, id) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{m} is not served on {}; use POST/GET /vault/keys, GET/DELETE /vault/keys/{{key_id}}",
+                if id.is_some() {
+                    "/vault/keys/{key_id}"
+                } else {
+                    "/vault/keys"
+                }
+            ),
+        )),
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {MAX_BODY} bytes"),
+            ))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}

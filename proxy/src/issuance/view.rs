@@ -1,0 +1,68 @@
+//! How a key looks in the API's answers (Keybrake's field names; money as decimal strings).
+
+use keybrake_crds::{KeyPhase, Usd, VaultKey};
+use keybrake_ledger::Spend;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+fn usd(u: Option<Usd>) -> Value {
+    u.map_or(Value::Null, |u| json!(u.to_string()))
+}
+
+fn micros(m: u64) -> String {
+    Usd::from_micros(m).unwrap_or(Usd::MAX).to_string()
+}
+
+/// The key's state in the API's words.
+pub fn state(vk: &VaultKey) -> &'static str {
+    if vk.spec.revoked {
+        return "revoked";
+    }
+    match vk.status.as_ref().and_then(|s| s.phase) {
+        None | Some(KeyPhase::Pending) => "pending",
+        Some(KeyPhase::Active) => "active",
+        Some(KeyPhase::Expired) => "expired",
+        Some(KeyPhase::Revoked) => "revoked",
+        Some(KeyPhase::CapReached) => "cap_reached",
+        Some(KeyPhase::Invalid) => "invalid",
+    }
+}
+
+/// A key without its token. `spend` is the live ledger figure when known, else the status'.
+pub fn key(vk: &VaultKey, spend: Option<Spend>) -> Value {
+    let status = vk.status.clone().unwrap_or_default();
+    let spend = match (spend, &status.spend) {
+        (Some(s), _) => {
+            json!({"today_usd": micros(s.today), "total_usd": micros(s.total), "calls": s.calls, "refused": s.refused})
+        }
+        (None, Some(s)) => {
+            json!({"today_usd": s.today_usd.to_string(), "total_usd": s.total_usd.to_string(), "calls": s.calls, "refused": s.refused})
+        }
+        (None, None) => Value::Null,
+    };
+    let message = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.message.clone());
+    json!({
+        "key_id": vk.name_any(),
+        "namespace": vk.namespace(),
+        "vendor": status.vendor.map(|v| v.as_str()),
+        "policy": vk.spec.policy_ref.name,
+        "state": state(vk),
+        "message": message,
+        "daily_usd_cap": usd(vk.spec.daily_usd_cap),
+        "total_usd_cap": usd(vk.spec.total_usd_cap),
+        "per_call_usd_cap": usd(vk.spec.per_call_usd_cap),
+        "cap": status.cap,
+        "allowed_endpoints": vk.spec.allowed_endpoints.as_ref().map(|e| e.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+        "expires_at": status.expires_at.map(|t| t.0.to_string()),
+        "issued_at": status.issued_at.map(|t| t.0.to_string()),
+        "agent_run_label": vk.spec.run_label,
+        "secret_name": status.secret_name,
+        "proxy_key_id": status.key_id,
+        "spend": spend,
+        "created_at": vk.creation_timestamp().map(|t| t.0.to_string()),
+    })
+}
