@@ -180,6 +180,20 @@ pub fn builtins() -> Vec<Resource> {
             .selectable(&["type"]),
         Resource::builtin("", "v1", "ConfigMap", "configmaps", true).short(&["cm"]),
         Resource::builtin("", "v1", "ServiceAccount", "serviceaccounts", true).short(&["sa"]),
+        Resource::builtin("", "v1", "Service", "services", true)
+            .short(&["svc"])
+            .with_status(),
+        Resource::builtin("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true)
+            .short(&["pdb"])
+            .with_status(),
+        Resource::builtin(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+        )
+        .short(&["netpol"]),
         Resource::builtin("", "v1", "Event", "events", true)
             .short(&["ev"])
             .column("Type", "string", ".type")

@@ -120,10 +120,12 @@ pub async fn start(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let spend = Arc::new(spend_writer::SpendWriter::default());
+    let metrics = Arc::new(Metrics::default());
     let writer = tokio::spawn(spend_writer::run(
         spend.clone(),
         ledger.clone(),
         client.clone(),
+        metrics.clone(),
         Duration::from_millis(config.spend_interval_ms),
         Duration::from_secs(5),
     ));
@@ -133,7 +135,7 @@ pub async fn start(
         ledger,
         upstream: upstream::client(),
         config: config.clone(),
-        metrics: Arc::new(Metrics::default()),
+        metrics,
         spend,
         redis_breaker: breaker::Breaker::new(Duration::from_millis(250)),
     });

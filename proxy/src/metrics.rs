@@ -1,13 +1,17 @@
-//! Proxy metrics: requests by vendor and outcome, refusals by rule, spend, upstream latency,
-//! Redis errors.
+//! Proxy metrics: requests by vendor and outcome, refusals by rule, spend (by vendor, and per
+//! VaultKey with the share of its caps used), upstream latency, Redis errors.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Mutex, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
 
 use keybrake_crds::{Usd, Vendor};
 use keybrake_ledger::Outcome;
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -68,8 +72,43 @@ pub struct VendorLabel {
     pub vendor: String,
 }
 
+/// Labels: one VaultKey (`namespace`, `vaultkey`) and its policy.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// VaultKey name.
+    pub vaultkey: String,
+    /// SpendPolicy name.
+    pub policy: String,
+}
+
+/// Labels: one cap window (`daily` or `total`) of a VaultKey.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// VaultKey name.
+    pub vaultkey: String,
+    /// `daily` or `total`.
+    pub window: String,
+}
+
+/// Per-key gauges; keys not seen for a day are dropped so the series stay few.
+#[derive(Default)]
+struct KeySeries {
+    spend_today: Family<KeyLabels, Gauge>,
+    spend_total: Family<KeyLabels, Gauge>,
+    cap_used: Family<CapLabels, Gauge<f64, AtomicU64>>,
+    last_seen: Mutex<HashMap<KeyLabels, Instant>>,
+}
+
+/// How long a key's gauges outlive its last call.
+const KEY_SERIES_TTL: Duration = Duration::from_secs(26 * 3600);
+
 /// Everything the proxy counts.
 pub struct Metrics {
+    keys: KeySeries,
     registry: Registry,
     forwarded: Family<Forwarded, Counter>,
     refused: Family<Refused, Counter>,
@@ -120,7 +159,24 @@ impl Default for Metrics {
             "Redis calls that failed or timed out (calls refused: fail closed)",
             redis_errors.clone(),
         );
+        let keys = KeySeries::default();
+        registry.register(
+            "key_spend_today_micros",
+            "A VaultKey's spend in the current UTC day, in micro-dollars (as of its last call)",
+            keys.spend_today.clone(),
+        );
+        registry.register(
+            "key_spend_total_micros",
+            "A VaultKey's spend since issue, in micro-dollars (as of its last call)",
+            keys.spend_total.clone(),
+        );
+        registry.register(
+            "key_cap_used_ratio",
+            "Share of a VaultKey's daily or total cap spent (1 = the cap is reached)",
+            keys.cap_used.clone(),
+        );
         Metrics {
+            keys,
             registry,
             forwarded,
             refused,
@@ -178,6 +234,62 @@ impl Metrics {
             .observe(d.as_secs_f64());
     }
 
+    /// Records a key's spend and how much of its caps it used (micro-dollars), and drops the
+    /// series of keys not seen for a day.
+    pub fn key_spend(
+        &self,
+        vault_key: &str,
+        policy: &str,
+        spend: &keybrake_ledger::Spend,
+        daily_cap: Option<u64>,
+        total_cap: Option<u64>,
+    ) {
+        let (Some((namespace, vaultkey)), Some((_, policy))) =
+            (vault_key.split_once('/'), policy.split_once('/'))
+        else {
+            return;
+        };
+        let labels = KeyLabels {
+            namespace: namespace.into(),
+            vaultkey: vaultkey.into(),
+            policy: policy.into(),
+        };
+        let as_gauge = |m: u64| i64::try_from(m).unwrap_or(i64::MAX);
+        self.keys
+            .spend_today
+            .get_or_create(&labels)
+            .set(as_gauge(spend.today));
+        self.keys
+            .spend_total
+            .get_or_create(&labels)
+            .set(as_gauge(spend.total));
+        for (window, spent, cap) in [
+            ("daily", spend.today, daily_cap),
+            ("total", spend.total, total_cap),
+        ] {
+            if let Some(cap) = cap.filter(|c| *c > 0) {
+                self.keys
+                    .cap_used
+                    .get_or_create(&cap_labels(&labels, window))
+                    .set(spent as f64 / cap as f64);
+            }
+        }
+        let Ok(mut seen) = self.keys.last_seen.lock() else {
+            return;
+        };
+        seen.insert(labels, Instant::now());
+        seen.retain(|l, at| {
+            let keep = at.elapsed() < KEY_SERIES_TTL;
+            if !keep {
+                self.keys.spend_today.remove(l);
+                self.keys.spend_total.remove(l);
+                self.keys.cap_used.remove(&cap_labels(l, "daily"));
+                self.keys.cap_used.remove(&cap_labels(l, "total"));
+            }
+            keep
+        });
+    }
+
     /// Counts a Redis failure.
     pub fn redis_error(&self) {
         self.redis_errors.inc();
@@ -188,6 +300,14 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+fn cap_labels(k: &KeyLabels, window: &str) -> CapLabels {
+    CapLabels {
+        namespace: k.namespace.clone(),
+        vaultkey: k.vaultkey.clone(),
+        window: window.into(),
     }
 }
 

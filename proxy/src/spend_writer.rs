@@ -83,6 +83,7 @@ pub async fn run(
     writer: Arc<SpendWriter>,
     ledger: Ledger<ConnectionManager>,
     client: Client,
+    metrics: Arc<crate::metrics::Metrics>,
     interval: Duration,
     timeout: Duration,
 ) {
@@ -115,6 +116,16 @@ pub async fn run(
                     continue;
                 }
             };
+            if let Ok(record) = ledger.key_fields(&key).await {
+                let cap = |f: &str| record.get(f).and_then(|v| v.parse::<u64>().ok());
+                metrics.key_spend(
+                    &touch.vault_key,
+                    &touch.policy,
+                    &spend,
+                    cap("daily_cap"),
+                    cap("total_cap"),
+                );
+            }
             let api: Api<VaultKey> = Api::namespaced(client.clone(), ns);
             let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend)}});
             let params = PatchParams::apply(MANAGER).force();

@@ -730,9 +730,21 @@ async fn h2c_credential_refresh_and_metrics() -> Result<()> {
     })
     .await?;
 
-    let metrics = http(s.proxy.admin_addr, "GET", "/metrics", &[], b"")
-        .await?
-        .body;
+    // Per-key gauges come with the spend write-back (every 2 s).
+    let metrics = eventually("per-key spend gauges", 15, || async {
+        let m = http(s.proxy.admin_addr, "GET", "/metrics", &[], b"")
+            .await
+            .ok()?
+            .body;
+        m.contains("keybrake_proxy_key_cap_used_ratio{")
+            .then_some(m)
+    })
+    .await?;
+    assert!(
+        metrics.contains(r#"keybrake_proxy_key_spend_today_micros{namespace="billing""#)
+            && metrics.contains(r#"window="daily""#),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(r#"endpoint="POST /v1/payment_intents""#),
         "{metrics}"

@@ -1,0 +1,33 @@
+{{- define "keybrake.image" -}}
+{{- $root := index . 0 -}}{{- $name := index . 1 -}}
+{{- if $root.Values.image.digest -}}
+{{ $root.Values.image.registry }}/{{ $name }}@{{ $root.Values.image.digest }}
+{{- else -}}
+{{ $root.Values.image.registry }}/{{ $name }}:{{ $root.Values.image.tag | default $root.Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{- define "keybrake.redisUrl" -}}
+{{- if .Values.redis.url -}}{{ .Values.redis.url }}{{- else -}}redis://keybrake-redis.{{ .Release.Namespace }}.svc:6379/{{- end -}}
+{{- end -}}
+
+{{- define "keybrake.labels" -}}
+app.kubernetes.io/part-of: keybrake
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+
+{{- define "keybrake.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "keybrake.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}
