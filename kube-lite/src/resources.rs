@@ -183,9 +183,15 @@ pub fn builtins() -> Vec<Resource> {
         Resource::builtin("", "v1", "Service", "services", true)
             .short(&["svc"])
             .with_status(),
-        Resource::builtin("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true)
-            .short(&["pdb"])
-            .with_status(),
+        Resource::builtin(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            true,
+        )
+        .short(&["pdb"])
+        .with_status(),
         Resource::builtin(
             "networking.k8s.io",
             "v1",

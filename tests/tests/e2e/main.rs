@@ -10,6 +10,7 @@ mod kube_lite_kubectl;
 mod kube_lite_watch;
 mod ledger_scripts;
 mod operator;
+mod packaging;
 mod proxy;
 mod sdk;
 mod workflows;
