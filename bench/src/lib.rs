@@ -1,6 +1,8 @@
 //! Shared pieces of the benchmarks: child processes, free ports, memory readings, reports.
 #![forbid(unsafe_code)]
 
+pub mod load;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -57,6 +59,22 @@ impl Proc {
         };
         (field("VmHWM:"), field("VmRSS:"))
     }
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at state; utime and stime
+    // are fields 14 and 15 of the whole line, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 /// Starts a redis-server on a free port and waits for it.

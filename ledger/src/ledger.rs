@@ -465,34 +465,64 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         self.read_spend(self.keys.policy(tag).policy_spend()).await
     }
 
-    /// Admits a call and reserves its estimate, or says why not.
-    pub async fn reserve(&self, req: &ReserveRequest<'_>) -> Result<Admission> {
+    /// The reserve script's keys and arguments for one call.
+    fn reserve_parts(&self, req: &ReserveRequest<'_>, res_id: &str) -> (Vec<String>, Vec<String>) {
         let slot = self.slot(req.key_id);
-        let res_id = hex::encode(rand::random::<[u8; 12]>());
         let (idem_key, fingerprint) = match req.idempotency {
             Some((k, f)) => (slot.idempotency(req.key_id, k), f),
-            None => (slot.reservation(&res_id), ""),
+            None => (slot.reservation(res_id), ""),
         };
+        let keys = vec![
+            slot.key_record(req.key_id),
+            slot.key_spend(req.key_id),
+            slot.policy_record(),
+            slot.policy_spend(),
+            slot.reservations(),
+            slot.reservation(res_id),
+            idem_key,
+            slot.audit(),
+        ];
+        let args = vec![
+            req.secret_hash.to_owned(),
+            req.method.to_owned(),
+            req.path.to_owned(),
+            req.estimate.micros().to_string(),
+            res_id.to_owned(),
+            (self.config.reservation_deadline.as_millis() as u64).to_string(),
+            if req.idempotency.is_some() { "1" } else { "0" }.to_owned(),
+            fingerprint.to_owned(),
+            self.config.idempotency_ttl.as_secs().to_string(),
+            self.config.audit_max_len.to_string(),
+            req.key_id.as_str().to_owned(),
+        ];
+        (keys, args)
+    }
+
+    /// The `EVALSHA` command line of one reserve (for `redis-benchmark` and debugging); the
+    /// script must be loaded (any earlier reserve loads it).
+    pub fn reserve_command(&self, req: &ReserveRequest<'_>, res_id: &str) -> Vec<String> {
+        let (keys, args) = self.reserve_parts(req, res_id);
+        let mut cmd = vec![
+            "EVALSHA".to_owned(),
+            RESERVE.get_hash().to_owned(),
+            keys.len().to_string(),
+        ];
+        cmd.extend(keys);
+        cmd.extend(args);
+        cmd
+    }
+
+    /// Admits a call and reserves its estimate, or says why not.
+    pub async fn reserve(&self, req: &ReserveRequest<'_>) -> Result<Admission> {
+        let res_id = hex::encode(rand::random::<[u8; 12]>());
+        let (keys, args) = self.reserve_parts(req, &res_id);
         let mut inv = RESERVE.prepare_invoke();
-        inv.key(slot.key_record(req.key_id))
-            .key(slot.key_spend(req.key_id))
-            .key(slot.policy_record())
-            .key(slot.policy_spend())
-            .key(slot.reservations())
-            .key(slot.reservation(&res_id))
-            .key(idem_key)
-            .key(slot.audit())
-            .arg(req.secret_hash)
-            .arg(req.method)
-            .arg(req.path)
-            .arg(req.estimate.micros())
-            .arg(&res_id)
-            .arg(self.config.reservation_deadline.as_millis() as u64)
-            .arg(if req.idempotency.is_some() { "1" } else { "0" })
-            .arg(fingerprint)
-            .arg(self.config.idempotency_ttl.as_secs())
-            .arg(self.config.audit_max_len)
-            .arg(req.key_id.as_str());
+        for k in keys {
+            inv.key(k);
+        }
+        for a in args {
+            inv.arg(a);
+        }
         let mut conn = self.conn.clone();
         let reply: Vec<Vec<u8>> = self.timed(inv.invoke_async(&mut conn)).await?;
         decode_admission(reply)

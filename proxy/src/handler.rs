@@ -35,6 +35,8 @@ use crate::{
 pub struct App {
     /// The Kubernetes API (the issuance API's reviews and VaultKeys).
     pub client: kube::Client,
+    /// VaultKeys as the API server has them (revoked or deleted ones are refused).
+    pub keys: crate::vault_keys::KeyIndex,
     /// Policies and their real credentials.
     pub policies: Arc<Policies>,
     /// The accounting.
@@ -135,6 +137,52 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 }
 
 type Refused = (Option<Vendor>, Refusal);
+
+/// Refuses a granted call whose VaultKey was revoked or deleted in the API server but not yet in
+/// Redis (the operator is down or behind): the reservation is released, and the key is revoked
+/// in Redis at once so its next call is refused by the script itself.
+async fn still_standing(
+    app: &App,
+    token: &Token,
+    vendor: Vendor,
+    reservation: &str,
+    vault_key: &str,
+    idempotency_key: Option<&str>,
+) -> Result<(), Refused> {
+    use crate::vault_keys::Standing;
+    let standing = app.keys.standing(vault_key).await;
+    if standing == Standing::Live {
+        return Ok(());
+    }
+    let release = SettleRequest {
+        key_id: &token.key_id,
+        vendor,
+        reservation,
+        outcome: Outcome::NotSent,
+        actual: Usd::ZERO,
+        status: None,
+        request_id: "",
+        idempotency_key,
+        response: None,
+    };
+    if let Err(e) = app.ledger.settle(&release).await {
+        tracing::warn!(error = %e, reservation, "could not release the reservation of a revoked key");
+    }
+    if let Err(e) = app.ledger.revoke(&token.key_id).await {
+        tracing::warn!(error = %e, vault_key, "could not revoke in Redis");
+    }
+    let (code, why) = match standing {
+        Standing::Gone => (
+            "vault_key_invalid",
+            format!("vault_key_invalid: VaultKey {vault_key} no longer exists"),
+        ),
+        _ => (
+            "vault_key_revoked",
+            format!("vault_key_revoked: VaultKey {vault_key} was revoked; issue a new key"),
+        ),
+    };
+    Err((Some(vendor), Refusal::new(Kind::Auth, code, "revoked", why)))
+}
 
 fn bad(vendor: Vendor, code: &'static str, message: impl Into<String>) -> Refused {
     (
@@ -240,6 +288,15 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
         Reserved::Go(r, k, p) => (r, k, p),
         Reserved::Answer(resp) => return Ok(resp),
     };
+    still_standing(
+        app,
+        &token,
+        vendor,
+        &reservation,
+        &vault_key,
+        idempotency_key.as_deref(),
+    )
+    .await?;
 
     let started = std::time::Instant::now();
     let forwarded = forward(

@@ -16,6 +16,7 @@ pub mod refusal;
 pub mod server;
 pub mod spend_writer;
 pub mod upstream;
+pub mod vault_keys;
 pub mod vendor;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -119,6 +120,8 @@ pub async fn start(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let (keys, key_watch) = vault_keys::KeyIndex::start(client.clone());
+    let key_watcher = tokio::spawn(key_watch);
     let spend = Arc::new(spend_writer::SpendWriter::default());
     let metrics = Arc::new(Metrics::default());
     let writer = tokio::spawn(spend_writer::run(
@@ -131,6 +134,7 @@ pub async fn start(
     ));
     let app = Arc::new(App {
         client: client.clone(),
+        keys,
         policies,
         ledger,
         upstream: upstream::client(),
@@ -179,6 +183,6 @@ pub async fn start(
         admin_addr,
         stop,
         server,
-        background: vec![watcher, sweeper, admin_task, writer],
+        background: vec![watcher, key_watcher, sweeper, admin_task, writer],
     })
 }

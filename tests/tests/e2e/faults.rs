@@ -297,3 +297,133 @@ async fn no_real_secret_or_vault_token_leaks_into_logs_metrics_status_events_or_
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_or_a_delete_while_the_operator_is_down_is_refused_at_once() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    let (mut stack, proxy) = Stack::start_with_proxy().await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    // A second key, to be deleted outright.
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml").replace("billing-agent-run-7f3a", "second-run"))
+        .await?
+        .ok()?;
+    let second = stack.active_key_env("billing", "second-run").await?;
+    let charge = |key: String| async move {
+        let bearer = format!("Bearer {key}");
+        http(
+            proxy.addr,
+            "POST",
+            "/v1/payment_intents",
+            &[("Authorization", bearer.as_str()), FORM],
+            b"amount=100&currency=usd&confirm=true",
+        )
+        .await
+    };
+    assert_eq!(charge(env["STRIPE_API_KEY"].clone()).await?.status, 200);
+    assert_eq!(charge(second["STRIPE_API_KEY"].clone()).await?.status, 200);
+    let secret_before = stack
+        .secret_data("billing", "billing-agent-run-7f3a")
+        .await?;
+
+    stack.stop_operator().await;
+    stack
+        .revoke_with_kubectl("billing", "billing-agent-run-7f3a")
+        .await?;
+    // The finalizer would wait for the operator: an admin removes it, and the key is gone.
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "second-run",
+            "-n",
+            "billing",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ])
+        .await?;
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "delete",
+            "vk",
+            "second-run",
+            "-n",
+            "billing",
+            "--wait=false",
+        ])
+        .await?;
+    let started = std::time::Instant::now();
+    let revoked = eventually("the revoked key to be refused", 5, || async {
+        let r = charge(env["STRIPE_API_KEY"].clone()).await.ok()?;
+        (r.status == 401).then_some(r)
+    })
+    .await?;
+    let gone = eventually("the deleted key to be refused", 5, || async {
+        let r = charge(second["STRIPE_API_KEY"].clone()).await.ok()?;
+        (r.status == 401).then_some(r)
+    })
+    .await?;
+    println!(
+        "operator down: revoked and deleted keys refused within {:.0} ms ({} / {})",
+        started.elapsed().as_secs_f64() * 1000.0,
+        revoked.json()["error"]["code"],
+        gone.json()["error"]["code"]
+    );
+    assert_eq!(revoked.json()["error"]["code"], "vault_key_revoked");
+    assert_eq!(gone.json()["error"]["code"], "vault_key_invalid");
+    assert!(gone.body.contains("no longer exists"), "{}", gone.body);
+    let forwarded = upstream.requests().len();
+    for key in [&env["STRIPE_API_KEY"], &second["STRIPE_API_KEY"]] {
+        assert_eq!(charge(key.clone()).await?.status, 401);
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        forwarded,
+        "a refused key reached the vendor"
+    );
+    // The proxy revoked both in Redis itself, so the script refuses them from now on.
+    let ledger = stack.ledger().await?;
+    for key in [&env["STRIPE_API_KEY"], &second["STRIPE_API_KEY"]] {
+        let id = keybrake_ledger::Token::parse_bearer(key)?.key_id;
+        assert_eq!(
+            ledger
+                .key_fields(&id)
+                .await?
+                .get("revoked")
+                .map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(
+            ledger.key_spend(&id).await?.total,
+            1_000_000,
+            "the refused calls released their reservations"
+        );
+    }
+
+    // The operator returns: the revocation is finished (Secret deleted), nothing reissued.
+    stack.start_operator().await?;
+    stack
+        .key_in_phase(
+            "billing",
+            "billing-agent-run-7f3a",
+            keybrake_crds::KeyPhase::Revoked,
+        )
+        .await?;
+    eventually("the revoked key's Secret to be deleted", 15, || async {
+        stack
+            .secret_data("billing", "billing-agent-run-7f3a")
+            .await
+            .err()
+            .map(|_| ())
+    })
+    .await?;
+    assert!(secret_before.contains_key("STRIPE_API_KEY"));
+    assert_eq!(charge(env["STRIPE_API_KEY"].clone()).await?.status, 401);
+    proxy.shutdown().await;
+    Ok(())
+}

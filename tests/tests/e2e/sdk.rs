@@ -226,7 +226,10 @@ async fn the_node_sdks_raise_their_own_errors_at_the_cap() -> Result<()> {
     let env = secret_env(&stack, "run-node").await?;
     let out = run_node(&["stripe", "3", "20000"], &env).await?;
     let r = out.as_array().unwrap();
-    assert!(r[0]["ok"].as_str().unwrap().starts_with("pi_"), "{out}");
+    assert!(
+        r[0]["ok"].as_str().is_some_and(|id| id.starts_with("pi_")),
+        "{out}"
+    );
     assert_eq!(
         (
             r[2]["error"].as_str(),
