@@ -50,6 +50,10 @@ pub struct Config {
     /// Time allowed to send the request body, in seconds.
     #[arg(long, env = "KEYBRAKE_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// How long past twice the upstream timeout a reservation may stay open before any replica's
+    /// sweeper closes it as "unknown" (estimate kept): the replica that made it has died.
+    #[arg(long, env = "KEYBRAKE_SWEEP_GRACE_SECS", default_value_t = 30)]
+    pub sweep_grace_secs: u64,
     /// Longest `POST /vault/keys` waits for the operator to make a new key work, in seconds.
     #[arg(long, env = "KEYBRAKE_ISSUE_TIMEOUT_SECS", default_value_t = 10)]
     pub issue_timeout_secs: u64,
@@ -73,6 +77,7 @@ impl Config {
             default_upstreams: Vec::new(),
             audit_max_len: 100_000,
             issue_timeout_secs: 10,
+            sweep_grace_secs: 30,
         }
     }
 

@@ -209,7 +209,11 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
         .map_err(|e| bad(vendor, "invalid_path", e.to_string()))?;
     let query = req.uri().query().map(str::to_owned);
 
-    let policy = match app.policies.get(&token.key_id.tag()) {
+    let state = match app.policies.get(&token.key_id.tag()) {
+        Some(state) => Some(state),
+        None => crate::policies::load_missing(app, &token.key_id).await,
+    };
+    let policy = match state {
         Some(PolicyState::Ready(p)) if p.vendor == vendor => p,
         Some(PolicyState::Ready(_)) | None => {
             return Err((

@@ -102,7 +102,8 @@ pub async fn start(
         Keyspace::new(&config.redis_prefix),
         LedgerConfig {
             timeout: Duration::from_millis(config.redis_timeout_ms),
-            reservation_deadline: config.upstream_timeout() * 2 + Duration::from_secs(30),
+            reservation_deadline: config.upstream_timeout() * 2
+                + Duration::from_secs(config.sweep_grace_secs),
             audit_max_len: config.audit_max_len,
             ..Default::default()
         },

@@ -87,6 +87,13 @@ impl Policies {
         self.synced.load(Ordering::Acquire)
     }
 
+    /// Adds one policy found before the watch delivered it.
+    pub fn insert(&self, tag: PolicyTag, state: PolicyState) {
+        if let Ok(mut map) = self.map.write() {
+            map.insert(tag, state);
+        }
+    }
+
     /// Replaces the whole table.
     pub fn replace(&self, table: HashMap<PolicyTag, PolicyState>) {
         if let Ok(mut map) = self.map.write() {
@@ -155,6 +162,40 @@ pub fn state_of(
         credentials,
         pricing: policy.spec.pricing.clone(),
     }))
+}
+
+/// Loads the policy of a key whose policy tag is not in the table: the key record in Redis names
+/// it, and it is read straight from the API server. A policy created a moment before its first
+/// key may not have reached the watch yet; without this, that key's first calls would be
+/// refused as unknown. Keys without a record cost one Redis read and nothing else.
+pub async fn load_missing(
+    app: &crate::handler::App,
+    key: &keybrake_ledger::KeyId,
+) -> Option<PolicyState> {
+    let record = app.ledger.key_fields(key).await.ok()?;
+    let (ns, name) = record.get("policy")?.split_once('/')?;
+    let timeout = Duration::from_secs(2);
+    let policy = tokio::time::timeout(
+        timeout,
+        Api::<SpendPolicy>::namespaced(app.client.clone(), ns).get_opt(name),
+    )
+    .await
+    .ok()?
+    .ok()??;
+    let secret = tokio::time::timeout(
+        timeout,
+        Api::<Secret>::namespaced(app.client.clone(), ns)
+            .get_opt(&policy.spec.credentials_secret_ref.name),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let state = state_of(&policy, secret.as_ref(), &|v| {
+        app.config.default_upstream(v)
+    });
+    tracing::info!(policy = %format!("{ns}/{name}"), "loaded a policy ahead of the watch");
+    app.policies.insert(PolicyTag::of(ns, name), state.clone());
+    Some(state)
 }
 
 /// Rebuilds the table from the policies, fetching each credentials Secret by name.
