@@ -109,4 +109,19 @@ mod tests {
             Err(AuthError::Basic)
         );
     }
+
+    proptest::proptest! {
+        /// Any Authorization bytes are refused or parsed, never a panic; what parses is a token
+        /// that prints back to what was sent.
+        #[test]
+        fn any_authorization_header_is_refused_or_a_token(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120)) {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&bytes) {
+                headers.insert(hyper::header::AUTHORIZATION, v);
+                if let Ok(token) = credential(&headers) {
+                    proptest::prop_assert!(!token.secret().is_empty());
+                }
+            }
+        }
+    }
 }

@@ -241,6 +241,19 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
     let upstream_path = upstream_path(&token, &policy, &path)?;
 
     let headers = req.headers().clone();
+    // Stripe-Account makes the platform's real key act on a connected account: a scope no
+    // VaultKey grants.
+    if vendor == Vendor::Stripe && headers.contains_key("stripe-account") {
+        return Err((
+            Some(vendor),
+            Refusal::new(
+                Kind::Forbidden,
+                "stripe_account_not_allowed",
+                "endpoint",
+                "stripe_account_not_allowed: the Stripe-Account header (acting on a connected account) is not allowed through a vault key",
+            ),
+        ));
+    }
     let body = read_body(app, req.into_body(), vendor).await?;
     let estimate = match vendor::estimate(vendor, &method, &path, &body, &policy.pricing)
         .map_err(|e| bad(vendor, "invalid_request", format!("invalid_request: {e}")))?

@@ -107,4 +107,23 @@ mod tests {
             PathError::NotAPath
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the client sends, the canonical path is plain: no dot or empty segments,
+        /// no encoded slashes, no query, and another vendor's prefix never survives.
+        #[test]
+        fn canonical_paths_are_plain(raw in "(/|[a-z0-9%._~\\\\-]{0,6}){0,12}", vendor in proptest::sample::select(Vendor::ALL.to_vec())) {
+            if let Ok(p) = canonical(vendor, &raw) {
+                proptest::prop_assert!(p.starts_with('/'));
+                proptest::prop_assert!(!p.contains("//") && !p.contains('?') && !p.contains('\\'));
+                proptest::prop_assert!(!p.split('/').any(|s| s == "." || s == ".."));
+                proptest::prop_assert!(!p.to_ascii_lowercase().contains("%2f"));
+            }
+        }
+
+        #[test]
+        fn any_text_is_refused_or_canonical(raw in "\\PC{0,80}") {
+            let _ = canonical(Vendor::Stripe, &raw);
+        }
+    }
 }

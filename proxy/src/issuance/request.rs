@@ -341,4 +341,36 @@ mod tests {
         );
         assert_eq!(api_field("spec.ttl"), "expires_in");
     }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// Arbitrary bytes and arbitrary JSON objects are refused with a message or parsed into a
+        /// request that has a vendor and a cap; never a panic.
+        #[test]
+        fn any_body_is_refused_or_a_capped_request(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            match IssueRequest::parse(&bytes) {
+                Ok(r) => proptest::prop_assert!(r.daily_usd_cap.is_some() || r.total_usd_cap.is_some()),
+                Err(e) => proptest::prop_assert!(!e.message.is_empty()),
+            }
+        }
+
+        #[test]
+        fn json_fields_of_any_type_are_refused_or_read(
+            key in proptest::sample::select(FIELDS.to_vec()),
+            value in proptest::prop_oneof![
+                proptest::prelude::any::<i64>().prop_map(|n| n.to_string()),
+                proptest::prelude::any::<f64>().prop_map(|n| if n.is_finite() { n.to_string() } else { "0".into() }),
+                "\"\\PC{0,20}\"",
+                proptest::strategy::Just("null".to_owned()),
+                proptest::strategy::Just("[1,\"a\"]".to_owned()),
+                proptest::strategy::Just("{}".to_owned()),
+            ],
+        ) {
+            let body = format!(r#"{{"vendor":"stripe","daily_usd_cap":10,"{key}":{value}}}"#);
+            if let Err(e) = IssueRequest::parse(body.as_bytes()) {
+                proptest::prop_assert!(e.field.is_some() || e.status == hyper::StatusCode::BAD_REQUEST, "{:?}", e);
+            }
+        }
+    }
 }
