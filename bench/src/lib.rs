@@ -77,6 +77,51 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
+/// Installs the CRDs, the `bench` namespace, a Stripe credentials Secret and the SpendPolicy
+/// `bench/stripe` (daily limit `max_daily_usd`, upstream if given) on a fresh API server.
+pub async fn setup_stripe_policy(
+    client: &kube::Client,
+    max_daily_usd: u64,
+    upstream: Option<&str>,
+) -> Result<()> {
+    use k8s_openapi::{
+        api::core::v1::{Namespace, Secret},
+        apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    };
+    use keybrake_crds::SpendPolicy;
+    use kube::{Api, api::PostParams};
+    use serde_json::json;
+    let post = PostParams::default();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in keybrake_crds::manifests::crds() {
+        crds.create(&post, &crd).await?;
+    }
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &post,
+            &serde_json::from_value(json!({"metadata": {"name": "bench"}}))?,
+        )
+        .await?;
+    let secret: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "stripe-credentials"}, "stringData": {"apiKey": "sk_test_bench"}}),
+    )?;
+    Api::<Secret>::namespaced(client.clone(), "bench")
+        .create(&post, &secret)
+        .await?;
+    let mut spec = json!({"vendor": "stripe", "credentialsSecretRef": {"name": "stripe-credentials"},
+        "limits": {"maxDailyUsd": max_daily_usd, "maxTtl": "24h", "allowedEndpoints": ["POST /v1/payment_intents"]}});
+    if let Some(url) = upstream {
+        spec["upstream"] = json!(url);
+    }
+    let policy: SpendPolicy = serde_json::from_value(json!({
+        "apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "metadata": {"name": "stripe"}, "spec": spec
+    }))?;
+    Api::<SpendPolicy>::namespaced(client.clone(), "bench")
+        .create(&post, &policy)
+        .await?;
+    Ok(())
+}
+
 /// Starts a redis-server on a free port and waits for it.
 pub async fn start_redis() -> Result<(Proc, u16)> {
     let port = free_port()?;

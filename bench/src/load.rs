@@ -53,6 +53,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    fn empty() -> Result<Outcome> {
+        Ok(Outcome {
+            latency: histogram()?,
+            service: histogram()?,
+            ok: 0,
+            errors: 0,
+            statuses: Default::default(),
+            elapsed: Duration::ZERO,
+        })
+    }
+
     /// Answered requests per second.
     pub fn rps(&self) -> f64 {
         (self.ok + self.errors) as f64 / self.elapsed.as_secs_f64()
@@ -94,14 +105,7 @@ async fn connection(
     duration: Duration,
 ) -> Result<Outcome> {
     let mut sender = connect(shot.addr).await?;
-    let mut out = Outcome {
-        latency: histogram()?,
-        service: histogram()?,
-        ok: 0,
-        errors: 0,
-        statuses: Default::default(),
-        elapsed: Duration::ZERO,
-    };
+    let mut out = Outcome::empty()?;
     let interval = match mode {
         Mode::Rate(r) => Some(Duration::from_secs_f64(
             connections as f64 / r.max(1) as f64,
@@ -182,14 +186,7 @@ pub fn run(shot: &Shot, mode: Mode, connections: u64, duration: Duration) -> Res
                     ))
                 })
                 .collect();
-            let mut total = Outcome {
-                latency: histogram()?,
-                service: histogram()?,
-                ok: 0,
-                errors: 0,
-                statuses: Default::default(),
-                elapsed: Duration::ZERO,
-            };
+            let mut total = Outcome::empty()?;
             for t in tasks {
                 let o = t.await??;
                 total.latency.add(&o.latency)?;

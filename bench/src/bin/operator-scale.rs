@@ -6,14 +6,12 @@ use std::{sync::Arc, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use futures::{StreamExt, stream};
-use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-};
+use k8s_openapi::api::core::v1::Namespace;
 use keybrake_bench::{
-    Proc, Row, bin_dir, free_port, http_get, print_table, start_redis, wait_tcp, write_results,
+    Proc, Row, bin_dir, free_port, http_get, print_table, setup_stripe_policy, start_redis,
+    wait_tcp, write_results,
 };
-use keybrake_crds::{KeyPhase, SpendPolicy, VaultKey};
+use keybrake_crds::{KeyPhase, VaultKey};
 use kube::{
     Api, Client,
     api::{ListParams, PostParams},
@@ -57,30 +55,7 @@ async fn main() -> Result<()> {
     let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
     let (_redis, redis_port) = start_redis().await?;
 
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in keybrake_crds::manifests::crds() {
-        crds.create(&PostParams::default(), &crd).await?;
-    }
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "bench"}}))?,
-        )
-        .await?;
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "stripe-credentials"}, "stringData": {"apiKey": "sk_test_bench"}}),
-    )?;
-    Api::<Secret>::namespaced(client.clone(), "bench")
-        .create(&PostParams::default(), &secret)
-        .await?;
-    let policy: SpendPolicy = serde_json::from_value(json!({
-        "apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "metadata": {"name": "stripe"},
-        "spec": {"vendor": "stripe", "credentialsSecretRef": {"name": "stripe-credentials"},
-                 "limits": {"maxDailyUsd": 1000, "maxTtl": "24h", "allowedEndpoints": ["POST /v1/payment_intents"]}}
-    }))?;
-    Api::<SpendPolicy>::namespaced(client.clone(), "bench")
-        .create(&PostParams::default(), &policy)
-        .await?;
+    setup_stripe_policy(&client, 1000, None).await?;
 
     let metrics_port = free_port()?;
     let operator_bin = bin_dir()?.join("keybrake-operator");

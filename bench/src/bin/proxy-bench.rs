@@ -17,16 +17,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-};
+use k8s_openapi::api::core::v1::Secret;
 use keybrake_bench::{
     Proc, Row, bin_dir, cpu_time, free_port, http_get,
     load::{self, Mode, Outcome, Shot},
-    print_table, start_redis, wait_tcp, write_results,
+    print_table, setup_stripe_policy, start_redis, wait_tcp, write_results,
 };
-use keybrake_crds::{KeyPhase, SpendPolicy, Usd, VaultKey};
+use keybrake_crds::{KeyPhase, Usd, VaultKey};
 use keybrake_ledger::{Keyspace, Ledger, LedgerConfig, ReserveRequest, Token};
 use kube::{Api, Client, api::PostParams};
 use serde_json::{Value, json};
@@ -46,34 +43,6 @@ fn spawn(program: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> Re
     Ok(Proc(cmd.spawn().with_context(|| {
         format!("starting {}", program.display())
     })?))
-}
-
-async fn apply_setup(client: &Client, upstream: &str) -> Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in keybrake_crds::manifests::crds() {
-        crds.create(&PostParams::default(), &crd).await?;
-    }
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "bench"}}))?,
-        )
-        .await?;
-    let secret: Secret = serde_json::from_value(
-        json!({"metadata": {"name": "stripe-credentials"}, "stringData": {"apiKey": "sk_test_bench"}}),
-    )?;
-    Api::<Secret>::namespaced(client.clone(), "bench")
-        .create(&PostParams::default(), &secret)
-        .await?;
-    let policy: SpendPolicy = serde_json::from_value(json!({
-        "apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "metadata": {"name": "stripe"},
-        "spec": {"vendor": "stripe", "credentialsSecretRef": {"name": "stripe-credentials"}, "upstream": upstream,
-                 "limits": {"maxDailyUsd": 1000000, "maxTtl": "24h", "allowedEndpoints": ["POST /v1/payment_intents"]}}
-    }))?;
-    Api::<SpendPolicy>::namespaced(client.clone(), "bench")
-        .create(&PostParams::default(), &policy)
-        .await?;
-    Ok(())
 }
 
 /// Creates a key with a daily cap and returns its bearer token once it is Active.
@@ -283,7 +252,12 @@ async fn main() -> Result<()> {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, server.kubeconfig())?;
     let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
-    apply_setup(&client, &format!("http://127.0.0.1:{up_port}")).await?;
+    setup_stripe_policy(
+        &client,
+        1_000_000,
+        Some(&format!("http://127.0.0.1:{up_port}")),
+    )
+    .await?;
 
     let (proxy_port, admin_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
     let proxy = spawn(

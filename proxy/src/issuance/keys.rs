@@ -316,11 +316,9 @@ async fn live_spend(app: &App, vk: &VaultKey) -> Option<keybrake_ledger::Spend> 
     app.ledger.key_spend(&id).await.ok()
 }
 
-/// One key, with live spend.
-pub async fn show(app: &App, ns: &str, name: &str) -> Result<(StatusCode, Value), ApiError> {
-    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
-    let vk = keys
-        .get_opt(name)
+/// The VaultKey `ns/name`, or a 404 naming it.
+async fn existing(keys: &Api<VaultKey>, ns: &str, name: &str) -> Result<VaultKey, ApiError> {
+    keys.get_opt(name)
         .await
         .map_err(|e| kube_error("reading the VaultKey", e))?
         .ok_or_else(|| {
@@ -328,7 +326,13 @@ pub async fn show(app: &App, ns: &str, name: &str) -> Result<(StatusCode, Value)
                 StatusCode::NOT_FOUND,
                 format!("no key {name:?} in namespace {ns:?}"),
             )
-        })?;
+        })
+}
+
+/// One key, with live spend.
+pub async fn show(app: &App, ns: &str, name: &str) -> Result<(StatusCode, Value), ApiError> {
+    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
+    let vk = existing(&keys, ns, name).await?;
     let spend = live_spend(app, &vk).await;
     Ok((StatusCode::OK, view::key(&vk, spend)))
 }
@@ -362,16 +366,7 @@ pub async fn revoke(
     name: &str,
 ) -> Result<(StatusCode, Value), ApiError> {
     let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
-    let vk = keys
-        .get_opt(name)
-        .await
-        .map_err(|e| kube_error("reading the VaultKey", e))?
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!("no key {name:?} in namespace {ns:?}"),
-            )
-        })?;
+    let vk = existing(&keys, ns, name).await?;
     if let Some(id) = vk
         .status
         .as_ref()
