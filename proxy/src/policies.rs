@@ -209,6 +209,7 @@ async fn refresh(
     let mut table = HashMap::new();
     for policy in store.state() {
         let ns = policy.namespace().unwrap_or_default();
+        let tag = PolicyTag::of(&ns, &policy.name_any());
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
         let secret = match tokio::time::timeout(
             timeout,
@@ -217,17 +218,24 @@ async fn refresh(
         .await
         {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, policy = %policy.name_any(), "could not read a credentials Secret");
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                // An API server hiccup says nothing about the Secret: keep what was known rather
+                // than refuse every call of the policy until the next reload.
+                if let Some(known) = policies.get(&tag) {
+                    tracing::warn!(error = %why, policy = %policy.name_any(), "could not read a credentials Secret; keeping the last one");
+                    table.insert(tag, known);
+                    continue;
+                }
+                tracing::warn!(error = %why, policy = %policy.name_any(), "could not read a credentials Secret");
                 None
             }
-            Err(_) => None,
         };
         let default_upstream = |v: Vendor| defaults.default_upstream(v);
-        table.insert(
-            PolicyTag::of(&ns, &policy.name_any()),
-            state_of(&policy, secret.as_ref(), &default_upstream),
-        );
+        table.insert(tag, state_of(&policy, secret.as_ref(), &default_upstream));
     }
     policies.replace(table);
 }

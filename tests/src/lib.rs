@@ -53,8 +53,8 @@ pub fn kubectl_path() -> Result<PathBuf> {
 
 /// A running kube-lite with a kubeconfig and a private kubectl cache.
 pub struct Cluster {
-    /// The server.
-    pub server: KubeLite,
+    server: Option<KubeLite>,
+    opts: Options,
     dir: TempDir,
 }
 
@@ -97,9 +97,52 @@ impl Cluster {
     /// Starts a server with options.
     pub async fn start_with(opts: Options) -> Result<Cluster> {
         let dir = tempfile::tempdir()?;
-        let server = KubeLite::start(opts).await?;
+        let server = KubeLite::start(opts.clone()).await?;
         std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig())?;
-        Ok(Cluster { server, dir })
+        Ok(Cluster {
+            server: Some(server),
+            opts,
+            dir,
+        })
+    }
+
+    /// Starts a server that keeps its objects in a state file, so it can be restarted.
+    pub async fn start_persistent() -> Result<Cluster> {
+        let state = tempfile::tempdir()?.keep().join("kube-lite.json");
+        Cluster::start_with(Options {
+            tokens: identities::tokens(),
+            state_file: Some(state),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// The running server.
+    // `server` is None only inside `restart` and after `shutdown`, which takes the cluster.
+    #[allow(clippy::expect_used)]
+    pub fn server(&self) -> &KubeLite {
+        self.server.as_ref().expect("the cluster is running")
+    }
+
+    /// Stops the server (saving its state file, if it has one) and starts it again on the same
+    /// address: an API server restart, as its clients see one.
+    pub async fn restart(&mut self) -> Result<()> {
+        let old = self.server.take().context("the cluster is not running")?;
+        let addr = old.addr;
+        old.shutdown().await;
+        let opts = Options {
+            bind: Some(addr),
+            ..self.opts.clone()
+        };
+        self.server = Some(KubeLite::start(opts).await?);
+        Ok(())
+    }
+
+    /// Stops the server, saving its state file if it has one.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
     }
 
     /// The kubeconfig file.
@@ -148,7 +191,7 @@ impl Cluster {
 
     /// A kube-rs client for this server.
     pub fn url(&self) -> String {
-        self.server.url()
+        self.server().url()
     }
 }
 

@@ -47,6 +47,15 @@ impl Stack {
         Ok((stack, proxy.context("no proxy")?))
     }
 
+    /// Like [`Stack::start_with_proxy`], on an API server with a state file that tests can
+    /// restart (`stack.cluster.restart()`).
+    pub async fn start_with_proxy_on_persistent_api() -> Result<(Stack, keybrake_proxy::Running)> {
+        let cluster = Cluster::start_persistent().await?;
+        let (stack, proxy) =
+            Stack::start_on_cluster(cluster, RedisServer::start().await?, true).await?;
+        Ok((stack, proxy.context("no proxy")?))
+    }
+
     async fn start_inner(with_proxy: bool) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
         Stack::start_on(RedisServer::start().await?, with_proxy).await
     }
@@ -55,7 +64,14 @@ impl Stack {
         redis: RedisServer,
         with_proxy: bool,
     ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
-        let cluster = Cluster::start().await?;
+        Stack::start_on_cluster(Cluster::start().await?, redis, with_proxy).await
+    }
+
+    async fn start_on_cluster(
+        cluster: Cluster,
+        redis: RedisServer,
+        with_proxy: bool,
+    ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
         let crds = workspace_root().join("manifests/crds");
         cluster
             .kubectl_ok(&["apply", "-f", crds.to_str().unwrap_or_default()])

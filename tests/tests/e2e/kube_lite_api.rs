@@ -57,7 +57,7 @@ async fn objects_survive_a_restart_with_a_state_file() -> Result<()> {
     let cms: Api<ConfigMap> = Api::namespaced(client(&first)?, "default");
     let before = cms.create(&PostParams::default(), &cm("kept")).await?;
     let rv_before: u64 = before.resource_version().unwrap().parse()?;
-    first.server.shutdown().await;
+    first.shutdown().await;
 
     let second = Cluster::start_with(opts).await?;
     let cms: Api<ConfigMap> = Api::namespaced(client(&second)?, "default");
@@ -330,7 +330,7 @@ async fn deleting_a_crd_removes_its_objects_and_stops_serving_it() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_status_errors() -> Result<()> {
     let c = Cluster::start().await?;
-    let addr = c.server.addr;
+    let addr = c.server().addr;
     let post = |ct: &'static str, body: Vec<u8>| async move {
         let (code, text) = keybrake_e2e::raw_http(
             addr,
