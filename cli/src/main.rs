@@ -45,6 +45,13 @@ enum Command {
             default_value = "http://127.0.0.1:8081"
         )]
         admin_url: String,
+        /// A Kubernetes bearer token allowed to list vaultkeys (`keybrake dev` writes one to
+        /// `.keybrake/env`).
+        #[arg(long, env = "KEYBRAKE_API_KEY", hide_env_values = true)]
+        token: Option<String>,
+        /// Only this namespace's keys (otherwise the token needs `list` in all namespaces).
+        #[arg(short, long)]
+        namespace: Option<String>,
     },
 }
 
@@ -65,7 +72,9 @@ async fn main() -> ExitCode {
             run_label,
             key,
             admin_url,
-        } => views::audit(&admin_url, run_label, key).await,
+            token,
+            namespace,
+        } => views::audit(&admin_url, token.as_deref(), namespace, run_label, key).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -67,7 +67,7 @@ fn print_rows(rows: &[Vec<String>]) {
 }
 
 /// A GET on a plain-HTTP URL, returning status and body.
-async fn get(url: &str) -> Result<(u16, String)> {
+async fn get(url: &str, token: Option<&str>) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url
         .strip_prefix("http://")
@@ -78,8 +78,10 @@ async fn get(url: &str) -> Result<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(host)
         .await
         .with_context(|| format!("connecting to {host}"))?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await?;
     let mut buf = String::new();
@@ -94,19 +96,31 @@ async fn get(url: &str) -> Result<(u16, String)> {
 }
 
 /// Prints the calls of a run with their costs and vendor request ids, and the run's total.
-pub async fn audit(admin_url: &str, run_label: Option<String>, key: Option<String>) -> Result<()> {
+pub async fn audit(
+    admin_url: &str,
+    token: Option<&str>,
+    namespace: Option<String>,
+    run_label: Option<String>,
+    key: Option<String>,
+) -> Result<()> {
     let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(ns) = &namespace {
+        query.append_pair("namespace", ns);
+    }
     if let Some(r) = &run_label {
         query.append_pair("run_label", r);
     }
     if let Some(k) = &key {
         query.append_pair("key", k);
     }
-    let (status, body) = get(&format!(
-        "{}/audit?{}",
-        admin_url.trim_end_matches('/'),
-        query.finish()
-    ))
+    let (status, body) = get(
+        &format!(
+            "{}/audit?{}",
+            admin_url.trim_end_matches('/'),
+            query.finish()
+        ),
+        token,
+    )
     .await?;
     let v: Value = serde_json::from_str(&body)
         .with_context(|| format!("the proxy answered {status}: {body}"))?;

@@ -1,6 +1,9 @@
-//! The audit trail over the admin port: `GET /audit?run_label=L&key=K&vault_key=ns/name&from=T&to=T&limit=N`
-//! returns the calls (oldest first) with their costs and vendor request ids, and per-run totals.
-//! Times are RFC 3339 or Unix milliseconds.
+//! The audit trail over the admin port:
+//! `GET /audit?namespace=NS&run_label=L&key=K&vault_key=ns/name&from=T&to=T&limit=N` returns the
+//! calls (oldest first) with their costs and vendor request ids, and per-run totals. Times are
+//! RFC 3339 or Unix milliseconds. Callers authenticate like the issuance API and need `list` on
+//! vaultkeys in the namespace asked for (`namespace`, or that of `vault_key`), or in all
+//! namespaces when they name none.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +21,8 @@ pub struct AuditQuery {
     pub run_label: Option<String>,
     /// Only this VaultKey (`namespace/name`).
     pub vault_key: Option<String>,
+    /// Only keys of this namespace.
+    pub namespace: Option<String>,
     /// From (Unix ms).
     pub from_ms: Option<i64>,
     /// To (Unix ms).
@@ -47,6 +52,7 @@ pub fn parse(query: Option<&str>) -> Result<AuditQuery, String> {
             "key" => q.key = Some(v),
             "run_label" => q.run_label = Some(v),
             "vault_key" => q.vault_key = Some(v),
+            "namespace" => q.namespace = Some(v),
             "from" => q.from_ms = Some(time_ms("from", &v)?),
             "to" => q.to_ms = Some(time_ms("to", &v)?),
             "limit" => {
@@ -58,12 +64,23 @@ pub fn parse(query: Option<&str>) -> Result<AuditQuery, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown parameter {other:?}; use key, run_label, vault_key, from, to, limit"
+                    "unknown parameter {other:?}; use namespace, key, run_label, vault_key, from, to, limit"
                 ));
             }
         }
     }
     Ok(q)
+}
+
+impl AuditQuery {
+    /// The namespace the query is confined to, if any: `namespace`, else `vault_key`'s.
+    pub fn scope(&self) -> Option<&str> {
+        self.namespace.as_deref().or_else(|| {
+            self.vault_key
+                .as_deref()
+                .and_then(|v| v.split_once('/').map(|(ns, _)| ns))
+        })
+    }
 }
 
 fn usd(micros: u64) -> String {
@@ -94,7 +111,9 @@ pub async fn run(
         for e in ledger.audit(&tag, q.from_ms, q.to_ms, 100_000).await? {
             let keep = q.key.as_ref().is_none_or(|k| *k == e.key)
                 && q.run_label.as_ref().is_none_or(|r| *r == e.run_label)
-                && q.vault_key.as_ref().is_none_or(|v| *v == e.vault_key);
+                && q.vault_key.as_ref().is_none_or(|v| *v == e.vault_key)
+                && q.scope()
+                    .is_none_or(|ns| e.vault_key.split_once('/').map(|(n, _)| n) == Some(ns));
             if keep {
                 entries.push(e);
             }

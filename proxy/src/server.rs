@@ -101,13 +101,16 @@ async fn admin_response(app: &App, req: Request<Incoming>) -> Response<Full<Byte
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"error": e}).to_string(),
             ),
-            Ok(q) => match audit::run(&app.ledger, &q).await {
-                Ok(v) => (StatusCode::OK, v.to_string()),
-                Err(e) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"error": format!("audit trail unavailable: {e}")})
-                        .to_string(),
-                ),
+            Ok(q) => match issuance::authorize_audit(app, req.headers(), &q).await {
+                Err(e) => return issuance::error_response(&e),
+                Ok(()) => match audit::run(&app.ledger, &q).await {
+                    Ok(v) => (StatusCode::OK, v.to_string()),
+                    Err(e) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"error": format!("audit trail unavailable: {e}")})
+                            .to_string(),
+                    ),
+                },
             },
         },
         _ => (StatusCode::NOT_FOUND, "not found".into()),

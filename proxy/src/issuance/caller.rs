@@ -152,10 +152,15 @@ pub async fn authorize(
     if answer.status.is_some_and(|s| s.allowed) {
         return Ok(());
     }
+    let place = if namespace.is_empty() {
+        "in all namespaces (name one with ?namespace=)".to_owned()
+    } else {
+        format!("in the namespace {namespace:?}")
+    };
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
         format!(
-            "{:?} cannot {verb} vaultkeys.{} in the namespace {namespace:?}",
+            "{:?} cannot {verb} vaultkeys.{} {place}",
             caller.username,
             keybrake_crds::GROUP
         ),

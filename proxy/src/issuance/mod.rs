@@ -85,6 +85,24 @@ pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
     json_response(e.status, &e.body())
 }
 
+/// Checks that the caller of `GET /audit` may list vaultkeys where the query looks: in its
+/// namespace, or in all namespaces when it names none.
+pub async fn authorize_audit(
+    app: &App,
+    headers: &hyper::HeaderMap,
+    query: &crate::audit::AuditQuery,
+) -> Result<(), ApiError> {
+    let caller = caller::authenticate(&app.client, headers).await?;
+    caller::authorize(
+        &app.client,
+        &caller,
+        "list",
+        query.scope().unwrap_or(""),
+        None,
+    )
+    .await
+}
+
 /// Whether a path belongs to this API.
 pub fn owns(path: &str) -> bool {
     path == "/vault/keys" || path == "/vault/keys/" || path.starts_with("/vault/keys/")

@@ -266,9 +266,18 @@ async fn no_real_secret_or_vault_token_leaks_into_logs_metrics_status_events_or_
     ));
     places.push((
         "audit",
-        http(proxy.admin_addr, "GET", "/audit", &[], b"")
-            .await?
-            .body,
+        http(
+            proxy.admin_addr,
+            "GET",
+            "/audit",
+            &[(
+                "Authorization",
+                &format!("Bearer {}", keybrake_e2e::identities::ADMIN),
+            )],
+            b"",
+        )
+        .await?
+        .body,
     ));
     places.push((
         "logs",

@@ -643,11 +643,67 @@ async fn the_audit_trail_lists_calls_with_costs_request_ids_and_run_totals() -> 
         )
         .await?;
     }
+    // The audit trail spans tenants: callers need `list vaultkeys` where they look.
+    let admin = format!("Bearer {}", keybrake_e2e::identities::ADMIN);
+    let reader = format!("Bearer {}", keybrake_e2e::identities::BILLING_READER);
+    let query = "/audit?run_label=hatchet%2Fbilling-agent%2F7f3a9c2e";
+    let anonymous = http(s.proxy.admin_addr, "GET", query, &[], b"").await?;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    let unbound = http(
+        s.proxy.admin_addr,
+        "GET",
+        &format!("{query}&namespace=billing"),
+        &[("Authorization", reader.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(unbound.status, 403, "no RoleBinding yet: {}", unbound.body);
+    s.stack
+        .cluster
+        .apply(keybrake_e2e::identities::RBAC)
+        .await?
+        .ok()?;
+    let everywhere = http(
+        s.proxy.admin_addr,
+        "GET",
+        query,
+        &[("Authorization", reader.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(
+        everywhere.status, 403,
+        "a namespaced reader asking for all namespaces: {}",
+        everywhere.body
+    );
+    let mine = http(
+        s.proxy.admin_addr,
+        "GET",
+        &format!("{query}&namespace=billing"),
+        &[("Authorization", reader.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(mine.json()["entries"].as_array().map(Vec::len), Some(3));
+    let elsewhere = http(
+        s.proxy.admin_addr,
+        "GET",
+        &format!("{query}&namespace=other"),
+        &[("Authorization", admin.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(
+        elsewhere.json()["entries"].as_array().map(Vec::len),
+        Some(0),
+        "filtered to the namespace"
+    );
     let r = http(
         s.proxy.admin_addr,
         "GET",
-        "/audit?run_label=hatchet%2Fbilling-agent%2F7f3a9c2e",
-        &[],
+        query,
+        &[("Authorization", admin.as_str())],
         b"",
     )
     .await?;
@@ -676,7 +732,14 @@ async fn the_audit_trail_lists_calls_with_costs_request_ids_and_run_totals() -> 
         ),
         (Some(2), Some(1), Some("325.00"))
     );
-    let bad = http(s.proxy.admin_addr, "GET", "/audit?from=yesterday", &[], b"").await?;
+    let bad = http(
+        s.proxy.admin_addr,
+        "GET",
+        "/audit?from=yesterday",
+        &[("Authorization", admin.as_str())],
+        b"",
+    )
+    .await?;
     assert_eq!(bad.status, 400);
     s.proxy.shutdown().await;
     Ok(())
