@@ -876,3 +876,57 @@ async fn oversized_headers_are_refused_and_shutdown_drains_in_flight_calls() -> 
     assert_eq!(spend.total, 10_000_000, "the drained call was settled");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_the_watch_has_not_delivered_is_loaded_from_the_key_record() -> Result<()> {
+    use std::sync::Arc;
+
+    use keybrake_proxy::{
+        handler::App,
+        policies::{self, Policies, PolicyState},
+    };
+    let upstream = RecordingUpstream::start().await?;
+    let stack = Stack::start().await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    let key = keybrake_ledger::Token::parse_bearer(&env["STRIPE_API_KEY"])?.key_id;
+    // An App whose policy table is empty, as a replica's is in the moment between a policy's
+    // creation and its watch event.
+    let config = keybrake_proxy::Config::local(&stack.redis.url(), &stack.prefix);
+    let conn = redis::Client::open(stack.redis.url())?
+        .get_connection_manager()
+        .await?;
+    let (keys, _watch) = keybrake_proxy::vault_keys::KeyIndex::start(stack.client.clone());
+    let app = App {
+        client: stack.client.clone(),
+        keys,
+        policies: Arc::new(Policies::default()),
+        ledger: keybrake_ledger::Ledger::new(
+            conn,
+            keybrake_ledger::Keyspace::new(&stack.prefix),
+            keybrake_ledger::LedgerConfig::default(),
+        ),
+        upstream: keybrake_proxy::upstream::client(),
+        config,
+        metrics: Arc::default(),
+        spend: Arc::default(),
+        redis_breaker: keybrake_proxy::breaker::Breaker::new(std::time::Duration::from_millis(250)),
+    };
+    assert!(app.policies.get(&key.tag()).is_none());
+    let loaded = policies::load_missing(&app, &key).await;
+    let Some(PolicyState::Ready(policy)) = loaded else {
+        panic!("the policy was not loaded: {loaded:?}");
+    };
+    assert_eq!(
+        (policy.namespace.as_str(), policy.name.as_str()),
+        ("billing", "stripe")
+    );
+    assert!(
+        matches!(app.policies.get(&key.tag()), Some(PolicyState::Ready(_))),
+        "kept in the table"
+    );
+    // A key id with no record costs one Redis read and loads nothing.
+    let stranger =
+        keybrake_ledger::KeyId::generate(&keybrake_ledger::PolicyTag::of("billing", "nope"));
+    assert!(policies::load_missing(&app, &stranger).await.is_none());
+    Ok(())
+}
