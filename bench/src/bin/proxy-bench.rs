@@ -221,6 +221,26 @@ async fn accounting(
     Ok((f, r, o, lat))
 }
 
+/// Redis time per proxied call by command (`INFO commandstats`, reset before the run): the
+/// scripts (`evalsha`) and, inside them, each command they call. Sorted, largest first.
+fn command_time(info: &str, calls: u64) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let usec = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("usec="))?
+                .parse::<f64>()
+                .ok()?;
+            Some((name.to_owned(), usec / calls as f64))
+        })
+        .filter(|(n, _)| n != "config" && n != "info")
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
 fn pct(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -320,9 +340,17 @@ async fn main() -> Result<()> {
     // Saturation, with the proxy's RSS sampled and its Lua calls counted.
     let mut saturation = BTreeMap::new();
     let mut cpu: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+    let mut redis_time: Vec<(String, f64)> = Vec::new();
     let (mut rss_saturation, mut lua_per_sec) = (0.0f64, 0.0f64);
     for (name, s) in &targets {
         let before = http_get(admin_port, "/metrics").await?;
+        let mut stats_conn = redis::Client::open(redis_url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut stats_conn)
+            .await?;
         let sampling = Arc::new(AtomicBool::new(true));
         let sampler = {
             let sampling = sampling.clone();
@@ -374,6 +402,11 @@ async fn main() -> Result<()> {
             let calls = metric_sum(&after, "keybrake_proxy_redis_seconds_count")
                 - metric_sum(&before, "keybrake_proxy_redis_seconds_count");
             lua_per_sec = calls / o.elapsed.as_secs_f64();
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut stats_conn)
+                .await?;
+            redis_time = command_time(&info, (o.ok + o.errors).max(1));
         }
         println!(
             "saturation {name}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
@@ -573,6 +606,16 @@ async fn main() -> Result<()> {
             target: "where the time goes (2 cores shared by all)".into(),
         });
     }
+    rows.push(Row {
+        what: "Redis time per keybrake call by command (us)".into(),
+        value: redis_time
+            .iter()
+            .take(6)
+            .map(|(n, us)| format!("{n} {us:.1}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        target: "evalsha = both scripts, inner commands included".into(),
+    });
     rows.extend([
         Row {
             what: "accounting: callers".into(),
@@ -649,6 +692,7 @@ async fn main() -> Result<()> {
                         "recorded_micros": recorded, "upstream_seen_calls": seen, "overshoot_recorded_micros": overshoot_recorded,
                         "overshoot_seen_micros": overshoot_seen, "refusal_p50_ms": pct(&refusal_us, 50.0), "refusal_p99_ms": pct(&refusal_us, 99.0)},
         "cpu_us_per_request_at_saturation": cpu,
+        "redis_us_per_call_by_command": redis_time.iter().cloned().collect::<BTreeMap<_, _>>(),
         "redis": {"evalsha_reserve_per_sec": evalsha_rps, "proxy_lua_calls_per_sec_at_saturation": lua_per_sec},
         "rss_mib": {"idle": rss_idle, "connections_1000": rss_1000, "saturation": rss_saturation},
         "targets": {"throughput_vs_nginx": 0.6, "added_p50_ms_at_5000": 0.3, "added_p99_ms_at_5000": 1.5, "overshoot_micros": 0, "rss_mb_1000_connections": 64},
