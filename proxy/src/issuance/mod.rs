@@ -142,6 +142,17 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<(StatusCode, Value),
             ));
         }
     }
+    // A key id is a VaultKey name; anything else (a `/` reaching a subresource, say) is refused
+    // before it is put in an API path.
+    if let Some(id) = &key_id
+        && !keybrake_crds::validate::is_dns_subdomain(id)
+    {
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("key_id: {id:?} is not a VaultKey name"),
+            field: Some("key_id".into()),
+        });
+    }
     let caller = caller::authenticate(&app.client, req.headers()).await?;
     let method = req.method().clone();
     match (method, key_id) {

@@ -376,6 +376,15 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
     )
     .await?;
     assert_eq!(reply.status, 404, "{}", reply.body);
+    for bad in [
+        "/vault/keys/a/status",
+        "/vault/keys/UPPER",
+        "/vault/keys/..%2Fx",
+    ] {
+        let reply = call(addr, "DELETE", bad, Some(BILLING_WORKER), &Value::Null).await?;
+        assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
+        assert_eq!(reply.json()["field"], "key_id");
+    }
     let reply = call(
         addr,
         "PUT",
