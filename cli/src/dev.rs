@@ -234,6 +234,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         lease_secs: 15,
         identity: "keybrake-dev".into(),
         call_timeout_secs: 10,
+        issued_key_retention_secs: 86_400,
     };
     let (stop_operator, operator_stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(keybrake_operator::run(

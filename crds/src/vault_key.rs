@@ -12,6 +12,11 @@ use crate::{
     vendor::Vendor,
 };
 
+/// Label on VaultKeys created by the proxy's issuance API (`POST /vault/keys`).
+pub const ISSUED_BY_LABEL: &str = "keybrake.com/issued-by";
+/// Value of [`ISSUED_BY_LABEL`] on keys the issuance API created.
+pub const ISSUED_BY_API: &str = "issuance-api";
+
 /// One scoped credential: a dollar cap, an endpoint allowlist and an expiry, drawn on a
 /// SpendPolicy and handed to workloads as a Secret.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]

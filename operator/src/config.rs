@@ -33,6 +33,15 @@ pub struct Config {
     /// Timeout of every API-server and Redis call, in seconds.
     #[arg(long, env = "KEYBRAKE_CALL_TIMEOUT_SECS", default_value_t = 10)]
     pub call_timeout_secs: u64,
+    /// How long a VaultKey created by the proxy's issuance API is kept once it is Revoked or
+    /// Expired, in seconds, before the operator deletes it (per-run keys would otherwise pile up).
+    /// Keys created any other way are never deleted.
+    #[arg(
+        long,
+        env = "KEYBRAKE_ISSUED_KEY_RETENTION_SECS",
+        default_value_t = 86_400
+    )]
+    pub issued_key_retention_secs: u64,
 }
 
 impl Config {

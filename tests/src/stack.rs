@@ -115,6 +115,7 @@ impl Stack {
             lease_secs: 2,
             identity: "test".into(),
             call_timeout_secs: 5,
+            issued_key_retention_secs: 86_400,
         }
     }
 

@@ -16,8 +16,9 @@ use k8s_openapi::{
 };
 use keybrake_crds::{
     KeyPhase, SpendPolicy, VaultKey,
+    status::READY,
     validate::{EffectiveKey, resolve_key, validate_policy},
-    vault_key::{RotationStatus, WorkloadKind},
+    vault_key::{ISSUED_BY_API, ISSUED_BY_LABEL, RotationStatus, WorkloadKind},
 };
 use keybrake_ledger::{KeyId, KeyRecord, PolicyTag, Token};
 use kube::{
@@ -43,6 +44,50 @@ use crate::{
 pub const FINALIZER: &str = "keybrake.com/revoke";
 /// Pod-template annotation bumped on each rotation to roll a workload.
 pub const ROTATED_AT: &str = "keybrake.com/rotated-at";
+
+/// After a key is Revoked or Expired: a key the issuance API created is deleted once it has been
+/// so for `issued_key_retention_secs` (the finalizer then removes its Redis record; its audit
+/// entries stay), so per-run keys do not pile up. Keys created any other way (kubectl, GitOps)
+/// are left to their owners.
+async fn retire(vk: &VaultKey, ctx: &Context, phase: KeyPhase, now_ms: i64) -> Result<Action> {
+    let issued = vk
+        .labels()
+        .get(ISSUED_BY_LABEL)
+        .is_some_and(|v| v == ISSUED_BY_API);
+    if !issued {
+        return Ok(Action::await_change());
+    }
+    // The Ready condition's time is when the phase began, if the object we were handed already
+    // had that phase; otherwise it began with this reconcile.
+    let status = vk.status.as_ref();
+    let since_ms = status
+        .filter(|s| s.phase == Some(phase))
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        // Condition times are whole seconds: the phase began at most 999 ms after it.
+        .map_or(now_ms, |c| {
+            (c.last_transition_time.0.as_millisecond() + 999).min(now_ms)
+        });
+    let retention_ms = i64::try_from(ctx.config.issued_key_retention_secs.saturating_mul(1000))
+        .unwrap_or(i64::MAX);
+    let left_ms = since_ms.saturating_add(retention_ms).saturating_sub(now_ms);
+    if left_ms > 0 {
+        return Ok(Action::requeue(Duration::from_millis(left_ms as u64)));
+    }
+    let ns = vk.namespace().unwrap_or_default();
+    let api: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
+    match ctx
+        .timed(
+            "delete vaultkey",
+            api.delete(&vk.name_any(), &DeleteParams::default()),
+        )
+        .await
+    {
+        Ok(_) => info!(phase = ?phase, "deleted an issued key past its retention"),
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 404 => {}
+        Err(e) => return Err(e),
+    }
+    Ok(Action::await_change())
+}
 
 /// The reconcile entry point for the controller.
 #[instrument(skip_all, fields(vaultkey = %vk.name_any(), namespace = vk.namespace().unwrap_or_default()))]
@@ -158,7 +203,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         )
         .await;
         status::write(vk, &report, ctx, now_ms).await?;
-        return Ok(Action::await_change());
+        return retire(vk, ctx, KeyPhase::Revoked, now_ms).await;
     }
 
     let created = vk
@@ -207,7 +252,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         )
         .await;
         status::write(vk, &report, ctx, now_ms).await?;
-        return Ok(Action::await_change());
+        return retire(vk, ctx, KeyPhase::Expired, now_ms).await;
     }
 
     let tag = PolicyTag::of(&ns, &policy_name);

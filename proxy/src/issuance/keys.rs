@@ -26,8 +26,6 @@ use super::{
 };
 use crate::{handler::App, policies::PolicyState};
 
-/// Label on keys this API issued.
-pub const ISSUED_BY: &str = "keybrake.com/issued-by";
 /// Annotation: the user who asked for the key.
 pub const REQUESTED_BY: &str = "keybrake.com/requested-by";
 
@@ -155,8 +153,8 @@ fn key_object(name: &str, caller: &Caller, policy: &str, req: &IssueRequest) -> 
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             labels: Some(BTreeMap::from([(
-                ISSUED_BY.to_owned(),
-                "issuance-api".to_owned(),
+                keybrake_crds::vault_key::ISSUED_BY_LABEL.to_owned(),
+                keybrake_crds::vault_key::ISSUED_BY_API.to_owned(),
             )])),
             annotations: Some(BTreeMap::from([(
                 REQUESTED_BY.to_owned(),

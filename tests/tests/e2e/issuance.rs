@@ -481,3 +481,81 @@ async fn without_an_operator_issuance_times_out_cleanly_and_leaves_nothing() -> 
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept() -> Result<()> {
+    let (mut stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
+    stack.stop_operator().await;
+    let mut config = stack.operator_config();
+    config.issued_key_retention_secs = 1;
+    stack.start_operator_with(config).await?;
+    let issued = call(
+        proxy.addr,
+        "POST",
+        "/vault/keys",
+        Some(BILLING_WORKER),
+        &seed_request(),
+    )
+    .await?;
+    assert_eq!(issued.status, 201, "{}", issued.body);
+    let key_id = issued.json()["key_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    stack
+        .active_key_env("billing", "billing-agent-run-7f3a")
+        .await?;
+
+    let started = std::time::Instant::now();
+    let revoked = call(
+        proxy.addr,
+        "DELETE",
+        &format!("/vault/keys/{key_id}"),
+        Some(BILLING_WORKER),
+        &Value::Null,
+    )
+    .await?;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    stack
+        .revoke_with_kubectl("billing", "billing-agent-run-7f3a")
+        .await?;
+    keybrake_e2e::stack::eventually(
+        "the issued key to be deleted after its retention",
+        20,
+        || async {
+            let left = vault_keys(&stack, "billing").await.ok()?;
+            (!left.contains(&key_id)).then_some(())
+        },
+    )
+    .await?;
+    println!(
+        "issued key deleted {:.1}s after its revocation (retention 1s)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "deleted before its retention"
+    );
+    // The kubectl-made key, revoked at the same time, is its owner's to delete.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        vault_keys(&stack, "billing").await?,
+        vec!["billing-agent-run-7f3a".to_owned()]
+    );
+    let gone = call(
+        proxy.addr,
+        "GET",
+        &format!("/vault/keys/{key_id}"),
+        Some(BILLING_WORKER),
+        &Value::Null,
+    )
+    .await?;
+    assert_eq!(gone.status, 404);
+    proxy.shutdown().await;
+    Ok(())
+}
