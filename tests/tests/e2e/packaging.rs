@@ -434,6 +434,45 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
         "helm dry run: {}{}",
         helm_dry.stdout, helm_dry.stderr
     );
+    // A managed Redis: no StatefulSet, its URL everywhere; without a URL the chart refuses.
+    let chart = [
+        "template",
+        "keybrake",
+        "manifests/helm/keybrake",
+        "--namespace",
+        "keybrake-system",
+    ];
+    let external = tool(
+        "helm",
+        &[
+            &chart[..],
+            &[
+                "--set",
+                "redis.enabled=false",
+                "--set",
+                "redis.url=rediss://redis.example:6380/",
+            ],
+        ]
+        .concat(),
+    )
+    .await?;
+    let external = parse(&external)?;
+    assert!(!external.all.iter().any(|v| v["kind"] == "StatefulSet"));
+    for (_, pod) in &external.pods {
+        let env = pod.containers[0].env.clone().unwrap_or_default();
+        let url = env
+            .iter()
+            .find(|e| e.name == "REDIS_URL")
+            .and_then(|e| e.value.clone());
+        assert_eq!(url.as_deref(), Some("rediss://redis.example:6380/"));
+    }
+    let missing = tool(
+        "helm",
+        &[&chart[..], &["--set", "redis.enabled=false"]].concat(),
+    )
+    .await;
+    let err = missing.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("redis.url is required"), "{err}");
     let listed = cluster
         .kubectl_ok(&[
             "get",

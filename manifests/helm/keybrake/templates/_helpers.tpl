@@ -8,7 +8,10 @@
 {{- end -}}
 
 {{- define "keybrake.redisUrl" -}}
-{{- if .Values.redis.url -}}{{ .Values.redis.url }}{{- else -}}redis://keybrake-redis.{{ .Release.Namespace }}.svc:6379/{{- end -}}
+{{- if .Values.redis.url -}}{{ .Values.redis.url }}
+{{- else if .Values.redis.enabled -}}redis://keybrake-redis.{{ .Release.Namespace }}.svc:6379/
+{{- else -}}{{ fail "redis.url is required when redis.enabled=false (the operator and the proxy need Redis)" }}
+{{- end -}}
 {{- end -}}
 
 {{- define "keybrake.labels" -}}
