@@ -174,6 +174,11 @@ pub async fn load_missing(
 ) -> Option<PolicyState> {
     let record = app.ledger.key_fields(key).await.ok()?;
     let (ns, name) = record.get("policy")?.split_once('/')?;
+    load_named(app, ns, name).await
+}
+
+/// Loads one policy straight from the API server into the table (the watch may trail it).
+pub async fn load_named(app: &crate::handler::App, ns: &str, name: &str) -> Option<PolicyState> {
     let timeout = Duration::from_secs(2);
     let policy = tokio::time::timeout(
         timeout,

@@ -204,7 +204,11 @@ pub async fn issue(
         .map_err(|e| ApiError::unavailable("cannot reach Redis", e))?;
     let now = jiff::Timestamp::from_millisecond(now_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     resolve_key(&object.spec, &policy_name, &policy.spec, now).map_err(|v| violations_error(&v))?;
-    match app.policies.get(&PolicyTag::of(ns, &policy_name)) {
+    let loaded = match app.policies.get(&PolicyTag::of(ns, &policy_name)) {
+        Some(state) => Some(state),
+        None => crate::policies::load_named(app, ns, &policy_name).await,
+    };
+    match loaded {
         Some(PolicyState::Ready(_)) => {}
         Some(PolicyState::Unusable(why)) => {
             return Err(ApiError::new(
@@ -216,7 +220,7 @@ pub async fn issue(
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
-                    "SpendPolicy {ns}/{policy_name} is not loaded by the proxy yet; retry in a few seconds"
+                    "SpendPolicy {ns}/{policy_name} or its credentials could not be read from the Kubernetes API; retry in a few seconds"
                 ),
             ));
         }
