@@ -162,8 +162,16 @@ async fn selector_watches_turn_changes_into_added_and_deleted() -> Result<()> {
     let cluster = Cluster::start().await?;
     let client = Client::try_from(Config::new(cluster.url().parse()?))?;
     let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    // From the list's resourceVersion: the history replays every change after it, however late
+    // the server starts the watch relative to the writes below.
+    let from = cms
+        .list(&kube::api::ListParams::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
     let stream = cms
-        .watch(&WatchParams::default().labels("team=a").timeout(30), "0")
+        .watch(&WatchParams::default().labels("team=a").timeout(30), &from)
         .await?;
     futures::pin_mut!(stream);
     cms.create(
@@ -189,7 +197,10 @@ async fn selector_watches_turn_changes_into_added_and_deleted() -> Result<()> {
             Some(WatchEvent::Added(_)) => kinds.push("ADDED"),
             Some(WatchEvent::Deleted(_)) => kinds.push("DELETED"),
             Some(WatchEvent::Modified(_)) => kinds.push("MODIFIED"),
-            Some(_) => {}
+            Some(WatchEvent::Error(e)) => {
+                panic!("the watch ended with an error: {e:?} after {kinds:?}")
+            }
+            Some(WatchEvent::Bookmark(_)) => {}
             None => break,
         }
     }
