@@ -1,0 +1,12 @@
+//! Faults (issue 10): what fails, and that nothing is lost, forwarded unaccounted or over a cap.
+
+mod hostile;
+mod leaks;
+mod redis;
+mod replicas;
+mod restarts;
+mod tenants;
+mod upstream;
+
+/// The content type of Stripe's form bodies.
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");

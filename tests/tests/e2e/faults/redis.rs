@@ -1,0 +1,139 @@
+//! Redis killed (fail closed, counters intact after an AOF restart) and Redis stalled.
+
+use anyhow::Result;
+use keybrake_e2e::{
+    http,
+    stack::{Stack, eventually},
+    upstream::RecordingUpstream,
+};
+use keybrake_ledger::PolicyTag;
+
+use super::FORM;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    let (mut stack, proxy) = Stack::start_with_proxy_on_durable_redis().await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
+    let charge = || {
+        let bearer = bearer.clone();
+        async move {
+            http(
+                proxy.addr,
+                "POST",
+                "/v1/payment_intents",
+                &[("Authorization", bearer.as_str()), FORM],
+                b"amount=10000&currency=usd&confirm=true",
+            )
+            .await
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(charge().await?.status, 200);
+    }
+
+    stack.redis.kill();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let r = charge().await?;
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "accounting_unavailable");
+    }
+    println!(
+        "Redis down: 20 calls refused in {:.0} ms, none forwarded",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "a call was forwarded while Redis was down"
+    );
+
+    stack.redis.restart().await?;
+    let restarted = std::time::Instant::now();
+    eventually("the proxy to recover on its own", 15, || async {
+        (charge().await.ok()?.status == 200).then_some(())
+    })
+    .await?;
+    println!(
+        "recovered {:.0} ms after Redis came back, without a proxy restart",
+        restarted.elapsed().as_secs_f64() * 1000.0
+    );
+    let spend = stack
+        .ledger()
+        .await?
+        .policy_spend(&PolicyTag::of("billing", "stripe"))
+        .await?;
+    assert_eq!(
+        spend.total, 300_000_000,
+        "the counters survived the kill (AOF) and count the new call"
+    );
+    assert_eq!(upstream.requests().len(), 3);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_turns_calls_into_refusals_not_unaccounted_forwards() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
+    // Redis stops answering for 2 s (single-threaded: every client waits).
+    let mut conn = stack.redis.connect().await?;
+    let stall = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("2")
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let r = http(
+        proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[("Authorization", bearer.as_str()), FORM],
+        b"amount=10000&currency=usd&confirm=true",
+    )
+    .await?;
+    println!(
+        "stalled Redis: refused after {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "accounting_unavailable");
+    assert!(
+        upstream.requests().is_empty(),
+        "a call went out while its reservation could not be made"
+    );
+    let _ = stall.await;
+    // Once Redis answers again (and the breaker's cool-off is over), calls pass and are counted.
+    eventually("calls to pass again", 10, || async {
+        let r = http(
+            proxy.addr,
+            "POST",
+            "/v1/payment_intents",
+            &[("Authorization", bearer.as_str()), FORM],
+            b"amount=10000&currency=usd&confirm=true",
+        )
+        .await
+        .ok()?;
+        (r.status == 200).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        stack
+            .ledger()
+            .await?
+            .policy_spend(&PolicyTag::of("billing", "stripe"))
+            .await?
+            .total,
+        100_000_000
+    );
+    assert_eq!(upstream.requests().len(), 1);
+    proxy.shutdown().await;
+    Ok(())
+}
