@@ -57,6 +57,11 @@ impl Usd {
         (micros <= Self::MAX.0).then_some(Usd(micros))
     }
 
+    /// An amount from micro-dollars, [`Usd::MAX`] when above it (for reporting counters).
+    pub fn saturating_from_micros(micros: u64) -> Usd {
+        Usd(micros.min(Self::MAX.0))
+    }
+
     /// An amount from whole dollars, if within [`Usd::MAX`].
     pub fn from_dollars(dollars: u64) -> Option<Usd> {
         dollars

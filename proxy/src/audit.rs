@@ -84,7 +84,7 @@ impl AuditQuery {
 }
 
 fn usd(micros: u64) -> String {
-    Usd::from_micros(micros).unwrap_or(Usd::MAX).to_string()
+    Usd::saturating_from_micros(micros).to_string()
 }
 
 fn entry_json(e: &AuditEntry) -> Value {

@@ -164,6 +164,27 @@ pub fn state_of(
     }))
 }
 
+/// Reads the Secret a policy names (`None` when it does not exist); an error or a timeout says
+/// nothing about the Secret and is returned as such.
+async fn credentials_secret(
+    client: &Client,
+    policy: &SpendPolicy,
+    timeout: Duration,
+) -> Result<Option<Secret>, String> {
+    let ns = policy.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    match tokio::time::timeout(
+        timeout,
+        secrets.get_opt(&policy.spec.credentials_secret_ref.name),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".to_owned()),
+    }
+}
+
 /// Loads the policy of a key whose policy tag is not in the table: the key record in Redis names
 /// it, and it is read straight from the API server. A policy created a moment before its first
 /// key may not have reached the watch yet; without this, that key's first calls would be
@@ -187,14 +208,9 @@ pub async fn load_named(app: &crate::handler::App, ns: &str, name: &str) -> Opti
     .await
     .ok()?
     .ok()??;
-    let secret = tokio::time::timeout(
-        timeout,
-        Api::<Secret>::namespaced(app.client.clone(), ns)
-            .get_opt(&policy.spec.credentials_secret_ref.name),
-    )
-    .await
-    .ok()?
-    .ok()?;
+    let secret = credentials_secret(&app.client, &policy, timeout)
+        .await
+        .ok()?;
     let state = state_of(&policy, secret.as_ref(), &|v| {
         app.config.default_upstream(v)
     });
@@ -215,19 +231,9 @@ async fn refresh(
     for policy in store.state() {
         let ns = policy.namespace().unwrap_or_default();
         let tag = PolicyTag::of(&ns, &policy.name_any());
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let secret = match tokio::time::timeout(
-            timeout,
-            secrets.get_opt(&policy.spec.credentials_secret_ref.name),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "timed out".to_owned(),
-                };
+        let secret = match credentials_secret(client, &policy, timeout).await {
+            Ok(s) => s,
+            Err(why) => {
                 // An API server hiccup says nothing about the Secret: keep what was known rather
                 // than refuse every call of the policy until the next reload.
                 if let Some(known) = policies.get(&tag) {

@@ -61,10 +61,11 @@ impl SpendWriter {
     }
 }
 
-fn status_of(s: &Spend) -> SpendStatus {
+/// The `status.spend` form of ledger counters.
+pub fn status_of(s: &Spend) -> SpendStatus {
     SpendStatus {
-        today_usd: Usd::from_micros(s.today).unwrap_or(Usd::MAX),
-        total_usd: Usd::from_micros(s.total).unwrap_or(Usd::MAX),
+        today_usd: Usd::saturating_from_micros(s.today),
+        total_usd: Usd::saturating_from_micros(s.total),
         calls: s.calls,
         refused: s.refused,
         last_call_at: s

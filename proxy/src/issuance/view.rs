@@ -9,10 +9,6 @@ fn usd(u: Option<Usd>) -> Value {
     u.map_or(Value::Null, |u| json!(u.to_string()))
 }
 
-fn micros(m: u64) -> String {
-    Usd::from_micros(m).unwrap_or(Usd::MAX).to_string()
-}
-
 /// The key's state in the API's words.
 pub fn state(vk: &VaultKey) -> &'static str {
     if vk.spec.revoked {
@@ -31,19 +27,17 @@ pub fn state(vk: &VaultKey) -> &'static str {
 /// A key without its token. `spend` is the live ledger figure when known, else the status'.
 pub fn key(vk: &VaultKey, spend: Option<Spend>) -> Value {
     let status = vk.status.clone().unwrap_or_default();
-    let spend = match (spend, &status.spend) {
-        (Some(s), _) => {
-            json!({"today_usd": micros(s.today), "total_usd": micros(s.total), "calls": s.calls, "refused": s.refused})
-        }
-        (None, Some(s)) => {
+    // Live ledger counters when known, else what the proxy last wrote to the status.
+    let spend = spend
+        .map(|s| crate::spend_writer::status_of(&s))
+        .or(status.spend.clone())
+        .map_or(Value::Null, |s| {
             json!({"today_usd": s.today_usd.to_string(), "total_usd": s.total_usd.to_string(), "calls": s.calls, "refused": s.refused})
-        }
-        (None, None) => Value::Null,
-    };
+        });
     let message = status
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == keybrake_crds::status::READY)
         .map(|c| c.message.clone());
     json!({
         "key_id": vk.name_any(),
