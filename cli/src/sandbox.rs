@@ -1,8 +1,14 @@
 //! Vendor sandboxes: one local server that answers like Stripe's, Twilio's and Resend's test
-//! modes for the calls Keybrake meters (so `keybrake dev` works offline), and records every
-//! request it received (so a test can prove what was, and was not, forwarded).
+//! modes for the calls Keybrake meters (so `keybrake dev` works offline), records every request
+//! it received, and counts what each call moved (so a test can prove what was, and was not,
+//! forwarded, and that no key moved more than its caps).
+//!
+//! It reads requests the way the vendors do, not the way the proxy does: Stripe and Twilio take
+//! parameters from the query string and the form body as one bucket (the last value of a name
+//! wins), Resend reads JSON. A request the proxy misread would move money here.
 
 use std::{
+    collections::HashMap,
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -28,8 +34,23 @@ pub struct Recorded {
     pub idempotency_key: Option<String>,
     /// Accept-Encoding header.
     pub accept_encoding: Option<String>,
+    /// Every header, lower-case names.
+    pub headers: Vec<(String, String)>,
     /// Body.
     pub body: String,
+}
+
+/// What one call moved, in the vendor's own units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    /// `stripe`, `twilio` or `resend`.
+    pub vendor: &'static str,
+    /// What moved it (`POST /v1/refunds`).
+    pub what: String,
+    /// A currency code (Stripe), `segment:+1555...` or `mms:+1555...` (Twilio), `recipient` (Resend).
+    pub unit: String,
+    /// How many: minor currency units, segments, messages or recipients.
+    pub units: u64,
 }
 
 /// How the upstream answers.
@@ -43,83 +64,331 @@ pub enum Mode {
     Slow(Duration),
 }
 
+/// The vendor-side objects: PaymentIntents, Charges, Prices.
+#[derive(Default)]
+struct State {
+    n: u64,
+    objects: HashMap<String, Value>,
+    moved: Vec<Moved>,
+}
+
 /// A running sandbox.
 pub struct Sandbox {
     /// Where it listens.
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    state: Arc<Mutex<State>>,
     mode: Arc<Mutex<Mode>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn form_value(body: &str, key: &str) -> Option<String> {
-    form_urlencoded::parse(body.as_bytes())
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.into_owned())
+/// Parameters as Stripe and Twilio read them: the query string and a form body, one bucket,
+/// the last value of a repeated name winning (what a Rack-style parser does).
+pub fn vendor_form(query: &str, body: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in url_pairs(query).into_iter().chain(url_pairs(body)) {
+        if !k.ends_with("[]") && k != "MediaUrl" {
+            out.retain(|(have, _)| *have != k);
+        }
+        out.push((k, v));
+    }
+    out
 }
 
-fn answer(method: &str, path: &str, body: &str, n: usize) -> (u16, Value) {
-    let amount = || {
-        form_value(body, "amount")
-            .and_then(|a| a.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let currency = || form_value(body, "currency").unwrap_or_else(|| "usd".into());
-    match (method, path) {
-        ("POST", "/v1/payment_intents") => {
-            // Test mode: a PaymentIntent confirmed with a card succeeds; otherwise it waits for one.
-            let confirmed = form_value(body, "confirm").as_deref() == Some("true")
-                || form_value(body, "payment_method").is_some();
-            let status = if confirmed {
-                "succeeded"
+fn url_pairs(text: &str) -> Vec<(String, String)> {
+    form_urlencoded::parse(text.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn get<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn stripe_error(status: u16, message: &str) -> (u16, Value) {
+    (
+        status,
+        json!({"error": {"type": "invalid_request_error", "message": message}}),
+    )
+}
+
+fn uuid(n: u64) -> String {
+    format!("4ef9a417-02e9-4d39-ad75-{n:012x}")
+}
+
+/// Segments of an SMS as the carriers count them.
+fn segments(text: &str) -> u64 {
+    keybrake_proxy::adapters::twilio::sms_segments(text)
+}
+
+impl State {
+    fn id(&mut self, prefix: &str) -> String {
+        self.n += 1;
+        format!("{prefix}_sandbox{}", self.n)
+    }
+
+    fn moved(&mut self, vendor: &'static str, what: &str, unit: &str, units: u64) {
+        if units > 0 {
+            self.moved.push(Moved {
+                vendor,
+                what: what.to_owned(),
+                unit: unit.to_owned(),
+                units,
+            });
+        }
+    }
+
+    fn stripe(&mut self, method: &str, path: &str, p: &[(String, String)]) -> (u16, Value) {
+        let what = format!("{method} {path}");
+        let amount = |name: &str| get(p, name).and_then(|a| a.parse::<u64>().ok());
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        match (method, segs.as_slice()) {
+            (
+                "POST",
+                [
+                    "v1",
+                    kind @ ("payment_intents" | "charges" | "transfers" | "payouts" | "topups"),
+                ],
+            ) => {
+                let (Some(a), Some(c)) = (amount("amount"), get(p, "currency")) else {
+                    return stripe_error(400, "Missing required param: amount or currency.");
+                };
+                let c = c.to_ascii_lowercase();
+                let prefix = match *kind {
+                    "payment_intents" => "pi",
+                    "charges" => "ch",
+                    "transfers" => "tr",
+                    "payouts" => "po",
+                    _ => "tu",
+                };
+                let id = self.id(prefix);
+                let mut obj = json!({"id": id, "object": kind.trim_end_matches('s'), "amount": a, "currency": c});
+                if *kind == "payment_intents" {
+                    let confirmed = get(p, "confirm") == Some("true");
+                    let manual = get(p, "capture_method") == Some("manual");
+                    let status = match (confirmed, manual) {
+                        (false, _) => "requires_payment_method",
+                        (true, true) => "requires_capture",
+                        (true, false) => "succeeded",
+                    };
+                    if confirmed {
+                        self.moved("stripe", &what, &c, a);
+                    }
+                    obj["status"] = json!(status);
+                    obj["amount_received"] = json!(if status == "succeeded" { a } else { 0 });
+                    obj["amount_capturable"] =
+                        json!(if status == "requires_capture" { a } else { 0 });
+                    obj["capture_method"] = json!(if manual { "manual" } else { "automatic" });
+                } else {
+                    self.moved("stripe", &what, &c, a);
+                    obj["status"] = json!("succeeded");
+                    obj["captured"] = json!(get(p, "capture") != Some("false"));
+                    obj["amount_captured"] = json!(a);
+                    obj["paid"] = json!(true);
+                }
+                self.objects.insert(id, obj.clone());
+                (200, obj)
+            }
+            ("POST", ["v1", "payment_intents", id, action @ ..]) => {
+                let Some(mut pi) = self.objects.get(*id).cloned() else {
+                    return stripe_error(404, "No such payment_intent");
+                };
+                let have = pi["amount"].as_u64().unwrap_or(0);
+                let c = pi["currency"].as_str().unwrap_or("usd").to_owned();
+                let status = pi["status"].as_str().unwrap_or("").to_owned();
+                match action {
+                    [] => {
+                        if let Some(a) = amount("amount") {
+                            if status != "requires_payment_method" {
+                                return stripe_error(400, "amount cannot be updated now");
+                            }
+                            pi["amount"] = json!(a);
+                        }
+                    }
+                    ["confirm"] => {
+                        if status != "requires_payment_method" {
+                            return stripe_error(400, "This PaymentIntent cannot be confirmed");
+                        }
+                        let manual = pi["capture_method"] == "manual";
+                        self.moved("stripe", &what, &c, have);
+                        pi["status"] = json!(if manual {
+                            "requires_capture"
+                        } else {
+                            "succeeded"
+                        });
+                        pi[if manual {
+                            "amount_capturable"
+                        } else {
+                            "amount_received"
+                        }] = json!(have);
+                    }
+                    ["capture"] => {
+                        if status != "requires_capture" {
+                            return stripe_error(400, "This PaymentIntent cannot be captured");
+                        }
+                        let take = amount("amount_to_capture").unwrap_or(have).min(have);
+                        pi["status"] = json!("succeeded");
+                        pi["amount_received"] = json!(take);
+                        pi["amount_capturable"] = json!(0);
+                    }
+                    ["increment_authorization"] => {
+                        let Some(a) = amount("amount") else {
+                            return stripe_error(400, "Missing required param: amount.");
+                        };
+                        if status != "requires_capture" || a < have {
+                            return stripe_error(400, "cannot increment");
+                        }
+                        self.moved("stripe", &what, &c, a - have);
+                        pi["amount"] = json!(a);
+                        pi["amount_capturable"] = json!(a);
+                    }
+                    ["cancel"] => pi["status"] = json!("canceled"),
+                    _ => return stripe_error(404, "Unrecognized request URL"),
+                }
+                self.objects.insert((*id).to_owned(), pi.clone());
+                (200, pi)
+            }
+            ("POST", ["v1", "refunds"]) => {
+                let source = get(p, "payment_intent").or_else(|| get(p, "charge"));
+                let Some(obj) = source.and_then(|id| self.objects.get(id)).cloned() else {
+                    return stripe_error(404, "No such payment_intent or charge");
+                };
+                let full = obj["amount_received"]
+                    .as_u64()
+                    .filter(|a| *a > 0)
+                    .or_else(|| obj["amount"].as_u64())
+                    .unwrap_or(0);
+                let a = amount("amount").unwrap_or(full);
+                if a > full {
+                    return stripe_error(400, "Refund amount is greater than the charge");
+                }
+                let c = obj["currency"].as_str().unwrap_or("usd").to_owned();
+                self.moved("stripe", &what, &c, a);
+                let id = self.id("re");
+                (
+                    200,
+                    json!({"id": id, "object": "refund", "amount": a, "currency": c, "status": "succeeded"}),
+                )
+            }
+            ("POST", ["v1", "prices"]) => {
+                let id = self.id("price");
+                let obj = json!({"id": id, "object": "price", "unit_amount": amount("unit_amount"), "currency": get(p, "currency").unwrap_or("usd"), "billing_scheme": get(p, "billing_scheme").unwrap_or("per_unit"), "recurring": {"usage_type": get(p, "recurring[usage_type]").unwrap_or("licensed"), "interval": "month"}});
+                self.objects.insert(id, obj.clone());
+                (200, obj)
+            }
+            ("POST", ["v1", "subscriptions"]) => {
+                let mut total: HashMap<String, u64> = HashMap::new();
+                for i in 0.. {
+                    let Some(price) = get(p, &format!("items[{i}][price]")) else {
+                        break;
+                    };
+                    let Some(obj) = self.objects.get(price) else {
+                        return stripe_error(404, "No such price");
+                    };
+                    let q = amount(&format!("items[{i}][quantity]")).unwrap_or(1);
+                    let c = obj["currency"].as_str().unwrap_or("usd").to_owned();
+                    *total.entry(c).or_default() += obj["unit_amount"].as_u64().unwrap_or(0) * q;
+                }
+                for (c, a) in total {
+                    self.moved("stripe", &what, &c, a);
+                }
+                let id = self.id("sub");
+                (
+                    200,
+                    json!({"id": id, "object": "subscription", "status": "active"}),
+                )
+            }
+            ("GET", ["v1", _, id]) => match self.objects.get(*id) {
+                Some(obj) => (200, obj.clone()),
+                None => stripe_error(404, "No such object"),
+            },
+            ("POST", ["v1", "customers"]) => {
+                let id = self.id("cus");
+                (
+                    200,
+                    json!({"id": id, "object": "customer", "email": get(p, "email")}),
+                )
+            }
+            _ => {
+                let id = self.id("obj");
+                (200, json!({"id": id, "object": "list", "data": []}))
+            }
+        }
+    }
+
+    fn twilio(&mut self, method: &str, path: &str, p: &[(String, String)]) -> (u16, Value) {
+        let n = {
+            self.n += 1;
+            self.n
+        };
+        if method == "POST" && path.ends_with("/Messages.json") {
+            let text = get(p, "Body").unwrap_or_default().to_owned();
+            let to = get(p, "To").unwrap_or_default().to_owned();
+            let media = p.iter().filter(|(k, _)| k == "MediaUrl").count();
+            let segs = segments(&text);
+            let what = format!("{method} {path}");
+            if media > 0 {
+                self.moved("twilio", &what, &format!("mms:{to}"), 1);
             } else {
-                "requires_payment_method"
-            };
-            let received = if confirmed { amount() } else { 0 };
-            (
-                200,
-                json!({"id": format!("pi_sandbox{n}"), "object": "payment_intent", "amount": amount(), "amount_received": received, "currency": currency(), "status": status}),
-            )
-        }
-        ("POST", "/v1/charges") => (
-            200,
-            json!({"id": format!("ch_sandbox{n}"), "object": "charge", "amount": amount(), "amount_captured": amount(), "captured": true, "paid": true, "currency": currency(), "status": "succeeded"}),
-        ),
-        ("POST", "/v1/refunds") => (
-            200,
-            json!({"id": format!("re_sandbox{n}"), "object": "refund", "amount": amount(), "status": "succeeded"}),
-        ),
-        ("POST", "/v1/customers") => (
-            200,
-            json!({"id": format!("cus_sandbox{n}"), "object": "customer", "email": form_value(body, "email")}),
-        ),
-        (_, p) if p.starts_with("/v1/") => (
-            200,
-            json!({"id": format!("obj_sandbox{n}"), "object": "list", "data": []}),
-        ),
-        ("POST", p) if p.ends_with("/Messages.json") => {
-            let text = form_value(body, "Body").unwrap_or_default();
-            let media = form_urlencoded::parse(body.as_bytes())
-                .filter(|(k, _)| k == "MediaUrl")
-                .count();
-            let segments = keybrake_proxy::vendor::twilio::sms_segments(&text);
-            (
+                self.moved("twilio", &what, &format!("segment:{to}"), segs);
+            }
+            return (
                 201,
-                json!({"sid": format!("SM{n:032}"), "status": "queued", "num_segments": segments.to_string(), "num_media": media.to_string(), "price": null, "body": text}),
-            )
+                json!({"sid": format!("SM{n:032x}"), "status": "queued", "to": to, "num_segments": segs.to_string(), "num_media": media.to_string(), "price": null, "body": text}),
+            );
         }
-        ("POST", "/emails") => (200, json!({"id": format!("email-sandbox-{n}")})),
-        ("POST", "/emails/batch") => {
-            let count = serde_json::from_str::<Value>(body)
-                .ok()
-                .and_then(|v| v.as_array().map(Vec::len))
-                .unwrap_or(0);
-            (
-                200,
-                json!({"data": (0..count).map(|i| json!({"id": format!("email-sandbox-{n}-{i}")})).collect::<Vec<_>>()}),
-            )
+        (200, json!({"sid": format!("XX{n:032x}")}))
+    }
+
+    fn resend(&mut self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let n = {
+            self.n += 1;
+            self.n
+        };
+        let recipients = |email: &Value| -> u64 {
+            ["to", "cc", "bcc"]
+                .iter()
+                .map(|f| match &email[*f] {
+                    Value::String(s) => s.split(',').count() as u64,
+                    Value::Array(a) => a.len() as u64,
+                    _ => 0,
+                })
+                .sum()
+        };
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let what = format!("{method} {path}");
+        match (method, path) {
+            ("POST", "/emails") => {
+                let r = recipients(&v);
+                self.moved("resend", &what, "recipient", r);
+                (200, json!({"id": uuid(n)}))
+            }
+            ("POST", "/emails/batch") => {
+                let emails = v.as_array().cloned().unwrap_or_default();
+                let r = emails.iter().map(recipients).sum();
+                self.moved("resend", &what, "recipient", r);
+                (
+                    200,
+                    json!({"data": (0..emails.len()).map(|i| json!({"id": uuid(n * 1000 + i as u64)})).collect::<Vec<_>>()}),
+                )
+            }
+            _ => (200, json!({"id": uuid(n)})),
         }
-        _ => (200, json!({"id": format!("obj_sandbox{n}")})),
+    }
+
+    fn answer(&mut self, method: &str, uri: &str, body: &str) -> (u16, Value) {
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+        if path.starts_with("/v1/") {
+            self.stripe(method, path, &vendor_form(query, body))
+        } else if path.starts_with("/2010-04-01/") {
+            self.twilio(method, path, &vendor_form(query, body))
+        } else {
+            self.resend(method, path, body)
+        }
     }
 }
 
@@ -134,17 +403,18 @@ impl Sandbox {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let state: Arc<Mutex<State>> = Arc::default();
         let mode = Arc::new(Mutex::new(Mode::Normal));
-        let (reqs, md) = (requests.clone(), mode.clone());
+        let (reqs, st, md) = (requests.clone(), state.clone(), mode.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (reqs, md) = (reqs.clone(), md.clone());
+                let (reqs, st, md) = (reqs.clone(), st.clone(), md.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (reqs, md) = (reqs.clone(), md.clone());
+                        let (reqs, st, md) = (reqs.clone(), st.clone(), md.clone());
                         async move {
                             let method = req.method().to_string();
                             let uri = req.uri().to_string();
@@ -157,6 +427,16 @@ impl Sandbox {
                             let authorization = header("authorization").unwrap_or_default();
                             let idempotency_key = header("idempotency-key");
                             let accept_encoding = header("accept-encoding");
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (
+                                        k.to_string(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect();
                             let body = req
                                 .into_body()
                                 .collect()
@@ -164,32 +444,32 @@ impl Sandbox {
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             let body = String::from_utf8_lossy(&body).into_owned();
-                            let n = {
-                                let mut r = reqs.lock().unwrap_or_else(|p| p.into_inner());
-                                r.push(Recorded {
+                            reqs.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(Recorded {
                                     method: method.clone(),
                                     uri: uri.clone(),
                                     authorization,
                                     idempotency_key,
                                     accept_encoding,
+                                    headers,
                                     body: body.clone(),
                                 });
-                                r.len()
-                            };
                             let mode = *md.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Mode::Slow(d) = mode {
+                                tokio::time::sleep(d).await;
+                            }
                             let (status, value) = match mode {
                                 Mode::Fail => (
                                     500,
                                     json!({"error": {"type": "api_error", "message": "upstream exploded"}}),
                                 ),
-                                Mode::Slow(d) => {
-                                    tokio::time::sleep(d).await;
-                                    answer(&method, uri.split('?').next().unwrap_or(""), &body, n)
-                                }
-                                Mode::Normal => {
-                                    answer(&method, uri.split('?').next().unwrap_or(""), &body, n)
-                                }
+                                _ => st
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .answer(&method, &uri, &body),
                             };
+                            let n = reqs.lock().unwrap_or_else(|p| p.into_inner()).len();
                             let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
                             *resp.status_mut() = hyper::StatusCode::from_u16(status)
                                 .unwrap_or(hyper::StatusCode::OK);
@@ -214,6 +494,7 @@ impl Sandbox {
         Ok(Sandbox {
             addr,
             requests,
+            state,
             mode,
             task,
         })
@@ -230,6 +511,25 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// What every call so far moved.
+    pub fn moved(&self) -> Vec<Moved> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .moved
+            .clone()
+    }
+
+    /// Creates a vendor object directly (a Price, a PaymentIntent made by someone else), as if
+    /// made outside the proxy; returns its id.
+    pub fn seed(&self, prefix: &str, mut object: Value) -> String {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let id = st.id(prefix);
+        object["id"] = json!(id);
+        st.objects.insert(id.clone(), object);
+        id
     }
 
     /// Changes how it answers.

@@ -54,6 +54,14 @@ impl EndpointPattern {
         &self.method
     }
 
+    /// The path's segments: `Some(literal)`, or `None` for `*`.
+    pub fn segments(&self) -> impl Iterator<Item = Option<&str>> {
+        self.segments.iter().map(|s| match s {
+            Segment::Literal(l) => Some(l.as_str()),
+            Segment::Any => None,
+        })
+    }
+
     /// Whether a request with this method and path (query allowed) is allowed by the pattern.
     pub fn matches(&self, method: &str, path: &str) -> bool {
         if !method.eq_ignore_ascii_case(&self.method) {

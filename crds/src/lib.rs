@@ -2,6 +2,7 @@
 //! the plain validation rules the operator and the proxy share.
 #![forbid(unsafe_code)]
 
+pub mod administration;
 pub mod duration;
 pub mod endpoint;
 pub mod manifests;

@@ -95,6 +95,12 @@ pub struct PolicyLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub allowed_endpoints: Option<Vec<EndpointPattern>>,
+    /// Allows endpoints that administer the vendor account itself (Twilio `Keys`,
+    /// `SigningKeys`, `IncomingPhoneNumbers`, `Accounts`; Resend `api-keys`, `domains`,
+    /// `webhooks`; Stripe `accounts`, `webhook_endpoints`, ...) in `allowedEndpoints`. Off by
+    /// default: a scoped key that can mint keys or buy numbers is no longer scoped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_account_administration: bool,
 }
 
 /// Aggregate caps across every VaultKey of a policy.
@@ -109,29 +115,50 @@ pub struct PolicyBudget {
     pub total_usd: Option<Usd>,
 }
 
-/// Prices and exchange rates. Nothing is priced in code: what is not here costs
-/// `unknownCallUsd`.
+/// Prices and exchange rates. Nothing is priced in code; a call whose cost cannot be bounded
+/// from the request is refused unless `worstCases` opts its endpoint in (see docs/metering.md).
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pricing {
     /// Price of one outbound SMS segment (Twilio), e.g. `"0.0083"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sms_segment_usd: Option<Usd>,
+    /// Price of one SMS segment by destination: the longest E.164 prefix that matches `To`
+    /// wins over `smsSegmentUsd`, e.g. `"+1": "0.0083"`, `"+44": "0.0463"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 500))]
+    pub sms_segment_usd_by_prefix: BTreeMap<String, Usd>,
+    /// Refuses an SMS to a destination that no `smsSegmentUsdByPrefix` entry prices, instead of
+    /// pricing it at `smsSegmentUsd`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_destination_price: bool,
     /// Price of one MMS message (Twilio), e.g. `"0.022"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mms_usd: Option<Usd>,
     /// Price of one email recipient (Resend), e.g. `"0.0009"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email_usd: Option<Usd>,
-    /// Cost reserved for an allowed call whose cost cannot be known from the request. Never 0:
-    /// when unset, such calls are refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unknown_call_usd: Option<Usd>,
+    /// Explicit opt-in for endpoints whose cost the proxy cannot bound from the request
+    /// (Twilio calls, Resend broadcasts, any endpoint docs/metering.md does not price): each
+    /// call to a matching endpoint reserves this worst case. Without an entry they are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub worst_cases: Vec<WorstCase>,
     /// US dollars per one unit of each currency (lowercase ISO 4217 code), e.g. `eur: "1.08"`.
     /// `usd` is always 1. A charge in a currency without a rate is refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 200))]
     pub currency_usd_rates: BTreeMap<String, Usd>,
+}
+
+/// The worst case one call to an endpoint may cost, reserved before it is sent.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorstCase {
+    /// The endpoint, as in `allowedEndpoints` (`"POST /2010-04-01/Accounts/*/Calls.json"`).
+    pub endpoint: EndpointPattern,
+    /// What one call reserves and is charged when the vendor's answer does not say better.
+    pub usd: Usd,
 }
 
 /// What the operator (keys, conditions) and the proxy (spend) report about a SpendPolicy.

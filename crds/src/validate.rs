@@ -10,8 +10,8 @@ use std::fmt;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    endpoint::EndpointPattern, money::Usd, spend_policy::SpendPolicySpec, vault_key::VaultKeySpec,
-    vendor::Vendor,
+    administration, endpoint::EndpointPattern, money::Usd, spend_policy::SpendPolicySpec,
+    vault_key::VaultKeySpec, vendor::Vendor,
 };
 
 /// DNS-1123 subdomain, the rule for Secret and most object names.
@@ -45,6 +45,8 @@ pub enum Reason {
     BadCurrency,
     /// A price that cannot be used.
     BadPrice,
+    /// An endpoint that administers the vendor account, not allowed on purpose.
+    AccountAdministration,
 }
 
 impl Reason {
@@ -63,6 +65,7 @@ impl Reason {
             Reason::BadUpstream => "BadUpstream",
             Reason::BadCurrency => "BadCurrency",
             Reason::BadPrice => "BadPrice",
+            Reason::AccountAdministration => "AccountAdministration",
         }
     }
 }
@@ -184,12 +187,40 @@ pub fn validate_policy(spec: &SpendPolicySpec) -> Result<(), Violations> {
             );
         }
     }
-    if spec.pricing.unknown_call_usd == Some(Usd::ZERO) {
-        check.fail(
-            "spec.pricing.unknownCallUsd",
-            Reason::BadPrice,
-            "is 0; a call of unknown cost must reserve something (remove the field to refuse such calls)".into(),
-        );
+    for (i, w) in spec.pricing.worst_cases.iter().enumerate() {
+        if w.usd == Usd::ZERO {
+            check.fail(
+                &format!("spec.pricing.worstCases[{i}].usd"),
+                Reason::BadPrice,
+                format!(
+                    "is 0 for {}; a call whose cost cannot be bounded must reserve its worst case (remove the entry to refuse such calls)",
+                    w.endpoint
+                ),
+            );
+        }
+    }
+    for prefix in spec.pricing.sms_segment_usd_by_prefix.keys() {
+        let digits = prefix.strip_prefix('+').unwrap_or("");
+        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            check.fail(
+                &format!("spec.pricing.smsSegmentUsdByPrefix.{prefix}"),
+                Reason::BadPrice,
+                format!("{prefix:?} is not an E.164 prefix like \"+1\" or \"+4420\""),
+            );
+        }
+    }
+    if !spec.limits.allow_account_administration {
+        for (i, p) in spec.limits.allowed_endpoints.iter().flatten().enumerate() {
+            if let Some(what) = administration::administers(spec.vendor, p) {
+                check.fail(
+                    &format!("spec.limits.allowedEndpoints[{i}]"),
+                    Reason::AccountAdministration,
+                    format!(
+                        "{p} administers {what}; set limits.allowAccountAdministration: true to allow it on purpose"
+                    ),
+                );
+            }
+        }
     }
     if let Some(list) = &spec.limits.allowed_endpoints
         && list.is_empty()
@@ -476,6 +507,7 @@ mod tests {
                     "POST /v1/payment_intents".parse().unwrap(),
                     "GET /v1/customers/*".parse().unwrap(),
                 ]),
+                allow_account_administration: false,
             },
             budget: Default::default(),
             pricing: Default::default(),
@@ -692,7 +724,17 @@ mod tests {
             .currency_usd_rates
             .insert("usd".into(), "1.5".parse().unwrap());
         p.pricing.currency_usd_rates.insert("jpy".into(), Usd::ZERO);
-        p.pricing.unknown_call_usd = Some(Usd::ZERO);
+        p.pricing.worst_cases.push(crate::spend_policy::WorstCase {
+            endpoint: "POST /v1/transfers".parse().unwrap(),
+            usd: Usd::ZERO,
+        });
+        p.pricing
+            .sms_segment_usd_by_prefix
+            .insert("44".into(), "0.04".parse().unwrap());
+        p.limits
+            .allowed_endpoints
+            .get_or_insert_with(Vec::new)
+            .push("POST /v1/webhook_endpoints".parse().unwrap());
         p.credentials_secret_ref.name = "Stripe".into();
         let v = validate_policy(&p).unwrap_err().0;
         let fields: Vec<&str> = v.iter().map(|v| v.field.as_str()).collect();
@@ -704,7 +746,9 @@ mod tests {
                 "spec.pricing.currencyUsdRates.EUR",
                 "spec.pricing.currencyUsdRates.jpy",
                 "spec.pricing.currencyUsdRates.usd",
-                "spec.pricing.unknownCallUsd"
+                "spec.pricing.worstCases[0].usd",
+                "spec.pricing.smsSegmentUsdByPrefix.44",
+                "spec.limits.allowedEndpoints[2]"
             ]
         );
     }

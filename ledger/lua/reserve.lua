@@ -24,12 +24,16 @@ ARGV[8]  request fingerprint (what a reused Idempotency-Key must match)
 ARGV[9]  idempotency record lifetime, seconds
 ARGV[10] audit stream length (approximate MAXLEN)
 ARGV[11] key id (for the audit entry)
+ARGV[12] "reserve", or "check": stop after the key, secret, revocation, expiry and allowlist
+         checks, reserving nothing (the proxy reads a vendor object to cost a call only after this)
+ARGV[13] "1" when the call is a read (GET, HEAD): only reads pass a spent cap
 
 Returns one of
   {"granted", res id, today after, total after, vault key, policy}
+  {"admitted", vault key, policy}      (mode "check" only)
   {"reattempt", res id}       an earlier attempt's outcome is unknown: forward again, count nothing new
   {"refused", rule, limit, spent, estimate, vault key, policy}   (names empty before authentication)
-  {"replay", status, headers json, body}
+  {"replay", status, headers json, body, kept}   kept "0": the response was too large to keep
   {"in_flight"}
 
 Example: a $12.50 PaymentIntent on a key with a $500 daily cap and $490 spent today returns
@@ -48,6 +52,8 @@ end
 
 local estimate = int(ARGV[4])
 assert(estimate and estimate >= 0 and estimate <= 1e15, "estimate must be an integer in [0, 1e15]")
+assert(ARGV[12] == "reserve" or ARGV[12] == "check", "mode must be reserve or check")
+local read = ARGV[13] == "1"
 
 local t = redis.call("TIME")
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -88,7 +94,22 @@ if r.revoked == "1" then return refuse("revoked") end
 local expires = int(r.expires_at_ms)
 if expires and now_ms >= expires then return refuse("expired", expires, now_ms) end
 
--- Endpoint allowlist: "METHOD /a/*/b" per line, * standing for one segment.
+-- `*` in an allowlist stands for one object id of the key's vendor, never for a word of the
+-- vendor's API: `GET /v1/customers/*` must not match `/v1/customers/search`.
+local STRIPE_WORDS = {search = true, upcoming = true, create_preview = true, preview = true,
+  report_payment = true, create_from_calculation = true, create_reversal = true}
+local function is_id(s)
+  if r.vendor == "stripe" then
+    return string.match(s, "^%l[%l%d]*_[%w_]*%w$") ~= nil and not STRIPE_WORDS[s]
+  elseif r.vendor == "twilio" then
+    return string.match(s, "^%u%u%x+$") ~= nil or string.match(s, "^%u%u%x+%.json$") ~= nil
+  elseif r.vendor == "resend" then
+    return string.match(s, "^%x+%-%x+%-%x+%-%x+%-%x+$") ~= nil and #s == 36
+  end
+  return false
+end
+
+-- Endpoint allowlist: "METHOD /a/*/b" per line, * standing for one object id.
 local function segments(p)
   local out = {}
   for s in string.gmatch(p, "[^/]+") do out[#out + 1] = s end
@@ -103,13 +124,23 @@ for line in string.gmatch(r.endpoints or "", "[^\n]+") do
     if #segs == #want then
       local ok = true
       for i = 1, #segs do
-        if segs[i] ~= "*" and segs[i] ~= want[i] then ok = false; break end
+        if segs[i] == "*" then
+          if not is_id(want[i]) then ok = false; break end
+        elseif segs[i] ~= want[i] then ok = false; break end
       end
       if ok then allowed = true; break end
     end
   end
 end
 if not allowed then return refuse("endpoint") end
+if ARGV[12] == "check" then return {"admitted", r.vault_key or "", r.policy or ""} end
+
+local per_call = int(r.per_call_cap)
+local daily_cap = int(r.daily_cap)
+local total_cap = int(r.total_cap)
+local s = redis.call("HMGET", KEYS[2], "day", "today", "total")
+local today = (int(s[1]) == day) and (int(s[2]) or 0) or 0
+local total = int(s[3]) or 0
 
 -- Idempotency: a repeated key replays, waits, or re-attempts; it never counts twice.
 if ARGV[7] == "1" then
@@ -118,10 +149,19 @@ if ARGV[7] == "1" then
     local d = {}
     for i = 1, #idem, 2 do d[idem[i]] = idem[i + 1] end
     if d.fingerprint ~= ARGV[8] then return refuse("idempotency_mismatch") end
-    if d.state == "done" then return {"replay", d.status or "", d.headers or "", d.body or ""} end
+    if d.state == "done" then
+      return {"replay", d.status or "", d.headers or "", d.body or "", d.kept or "1"}
+    end
     if d.state == "pending" then return {"in_flight"} end
-    -- state "unknown": the money is already counted; forward again under a fresh reservation.
-    redis.call("HSET", KEYS[6], "key", ARGV[11], "amount", d.amount or "0", "day", d.day or fmt(day),
+    -- state "unknown": the money is already counted. Forward again only where the vendor itself
+    -- deduplicates on the key (Twilio does not: a second send would be a second message), and
+    -- only while the key still holds that money within its caps (they may have been lowered).
+    if r.vendor == "twilio" then return refuse("idempotency_outcome_unknown") end
+    local amount = int(d.amount) or 0
+    if per_call and amount > per_call then return refuse("per_call_cap", per_call, 0) end
+    if daily_cap and today > daily_cap then return refuse("daily_cap", daily_cap, today) end
+    if total_cap and total > total_cap then return refuse("total_cap", total_cap, total) end
+    redis.call("HSET", KEYS[6], "key", ARGV[11], "amount", fmt(amount), "day", d.day or fmt(day),
       "created_ms", fmt(now_ms), "method", ARGV[2], "path", ARGV[3], "idem", KEYS[7])
     redis.call("ZADD", KEYS[5], now_ms + int(ARGV[6]), ARGV[5])
     redis.call("HSET", KEYS[7], "state", "pending", "res", ARGV[5])
@@ -130,31 +170,25 @@ if ARGV[7] == "1" then
   end
 end
 
--- Caps, all checked before anything is counted. They bound spending: a call known to cost
--- nothing (a read) passes even when a cap was lowered below what is already spent.
-local per_call = int(r.per_call_cap)
+-- Caps, all checked before anything is counted. Only reads pass a spent cap: a write costed at
+-- nothing may still set up money that moves later, so it needs room left under every cap.
+local function over(spent, cap)
+  if not cap then return false end
+  if estimate > 0 and spent + estimate > cap then return true end
+  return (not read) and spent >= cap
+end
 if per_call and estimate > per_call then return refuse("per_call_cap", per_call, 0) end
-
-local s = redis.call("HMGET", KEYS[2], "day", "today", "total")
-local today = (int(s[1]) == day) and (int(s[2]) or 0) or 0
-local total = int(s[3]) or 0
-local daily_cap = int(r.daily_cap)
-if estimate > 0 and daily_cap and today + estimate > daily_cap then return refuse("daily_cap", daily_cap, today) end
-local total_cap = int(r.total_cap)
-if estimate > 0 and total_cap and total + estimate > total_cap then return refuse("total_cap", total_cap, total) end
+if over(today, daily_cap) then return refuse("daily_cap", daily_cap, today) end
+if over(total, total_cap) then return refuse("total_cap", total_cap, total) end
 
 local p = redis.call("HMGET", KEYS[3], "daily_budget", "total_budget")
 local ps = redis.call("HMGET", KEYS[4], "day", "today", "total")
 local p_today = (int(ps[1]) == day) and (int(ps[2]) or 0) or 0
 local p_total = int(ps[3]) or 0
 local daily_budget = int(p[1])
-if estimate > 0 and daily_budget and p_today + estimate > daily_budget then
-  return refuse("policy_daily_budget", daily_budget, p_today)
-end
+if over(p_today, daily_budget) then return refuse("policy_daily_budget", daily_budget, p_today) end
 local total_budget = int(p[2])
-if estimate > 0 and total_budget and p_total + estimate > total_budget then
-  return refuse("policy_total_budget", total_budget, p_total)
-end
+if over(p_total, total_budget) then return refuse("policy_total_budget", total_budget, p_total) end
 
 -- Admitted: count the estimate now; settle replaces it with the actual cost.
 redis.call("HSET", KEYS[2], "day", fmt(day), "today", fmt(today + estimate), "total", fmt(total + estimate))

@@ -9,6 +9,8 @@ KEYS[4] reservations  {P}:reservations
 KEYS[5] idempotency   {P}:idem:<key id>:<h>  (only touched when the reservation names it)
 KEYS[6] audit         {P}:audit
 KEYS[7] key record    {P}:key:<key id>       (read for the audit entry)
+KEYS[8] objects       {P}:objects:<key id>   hash: vendor object id -> micro-dollars this key
+                                             has counted for it (only touched with ARGV[11])
 
 ARGV[1]  reservation id
 ARGV[2]  actual cost, integer micro-dollars >= 0 (ignored for "unknown": the estimate stays)
@@ -21,8 +23,14 @@ ARGV[7]  response body to replay
 ARGV[8]  idempotency record lifetime, seconds
 ARGV[9]  audit stream length (approximate MAXLEN)
 ARGV[10] vendor
+ARGV[11] vendor object the money of this call belongs to ("" when none): what is counted here is
+         added to it, so a later call on the same object (confirm, capture) costs only the excess
+ARGV[12] objects hash lifetime, seconds
+ARGV[13] "1" when ARGV[7] is the whole response, "0" when it was too large to keep (a repeat of
+         the Idempotency-Key is then refused, not replayed)
 
-Returns {"settled", delta, today after, total after} or {"already_settled"}.
+Returns {"settled", delta, today after, total after} or {"already_settled"}. An actual above the
+estimate is counted in full (never clipped to a cap) and written as `overshoot` in the audit entry.
 
 Example: a reservation of 12500000 settled "ok" with actual 12500000 returns a delta of 0; settled
 "not_sent" it returns -12500000 and the key's spend drops back.
@@ -83,10 +91,15 @@ if outcome ~= "not_sent" then
   redis.call("HSET", KEYS[2], "last_call_ms", fmt(now_ms))
 end
 
+if ARGV[11] ~= "" and actual > 0 then
+  redis.call("HINCRBY", KEYS[8], ARGV[11], actual)
+  redis.call("EXPIRE", KEYS[8], ARGV[12])
+end
+
 if r.idem and r.idem ~= "" then
   if outcome == "ok" or outcome == "vendor_error" then
     redis.call("HSET", KEYS[5], "state", "done", "status", ARGV[4], "headers", ARGV[6], "body", ARGV[7],
-      "amount", fmt(actual))
+      "kept", ARGV[13], "amount", fmt(actual))
     redis.call("EXPIRE", KEYS[5], ARGV[8])
   elseif outcome == "not_sent" then
     redis.call("DEL", KEYS[5]) -- nothing happened: a retry starts afresh
@@ -100,7 +113,8 @@ local k = redis.call("HMGET", KEYS[7], "vault_key", "run_label")
 redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
   "ts", fmt(now_ms), "key", r.key or "", "vk", k[1] or "", "run", k[2] or "", "vendor", ARGV[10],
   "method", r.method or "", "path", r.path or "", "estimate", fmt(amount), "actual", fmt(actual),
-  "status", ARGV[4], "request_id", ARGV[5], "outcome", outcome, "rule", "")
+  "status", ARGV[4], "request_id", ARGV[5], "outcome", outcome, "rule", "",
+  "overshoot", fmt(math.max(0, actual - amount)))
 
 redis.call("DEL", KEYS[1])
 redis.call("ZREM", KEYS[4], ARGV[1])

@@ -83,6 +83,12 @@ impl Slot {
         format!("{}:idem:{id}:{}", self.base, &h[..32])
     }
 
+    /// Hash: vendor object id -> micro-dollars this key has counted for it (a PaymentIntent
+    /// counted at creation costs nothing more to confirm or capture).
+    pub fn objects(&self, id: &KeyId) -> String {
+        format!("{}:objects:{id}", self.base)
+    }
+
     /// Stream: the audit trail of every call on the policy's keys.
     pub fn audit(&self) -> String {
         format!("{}:audit", self.base)

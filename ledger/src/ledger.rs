@@ -45,6 +45,12 @@ pub struct LedgerConfig {
     pub idempotency_ttl: Duration,
     /// Approximate length of each policy's audit stream.
     pub audit_max_len: u64,
+    /// How long a key remembers what it counted for a vendor object (a PaymentIntent may be
+    /// captured up to a week after its authorisation; after this it is costed again).
+    pub objects_ttl: Duration,
+    /// Largest response body stored for replay under an Idempotency-Key; a larger one is not
+    /// kept, so one key cannot fill Redis for every tenant.
+    pub max_stored_response: usize,
 }
 
 impl Default for LedgerConfig {
@@ -54,6 +60,8 @@ impl Default for LedgerConfig {
             reservation_deadline: Duration::from_secs(300),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             audit_max_len: 100_000,
+            objects_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_stored_response: 64 * 1024,
         }
     }
 }
@@ -83,6 +91,9 @@ pub enum Rule {
     PolicyDailyBudget,
     /// The policy's total budget would be exceeded.
     PolicyTotalBudget,
+    /// An Idempotency-Key whose earlier outcome is unknown, on a vendor that does not
+    /// deduplicate on it (a second attempt could act twice).
+    IdempotencyOutcomeUnknown,
 }
 
 impl Rule {
@@ -100,6 +111,7 @@ impl Rule {
             Rule::TotalCap => "total_cap",
             Rule::PolicyDailyBudget => "policy_daily_budget",
             Rule::PolicyTotalBudget => "policy_total_budget",
+            Rule::IdempotencyOutcomeUnknown => "idempotency_outcome_unknown",
         }
     }
 
@@ -117,6 +129,7 @@ impl Rule {
             TotalCap,
             PolicyDailyBudget,
             PolicyTotalBudget,
+            IdempotencyOutcomeUnknown,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -161,6 +174,8 @@ pub struct StoredResponse {
     pub headers_json: String,
     /// Body.
     pub body: Vec<u8>,
+    /// False when the body was too large to keep: a repeat cannot be replayed.
+    pub kept: bool,
 }
 
 /// What reserve decided.
@@ -190,6 +205,23 @@ pub enum Admission {
     Replay(StoredResponse),
     /// A repeat of a call still in flight: wait and ask again.
     InFlight,
+    /// Mode [`Mode::Check`]: the key may make this call; nothing was reserved.
+    Admitted {
+        /// `namespace/name` of the VaultKey.
+        vault_key: String,
+        /// `namespace/name` of the SpendPolicy.
+        policy: String,
+    },
+}
+
+/// What reserve does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Admit and reserve the estimate.
+    Reserve,
+    /// Only check the key, its secret, revocation, expiry and the allowlist (before the proxy
+    /// reads a vendor object to cost the call).
+    Check,
 }
 
 /// A call to admit.
@@ -205,8 +237,12 @@ pub struct ReserveRequest<'a> {
     pub path: &'a str,
     /// Estimated cost.
     pub estimate: Usd,
-    /// The Idempotency-Key and the request fingerprint it must keep matching.
+    /// The Idempotency-Key and the request fingerprint it must keep matching (writes only).
     pub idempotency: Option<(&'a str, &'a str)>,
+    /// A read (GET, HEAD): the only calls that pass a spent cap.
+    pub read: bool,
+    /// Reserve, or only check.
+    pub mode: Mode,
 }
 
 /// How a forwarded call ended.
@@ -254,6 +290,8 @@ pub struct SettleRequest<'a> {
     pub idempotency_key: Option<&'a str>,
     /// What to replay to repeats of the call.
     pub response: Option<&'a StoredResponse>,
+    /// The vendor object the call's money belongs to, if any (see [`Ledger::counted`]).
+    pub object: Option<&'a str>,
 }
 
 /// What settle did.
@@ -303,6 +341,9 @@ pub struct AuditEntry {
     pub outcome: String,
     /// The refusing rule, for refusals.
     pub rule: String,
+    /// How far the actual cost went above the reservation, micro-dollars (never clipped: the
+    /// whole actual is counted, and the key turns CapReached if that passes a cap).
+    pub overshoot: u64,
 }
 
 impl AuditEntry {
@@ -324,6 +365,7 @@ impl AuditEntry {
             request_id: s("request_id"),
             outcome: s("outcome"),
             rule: s("rule"),
+            overshoot: n("overshoot"),
         }
     }
 }
@@ -385,6 +427,23 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
     ) -> Result<std::collections::HashMap<String, String>> {
         let mut conn = self.conn.clone();
         self.timed(conn.hgetall(self.slot(id).key_record(id))).await
+    }
+
+    /// What this key has counted so far for a vendor object (0 when nothing, or when it was
+    /// counted so long ago that the record expired: then it is costed again, never less).
+    pub async fn counted(&self, id: &KeyId, object: &str) -> Result<Usd> {
+        let mut conn = self.conn.clone();
+        let v: Option<String> = self
+            .timed(conn.hget(self.slot(id).objects(id), object))
+            .await?;
+        match v {
+            None => Ok(Usd::ZERO),
+            Some(s) => s
+                .parse::<u64>()
+                .ok()
+                .and_then(Usd::from_micros)
+                .ok_or_else(|| LedgerError::Reply(format!("counted amount {s:?}"))),
+        }
     }
 
     /// Whether the stored record already holds exactly `record`.
@@ -494,6 +553,12 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             self.config.idempotency_ttl.as_secs().to_string(),
             self.config.audit_max_len.to_string(),
             req.key_id.as_str().to_owned(),
+            match req.mode {
+                Mode::Reserve => "reserve",
+                Mode::Check => "check",
+            }
+            .to_owned(),
+            if req.read { "1" } else { "0" }.to_owned(),
         ];
         (keys, args)
     }
@@ -548,8 +613,11 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             status: 0,
             headers_json: String::new(),
             body: Vec::new(),
+            kept: true,
         };
         let response = req.response.unwrap_or(&empty);
+        let kept = response.kept && response.body.len() <= self.config.max_stored_response;
+        let body: &[u8] = if kept { &response.body } else { b"" };
         let mut inv = SETTLE.prepare_invoke();
         inv.key(slot.reservation(req.reservation))
             .key(slot.key_spend(req.key_id))
@@ -558,16 +626,20 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .key(idem_key)
             .key(slot.audit())
             .key(slot.key_record(req.key_id))
+            .key(slot.objects(req.key_id))
             .arg(req.reservation)
             .arg(req.actual.micros())
             .arg(req.outcome.as_str())
             .arg(req.status.map(|s| s.to_string()).unwrap_or_default())
             .arg(req.request_id)
             .arg(&response.headers_json)
-            .arg(&response.body[..])
+            .arg(body)
             .arg(self.config.idempotency_ttl.as_secs())
             .arg(self.config.audit_max_len)
-            .arg(req.vendor.as_str());
+            .arg(req.vendor.as_str())
+            .arg(req.object.unwrap_or(""))
+            .arg(self.config.objects_ttl.as_secs())
+            .arg(if kept { "1" } else { "0" });
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.timed(inv.invoke_async(&mut conn)).await?;
         match reply.first().map(String::as_str) {
@@ -675,6 +747,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
                     request_id: "",
                     idempotency_key: None,
                     response: None,
+                    object: None,
                 };
                 if let Settlement::Settled { .. } = self.settle_raw(&req, &slot, idem).await? {
                     closed += 1;
@@ -728,7 +801,22 @@ fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
                 .ok_or_else(|| LedgerError::Reply("replay status".into()))?,
             headers_json: text.get(2).cloned().unwrap_or_default(),
             body: reply.get(3).cloned().unwrap_or_default(),
+            kept: match text.get(4).map(String::as_str) {
+                Some("1") => true,
+                Some("0") => false,
+                other => return Err(LedgerError::Reply(format!("replay kept flag {other:?}"))),
+            },
         })),
+        Some("admitted") => Ok(Admission::Admitted {
+            vault_key: text
+                .get(1)
+                .cloned()
+                .ok_or_else(|| LedgerError::Reply("admitted without a VaultKey".into()))?,
+            policy: text
+                .get(2)
+                .cloned()
+                .ok_or_else(|| LedgerError::Reply("admitted without a policy".into()))?,
+        }),
         Some("in_flight") => Ok(Admission::InFlight),
         other => Err(LedgerError::Reply(format!("reserve returned {other:?}"))),
     }
@@ -790,7 +878,7 @@ mod tests {
             Admission::InFlight
         );
         assert!(
-            matches!(decode_admission(r(&["replay", "200", "{}", "body"])).unwrap(), Admission::Replay(s) if s.body == b"body")
+            matches!(decode_admission(r(&["replay", "200", "{}", "body", "1"])).unwrap(), Admission::Replay(s) if s.body == b"body" && s.kept)
         );
         for bad in [
             &["granted"][..],
@@ -798,6 +886,8 @@ mod tests {
             &["what"],
             &[],
             &["granted", "a", "x", "1"],
+            &["replay", "200", "{}", "body"],
+            &["admitted", "ns/k"],
         ] {
             assert!(decode_admission(r(bad)).is_err(), "{bad:?}");
         }

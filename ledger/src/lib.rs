@@ -11,8 +11,8 @@ pub mod token;
 
 pub use layout::{Keyspace, Slot};
 pub use ledger::{
-    Admission, AuditEntry, Ledger, LedgerConfig, LedgerError, Outcome, Refusal, ReserveRequest,
-    Rule, SettleRequest, Settlement, StoredResponse,
+    Admission, AuditEntry, Ledger, LedgerConfig, LedgerError, Mode, Outcome, Refusal,
+    ReserveRequest, Rule, SettleRequest, Settlement, StoredResponse,
 };
 pub use record::{KeyRecord, PolicyRecord, Spend};
 pub use token::{KeyId, PolicyTag, Token, TokenError};

@@ -3,10 +3,14 @@
 //! the real vendor credentials come from the SpendPolicies' Secrets and live only in memory.
 #![forbid(unsafe_code)]
 
+pub mod adapters;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod breaker;
 pub mod config;
+pub mod cost;
+pub mod forward;
 pub mod handler;
 pub mod issuance;
 pub mod metrics;
@@ -14,10 +18,10 @@ pub mod path;
 pub mod policies;
 pub mod refusal;
 pub mod server;
+pub mod settle;
 pub mod spend_writer;
 pub mod upstream;
 pub mod vault_keys;
-pub mod vendor;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

@@ -113,6 +113,7 @@ pub struct Metrics {
     forwarded: Family<Forwarded, Counter>,
     refused: Family<Refused, Counter>,
     spend_micros: Family<VendorLabel, Counter>,
+    overshoot_micros: Family<VendorLabel, Counter>,
     upstream_seconds: Family<VendorLabel, Histogram>,
     redis_seconds: Family<ScriptLabel, Histogram>,
     redis_errors: Counter,
@@ -124,6 +125,7 @@ impl Default for Metrics {
         let forwarded = Family::<Forwarded, Counter>::default();
         let refused = Family::<Refused, Counter>::default();
         let spend_micros = Family::<VendorLabel, Counter>::default();
+        let overshoot_micros = Family::<VendorLabel, Counter>::default();
         let upstream_seconds = Family::<VendorLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -143,6 +145,11 @@ impl Default for Metrics {
             "spend_micros",
             "Settled spend in micro-dollars",
             spend_micros.clone(),
+        );
+        registry.register(
+            "overshoot_micros",
+            "Settled cost above what was reserved, in micro-dollars (counted in full; it can take a key past its cap)",
+            overshoot_micros.clone(),
         );
         registry.register(
             "upstream_seconds",
@@ -181,6 +188,7 @@ impl Default for Metrics {
             forwarded,
             refused,
             spend_micros,
+            overshoot_micros,
             upstream_seconds,
             redis_seconds,
             redis_errors,
@@ -204,6 +212,15 @@ impl Metrics {
                 vendor: vendor.to_string(),
             })
             .inc_by(actual.micros());
+    }
+
+    /// Counts what a settled call cost above its reservation.
+    pub fn overshoot(&self, vendor: Vendor, over: Usd) {
+        self.overshoot_micros
+            .get_or_create(&VendorLabel {
+                vendor: vendor.to_string(),
+            })
+            .inc_by(over.micros());
     }
 
     /// Counts a refusal.

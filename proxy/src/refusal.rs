@@ -76,6 +76,34 @@ fn usd(micros: Option<u64>) -> String {
         .map_or_else(|| "?".into(), |u| format!("${u}"))
 }
 
+/// A request the adapter could not read or cost exactly as the vendor would.
+pub fn unreadable(e: &crate::adapters::BadRequest) -> Refusal {
+    let kind = if e.is_policy() {
+        Kind::Forbidden
+    } else {
+        Kind::BadRequest
+    };
+    let rule = match e {
+        crate::adapters::BadRequest::Header(..) => "header",
+        crate::adapters::BadRequest::Unbounded(_) | crate::adapters::BadRequest::Refused(_) => {
+            "cost"
+        }
+        crate::adapters::BadRequest::NoRate(_) => "currency",
+        _ => "bad_request",
+    };
+    Refusal::new(kind, e.code(), rule, format!("{}: {e}", e.code()))
+}
+
+/// The proxy cannot account for the call now (Redis unreachable or slow): nothing was sent.
+pub fn accounting_unavailable() -> Refusal {
+    Refusal::new(
+        Kind::Unavailable,
+        "accounting_unavailable",
+        "redis",
+        "accounting_unavailable: spend cannot be checked right now, so the call was not sent; retry shortly",
+    )
+}
+
 /// Words the ledger's decision for a person.
 pub fn from_ledger(r: &LedgerRefusal, method: &str, path: &str) -> Refusal {
     let key = if r.vault_key.is_empty() {
@@ -141,6 +169,14 @@ pub fn from_ledger(r: &LedgerRefusal, method: &str, path: &str) -> Refusal {
             "idempotency_key_in_use",
             "idempotency_mismatch",
             "idempotency_key_in_use: keys for idempotent requests can only be used with the same parameters they were first used with",
+        ),
+        Rule::IdempotencyOutcomeUnknown => Refusal::new(
+            Kind::IdempotencyMismatch,
+            "idempotency_outcome_unknown",
+            "idempotency_outcome_unknown",
+            format!(
+                "idempotency_outcome_unknown: an earlier {method} {path} with this Idempotency-Key may have reached the vendor (its cost stays counted), and the vendor does not deduplicate on the key, so it is not sent again; check the vendor, then use a new key to send again"
+            ),
         ),
     }
 }

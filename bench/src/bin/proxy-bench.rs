@@ -474,6 +474,8 @@ async fn main() -> Result<()> {
         path: "/v1/payment_intents",
         estimate: Usd::from_micros(1).unwrap_or(Usd::ZERO),
         idempotency: None,
+        read: false,
+        mode: keybrake_ledger::Mode::Reserve,
     };
     let cmd = ledger.reserve_command(&req, "bench-__rand_int__");
     let out = Command::new("redis-benchmark")

@@ -97,7 +97,7 @@ impl IssueRequest {
                 "the request body is empty; send a JSON object with at least vendor and a cap",
             ));
         }
-        let value = crate::vendor::json_no_duplicates(body)
+        let value = crate::adapters::json::strict(body)
             .map_err(|e| ApiError::new(hyper::StatusCode::BAD_REQUEST, e.to_string()))?;
         let Value::Object(obj) = value else {
             return Err(ApiError::new(

@@ -103,6 +103,8 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
                 path,
                 estimate,
                 idempotency: idem,
+                read: matches!(method, "GET" | "HEAD"),
+                mode: keybrake_ledger::Mode::Reserve,
             })
             .await?)
     }
@@ -128,6 +130,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
                 request_id: "req_123",
                 idempotency_key: idem,
                 response,
+                object: None,
             })
             .await?)
     }
@@ -266,6 +269,20 @@ async fn rotation_overlap_accepts_the_previous_secret_until_it_ends<C: Conn>(
     Ok(())
 }
 
+/// Whether the reserve script lets `key` call `method path` (only the allowlist can refuse).
+async fn allowed<C: Conn>(fx: &Fixture<C>, key: &Issued, method: &str, path: &str) -> Result<bool> {
+    Ok(
+        match fx
+            .reserve_with(key, &key.token.secret_hash(), method, path, Usd::ZERO, None)
+            .await?
+        {
+            Admission::Granted { .. } => true,
+            Admission::Refused(r) if r.rule == Rule::Endpoint => false,
+            other => panic!("{other:?}"),
+        },
+    )
+}
+
 async fn the_endpoint_allowlist_matches_like_the_crds_matcher<C: Conn>(
     fx: Fixture<C>,
 ) -> Result<()> {
@@ -279,37 +296,77 @@ async fn the_endpoint_allowlist_matches_like_the_crds_matcher<C: Conn>(
     .map(|p| p.parse().unwrap())
     .collect();
     let key = fx.issue(|r| r.endpoints = patterns.clone()).await?;
+    // The crds matcher, plus: `*` is one object id of the key's vendor, never a word of its API.
     let cases = [
-        ("POST", "/v1/payment_intents"),
-        ("GET", "/v1/payment_intents"),
-        ("POST", "/v1/payment_intents/pi_1"),
-        ("GET", "/v1/customers/cus_1"),
-        ("GET", "/v1/customers"),
-        ("GET", "/v1/customers/cus_1/sources"),
-        ("POST", "/2010-04-01/Accounts/AC123/Messages.json"),
-        ("POST", "/2010-04-01/Accounts/AC123/Calls.json"),
-        ("GET", "/"),
-        ("DELETE", "/v1/customers/cus_1"),
-        ("POST", "/V1/payment_intents"),
+        ("POST", "/v1/payment_intents", true),
+        ("GET", "/v1/payment_intents", false),
+        ("POST", "/v1/payment_intents/pi_1", false),
+        ("GET", "/v1/customers/cus_1", true),
+        ("GET", "/v1/customers/cus_Nf3xZ_9", true),
+        ("GET", "/v1/customers/search", false),
+        ("GET", "/v1/customers/create_preview", false),
+        ("GET", "/v1/customers/cus", false),
+        ("GET", "/v1/customers/Cus_1", false),
+        ("GET", "/v1/customers", false),
+        ("GET", "/v1/customers/cus_1/sources", false),
+        ("POST", "/2010-04-01/Accounts/AC123/Messages.json", false),
+        ("POST", "/2010-04-01/Accounts/AC123/Calls.json", false),
+        ("GET", "/", true),
+        ("DELETE", "/v1/customers/cus_1", false),
+        ("POST", "/V1/payment_intents", false),
     ];
-    for (method, path) in cases {
+    for (method, path, want) in cases {
         let by_crds = keybrake_crds::endpoint::any_matches(&patterns, method, path);
-        let by_lua = match fx
-            .reserve_with(
-                &key,
-                &key.token.secret_hash(),
-                method,
-                path,
-                Usd::ZERO,
-                None,
-            )
-            .await?
-        {
-            Admission::Granted { .. } => true,
-            Admission::Refused(r) if r.rule == Rule::Endpoint => false,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(by_lua, by_crds, "{method} {path}");
+        assert!(
+            by_crds || !want,
+            "{method} {path}: the crds matcher is the wider one"
+        );
+        assert_eq!(
+            allowed(&fx, &key, method, path).await?,
+            want,
+            "{method} {path}"
+        );
+    }
+    let sms = "SM0123456789abcdef0123456789abcdef";
+    let twilio = fx
+        .issue(|r| {
+            r.vendor = Vendor::Twilio;
+            r.endpoints = vec!["GET /2010-04-01/Accounts/*/Messages/*".parse().unwrap()];
+        })
+        .await?;
+    for (path, want) in [
+        (
+            format!("/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/{sms}.json"),
+            true,
+        ),
+        (
+            format!("/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/{sms}"),
+            true,
+        ),
+        (
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/Media.json"
+                .to_owned(),
+            false,
+        ),
+        (
+            format!("/2010-04-01/Accounts/keys/Messages/{sms}.json"),
+            false,
+        ),
+    ] {
+        assert_eq!(allowed(&fx, &twilio, "GET", &path).await?, want, "{path}");
+    }
+    let resend = fx
+        .issue(|r| {
+            r.vendor = Vendor::Resend;
+            r.endpoints = vec!["GET /emails/*".parse().unwrap()];
+        })
+        .await?;
+    for (path, want) in [
+        ("/emails/4ef9a417-02e9-4d39-ad75-9611e0fcc33c", true),
+        ("/emails/batch", false),
+        ("/emails/4ef9a417-02e9-4d39-ad75-9611e0fcc33", false),
+    ] {
+        assert_eq!(allowed(&fx, &resend, "GET", path).await?, want, "{path}");
     }
     Ok(())
 }
@@ -333,8 +390,15 @@ async fn caps_hold_at_the_exact_boundary<C: Conn>(fx: Fixture<C>) -> Result<()> 
         }
         other => panic!("{other:?}"),
     }
-    granted(&fx.reserve(&key, PI, Usd::ZERO).await?);
-    // A cap lowered below what is spent refuses spending, not free calls.
+    // Only reads pass a spent cap: a write costed at nothing may set up money that moves later.
+    assert_eq!(
+        refused(&fx.reserve(&key, PI, Usd::ZERO).await?),
+        Rule::DailyCap
+    );
+    let hash = key.token.secret_hash();
+    let read = || fx.reserve_with(&key, &hash, "GET", "/v1/customers/cus_1", Usd::ZERO, None);
+    granted(&read().await?);
+    // A cap lowered below what is spent refuses spending and writes, not reads.
     let mut lowered = key.record.clone();
     lowered.daily_cap = Some(usd("5"));
     fx.ledger.write_key(key.id(), &lowered).await?;
@@ -342,11 +406,15 @@ async fn caps_hold_at_the_exact_boundary<C: Conn>(fx: Fixture<C>) -> Result<()> 
         refused(&fx.reserve(&key, PI, usd("0.000001")).await?),
         Rule::DailyCap
     );
-    granted(&fx.reserve(&key, PI, Usd::ZERO).await?);
+    assert_eq!(
+        refused(&fx.reserve(&key, PI, Usd::ZERO).await?),
+        Rule::DailyCap
+    );
+    granted(&read().await?);
     let spend = fx.ledger.key_spend(key.id()).await?;
     assert_eq!(
         (spend.today, spend.total, spend.refused),
-        (10_000_000, 10_000_000, 3)
+        (10_000_000, 10_000_000, 5)
     );
     Ok(())
 }
@@ -459,6 +527,7 @@ async fn idempotency_keys_count_once_and_replay<C: Conn>(fx: Fixture<C>) -> Resu
         status: 200,
         headers_json: r#"{"request-id":"req_1"}"#.into(),
         body: br#"{"id":"pi_1"}"#.to_vec(),
+        kept: true,
     };
     fx.settle(
         &key,
@@ -527,6 +596,7 @@ async fn idempotency_keys_count_once_and_replay<C: Conn>(fx: Fixture<C>) -> Resu
             status: 200,
             headers_json: "{}".into(),
             body: b"{}".to_vec(),
+            kept: true,
         }),
     )
     .await?;
@@ -613,6 +683,8 @@ async fn five_hundred_concurrent_callers_never_overshoot() -> Result<()> {
                 path: PI,
                 estimate,
                 idempotency: None,
+                read: false,
+                mode: keybrake_ledger::Mode::Reserve,
             };
             anyhow::Ok((ledger.reserve(&req).await?, estimate))
         }));

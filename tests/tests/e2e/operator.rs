@@ -50,6 +50,8 @@ async fn charge(
         path: "/v1/payment_intents",
         estimate,
         idempotency: None,
+        read: false,
+        mode: keybrake_ledger::Mode::Reserve,
     };
     Ok(ledger.reserve(&req).await?)
 }
@@ -134,6 +136,8 @@ async fn issues_a_credential_into_redis_and_a_secret() -> Result<()> {
                 path: "/v1/refunds",
                 estimate: Usd::ZERO,
                 idempotency: None,
+                read: false,
+                mode: keybrake_ledger::Mode::Reserve,
             })
             .await?
     };
@@ -696,6 +700,8 @@ async fn spec_changes_reach_redis_at_once_without_a_new_token() -> Result<()> {
         path: "/v1/customers/cus_1",
         estimate: Usd::ZERO,
         idempotency: None,
+        read: true,
+        mode: keybrake_ledger::Mode::Reserve,
     };
     assert!(
         matches!(ledger.reserve(&read).await?, Admission::Granted { .. }),

@@ -133,7 +133,13 @@ async fn tenants_stay_apart_policies_secrets_and_connected_accounts() -> Result<
     )
     .await?;
     assert_eq!(r.status, 403, "{}", r.body);
-    assert_eq!(r.json()["error"]["code"], "stripe_account_not_allowed");
+    assert_eq!(r.json()["error"]["code"], "header_not_allowed");
+    assert!(
+        r.body
+            .contains("the stripe-account header acts on another Stripe account"),
+        "{}",
+        r.body
+    );
     assert_eq!(upstream.requests().len(), before);
     // The billing key with the other tenant's vendor prefix or key id is not the other's key.
     let r = http(

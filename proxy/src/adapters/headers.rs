@@ -1,0 +1,119 @@
+//! Request headers from an allowlist: the proxy forwards only the headers each vendor's SDKs send
+//! on the metered calls, refuses those that change whose account is acted on or how the body
+//! must be read, and drops the rest (hop-by-hop, tracing, anything a vendor might one day read).
+
+use hyper::{
+    HeaderMap,
+    header::{HeaderName, HeaderValue},
+};
+use keybrake_crds::Vendor;
+
+use super::BadRequest;
+
+/// Forwarded for every vendor (content type and length are the proxy's own).
+const COMMON: [&str; 3] = ["user-agent", "accept", "accept-language"];
+/// Stripe's SDKs: the API version, their telemetry, and the idempotency key.
+const STRIPE: [&str; 4] = [
+    "stripe-version",
+    "x-stripe-client-user-agent",
+    "x-stripe-client-telemetry",
+    "idempotency-key",
+];
+/// Resend's idempotency key and batch validation mode.
+const RESEND: [&str; 2] = ["idempotency-key", "x-batch-validation"];
+
+/// Headers that make the real key act on another account, or that the proxy cannot honour.
+fn refused(vendor: Vendor, name: &str) -> Option<&'static str> {
+    match name {
+        "content-encoding" => Some(
+            "a request Content-Encoding is not accepted: the proxy must read the body exactly as the vendor will; send it uncompressed",
+        ),
+        "stripe-account" | "stripe-context" if vendor == Vendor::Stripe => Some(
+            "acts on another Stripe account (a connected account or an organization's), which no vault key grants",
+        ),
+        n if vendor == Vendor::Stripe && n.starts_with("stripe-") && !STRIPE.contains(&n) => {
+            Some("is a Stripe header the proxy does not know; it could change how the call is read")
+        }
+        _ => None,
+    }
+}
+
+/// The headers to forward, or why the request is refused.
+pub fn forwarded(
+    vendor: Vendor,
+    headers: &HeaderMap,
+) -> Result<Vec<(HeaderName, HeaderValue)>, BadRequest> {
+    let own: &[&str] = match vendor {
+        Vendor::Stripe => &STRIPE,
+        Vendor::Twilio => &[],
+        Vendor::Resend => &RESEND,
+    };
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        let n = name.as_str();
+        if let Some(why) = refused(vendor, n) {
+            return Err(BadRequest::Header(n.to_owned(), why));
+        }
+        if COMMON.contains(&n) || own.contains(&n) {
+            if headers.get_all(name).iter().count() > 1 {
+                return Err(BadRequest::Duplicate(format!("the {n} header")));
+            }
+            out.push((name.clone(), value.clone()));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn forwards_what_the_sdks_send_and_nothing_else() {
+        let h = map(&[
+            ("user-agent", "Stripe/v1 PythonBindings/16.1.0"),
+            ("stripe-version", "2025-01-27.acacia"),
+            ("idempotency-key", "k1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-debug", "1"),
+            ("authorization", "Bearer kb_x"),
+        ]);
+        let names: Vec<String> = forwarded(Vendor::Stripe, &h)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        assert_eq!(names, ["user-agent", "stripe-version", "idempotency-key"]);
+        let tw: Vec<_> = forwarded(Vendor::Twilio, &h).unwrap();
+        assert_eq!(tw.len(), 1, "Twilio does not read Idempotency-Key");
+    }
+
+    #[test]
+    fn refuses_account_switching_and_encodings() {
+        for (k, v) in [
+            ("stripe-account", "acct_1"),
+            ("stripe-context", "ctx_1"),
+            ("stripe-something-new", "x"),
+            ("content-encoding", "gzip"),
+        ] {
+            let err = forwarded(Vendor::Stripe, &map(&[(k, v)])).unwrap_err();
+            assert!(matches!(err, BadRequest::Header(ref n, _) if n == k), "{k}");
+        }
+        assert!(forwarded(Vendor::Resend, &map(&[("content-encoding", "identity")])).is_err());
+        assert!(
+            forwarded(
+                Vendor::Stripe,
+                &map(&[("idempotency-key", "a"), ("idempotency-key", "b")])
+            )
+            .is_err()
+        );
+    }
+}

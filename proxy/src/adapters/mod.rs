@@ -1,0 +1,562 @@
+//! Vendor adapters: the only readers of a raw request. Each turns method, path, query, headers
+//! and body into one [`Call`], the request as that vendor will read it; the cost, the allowlist
+//! and the forwarder all use that one value, and what is forwarded is the proxy's own encoding
+//! of it. A request that cannot be read exactly so is refused. Pure functions: every parser and
+//! cost rule is tested without a network.
+
+pub mod form;
+pub mod headers;
+pub mod json;
+pub mod money;
+pub mod resend;
+pub mod stripe;
+pub mod table;
+pub mod twilio;
+
+use bytes::Bytes;
+use hyper::{
+    HeaderMap,
+    header::{CONTENT_TYPE, HeaderName, HeaderValue},
+};
+use keybrake_crds::{Usd, Vendor, spend_policy::Pricing};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A request the proxy will not forward because it cannot read or cost it exactly as the vendor
+/// would; the message names the problem so the caller can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    /// A field with a value that cannot be used.
+    #[error("{0}: {1}")]
+    Invalid(&'static str, String),
+    /// A field sent twice, which would let the vendor and the proxy read different values.
+    #[error("{0} is sent more than once; send it once")]
+    Duplicate(String),
+    /// A body that is not what the content type says.
+    #[error("the request body is not valid {0}: {1}")]
+    Body(&'static str, String),
+    /// A parameter name outside the vendor's grammar.
+    #[error("parameter name {0:?} is not one the vendor's API uses ({1})")]
+    Name(String, &'static str),
+    /// Parameters where the vendor's SDKs never put them for this method.
+    #[error("{0}")]
+    Placement(&'static str),
+    /// A content type the adapter does not read.
+    #[error("content type {0:?} is not accepted here; send {1}")]
+    ContentType(String, &'static str),
+    /// A header that is refused.
+    #[error("the {0} header {1}")]
+    Header(String, &'static str),
+    /// A currency the policy has no exchange rate for.
+    #[error(
+        "no exchange rate for currency {0:?} in the SpendPolicy's pricing.currencyUsdRates; the call cannot be costed"
+    )]
+    NoRate(String),
+    /// A call whose cost the proxy cannot bound, and the policy did not opt into.
+    #[error(
+        "{0}; the SpendPolicy must opt in with its worst case in pricing.worstCases to allow it"
+    )]
+    Unbounded(String),
+    /// A call the proxy never forwards.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl BadRequest {
+    /// The machine code of the refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BadRequest::Header(..) => "header_not_allowed",
+            BadRequest::NoRate(_) => "currency_without_rate",
+            BadRequest::Unbounded(_) => "cost_unbounded",
+            BadRequest::Refused(_) => "call_not_metered",
+            _ => "invalid_request",
+        }
+    }
+
+    /// Whether this is a policy decision (403) rather than a request to fix (400).
+    pub fn is_policy(&self) -> bool {
+        matches!(
+            self,
+            BadRequest::Header(..) | BadRequest::Unbounded(_) | BadRequest::Refused(_)
+        )
+    }
+}
+
+/// The parameters of a call, as the vendor reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Params {
+    /// Form parameters (Stripe, Twilio; also every vendor's query strings).
+    Form(Vec<(String, String)>),
+    /// A JSON body (Resend).
+    Json(Value),
+}
+
+/// One request, read as its vendor will read it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The vendor.
+    pub vendor: Vendor,
+    /// Upper-case method.
+    pub method: String,
+    /// Canonical path (no vendor prefix, no query, no trailing slash).
+    pub path: String,
+    /// The parameters: from the query for reads and deletes, from the body for other writes.
+    pub params: Params,
+    /// Headers to forward.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The caller's Idempotency-Key, on writes.
+    pub idempotency_key: Option<String>,
+}
+
+/// Where a method's parameters travel, as the vendors' SDKs send them.
+fn params_in_query(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "DELETE")
+}
+
+fn content_type(headers: &HeaderMap) -> Result<Option<String>, BadRequest> {
+    let mut all = headers.get_all(CONTENT_TYPE).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(BadRequest::Duplicate("the Content-Type header".into()));
+    }
+    let text = v
+        .to_str()
+        .map_err(|_| BadRequest::ContentType("(not ASCII)".into(), "a plain content type"))?;
+    let mut parts = text.split(';').map(|p| p.trim().to_ascii_lowercase());
+    let essence = parts.next().unwrap_or_default();
+    for p in parts {
+        if p != "charset=utf-8" && !p.is_empty() {
+            return Err(BadRequest::ContentType(
+                text.to_owned(),
+                "it without parameters, or with charset=utf-8",
+            ));
+        }
+    }
+    Ok(Some(essence))
+}
+
+/// Reads a request as `vendor` will. `path` is already canonical.
+pub fn read(
+    vendor: Vendor,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Call, BadRequest> {
+    let method = method.to_ascii_uppercase();
+    let forward = headers::forwarded(vendor, headers)?;
+    let ct = content_type(headers)?;
+    let query = query.unwrap_or("");
+    let grammar = match vendor {
+        Vendor::Stripe => form::Grammar::Stripe,
+        Vendor::Twilio => form::Grammar::Twilio(twilio::LIST_PARAMS),
+        Vendor::Resend => form::Grammar::Resend,
+    };
+    let params = if params_in_query(&method) {
+        if !body.is_empty() {
+            return Err(BadRequest::Placement(
+                "a GET, HEAD or DELETE carries its parameters in the query string, never in a body",
+            ));
+        }
+        Params::Form(form::parse(query.as_bytes(), grammar)?)
+    } else {
+        if !query.is_empty() {
+            return Err(BadRequest::Placement(
+                "parameters in the query string of a write are not accepted (the vendor would read them with the body); send them in the body",
+            ));
+        }
+        match (vendor, method.as_str()) {
+            (Vendor::Stripe | Vendor::Twilio, "POST") => {
+                match ct.as_deref() {
+                    Some("application/x-www-form-urlencoded") => {}
+                    None if body.is_empty() => {}
+                    other => {
+                        return Err(BadRequest::ContentType(
+                            other.unwrap_or("(none)").to_owned(),
+                            "application/x-www-form-urlencoded",
+                        ));
+                    }
+                }
+                Params::Form(form::parse(body, grammar)?)
+            }
+            (Vendor::Resend, "POST" | "PATCH" | "PUT") => match ct.as_deref() {
+                None if body.is_empty() => Params::Json(Value::Object(Default::default())),
+                Some("application/json") => Params::Json(json::strict(body)?),
+                other => {
+                    return Err(BadRequest::ContentType(
+                        other.unwrap_or("(none)").to_owned(),
+                        "application/json",
+                    ));
+                }
+            },
+            (_, m) => {
+                return Err(BadRequest::Refused(format!(
+                    "{vendor}'s API takes no {m} requests through the proxy"
+                )));
+            }
+        }
+    };
+    let idempotency_key = if params_in_query(&method) && method != "DELETE" {
+        None
+    } else {
+        headers
+            .get("idempotency-key")
+            .map(|v| {
+                v.to_str()
+                    .ok()
+                    .filter(|k| !k.is_empty() && k.len() <= 255)
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        BadRequest::Invalid(
+                            "Idempotency-Key",
+                            "must be 1 to 255 visible ASCII characters".into(),
+                        )
+                    })
+            })
+            .transpose()?
+    };
+    Ok(Call {
+        vendor,
+        method,
+        path: path.to_owned(),
+        params,
+        headers: forward,
+        idempotency_key,
+    })
+}
+
+impl Call {
+    /// A read: the only calls that pass a spent cap.
+    pub fn is_read(&self) -> bool {
+        matches!(self.method.as_str(), "GET" | "HEAD")
+    }
+
+    /// A form parameter's value.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        match &self.params {
+            Params::Form(pairs) => form::field(pairs, name),
+            Params::Json(_) => None,
+        }
+    }
+
+    /// The form pairs (empty for JSON calls).
+    pub fn pairs(&self) -> &[(String, String)] {
+        match &self.params {
+            Params::Form(pairs) => pairs,
+            Params::Json(_) => &[],
+        }
+    }
+
+    /// What goes on the wire: the query string and the body with its content type, all the
+    /// proxy's own encoding of [`Call::params`].
+    pub fn encoded(&self) -> (Option<String>, Bytes, Option<&'static str>) {
+        match (&self.params, params_in_query(&self.method)) {
+            (Params::Form(pairs), true) => (
+                (!pairs.is_empty()).then(|| form::encode(pairs)),
+                Bytes::new(),
+                None,
+            ),
+            (Params::Form(pairs), false) => (
+                None,
+                Bytes::from(form::encode(pairs)),
+                Some("application/x-www-form-urlencoded"),
+            ),
+            (Params::Json(v), _) => (None, Bytes::from(v.to_string()), Some("application/json")),
+        }
+    }
+
+    /// What a reused Idempotency-Key must keep matching.
+    pub fn fingerprint(&self) -> String {
+        let (query, body, _) = self.encoded();
+        hex::encode(Sha256::digest(
+            [
+                self.method.as_bytes(),
+                b"\n",
+                self.path.as_bytes(),
+                b"\n",
+                query.as_deref().unwrap_or("").as_bytes(),
+                b"\n",
+                &body,
+            ]
+            .concat(),
+        ))
+    }
+
+    /// The path's segments.
+    pub fn segments(&self) -> Vec<&str> {
+        self.path.split('/').filter(|s| !s.is_empty()).collect()
+    }
+}
+
+/// Costs read from vendor objects, fetched with the real key once the key was admitted.
+pub struct Prefetch {
+    /// Vendor paths to GET.
+    pub reads: Vec<String>,
+    /// The object whose money this key may already have counted (subtracted from the cost).
+    pub object: Option<String>,
+    /// The cost from the objects read (in `reads` order) and what this key counted for `object`.
+    #[allow(clippy::type_complexity)]
+    pub cost: Box<dyn FnOnce(&[Value], Usd) -> Result<Usd, BadRequest> + Send>,
+}
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prefetch")
+            .field("reads", &self.reads)
+            .field("object", &self.object)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a call is costed before it is sent.
+#[derive(Debug)]
+pub enum Plan {
+    /// Known from the request (0 for calls that move no money).
+    Known(Usd),
+    /// Read vendor objects first.
+    Prefetch(Prefetch),
+}
+
+/// What a settled call cost, and the vendor object its money belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The actual cost.
+    pub usd: Usd,
+    /// The object (a PaymentIntent, a Charge) this key has now counted `usd` for.
+    pub object: Option<String>,
+}
+
+/// Costs a call before it is sent: from the request, from objects to read first, or from the
+/// policy's opt-in worst case; refused when none applies.
+pub fn plan(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+    if call.is_read() {
+        return Ok(Plan::Known(Usd::ZERO));
+    }
+    let entries = table::of(call.vendor);
+    let entry = table::find(entries, &call.method, &call.path);
+    let rule = entry.map_or(table::Rule::WorstCase, |e| e.rule);
+    match rule {
+        table::Rule::Free | table::Rule::Priced | table::Rule::Prefetched => {
+            let entry = entry.ok_or_else(|| BadRequest::Refused("no metering rule".into()))?;
+            match call.vendor {
+                Vendor::Stripe => stripe::plan(entry, call, pricing),
+                Vendor::Twilio => twilio::plan(entry, call, pricing),
+                Vendor::Resend => resend::plan(entry, call, pricing),
+            }
+        }
+        table::Rule::WorstCase => worst_case(call, pricing),
+        table::Rule::Refused(why) => Err(BadRequest::Refused(format!(
+            "{} {}: {why}",
+            call.method, call.path
+        ))),
+    }
+}
+
+/// The policy's opt-in worst case for a call whose cost cannot be bounded from the request.
+fn worst_case(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+    pricing
+        .worst_cases
+        .iter()
+        .find(|w| w.endpoint.matches(&call.method, &call.path))
+        .map(|w| Plan::Known(w.usd))
+        .ok_or_else(|| {
+            BadRequest::Unbounded(format!(
+                "the cost of {} {} cannot be bounded from the request",
+                call.method, call.path
+            ))
+        })
+}
+
+/// Costs a successful (2xx) response; `reserved` is what was reserved for it.
+pub fn actual(call: &Call, body: &[u8], pricing: &Pricing, reserved: Usd) -> Settled {
+    let v = serde_json::from_slice::<Value>(body).ok();
+    match call.vendor {
+        Vendor::Stripe => stripe::actual(call, v.as_ref(), pricing, reserved),
+        Vendor::Twilio => twilio::actual(call, v.as_ref(), pricing, reserved),
+        Vendor::Resend => Settled {
+            usd: reserved,
+            object: None,
+        },
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A call as `read` would make it, from a method, a path and a body or query.
+    pub fn call(vendor: Vendor, method: &str, path: &str, params: &str) -> Call {
+        try_call(vendor, method, path, params).unwrap()
+    }
+
+    /// `read` of a method, a path and a body or query.
+    pub fn try_call(
+        vendor: Vendor,
+        method: &str,
+        path: &str,
+        params: &str,
+    ) -> Result<Call, BadRequest> {
+        let mut h = HeaderMap::new();
+        let (query, body) = if params_in_query(method) {
+            (Some(params), "")
+        } else {
+            let ct = if vendor == Vendor::Resend {
+                "application/json"
+            } else {
+                "application/x-www-form-urlencoded"
+            };
+            if !params.is_empty() {
+                h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            }
+            (None, params)
+        };
+        read(vendor, method, path, query, &h, body.as_bytes())
+    }
+
+    /// A policy's pricing with the rates and prices the tests use.
+    pub fn pricing() -> Pricing {
+        let mut p = Pricing {
+            sms_segment_usd: Some("0.0083".parse().unwrap()),
+            mms_usd: Some("0.022".parse().unwrap()),
+            email_usd: Some("0.0009".parse().unwrap()),
+            ..Default::default()
+        };
+        p.currency_usd_rates
+            .insert("eur".into(), "1.08".parse().unwrap());
+        p.currency_usd_rates
+            .insert("jpy".into(), "0.0067".parse().unwrap());
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{testing::*, *};
+
+    fn raw(
+        vendor: Vendor,
+        method: &str,
+        query: Option<&str>,
+        ct: Option<&'static str>,
+        body: &str,
+    ) -> Result<Call, BadRequest> {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+        }
+        read(
+            vendor,
+            method,
+            "/v1/payment_intents",
+            query,
+            &h,
+            body.as_bytes(),
+        )
+    }
+
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+
+    #[test]
+    fn one_reading_per_method() {
+        // The issue's own attack: parameters in the query string of a POST.
+        assert!(matches!(
+            raw(
+                Vendor::Stripe,
+                "POST",
+                Some("amount=99999999&currency=chf"),
+                None,
+                ""
+            ),
+            Err(BadRequest::Placement(_))
+        ));
+        assert!(matches!(
+            raw(Vendor::Stripe, "GET", None, FORM, "amount=1"),
+            Err(BadRequest::Placement(_))
+        ));
+        assert!(matches!(
+            raw(Vendor::Stripe, "POST", None, Some("application/json"), "{}"),
+            Err(BadRequest::ContentType(..))
+        ));
+        assert!(matches!(
+            raw(
+                Vendor::Stripe,
+                "POST",
+                None,
+                Some("application/x-www-form-urlencoded; charset=latin1"),
+                "a=1"
+            ),
+            Err(BadRequest::ContentType(..))
+        ));
+        assert!(matches!(
+            raw(Vendor::Stripe, "POST", None, None, "amount=1"),
+            Err(BadRequest::ContentType(..))
+        ));
+        assert!(matches!(
+            raw(Vendor::Stripe, "PUT", None, FORM, "amount=1"),
+            Err(BadRequest::Refused(_))
+        ));
+        let ok = raw(
+            Vendor::Stripe,
+            "POST",
+            None,
+            Some("application/x-www-form-urlencoded; charset=utf-8"),
+            "amount=1&currency=usd",
+        )
+        .unwrap();
+        assert_eq!(ok.field("amount"), Some("1"));
+        let get = raw(
+            Vendor::Stripe,
+            "GET",
+            Some("expand[]=customer&limit=3"),
+            None,
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            get.encoded().0.as_deref(),
+            Some("expand%5B%5D=customer&limit=3")
+        );
+    }
+
+    #[test]
+    fn what_is_forwarded_is_the_proxys_encoding_of_what_was_read() {
+        let c = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents",
+            "amount=100&currency=usd&metadata[x]=a;amount=999",
+        );
+        let (query, body, ct) = c.encoded();
+        assert_eq!(query, None);
+        assert_eq!(ct, Some("application/x-www-form-urlencoded"));
+        let reread = form::parse(&body, form::Grammar::Stripe).unwrap();
+        assert_eq!(Params::Form(reread), c.params);
+        assert!(!String::from_utf8_lossy(&body).contains(';'));
+    }
+
+    #[test]
+    fn unlisted_writes_need_an_opt_in_and_reads_are_free() {
+        let p = pricing();
+        let c = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/checkout/sessions",
+            "mode=payment",
+        );
+        assert!(matches!(plan(&c, &p), Err(BadRequest::Unbounded(_))));
+        let mut opted = p.clone();
+        opted
+            .worst_cases
+            .push(keybrake_crds::spend_policy::WorstCase {
+                endpoint: "POST /v1/checkout/sessions".parse().unwrap(),
+                usd: "50".parse().unwrap(),
+            });
+        assert!(matches!(plan(&c, &opted), Ok(Plan::Known(u)) if u == "50".parse().unwrap()));
+        let r = call(Vendor::Stripe, "GET", "/v1/customers/search", "query=x");
+        assert!(matches!(plan(&r, &p), Ok(Plan::Known(Usd::ZERO))));
+    }
+}

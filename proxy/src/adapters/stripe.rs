@@ -1,0 +1,1081 @@
+//! Stripe: form-encoded requests under `/v1`. A PaymentIntent or Charge costs its amount when it
+//! is created, whether or not it is confirmed then (it can be confirmed later without the proxy);
+//! confirming, capturing or raising an object this key already counted costs only the excess.
+//! Refunds, transfers, payouts and top-ups cost their amount; invoices and subscriptions cost what
+//! the objects they charge say, read first with the real key.
+
+use keybrake_crds::{Usd, spend_policy::Pricing};
+use serde_json::Value;
+
+use super::{
+    BadRequest, Call, Plan, Prefetch, Settled, money,
+    table::{Entry, Rule, e},
+};
+
+/// Every Stripe endpoint the proxy meters or knows to move no money. Literal rows come before
+/// `{id}` rows they could be mistaken for.
+pub const ENDPOINTS: &[Entry] = &[
+    e(
+        "POST",
+        "/v1/payment_intents",
+        Rule::Priced,
+        "`amount` in `currency`, counted at creation even when not confirmed yet",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}",
+        Rule::Prefetched,
+        "a new `amount` costs what it adds over what this key counted for the PaymentIntent; free without `amount`",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}/confirm",
+        Rule::Prefetched,
+        "the PaymentIntent's `amount`, less what this key already counted for it",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}/capture",
+        Rule::Prefetched,
+        "`amount_to_capture` (else the PaymentIntent's `amount_capturable`), less what this key already counted for it",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}/increment_authorization",
+        Rule::Prefetched,
+        "the new total `amount`, less what this key already counted for the PaymentIntent",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}/cancel",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/charges",
+        Rule::Priced,
+        "`amount` in `currency`, counted at creation (also with `capture=false`)",
+    ),
+    e(
+        "POST",
+        "/v1/charges/{id}/capture",
+        Rule::Prefetched,
+        "`amount` (else the Charge's `amount`), less what this key already counted for it",
+    ),
+    e(
+        "POST",
+        "/v1/refunds",
+        Rule::Prefetched,
+        "`amount`, else the whole `payment_intent` or `charge`, in its currency (read first): money out counts against the caps",
+    ),
+    e(
+        "POST",
+        "/v1/refunds/{id}/cancel",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/transfers",
+        Rule::Priced,
+        "`amount` in `currency`",
+    ),
+    e(
+        "POST",
+        "/v1/payouts",
+        Rule::Priced,
+        "`amount` in `currency`",
+    ),
+    e("POST", "/v1/topups", Rule::Priced, "`amount` in `currency`"),
+    e(
+        "POST",
+        "/v1/invoices",
+        Rule::Free,
+        "only with `auto_advance=false` (an invoice that finalizes itself charges later without the proxy); refused otherwise",
+    ),
+    e(
+        "POST",
+        "/v1/invoices/create_preview",
+        Rule::Free,
+        "a preview moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/invoices/{id}/pay",
+        Rule::Prefetched,
+        "the invoice's `amount_remaining`",
+    ),
+    e(
+        "POST",
+        "/v1/invoices/{id}/finalize",
+        Rule::Prefetched,
+        "the invoice's `amount_due` when it charges automatically; free for `send_invoice`",
+    ),
+    e(
+        "POST",
+        "/v1/invoices/{id}/void",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/invoiceitems",
+        Rule::Free,
+        "money moves when its invoice is paid or finalized, each costed",
+    ),
+    e(
+        "POST",
+        "/v1/subscriptions",
+        Rule::Prefetched,
+        "the first period: each item's price (read first) times its quantity; metered and tiered prices, tax and added invoice items are refused",
+    ),
+    e(
+        "POST",
+        "/v1/subscriptions/{id}",
+        Rule::WorstCase,
+        "an update can prorate and charge at once",
+    ),
+    e(
+        "DELETE",
+        "/v1/subscriptions/{id}",
+        Rule::Free,
+        "free, but `invoice_now` is refused (it bills at once)",
+    ),
+    e(
+        "POST",
+        "/v1/subscription_schedules",
+        Rule::WorstCase,
+        "phases charge over time",
+    ),
+    e(
+        "POST",
+        "/v1/checkout/sessions",
+        Rule::WorstCase,
+        "line items and modes the request does not bound",
+    ),
+    e(
+        "POST",
+        "/v1/payment_links",
+        Rule::WorstCase,
+        "anyone with the link can pay, any number of times",
+    ),
+    e(
+        "POST",
+        "/v1/credit_notes",
+        Rule::WorstCase,
+        "can refund or credit amounts the request does not bound",
+    ),
+    e(
+        "POST",
+        "/v1/quotes/{id}/accept",
+        Rule::WorstCase,
+        "creates an invoice or subscription",
+    ),
+    e(
+        "POST",
+        "/v1/transfers/{id}/reversals",
+        Rule::WorstCase,
+        "reverses an amount of a transfer",
+    ),
+    e(
+        "POST",
+        "/v1/application_fees/{id}/refunds",
+        Rule::WorstCase,
+        "refunds an application fee",
+    ),
+    e(
+        "POST",
+        "/v1/customers",
+        Rule::Free,
+        "free; `balance` and `cash_balance` are refused (they change what the next invoice charges)",
+    ),
+    e(
+        "POST",
+        "/v1/customers/{id}",
+        Rule::Free,
+        "free; `balance` and `cash_balance` are refused",
+    ),
+    e("DELETE", "/v1/customers/{id}", Rule::Free, "moves no money"),
+    e("POST", "/v1/payment_methods", Rule::Free, "moves no money"),
+    e(
+        "POST",
+        "/v1/payment_methods/{id}",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/payment_methods/{id}/attach",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/payment_methods/{id}/detach",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/setup_intents",
+        Rule::Free,
+        "saves a payment method; moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/setup_intents/{id}",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/setup_intents/{id}/confirm",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/setup_intents/{id}/cancel",
+        Rule::Free,
+        "moves no money",
+    ),
+    e("POST", "/v1/products", Rule::Free, "moves no money"),
+    e("POST", "/v1/products/{id}", Rule::Free, "moves no money"),
+    e("POST", "/v1/prices", Rule::Free, "moves no money"),
+    e("POST", "/v1/prices/{id}", Rule::Free, "moves no money"),
+    e("POST", "/v1/plans", Rule::Free, "moves no money"),
+    e("POST", "/v1/tokens", Rule::Free, "moves no money"),
+    e(
+        "POST",
+        "/v1/coupons",
+        Rule::Free,
+        "lowers what invoices charge",
+    ),
+    e(
+        "POST",
+        "/v1/promotion_codes",
+        Rule::Free,
+        "lowers what invoices charge",
+    ),
+];
+
+/// Parameters a subscription may carry and still be costed by its items.
+const SUBSCRIPTION_ROOTS: [&str; 19] = [
+    "customer",
+    "items",
+    "default_payment_method",
+    "default_source",
+    "payment_behavior",
+    "metadata",
+    "expand",
+    "trial_period_days",
+    "trial_end",
+    "cancel_at_period_end",
+    "description",
+    "off_session",
+    "proration_behavior",
+    "coupon",
+    "promotion_code",
+    "collection_method",
+    "days_until_due",
+    "billing_cycle_anchor",
+    "currency",
+];
+
+/// A Stripe object id as the API issues them (`pi_3N...`, `cus_...`); nothing else is ever
+/// put into a path the proxy reads.
+fn object_id<'a>(field: &'static str, v: &'a str) -> Result<&'a str, BadRequest> {
+    let ok = v.split_once('_').is_some_and(|(prefix, rest)| {
+        !prefix.is_empty()
+            && prefix.bytes().all(|b| b.is_ascii_lowercase())
+            && !rest.is_empty()
+            && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    }) && v.len() <= 255;
+    if ok {
+        Ok(v)
+    } else {
+        Err(BadRequest::Invalid(
+            field,
+            format!("{v:?} is not a Stripe object id"),
+        ))
+    }
+}
+
+/// A plan or price id chosen by a person (`gold-monthly`): letters, digits, `_` and `-` only.
+fn chosen_id<'a>(field: &'static str, v: &'a str) -> Result<&'a str, BadRequest> {
+    if !v.is_empty()
+        && v.len() <= 255
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(v)
+    } else {
+        Err(BadRequest::Invalid(
+            field,
+            format!("{v:?} is not an id the proxy can read"),
+        ))
+    }
+}
+
+fn required<'a>(call: &'a Call, name: &'static str) -> Result<&'a str, BadRequest> {
+    call.field(name)
+        .ok_or_else(|| BadRequest::Invalid(name, "is required to cost the call".into()))
+}
+
+/// `amount` in `currency` from the request.
+fn amount_in(
+    call: &Call,
+    amount_field: &'static str,
+    pricing: &Pricing,
+) -> Result<Usd, BadRequest> {
+    let amount = money::parse_amount(amount_field, required(call, amount_field)?)?;
+    money::minor_to_usd(amount, required(call, "currency")?, pricing)
+}
+
+/// An integer amount field of a fetched object, in dollars; `None` when absent.
+fn usd_of(v: &Value, field: &str, pricing: &Pricing) -> Result<Option<Usd>, BadRequest> {
+    let Some(amount) = v.get(field).filter(|a| !a.is_null()) else {
+        return Ok(None);
+    };
+    let amount = amount.as_u64().ok_or_else(|| {
+        BadRequest::Invalid(
+            "amount",
+            format!("the vendor object's {field} is not a whole number"),
+        )
+    })?;
+    let currency = v.get("currency").and_then(Value::as_str).ok_or_else(|| {
+        BadRequest::Invalid("currency", "the vendor object has no currency".into())
+    })?;
+    money::minor_to_usd(amount, currency, pricing).map(Some)
+}
+
+fn first_usd(v: &Value, fields: &[&str], pricing: &Pricing) -> Result<Usd, BadRequest> {
+    for f in fields {
+        if let Some(u) = usd_of(v, f, pricing)? {
+            return Ok(u);
+        }
+    }
+    Err(BadRequest::Invalid(
+        "amount",
+        format!("the vendor object has none of {}", fields.join(", ")),
+    ))
+}
+
+/// A cost read from one object, less what this key counted for it.
+fn excess(
+    read: String,
+    object: &str,
+    pricing: &Pricing,
+    exposure: impl FnOnce(&Value, &Pricing) -> Result<Usd, BadRequest> + Send + 'static,
+) -> Plan {
+    let pricing = pricing.clone();
+    Plan::Prefetch(Prefetch {
+        reads: vec![read],
+        object: Some(object.to_owned()),
+        cost: Box::new(move |objects, counted| {
+            let obj = objects.first().ok_or_else(|| {
+                BadRequest::Refused("the object to cost the call from was not read".into())
+            })?;
+            Ok(exposure(obj, &pricing)?.saturating_sub(counted))
+        }),
+    })
+}
+
+/// The amount of a request field in the currency of the object read.
+fn amount_of_object(call: &Call, field: &'static str) -> Result<Option<u64>, BadRequest> {
+    call.field(field)
+        .map(|a| money::parse_amount(field, a))
+        .transpose()
+}
+
+fn in_currency_of(obj: &Value, amount: u64, pricing: &Pricing) -> Result<Usd, BadRequest> {
+    let currency = obj.get("currency").and_then(Value::as_str).ok_or_else(|| {
+        BadRequest::Invalid("currency", "the vendor object has no currency".into())
+    })?;
+    money::minor_to_usd(amount, currency, pricing)
+}
+
+/// Costs a Stripe write under its table entry.
+pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+    let segs = call.segments();
+    let id = || segs.get(2).copied().unwrap_or_default().to_owned();
+    match (entry.method, entry.path) {
+        (
+            "POST",
+            "/v1/payment_intents" | "/v1/charges" | "/v1/transfers" | "/v1/payouts" | "/v1/topups",
+        ) => amount_in(call, "amount", pricing).map(Plan::Known),
+        ("POST", "/v1/payment_intents/{id}") => match amount_of_object(call, "amount")? {
+            None => Ok(Plan::Known(Usd::ZERO)),
+            Some(amount) => {
+                let currency = call.field("currency").map(str::to_owned);
+                Ok(excess(
+                    format!("/v1/payment_intents/{}", id()),
+                    &id(),
+                    pricing,
+                    move |pi, p| match currency {
+                        Some(c) => money::minor_to_usd(amount, &c, p),
+                        None => in_currency_of(pi, amount, p),
+                    },
+                ))
+            }
+        },
+        ("POST", "/v1/payment_intents/{id}/confirm") => Ok(excess(
+            format!("/v1/payment_intents/{}", id()),
+            &id(),
+            pricing,
+            |pi, p| first_usd(pi, &["amount"], p),
+        )),
+        ("POST", "/v1/payment_intents/{id}/capture") => {
+            let to_capture = amount_of_object(call, "amount_to_capture")?;
+            Ok(excess(
+                format!("/v1/payment_intents/{}", id()),
+                &id(),
+                pricing,
+                move |pi, p| match to_capture {
+                    Some(a) => in_currency_of(pi, a, p),
+                    // localstripe has no amount_capturable: the amount bounds it.
+                    None => first_usd(pi, &["amount_capturable", "amount"], p),
+                },
+            ))
+        }
+        ("POST", "/v1/payment_intents/{id}/increment_authorization") => {
+            let amount = money::parse_amount("amount", required(call, "amount")?)?;
+            Ok(excess(
+                format!("/v1/payment_intents/{}", id()),
+                &id(),
+                pricing,
+                move |pi, p| in_currency_of(pi, amount, p),
+            ))
+        }
+        ("POST", "/v1/charges/{id}/capture") => {
+            let amount = amount_of_object(call, "amount")?;
+            Ok(excess(
+                format!("/v1/charges/{}", id()),
+                &id(),
+                pricing,
+                move |ch, p| match amount {
+                    Some(a) => in_currency_of(ch, a, p),
+                    None => first_usd(ch, &["amount"], p),
+                },
+            ))
+        }
+        ("POST", "/v1/refunds") => refund(call, pricing),
+        ("POST", "/v1/invoices/{id}/pay") => Ok(excess(
+            format!("/v1/invoices/{}", id()),
+            &id(),
+            pricing,
+            |inv, p| first_usd(inv, &["amount_remaining"], p),
+        )),
+        ("POST", "/v1/invoices/{id}/finalize") => Ok(excess(
+            format!("/v1/invoices/{}", id()),
+            &id(),
+            pricing,
+            |inv, p| match inv.get("collection_method").and_then(Value::as_str) {
+                Some("send_invoice") => Ok(Usd::ZERO),
+                _ => first_usd(inv, &["amount_due"], p),
+            },
+        )),
+        ("POST", "/v1/invoices") => match call.field("auto_advance") {
+            Some("false") => Ok(Plan::Known(Usd::ZERO)),
+            _ => Err(BadRequest::Refused(
+                "POST /v1/invoices: an invoice that advances by itself is finalized and charged later without the proxy; create it with auto_advance=false, then finalize or pay it through the proxy".into(),
+            )),
+        },
+        ("POST", "/v1/subscriptions") => subscription(call, pricing),
+        ("DELETE", "/v1/subscriptions/{id}") => match call.field("invoice_now") {
+            Some("true") => Err(BadRequest::Refused(
+                "DELETE /v1/subscriptions/{id} with invoice_now=true bills at once an amount the request does not bound".into(),
+            )),
+            _ => Ok(Plan::Known(Usd::ZERO)),
+        },
+        ("POST", "/v1/customers" | "/v1/customers/{id}") => {
+            if let Some((name, _)) = call
+                .pairs()
+                .iter()
+                .find(|(k, _)| k == "balance" || k.starts_with("cash_balance"))
+            {
+                return Err(BadRequest::Refused(format!(
+                    "{name} on a customer changes what its next invoice charges, outside any cap"
+                )));
+            }
+            Ok(Plan::Known(Usd::ZERO))
+        }
+        _ if entry.rule == Rule::Free => Ok(Plan::Known(Usd::ZERO)),
+        _ => Err(BadRequest::Refused(format!(
+            "{} {} has no cost rule",
+            entry.method, entry.path
+        ))),
+    }
+}
+
+fn refund(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+    let read = match (call.field("payment_intent"), call.field("charge")) {
+        (Some(pi), None) => format!("/v1/payment_intents/{}", object_id("payment_intent", pi)?),
+        (None, Some(ch)) => format!("/v1/charges/{}", object_id("charge", ch)?),
+        _ => {
+            return Err(BadRequest::Invalid(
+                "payment_intent",
+                "a refund names exactly one of payment_intent or charge".into(),
+            ));
+        }
+    };
+    let amount = amount_of_object(call, "amount")?;
+    let pricing = pricing.clone();
+    Ok(Plan::Prefetch(Prefetch {
+        reads: vec![read],
+        object: None,
+        cost: Box::new(move |objects, _| {
+            let obj = objects.first().ok_or_else(|| {
+                BadRequest::Refused("the object to cost the refund from was not read".into())
+            })?;
+            match amount {
+                Some(a) => in_currency_of(obj, a, &pricing),
+                None => first_usd(
+                    obj,
+                    &["amount_received", "amount_captured", "amount"],
+                    &pricing,
+                ),
+            }
+        }),
+    }))
+}
+
+/// One subscription item: the object to read (or an inline price) and its quantity.
+enum Item {
+    Read(String, u64),
+    Inline(u64, String, u64),
+}
+
+fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+    let mut items: std::collections::BTreeMap<u64, Vec<(&str, &str)>> = Default::default();
+    for (k, v) in call.pairs() {
+        let root = k.split('[').next().unwrap_or_default();
+        if !SUBSCRIPTION_ROOTS.contains(&root) {
+            return Err(BadRequest::Refused(format!(
+                "POST /v1/subscriptions: {k} is not costed by the proxy (it can add charges the items do not show)"
+            )));
+        }
+        if root != "items" {
+            continue;
+        }
+        let rest = &k["items[".len().min(k.len())..];
+        let (index, sub) = rest.split_once(']').unwrap_or(("", ""));
+        let index: u64 = index
+            .parse()
+            .map_err(|_| BadRequest::Invalid("items", format!("{k} is not items[N][...]")))?;
+        items.entry(index).or_default().push((sub, v));
+    }
+    if items.is_empty() {
+        return Err(BadRequest::Invalid(
+            "items",
+            "a subscription needs items to be costed".into(),
+        ));
+    }
+    let mut plan = Vec::new();
+    for fields in items.values() {
+        let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+        for (k, _) in fields {
+            let known = ["[price]", "[plan]", "[quantity]"].contains(k)
+                || k.starts_with("[metadata]")
+                || [
+                    "[price_data][currency]",
+                    "[price_data][product]",
+                    "[price_data][unit_amount]",
+                    "[price_data][recurring][interval]",
+                    "[price_data][recurring][interval_count]",
+                ]
+                .contains(k);
+            if !known {
+                return Err(BadRequest::Refused(format!(
+                    "POST /v1/subscriptions: items{k} is not costed by the proxy"
+                )));
+            }
+        }
+        let quantity = get("[quantity]")
+            .map(|q| money::parse_amount("items[][quantity]", q))
+            .transpose()?
+            .unwrap_or(1);
+        plan.push(
+            match (
+                get("[price]"),
+                get("[plan]"),
+                get("[price_data][unit_amount]"),
+            ) {
+                (Some(p), None, None) => Item::Read(
+                    format!("/v1/prices/{}", chosen_id("items[][price]", p)?),
+                    quantity,
+                ),
+                (None, Some(p), None) => Item::Read(
+                    format!("/v1/plans/{}", chosen_id("items[][plan]", p)?),
+                    quantity,
+                ),
+                (None, None, Some(a)) => Item::Inline(
+                    money::parse_amount("items[][price_data][unit_amount]", a)?,
+                    get("[price_data][currency]")
+                        .ok_or_else(|| {
+                            BadRequest::Invalid(
+                                "items[][price_data][currency]",
+                                "is required".into(),
+                            )
+                        })?
+                        .to_owned(),
+                    quantity,
+                ),
+                _ => {
+                    return Err(BadRequest::Invalid(
+                        "items",
+                        "each item names exactly one of price, plan or price_data[unit_amount]"
+                            .into(),
+                    ));
+                }
+            },
+        );
+    }
+    let reads: Vec<String> = plan
+        .iter()
+        .filter_map(|i| match i {
+            Item::Read(path, _) => Some(path.clone()),
+            Item::Inline(..) => None,
+        })
+        .collect();
+    let pricing = pricing.clone();
+    Ok(Plan::Prefetch(Prefetch {
+        reads,
+        object: None,
+        cost: Box::new(move |objects, _| {
+            let mut read = objects.iter();
+            let mut total = Usd::ZERO;
+            for item in plan {
+                let (unit, quantity) = match item {
+                    Item::Inline(amount, currency, q) => {
+                        (money::minor_to_usd(amount, &currency, &pricing)?, q)
+                    }
+                    Item::Read(path, q) => {
+                        let obj = read
+                            .next()
+                            .ok_or_else(|| BadRequest::Refused(format!("{path} was not read")))?;
+                        (unit_price(obj, &path, &pricing)?, q)
+                    }
+                };
+                total = unit
+                    .checked_mul(quantity)
+                    .and_then(|u| total.checked_add(u))
+                    .ok_or_else(|| BadRequest::Invalid("items", "too large to cost".into()))?;
+            }
+            Ok(total)
+        }),
+    }))
+}
+
+/// What one unit of a price or plan charges per period, refusing what has no fixed unit price.
+fn unit_price(obj: &Value, path: &str, pricing: &Pricing) -> Result<Usd, BadRequest> {
+    let metered = obj.get("usage_type").and_then(Value::as_str) == Some("metered")
+        || obj.pointer("/recurring/usage_type").and_then(Value::as_str) == Some("metered");
+    let tiered = obj.get("billing_scheme").and_then(Value::as_str) == Some("tiered");
+    if metered || tiered {
+        return Err(BadRequest::Refused(format!(
+            "{path} is metered or tiered: what a subscription to it charges is not known in advance"
+        )));
+    }
+    let field = if path.starts_with("/v1/plans/") {
+        "amount"
+    } else {
+        "unit_amount"
+    };
+    usd_of(obj, field, pricing)?.ok_or_else(|| {
+        BadRequest::Refused(format!(
+            "{path} has no fixed {field} to cost the subscription from"
+        ))
+    })
+}
+
+/// Costs a 2xx Stripe response: never below what was reserved (a PaymentIntent counts its amount
+/// whatever its status), above it when the response shows more; and the object the money
+/// belongs to, so a later confirm or capture by this key costs only the excess.
+pub fn actual(call: &Call, v: Option<&Value>, pricing: &Pricing, reserved: Usd) -> Settled {
+    let segs = call.segments();
+    let shown = |field: &str| {
+        v.and_then(|v| usd_of(v, field, pricing).ok().flatten())
+            .unwrap_or(Usd::ZERO)
+    };
+    let response_id = || {
+        v.and_then(|v| v.get("id"))
+            .and_then(Value::as_str)
+            .and_then(|id| object_id("id", id).ok())
+            .map(str::to_owned)
+    };
+    let (usd, object) = match (call.method.as_str(), segs.as_slice()) {
+        ("POST", ["v1", "payment_intents" | "charges"]) => {
+            (reserved.max(shown("amount")), response_id())
+        }
+        ("POST", ["v1", "payment_intents", id, ..] | ["v1", "charges", id, "capture"]) => {
+            (reserved, Some((*id).to_owned()))
+        }
+        ("POST", ["v1", "invoices", _, "pay"]) => (reserved.max(shown("amount_paid")), None),
+        ("POST", ["v1", "refunds" | "transfers" | "payouts" | "topups"]) => {
+            (reserved.max(shown("amount")), None)
+        }
+        _ => (reserved, None),
+    };
+    Settled { usd, object }
+}
+
+#[cfg(test)]
+mod tests {
+    use keybrake_crds::Vendor;
+    use serde_json::json;
+
+    use super::{
+        super::{plan as plan_call, testing::*},
+        *,
+    };
+
+    fn usd(s: &str) -> Usd {
+        s.parse().unwrap()
+    }
+
+    fn cost(method: &str, path: &str, params: &str) -> Result<Plan, BadRequest> {
+        plan_call(&try_call(Vendor::Stripe, method, path, params)?, &pricing())
+    }
+
+    fn known(method: &str, path: &str, params: &str) -> Usd {
+        match cost(method, path, params) {
+            Ok(Plan::Known(u)) => u,
+            other => panic!("{method} {path} {params}: {other:?}"),
+        }
+    }
+
+    /// Runs a prefetch plan against objects as the vendor would return them.
+    fn prefetched(
+        method: &str,
+        path: &str,
+        params: &str,
+        objects: &[Value],
+        counted: &str,
+    ) -> Result<Usd, BadRequest> {
+        match cost(method, path, params)? {
+            Plan::Prefetch(p) => (p.cost)(objects, usd(counted)),
+            Plan::Known(u) => panic!("known {u}"),
+        }
+    }
+
+    #[test]
+    fn money_moving_creates_cost_their_amount() {
+        assert_eq!(
+            known(
+                "POST",
+                "/v1/payment_intents",
+                "amount=1250&currency=usd&metadata[run]=r1"
+            ),
+            usd("12.50")
+        );
+        assert_eq!(
+            known("POST", "/v1/charges", "amount=1000&currency=eur"),
+            usd("10.80")
+        );
+        assert_eq!(
+            known(
+                "POST",
+                "/v1/transfers",
+                "amount=500&currency=usd&destination=acct_1"
+            ),
+            usd("5")
+        );
+        assert_eq!(
+            known("POST", "/v1/payouts", "amount=500&currency=usd"),
+            usd("5")
+        );
+        assert_eq!(
+            known("POST", "/v1/topups", "amount=500&currency=usd"),
+            usd("5")
+        );
+        for (path, params) in [
+            ("/v1/payment_intents", "currency=usd"),
+            ("/v1/payment_intents", "amount=1&currency=chf"),
+            ("/v1/payment_intents", "amount=-5&currency=usd"),
+            ("/v1/payment_intents", "amount=12.5&currency=usd"),
+            (
+                "/v1/payment_intents",
+                "amount=99999999999999999999999&currency=usd",
+            ),
+            ("/v1/transfers", "amount=5"),
+        ] {
+            assert!(cost("POST", path, params).is_err(), "{path} {params}");
+        }
+    }
+
+    #[test]
+    fn calls_on_existing_objects_cost_what_the_object_says_less_what_was_counted() {
+        let pi =
+            json!({"id": "pi_1", "amount": 40000, "amount_capturable": 30000, "currency": "eur"});
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1/confirm",
+                "",
+                std::slice::from_ref(&pi),
+                "0"
+            )
+            .unwrap(),
+            usd("432")
+        );
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1/confirm",
+                "",
+                std::slice::from_ref(&pi),
+                "432"
+            )
+            .unwrap(),
+            Usd::ZERO
+        );
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1/capture",
+                "",
+                std::slice::from_ref(&pi),
+                "0"
+            )
+            .unwrap(),
+            usd("324")
+        );
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1/capture",
+                "amount_to_capture=100",
+                std::slice::from_ref(&pi),
+                "0"
+            )
+            .unwrap(),
+            usd("1.08")
+        );
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1/increment_authorization",
+                "amount=50000",
+                std::slice::from_ref(&pi),
+                "432"
+            )
+            .unwrap(),
+            usd("108")
+        );
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1",
+                "amount=50000",
+                std::slice::from_ref(&pi),
+                "0"
+            )
+            .unwrap(),
+            usd("540")
+        );
+        assert_eq!(
+            known("POST", "/v1/payment_intents/pi_1", "description=x"),
+            Usd::ZERO
+        );
+        let chf = json!({"amount": 100, "currency": "chf"});
+        assert_eq!(
+            prefetched("POST", "/v1/payment_intents/pi_1/confirm", "", &[chf], "0").unwrap_err(),
+            BadRequest::NoRate("chf".into())
+        );
+        assert!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1/confirm",
+                "",
+                &[json!({})],
+                "0"
+            )
+            .is_err()
+        );
+        let inv = json!({"amount_remaining": 2000, "amount_due": 2500, "currency": "usd", "collection_method": "charge_automatically"});
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/invoices/in_1/pay",
+                "",
+                std::slice::from_ref(&inv),
+                "0"
+            )
+            .unwrap(),
+            usd("20")
+        );
+        assert_eq!(
+            prefetched("POST", "/v1/invoices/in_1/finalize", "", &[inv], "0").unwrap(),
+            usd("25")
+        );
+        let send =
+            json!({"amount_due": 2500, "currency": "usd", "collection_method": "send_invoice"});
+        assert_eq!(
+            prefetched("POST", "/v1/invoices/in_1/finalize", "", &[send], "0").unwrap(),
+            Usd::ZERO
+        );
+    }
+
+    #[test]
+    fn refunds_count_and_name_one_object() {
+        let pi = json!({"amount": 1000, "amount_received": 1000, "currency": "usd"});
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/refunds",
+                "payment_intent=pi_1",
+                std::slice::from_ref(&pi),
+                "0"
+            )
+            .unwrap(),
+            usd("10")
+        );
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/refunds",
+                "payment_intent=pi_1&amount=250",
+                &[pi],
+                "0"
+            )
+            .unwrap(),
+            usd("2.50")
+        );
+        for bad in [
+            "",
+            "payment_intent=pi_1&charge=ch_1",
+            "payment_intent=../v1/accounts",
+            "charge=ch_1%2F..%2Fx",
+        ] {
+            assert!(cost("POST", "/v1/refunds", bad).is_err(), "{bad}");
+        }
+        match cost("POST", "/v1/refunds", "charge=ch_9").unwrap() {
+            Plan::Prefetch(p) => assert_eq!(p.reads, ["/v1/charges/ch_9"]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn subscriptions_cost_their_items() {
+        let params =
+            "customer=cus_1&items[0][price]=price_a&items[0][quantity]=3&items[1][plan]=gold";
+        let price = json!({"unit_amount": 1000, "currency": "usd", "recurring": {"usage_type": "licensed"}});
+        let plan = json!({"amount": 500, "currency": "eur", "usage_type": "licensed"});
+        match cost("POST", "/v1/subscriptions", params).unwrap() {
+            Plan::Prefetch(p) => {
+                assert_eq!(p.reads, ["/v1/prices/price_a", "/v1/plans/gold"]);
+                assert_eq!((p.cost)(&[price, plan], Usd::ZERO).unwrap(), usd("35.40"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let metered =
+            json!({"unit_amount": 1, "currency": "usd", "recurring": {"usage_type": "metered"}});
+        assert!(
+            prefetched(
+                "POST",
+                "/v1/subscriptions",
+                "items[0][price]=price_m",
+                &[metered],
+                "0"
+            )
+            .is_err()
+        );
+        let tiered = json!({"unit_amount": null, "currency": "usd", "billing_scheme": "tiered"});
+        assert!(
+            prefetched(
+                "POST",
+                "/v1/subscriptions",
+                "items[0][price]=price_t",
+                &[tiered],
+                "0"
+            )
+            .is_err()
+        );
+        for bad in [
+            "customer=cus_1",
+            "items[0][price]=price_a&add_invoice_items[0][price]=price_b",
+            "items[0][price]=price_a&automatic_tax[enabled]=true",
+            "items[0][price]=price_a&items[0][tax_rates][]=txr_1",
+            "items[0][price]=a/../b",
+            "items[0][price]=price_a&items[0][plan]=gold",
+        ] {
+            assert!(cost("POST", "/v1/subscriptions", bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            prefetched("POST", "/v1/subscriptions", "items[0][price_data][unit_amount]=700&items[0][price_data][currency]=usd&items[0][price_data][product]=prod_1&items[0][price_data][recurring][interval]=month", &[], "0").unwrap(),
+            usd("7")
+        );
+    }
+
+    #[test]
+    fn free_calls_and_their_refused_parameters() {
+        assert_eq!(known("POST", "/v1/customers", "email=a@b.c"), Usd::ZERO);
+        assert!(cost("POST", "/v1/customers/cus_1", "balance=100000").is_err());
+        assert!(
+            cost(
+                "POST",
+                "/v1/customers",
+                "cash_balance[settings][reconciliation_mode]=manual"
+            )
+            .is_err()
+        );
+        assert_eq!(
+            known("POST", "/v1/payment_intents/pi_1/cancel", ""),
+            Usd::ZERO
+        );
+        assert!(cost("POST", "/v1/invoices", "customer=cus_1").is_err());
+        assert_eq!(
+            known("POST", "/v1/invoices", "customer=cus_1&auto_advance=false"),
+            Usd::ZERO
+        );
+        assert!(cost("DELETE", "/v1/subscriptions/sub_1", "invoice_now=true").is_err());
+        assert_eq!(known("DELETE", "/v1/subscriptions/sub_1", ""), Usd::ZERO);
+        assert!(matches!(
+            cost("POST", "/v1/subscriptions/sub_1", "items[0][price]=p"),
+            Err(BadRequest::Unbounded(_))
+        ));
+    }
+
+    #[test]
+    fn actual_never_below_the_reservation() {
+        let p = pricing();
+        let c = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents",
+            "amount=1250&currency=usd",
+        );
+        let body = json!({"id": "pi_9", "amount": 1250, "currency": "usd", "status": "requires_payment_method"});
+        assert_eq!(
+            actual(&c, Some(&body), &p, usd("12.50")),
+            Settled {
+                usd: usd("12.50"),
+                object: Some("pi_9".into())
+            }
+        );
+        let confirm = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents/pi_9/confirm",
+            "",
+        );
+        assert_eq!(
+            actual(&confirm, None, &p, usd("3")).object.as_deref(),
+            Some("pi_9")
+        );
+        let pay = call(Vendor::Stripe, "POST", "/v1/invoices/in_1/pay", "");
+        assert_eq!(
+            actual(
+                &pay,
+                Some(&json!({"amount_paid": 2000, "currency": "usd"})),
+                &p,
+                usd("5")
+            )
+            .usd,
+            usd("20")
+        );
+        assert_eq!(actual(&pay, None, &p, usd("5")).usd, usd("5"));
+    }
+}

@@ -1,0 +1,149 @@
+//! Admission: the reserve script decides, all or nothing, whether a call may go and reserves its
+//! cost; a check-only pass lets the proxy read a vendor object to cost a call only for a key
+//! that could make it. Redis down or slow means the call is refused (fail closed).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use keybrake_ledger::{Admission, Mode, ReserveRequest};
+
+use crate::{
+    forward::respond,
+    handler::{App, Body},
+    refusal::{self, Kind, Refusal},
+};
+
+/// What admission decided for a call that may go on.
+pub enum Reserved {
+    /// Forward under this reservation.
+    Go {
+        /// The reservation to settle.
+        reservation: String,
+        /// `namespace/name` of the VaultKey (empty on a re-attempt).
+        vault_key: String,
+        /// `namespace/name` of the SpendPolicy (empty on a re-attempt).
+        policy: String,
+    },
+    /// Answer at once (an idempotent replay).
+    Answer(hyper::Response<Body>),
+}
+
+async fn run(app: &App, request: &ReserveRequest<'_>) -> Result<Admission, Refusal> {
+    if app.redis_breaker.is_open() {
+        return Err(refusal::accounting_unavailable());
+    }
+    let started = std::time::Instant::now();
+    let admission = app.ledger.reserve(request).await;
+    app.metrics.redis_latency(
+        match request.mode {
+            Mode::Reserve => "reserve",
+            Mode::Check => "check",
+        },
+        started.elapsed(),
+    );
+    admission.map_err(|e| {
+        app.metrics.redis_error();
+        app.redis_breaker.trip();
+        tracing::error!(error = %e, "reserve failed; refusing (fail closed)");
+        refusal::accounting_unavailable()
+    })
+}
+
+fn refused(app: &App, request: &ReserveRequest<'_>, r: &keybrake_ledger::Refusal) -> Refusal {
+    let refusal = refusal::from_ledger(r, request.method, request.path);
+    let cap_hit = r.rule.is_cap().then(|| refusal.message.clone());
+    app.spend
+        .touch(request.key_id, &r.vault_key, &r.policy, cap_hit);
+    refusal
+}
+
+/// Checks the key, its secret, revocation, expiry and the allowlist, reserving nothing.
+pub async fn check(app: &App, request: &ReserveRequest<'_>) -> Result<(), Refusal> {
+    let request = ReserveRequest {
+        mode: Mode::Check,
+        ..request.clone()
+    };
+    match run(app, &request).await? {
+        Admission::Admitted { .. } => Ok(()),
+        Admission::Refused(r) => Err(refused(app, &request, &r)),
+        other => Err(Refusal::new(
+            Kind::Unavailable,
+            "accounting_unavailable",
+            "redis",
+            format!("accounting_unavailable: the admission check answered {other:?}"),
+        )),
+    }
+}
+
+/// Reserves, waiting while a duplicate of the same Idempotency-Key is in flight.
+pub async fn reserve(app: &App, request: &ReserveRequest<'_>) -> Result<Reserved, Refusal> {
+    let deadline = tokio::time::Instant::now() + app.config.upstream_timeout();
+    loop {
+        match run(app, request).await? {
+            Admission::Granted {
+                reservation,
+                vault_key,
+                policy,
+                ..
+            } => {
+                return Ok(Reserved::Go {
+                    reservation,
+                    vault_key,
+                    policy,
+                });
+            }
+            Admission::Reattempt { reservation } => {
+                return Ok(Reserved::Go {
+                    reservation,
+                    vault_key: String::new(),
+                    policy: String::new(),
+                });
+            }
+            Admission::Refused(r) => return Err(refused(app, request, &r)),
+            Admission::Replay(stored) if !stored.kept => {
+                return Err(Refusal::new(
+                    Kind::IdempotencyMismatch,
+                    "idempotency_response_not_kept",
+                    "idempotency_replay",
+                    "idempotency_response_not_kept: the call with this Idempotency-Key was done, but its response was too large to keep for replay; read the object from the vendor instead",
+                ));
+            }
+            Admission::Replay(stored) => {
+                let mut headers: Vec<(String, String)> = serde_json::from_str(&stored.headers_json)
+                    .map_err(|e| {
+                        Refusal::new(
+                            Kind::Unavailable,
+                            "accounting_unavailable",
+                            "redis",
+                            format!("accounting_unavailable: a stored response is malformed ({e})"),
+                        )
+                    })?;
+                headers.push(("idempotent-replayed".into(), "true".into()));
+                return Ok(Reserved::Answer(respond(
+                    stored.status,
+                    headers,
+                    Bytes::from(stored.body),
+                )));
+            }
+            Admission::InFlight => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Refusal::new(
+                        Kind::Unavailable,
+                        "idempotency_key_in_flight",
+                        "idempotency_in_flight",
+                        "idempotency_key_in_flight: a request with this Idempotency-Key is still being processed",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            Admission::Admitted { .. } => {
+                return Err(Refusal::new(
+                    Kind::Unavailable,
+                    "accounting_unavailable",
+                    "redis",
+                    "accounting_unavailable: reserve answered as a check",
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The cost stage: turns an adapter's [`Plan`] into the amount to reserve. A plan that needs
+//! vendor objects reads them with the real key (the key was admitted first) and subtracts what
+//! this key already counted for the object; anything that cannot be read is a refusal, never an
+//! estimate.
+
+use keybrake_crds::Usd;
+use keybrake_ledger::KeyId;
+use serde_json::Value;
+
+use crate::{
+    adapters::{Plan, Prefetch},
+    forward::{self, Outgoing, UpstreamError},
+    handler::App,
+    policies::PolicyConfig,
+    refusal::{self, Kind, Refusal},
+};
+
+/// The amount to reserve for `plan`.
+pub async fn resolve(
+    app: &App,
+    policy: &PolicyConfig,
+    key_id: &KeyId,
+    plan: Plan,
+) -> Result<Usd, Refusal> {
+    match plan {
+        Plan::Known(usd) => Ok(usd),
+        Plan::Prefetch(p) => prefetched(app, policy, key_id, p).await,
+    }
+}
+
+async fn prefetched(
+    app: &App,
+    policy: &PolicyConfig,
+    key_id: &KeyId,
+    p: Prefetch,
+) -> Result<Usd, Refusal> {
+    let mut objects = Vec::with_capacity(p.reads.len());
+    for path in &p.reads {
+        let read = forward::send(
+            app,
+            policy,
+            Outgoing {
+                method: "GET",
+                path,
+                query: None,
+                headers: &[],
+                content_type: None,
+                body: bytes::Bytes::new(),
+            },
+        )
+        .await;
+        let unreadable = |why: String| {
+            Refusal::new(
+                Kind::BadRequest,
+                "cost_unreadable",
+                "cost",
+                format!(
+                    "cost_unreadable: the call is costed from {path}, which could not be read ({why}); nothing was sent"
+                ),
+            )
+        };
+        match read {
+            Ok((200, _, body)) => objects.push(
+                serde_json::from_slice::<Value>(&body)
+                    .map_err(|e| unreadable(format!("not JSON: {e}")))?,
+            ),
+            Ok((status, _, _)) => return Err(unreadable(format!("the vendor answered {status}"))),
+            Err(UpstreamError::NotSent(e) | UpstreamError::Unknown(e)) => {
+                return Err(Refusal::new(
+                    Kind::Unavailable,
+                    "upstream_unreachable",
+                    "upstream",
+                    format!(
+                        "upstream_unreachable: {path} could not be read from {} to cost the call ({e}); nothing was sent",
+                        policy.upstream
+                    ),
+                ));
+            }
+        }
+    }
+    let counted = match &p.object {
+        Some(object) => app.ledger.counted(key_id, object).await.map_err(|e| {
+            app.metrics.redis_error();
+            tracing::error!(error = %e, "reading what a key counted failed; refusing (fail closed)");
+            refusal::accounting_unavailable()
+        })?,
+        None => Usd::ZERO,
+    };
+    (p.cost)(&objects, counted).map_err(|e| refusal::unreadable(&e))
+}

@@ -1,0 +1,213 @@
+//! Forwarding: the call as the adapter encoded it, with the real credential, to the policy's
+//! upstream; and answers back to the caller with hop-by-hop headers dropped.
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    Request, Response, StatusCode,
+    header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue},
+};
+
+use crate::{
+    handler::{App, Body},
+    policies::{Credentials, PolicyConfig},
+};
+
+/// Response headers never passed back (hop-by-hop, or ours to set).
+const DROPPED: [&str; 11] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "content-encoding",
+];
+
+/// Why an upstream call failed.
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// It never reached the vendor.
+    NotSent(String),
+    /// It may have reached the vendor.
+    Unknown(String),
+}
+
+/// A vendor's answer: status, headers, body.
+pub type Forwarded = (u16, Vec<(String, String)>, Bytes);
+
+/// What to send upstream.
+pub struct Outgoing<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Upstream path (Twilio's account SID already the real one).
+    pub path: &'a str,
+    /// Query string, the adapter's encoding.
+    pub query: Option<&'a str>,
+    /// Headers from the adapter's allowlist.
+    pub headers: &'a [(HeaderName, HeaderValue)],
+    /// Content type of `body`.
+    pub content_type: Option<&'static str>,
+    /// Body, the adapter's encoding.
+    pub body: Bytes,
+}
+
+/// A response with `headers` (hop-by-hop ones dropped, invalid ones skipped).
+pub fn respond<K: AsRef<str>>(
+    status: u16,
+    headers: impl IntoIterator<Item = (K, String)>,
+    body: Bytes,
+) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (k, v) in headers {
+        let k = k.as_ref().to_ascii_lowercase();
+        if DROPPED.contains(&k.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    resp
+}
+
+/// Sends one call to the policy's upstream with the real credential.
+pub async fn send(
+    app: &App,
+    policy: &PolicyConfig,
+    out: Outgoing<'_>,
+) -> Result<Forwarded, UpstreamError> {
+    let uri = match out.query {
+        Some(q) => format!("{}{}?{q}", policy.upstream, out.path),
+        None => format!("{}{}", policy.upstream, out.path),
+    };
+    let mut builder = Request::builder().method(out.method).uri(&uri);
+    for (name, value) in out.headers {
+        builder = builder.header(name, value);
+    }
+    if let Some(ct) = out.content_type {
+        builder = builder.header(CONTENT_TYPE, ct);
+    }
+    let auth = match &policy.credentials {
+        Credentials::ApiKey(k) => format!("Bearer {k}"),
+        Credentials::Twilio {
+            account_sid,
+            auth_token,
+        } => format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{account_sid}:{auth_token}"))
+        ),
+    };
+    let host = uri
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("")
+        .to_owned();
+    // The proxy reads the vendor's answer to settle the actual cost: no Accept-Encoding is
+    // sent, so it comes uncompressed.
+    let request = builder
+        .header(AUTHORIZATION, auth)
+        .header(HOST, host)
+        .header(CONTENT_LENGTH, out.body.len())
+        .body(Full::new(out.body))
+        .map_err(|e| UpstreamError::NotSent(format!("bad upstream request: {e}")))?;
+    let timeout = app.config.upstream_timeout();
+    let response = match tokio::time::timeout(timeout, app.upstream.request(request)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) if e.is_connect() => return Err(UpstreamError::NotSent(e.to_string())),
+        Ok(Err(e)) => return Err(UpstreamError::Unknown(e.to_string())),
+        Err(_) => {
+            return Err(UpstreamError::Unknown(format!(
+                "no answer within {timeout:?}"
+            )));
+        }
+    };
+    let status = response.status().as_u16();
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(k, _)| !DROPPED.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_owned(), v.to_owned()))
+        })
+        .collect();
+    let limited = Limited::new(response.into_body(), app.config.max_response_bytes);
+    let body = match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return Err(UpstreamError::Unknown(format!("reading the response: {e}"))),
+        Err(_) => {
+            return Err(UpstreamError::Unknown(
+                "the response body did not arrive in time".into(),
+            ));
+        }
+    };
+    Ok((status, headers, body))
+}
+
+/// The upstream path: Twilio's account SID in the path must be the key's, and becomes the real
+/// one. `None` when it names another account.
+pub fn upstream_path(key_sid: &str, credentials: &Credentials, path: &str) -> Option<String> {
+    let Credentials::Twilio { account_sid, .. } = credentials else {
+        return Some(path.to_owned());
+    };
+    let mut segs: Vec<&str> = path.split('/').collect();
+    match segs.iter().position(|s| *s == "Accounts") {
+        Some(i) => {
+            // `Accounts/{sid}.json` and `Accounts/{sid}/...` both name the account.
+            let next = segs.get(i + 1).copied().unwrap_or("");
+            let (sid, suffix) = next
+                .strip_suffix(".json")
+                .map_or((next, ""), |s| (s, ".json"));
+            if sid != key_sid {
+                return None;
+            }
+            let real = format!("{account_sid}{suffix}");
+            segs[i + 1] = &real;
+            Some(segs.join("/"))
+        }
+        None => Some(path.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twilio_paths_name_the_keys_account_and_get_the_real_one() {
+        let c = Credentials::Twilio {
+            account_sid: "ACreal".into(),
+            auth_token: "t".into(),
+        };
+        assert_eq!(
+            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACkey/Messages.json").as_deref(),
+            Some("/2010-04-01/Accounts/ACreal/Messages.json")
+        );
+        assert_eq!(
+            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACkey.json").as_deref(),
+            Some("/2010-04-01/Accounts/ACreal.json")
+        );
+        assert_eq!(
+            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACother/Messages.json"),
+            None
+        );
+        assert_eq!(upstream_path("ACkey", &c, "/2010-04-01/Accounts"), None);
+        let k = Credentials::ApiKey("sk".into());
+        assert_eq!(
+            upstream_path("x", &k, "/v1/charges").as_deref(),
+            Some("/v1/charges")
+        );
+    }
+}

@@ -1,0 +1,192 @@
+//! The settle stage: what the vendor's answer says the call cost, closed exactly once in Redis.
+//! The decision ([`outcome`]) is pure; [`settle`] writes it.
+
+use bytes::Bytes;
+use keybrake_crds::Usd;
+use keybrake_ledger::{Outcome, SettleRequest, Settlement, StoredResponse, Token};
+
+use crate::{
+    adapters::{self, Call, Settled},
+    forward::{Forwarded, UpstreamError},
+    handler::App,
+    policies::PolicyConfig,
+};
+
+/// How a forwarded call ended, and what it cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The cost, and the object it belongs to.
+    pub settled: Settled,
+    /// The vendor's status, if it answered.
+    pub status: Option<u16>,
+}
+
+/// What a vendor's answer means for the accounting. A 2xx costs what the adapter reads from it
+/// (never less than reserved for the vendors whose answers under-report); a 4xx moved nothing; a
+/// 5xx, a timeout or a reset may have moved the reservation, which stays counted.
+pub fn outcome(
+    call: &Call,
+    forwarded: &Result<Forwarded, UpstreamError>,
+    policy: &PolicyConfig,
+    reserved: Usd,
+) -> Ending {
+    let none = |usd| Settled { usd, object: None };
+    match forwarded {
+        Ok((status, _, body)) if (200..300).contains(status) => Ending {
+            outcome: Outcome::Ok,
+            settled: adapters::actual(call, body, &policy.pricing, reserved),
+            status: Some(*status),
+        },
+        Ok((status, _, _)) if *status >= 500 => Ending {
+            outcome: Outcome::Unknown,
+            settled: none(reserved),
+            status: Some(*status),
+        },
+        Ok((status, _, _)) => Ending {
+            outcome: Outcome::VendorError,
+            settled: none(Usd::ZERO),
+            status: Some(*status),
+        },
+        Err(UpstreamError::NotSent(_)) => Ending {
+            outcome: Outcome::NotSent,
+            settled: none(Usd::ZERO),
+            status: None,
+        },
+        Err(UpstreamError::Unknown(_)) => Ending {
+            outcome: Outcome::Unknown,
+            settled: none(reserved),
+            status: None,
+        },
+    }
+}
+
+/// The vendor object id in a JSON response (`pi_...`, `SM...`, Resend's id), for the audit trail.
+fn response_id(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get("id")
+        .or_else(|| v.get("sid"))
+        .and_then(|i| i.as_str())
+        .map(str::to_owned)
+}
+
+/// Closes the reservation with what the call cost.
+pub async fn settle(
+    app: &App,
+    token: &Token,
+    call: &Call,
+    reservation: &str,
+    reserved: Usd,
+    forwarded: &Result<Forwarded, UpstreamError>,
+    ending: &Ending,
+) {
+    let (headers, body) = match forwarded {
+        Ok((_, h, b)) => (h.clone(), b.clone()),
+        Err(_) => (Vec::new(), Bytes::new()),
+    };
+    let request_id = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("request-id"))
+        .map(|(_, v)| v.clone())
+        .or_else(|| response_id(&body))
+        .unwrap_or_default();
+    let stored = StoredResponse {
+        status: ending.status.unwrap_or(0),
+        headers_json: serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into()),
+        body: body.to_vec(),
+        kept: true,
+    };
+    let request = SettleRequest {
+        key_id: &token.key_id,
+        vendor: call.vendor,
+        reservation,
+        outcome: ending.outcome,
+        actual: ending.settled.usd,
+        status: ending.status,
+        request_id: &request_id,
+        idempotency_key: call.idempotency_key.as_deref(),
+        response: matches!(ending.outcome, Outcome::Ok | Outcome::VendorError).then_some(&stored),
+        object: ending.settled.object.as_deref(),
+    };
+    if ending.outcome == Outcome::Ok && ending.settled.usd > reserved {
+        let over = ending.settled.usd.saturating_sub(reserved);
+        app.metrics.overshoot(call.vendor, over);
+        tracing::warn!(
+            reservation,
+            reserved = %reserved,
+            actual = %ending.settled.usd,
+            "the vendor's answer shows more than was reserved; counted in full"
+        );
+    }
+    let started = std::time::Instant::now();
+    let settled = app.ledger.settle(&request).await;
+    app.metrics.redis_latency("settle", started.elapsed());
+    match settled {
+        Ok(Settlement::Settled { .. }) => {}
+        Ok(Settlement::AlreadySettled) => {
+            tracing::warn!(reservation, "reservation was already settled (swept?)")
+        }
+        // The vendor has acted: the caller gets its answer; the sweeper closes the reservation
+        // later, keeping its estimate counted.
+        Err(e) => {
+            app.metrics.redis_error();
+            tracing::error!(error = %e, reservation, "could not settle; the sweeper will keep the estimate counted");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keybrake_crds::Vendor;
+
+    use super::*;
+    use crate::{adapters::testing, policies::Credentials};
+
+    fn policy() -> PolicyConfig {
+        PolicyConfig {
+            namespace: "ns".into(),
+            name: "p".into(),
+            vendor: Vendor::Stripe,
+            upstream: "http://127.0.0.1:1".into(),
+            credentials: Credentials::ApiKey("sk".into()),
+            pricing: testing::pricing(),
+        }
+    }
+
+    #[test]
+    fn each_answer_settles_by_what_the_vendor_may_have_done() {
+        let call = testing::call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents",
+            "amount=500&currency=usd",
+        );
+        let five: Usd = "5".parse().unwrap();
+        let ok: Result<Forwarded, UpstreamError> = Ok((
+            200,
+            vec![],
+            Bytes::from(r#"{"id":"pi_7","amount":900,"currency":"usd","status":"succeeded"}"#),
+        ));
+        let e = outcome(&call, &ok, &policy(), five);
+        assert_eq!(
+            (e.outcome, e.settled.usd, e.settled.object.as_deref()),
+            (Outcome::Ok, "9".parse().unwrap(), Some("pi_7"))
+        );
+        let declined: Result<Forwarded, UpstreamError> = Ok((402, vec![], Bytes::new()));
+        assert_eq!(
+            outcome(&call, &declined, &policy(), five).settled.usd,
+            Usd::ZERO
+        );
+        let failed: Result<Forwarded, UpstreamError> = Ok((502, vec![], Bytes::new()));
+        let e = outcome(&call, &failed, &policy(), five);
+        assert_eq!((e.outcome, e.settled.usd), (Outcome::Unknown, five));
+        let lost: Result<Forwarded, UpstreamError> = Err(UpstreamError::Unknown("reset".into()));
+        assert_eq!(outcome(&call, &lost, &policy(), five).settled.usd, five);
+        let never: Result<Forwarded, UpstreamError> = Err(UpstreamError::NotSent("refused".into()));
+        assert_eq!(
+            outcome(&call, &never, &policy(), five).outcome,
+            Outcome::NotSent
+        );
+    }
+}
