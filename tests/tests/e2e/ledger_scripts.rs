@@ -186,6 +186,11 @@ on_single_node_and_cluster! {
     script_settle_exactly_once => settle_replaces_the_estimate_exactly_once(LedgerConfig::default());
     script_idempotency => idempotency_keys_count_once_and_replay(LedgerConfig::default());
     script_sweeper => the_sweeper_settles_abandoned_reservations_as_unknown(swept_at_once());
+    script_check_mode => a_check_admits_or_refuses_and_reserves_nothing(LedgerConfig::default());
+    script_counted_objects => what_a_key_counted_for_an_object_adds_up(LedgerConfig::default());
+    script_overshoot => an_actual_above_the_estimate_is_counted_in_full(LedgerConfig::default());
+    script_unknown_outcome_retries => unknown_outcomes_are_retried_only_where_the_vendor_deduplicates(LedgerConfig::default());
+    script_large_responses => responses_too_large_to_keep_are_not_replayed(LedgerConfig::default());
 }
 
 const PI: &str = "/v1/payment_intents";
@@ -717,5 +722,210 @@ async fn five_hundred_concurrent_callers_never_overshoot() -> Result<()> {
         spend.total > 99_000_000,
         "the cap was used up to within the last call"
     );
+    Ok(())
+}
+
+/// A settle that names the vendor object the money belongs to.
+async fn settle_object<C: Conn>(
+    fx: &Fixture<C>,
+    key: &Issued,
+    reservation: &str,
+    actual: Usd,
+    object: &str,
+) -> Result<Settlement> {
+    Ok(fx
+        .ledger
+        .settle(&SettleRequest {
+            key_id: key.id(),
+            vendor: Vendor::Stripe,
+            reservation,
+            outcome: Outcome::Ok,
+            actual,
+            status: Some(200),
+            request_id: "",
+            idempotency_key: None,
+            response: None,
+            object: Some(object),
+        })
+        .await?)
+}
+
+async fn a_check_admits_or_refuses_and_reserves_nothing<C: Conn>(fx: Fixture<C>) -> Result<()> {
+    let key = fx.issue(|_| {}).await?;
+    let check = |secret: String, path: &'static str| {
+        let key_id = key.id().clone();
+        let ledger = fx.ledger.clone();
+        async move {
+            ledger
+                .reserve(&ReserveRequest {
+                    key_id: &key_id,
+                    secret_hash: &secret,
+                    method: "POST",
+                    path,
+                    estimate: Usd::ZERO,
+                    idempotency: None,
+                    read: false,
+                    mode: keybrake_ledger::Mode::Check,
+                })
+                .await
+        }
+    };
+    assert!(matches!(
+        check(key.token.secret_hash(), PI).await?,
+        Admission::Admitted { ref vault_key, .. } if vault_key == "billing/run-1"
+    ));
+    let forged = Token::generate(Vendor::Stripe, key.id().clone()).secret_hash();
+    assert_eq!(refused(&check(forged, PI).await?), Rule::BadSecret);
+    assert_eq!(
+        refused(&check(key.token.secret_hash(), "/v1/refunds").await?),
+        Rule::Endpoint
+    );
+    fx.ledger.revoke(key.id()).await?;
+    assert_eq!(
+        refused(&check(key.token.secret_hash(), PI).await?),
+        Rule::Revoked
+    );
+    let spend = fx.ledger.key_spend(key.id()).await?;
+    assert_eq!(
+        (spend.today, spend.total),
+        (0, 0),
+        "a check reserves nothing"
+    );
+    Ok(())
+}
+
+async fn what_a_key_counted_for_an_object_adds_up<C: Conn>(fx: Fixture<C>) -> Result<()> {
+    let key = fx.issue(|_| {}).await?;
+    let other = fx.issue(|_| {}).await?;
+    assert_eq!(fx.ledger.counted(key.id(), "pi_1").await?, Usd::ZERO);
+    let r = granted(&fx.reserve(&key, PI, usd("3")).await?);
+    settle_object(&fx, &key, &r, usd("3"), "pi_1").await?;
+    let r = granted(&fx.reserve(&key, PI, usd("1.5")).await?);
+    settle_object(&fx, &key, &r, usd("1.5"), "pi_1").await?;
+    assert_eq!(fx.ledger.counted(key.id(), "pi_1").await?, usd("4.5"));
+    assert_eq!(
+        fx.ledger.counted(other.id(), "pi_1").await?,
+        Usd::ZERO,
+        "one key's count never covers another's"
+    );
+    // A vendor error moved nothing and counts nothing for the object.
+    let r = granted(&fx.reserve(&key, PI, usd("1")).await?);
+    fx.settle(&key, &r, Outcome::VendorError, Usd::ZERO, None, None)
+        .await?;
+    assert_eq!(fx.ledger.counted(key.id(), "pi_1").await?, usd("4.5"));
+    Ok(())
+}
+
+async fn an_actual_above_the_estimate_is_counted_in_full<C: Conn>(fx: Fixture<C>) -> Result<()> {
+    let key = fx.issue(|_| {}).await?; // daily 10
+    let r = granted(&fx.reserve(&key, PI, usd("4")).await?);
+    fx.settle(&key, &r, Outcome::Ok, usd("3"), None, None)
+        .await?;
+    let r = granted(&fx.reserve(&key, PI, usd("4")).await?);
+    fx.settle(&key, &r, Outcome::Ok, usd("9"), None, None)
+        .await?;
+    let spend = fx.ledger.key_spend(key.id()).await?;
+    assert_eq!(spend.today, 12_000_000, "past the $10 cap, never clipped");
+    let audit = fx.ledger.audit(&fx.tag, None, None, 10).await?;
+    let overshoots: Vec<u64> = audit.iter().map(|e| e.overshoot).collect();
+    assert_eq!(overshoots, [0, 5_000_000]);
+    assert_eq!(
+        refused(&fx.reserve(&key, PI, Usd::ZERO).await?),
+        Rule::DailyCap,
+        "the key is spent"
+    );
+    Ok(())
+}
+
+async fn unknown_outcomes_are_retried_only_where_the_vendor_deduplicates<C: Conn>(
+    fx: Fixture<C>,
+) -> Result<()> {
+    for vendor in [Vendor::Stripe, Vendor::Twilio] {
+        let key = fx.issue(|r| r.vendor = vendor).await?;
+        let h = key.token.secret_hash();
+        let idem = Some(("retry-1", "fp"));
+        let r = granted(
+            &fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+                .await?,
+        );
+        fx.settle(&key, &r, Outcome::Unknown, Usd::ZERO, Some("retry-1"), None)
+            .await?;
+        let again = fx
+            .reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+            .await?;
+        match vendor {
+            Vendor::Twilio => assert_eq!(refused(&again), Rule::IdempotencyOutcomeUnknown),
+            _ => assert!(matches!(again, Admission::Reattempt { .. }), "{again:?}"),
+        }
+        let spend = fx.ledger.key_spend(key.id()).await?;
+        assert_eq!(spend.today, 4_000_000, "{vendor}: counted once");
+    }
+    // A re-attempt re-checks the caps: lowered below what is counted, it is refused.
+    let key = fx.issue(|_| {}).await?;
+    let h = key.token.secret_hash();
+    let idem = Some(("retry-2", "fp"));
+    let r = granted(
+        &fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+            .await?,
+    );
+    fx.settle(&key, &r, Outcome::Unknown, Usd::ZERO, Some("retry-2"), None)
+        .await?;
+    let mut lowered = key.record.clone();
+    lowered.daily_cap = Some(usd("3"));
+    fx.ledger.write_key(key.id(), &lowered).await?;
+    assert_eq!(
+        refused(
+            &fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+                .await?
+        ),
+        Rule::DailyCap
+    );
+    let mut lowered = key.record.clone();
+    lowered.per_call_cap = Some(usd("3"));
+    fx.ledger.write_key(key.id(), &lowered).await?;
+    assert_eq!(
+        refused(
+            &fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+                .await?
+        ),
+        Rule::PerCallCap
+    );
+    fx.ledger.revoke(key.id()).await?;
+    assert_eq!(
+        refused(
+            &fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+                .await?
+        ),
+        Rule::Revoked
+    );
+    Ok(())
+}
+
+async fn responses_too_large_to_keep_are_not_replayed<C: Conn>(fx: Fixture<C>) -> Result<()> {
+    let key = fx.issue(|_| {}).await?;
+    let h = key.token.secret_hash();
+    let idem = Some(("big-1", "fp"));
+    let r = granted(
+        &fx.reserve_with(&key, &h, "POST", PI, usd("1"), idem)
+            .await?,
+    );
+    let big = StoredResponse {
+        status: 200,
+        headers_json: "[]".into(),
+        body: vec![b'x'; 64 * 1024 + 1],
+        kept: true,
+    };
+    fx.settle(&key, &r, Outcome::Ok, usd("1"), Some("big-1"), Some(&big))
+        .await?;
+    match fx
+        .reserve_with(&key, &h, "POST", PI, usd("1"), idem)
+        .await?
+    {
+        Admission::Replay(stored) => {
+            assert!(!stored.kept);
+            assert!(stored.body.is_empty(), "nothing of the body was stored");
+        }
+        other => panic!("{other:?}"),
+    }
     Ok(())
 }

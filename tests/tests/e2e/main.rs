@@ -2,6 +2,7 @@
 // Test code: a failed unwrap is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attacks;
 mod faults;
 mod issuance;
 mod kube_lite_api;
@@ -13,4 +14,5 @@ mod operator;
 mod packaging;
 mod proxy;
 mod sdk;
+mod vendor_reading;
 mod workflows;
