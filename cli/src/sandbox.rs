@@ -280,8 +280,48 @@ impl State {
                 self.objects.insert(id, obj.clone());
                 (200, obj)
             }
+            ("POST", ["v1", "invoiceitems"]) => {
+                let (Some(a), Some(c), Some(customer)) =
+                    (amount("amount"), get(p, "currency"), get(p, "customer"))
+                else {
+                    return stripe_error(
+                        400,
+                        "Missing required param: amount, currency or customer.",
+                    );
+                };
+                let id = self.id("ii");
+                let obj = json!({"id": id, "object": "invoiceitem", "amount": a, "currency": c, "customer": customer, "pending": true});
+                self.objects.insert(id, obj.clone());
+                (200, obj)
+            }
+            ("GET", ["v1", "invoiceitems"]) => {
+                let customer = get(p, "customer").unwrap_or_default();
+                let data: Vec<Value> = self
+                    .objects
+                    .values()
+                    .filter(|o| {
+                        o["object"] == "invoiceitem"
+                            && o["customer"] == customer
+                            && o["pending"] == true
+                    })
+                    .cloned()
+                    .collect();
+                (200, json!({"object": "list", "data": data}))
+            }
             ("POST", ["v1", "subscriptions"]) => {
                 let mut total: HashMap<String, u64> = HashMap::new();
+                // The first invoice charges the customer's pending items too.
+                let customer = get(p, "customer").unwrap_or_default().to_owned();
+                for item in self.objects.values_mut() {
+                    if item["object"] == "invoiceitem"
+                        && item["customer"] == customer.as_str()
+                        && item["pending"] == true
+                    {
+                        item["pending"] = json!(false);
+                        let c = item["currency"].as_str().unwrap_or("usd").to_owned();
+                        *total.entry(c).or_default() += item["amount"].as_u64().unwrap_or(0);
+                    }
+                }
                 for i in 0.. {
                     let Some(price) = get(p, &format!("items[{i}][price]")) else {
                         break;

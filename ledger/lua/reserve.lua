@@ -27,11 +27,14 @@ ARGV[11] key id (for the audit entry)
 ARGV[12] "reserve", or "check": stop after the key, secret, revocation, expiry and allowlist
          checks, reserving nothing (the proxy reads a vendor object to cost a call only after this)
 ARGV[13] "1" when the call is a read (GET, HEAD): only reads pass a spent cap
+ARGV[14] longest age of a re-attempt, ms after the first attempt (the vendor's own idempotency
+         window, less a margin: after it, the vendor would run the call again as a new one)
 
 Returns one of
   {"granted", res id, today after, total after, vault key, policy}
   {"admitted", vault key, policy}      (mode "check" only)
-  {"reattempt", res id}       an earlier attempt's outcome is unknown: forward again, count nothing new
+  {"reattempt", res id, vault key, policy}   an earlier attempt's outcome is unknown: forward
+                              again, count nothing new
   {"refused", rule, limit, spent, estimate, vault key, policy}   (names empty before authentication)
   {"replay", status, headers json, body, kept}   kept "0": the response was too large to keep
   {"in_flight"}
@@ -98,9 +101,16 @@ if expires and now_ms >= expires then return refuse("expired", expires, now_ms) 
 -- vendor's API: `GET /v1/customers/*` must not match `/v1/customers/search`.
 local STRIPE_WORDS = {search = true, upcoming = true, create_preview = true, preview = true,
   report_payment = true, create_from_calculation = true, create_reversal = true}
+-- Stripe ids are a lower-case prefix (one or two parts: `cus_`, `sub_sched_`, `cs_test_`) and a
+-- random body, which has a digit or a capital; API words (`balance_transactions`) have neither.
+local function stripe_id(s)
+  if STRIPE_WORDS[s] then return false end
+  local body = string.match(s, "^%l+_(%w+)$") or string.match(s, "^%l+_%l+_(%w+)$")
+  return body ~= nil and string.find(body, "[%u%d]") ~= nil
+end
 local function is_id(s)
   if r.vendor == "stripe" then
-    return string.match(s, "^%l[%l%d]*_[%w_]*%w$") ~= nil and not STRIPE_WORDS[s]
+    return stripe_id(s)
   elseif r.vendor == "twilio" then
     return string.match(s, "^%u%u%x+$") ~= nil or string.match(s, "^%u%u%x+%.json$") ~= nil
   elseif r.vendor == "resend" then
@@ -133,7 +143,6 @@ for line in string.gmatch(r.endpoints or "", "[^\n]+") do
   end
 end
 if not allowed then return refuse("endpoint") end
-if ARGV[12] == "check" then return {"admitted", r.vault_key or "", r.policy or ""} end
 
 local per_call = int(r.per_call_cap)
 local daily_cap = int(r.daily_cap)
@@ -141,6 +150,13 @@ local total_cap = int(r.total_cap)
 local s = redis.call("HMGET", KEYS[2], "day", "today", "total")
 local today = (int(s[1]) == day) and (int(s[2]) or 0) or 0
 local total = int(s[3]) or 0
+-- A check comes before the proxy reads a vendor object with the real key: a write with a spent
+-- cap cannot go anyway, so nothing is read for it.
+if ARGV[12] == "check" then
+  if not read and daily_cap and today >= daily_cap then return refuse("daily_cap", daily_cap, today) end
+  if not read and total_cap and total >= total_cap then return refuse("total_cap", total_cap, total) end
+  return {"admitted", r.vault_key or "", r.policy or ""}
+end
 
 -- Idempotency: a repeated key replays, waits, or re-attempts; it never counts twice.
 if ARGV[7] == "1" then
@@ -157,6 +173,8 @@ if ARGV[7] == "1" then
     -- deduplicates on the key (Twilio does not: a second send would be a second message), and
     -- only while the key still holds that money within its caps (they may have been lowered).
     if r.vendor == "twilio" then return refuse("idempotency_outcome_unknown") end
+    local first = int(d.first_ms)
+    if not first or now_ms - first > int(ARGV[14]) then return refuse("idempotency_outcome_unknown") end
     local amount = int(d.amount) or 0
     if per_call and amount > per_call then return refuse("per_call_cap", per_call, 0) end
     if daily_cap and today > daily_cap then return refuse("daily_cap", daily_cap, today) end
@@ -165,8 +183,7 @@ if ARGV[7] == "1" then
       "created_ms", fmt(now_ms), "method", ARGV[2], "path", ARGV[3], "idem", KEYS[7])
     redis.call("ZADD", KEYS[5], now_ms + int(ARGV[6]), ARGV[5])
     redis.call("HSET", KEYS[7], "state", "pending", "res", ARGV[5])
-    redis.call("EXPIRE", KEYS[7], ARGV[9])
-    return {"reattempt", ARGV[5]}
+    return {"reattempt", ARGV[5], r.vault_key or "", r.policy or ""}
   end
 end
 
@@ -198,7 +215,7 @@ redis.call("HSET", KEYS[6], "key", ARGV[11], "amount", fmt(estimate), "day", fmt
 redis.call("ZADD", KEYS[5], now_ms + int(ARGV[6]), ARGV[5])
 if ARGV[7] == "1" then
   redis.call("HSET", KEYS[7], "state", "pending", "fingerprint", ARGV[8], "res", ARGV[5],
-    "amount", fmt(estimate), "day", fmt(day))
+    "amount", fmt(estimate), "day", fmt(day), "first_ms", fmt(now_ms))
   redis.call("EXPIRE", KEYS[7], ARGV[9])
 end
 return {"granted", ARGV[5], fmt(today + estimate), fmt(total + estimate), r.vault_key or "", r.policy or ""}

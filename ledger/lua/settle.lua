@@ -104,8 +104,8 @@ if r.idem and r.idem ~= "" then
   elseif outcome == "not_sent" then
     redis.call("DEL", KEYS[5]) -- nothing happened: a retry starts afresh
   else
+    -- The lifetime set at the first attempt stands: re-attempts never extend it.
     redis.call("HSET", KEYS[5], "state", "unknown", "amount", fmt(amount))
-    redis.call("EXPIRE", KEYS[5], ARGV[8])
   end
 end
 

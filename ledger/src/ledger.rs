@@ -51,6 +51,10 @@ pub struct LedgerConfig {
     /// Largest response body stored for replay under an Idempotency-Key; a larger one is not
     /// kept, so one key cannot fill Redis for every tenant.
     pub max_stored_response: usize,
+    /// Longest time after the first attempt that a call of unknown outcome is re-attempted under
+    /// its Idempotency-Key: Stripe and Resend keep keys for 24 hours, so after that a re-attempt
+    /// would be a new call the ledger does not count.
+    pub reattempt_window: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -62,6 +66,7 @@ impl Default for LedgerConfig {
             audit_max_len: 100_000,
             objects_ttl: Duration::from_secs(30 * 24 * 3600),
             max_stored_response: 64 * 1024,
+            reattempt_window: Duration::from_secs(23 * 3600),
         }
     }
 }
@@ -198,6 +203,10 @@ pub enum Admission {
     Reattempt {
         /// Reservation id to settle.
         reservation: String,
+        /// `namespace/name` of the VaultKey.
+        vault_key: String,
+        /// `namespace/name` of the SpendPolicy.
+        policy: String,
     },
     /// Do not forward.
     Refused(Refusal),
@@ -559,6 +568,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             }
             .to_owned(),
             if req.read { "1" } else { "0" }.to_owned(),
+            (self.config.reattempt_window.as_millis() as u64).to_string(),
         ];
         (keys, args)
     }
@@ -779,6 +789,14 @@ fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
                 .get(1)
                 .cloned()
                 .ok_or_else(|| LedgerError::Reply("no reservation".into()))?,
+            vault_key: text
+                .get(2)
+                .cloned()
+                .ok_or_else(|| LedgerError::Reply("re-attempt without a VaultKey".into()))?,
+            policy: text
+                .get(3)
+                .cloned()
+                .ok_or_else(|| LedgerError::Reply("re-attempt without a policy".into()))?,
         }),
         Some("refused") => {
             let rule = text

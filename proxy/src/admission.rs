@@ -19,9 +19,9 @@ pub enum Reserved {
     Go {
         /// The reservation to settle.
         reservation: String,
-        /// `namespace/name` of the VaultKey (empty on a re-attempt).
+        /// `namespace/name` of the VaultKey.
         vault_key: String,
-        /// `namespace/name` of the SpendPolicy (empty on a re-attempt).
+        /// `namespace/name` of the SpendPolicy.
         policy: String,
     },
     /// Answer at once (an idempotent replay).
@@ -57,14 +57,15 @@ fn refused(app: &App, request: &ReserveRequest<'_>, r: &keybrake_ledger::Refusal
     refusal
 }
 
-/// Checks the key, its secret, revocation, expiry and the allowlist, reserving nothing.
-pub async fn check(app: &App, request: &ReserveRequest<'_>) -> Result<(), Refusal> {
+/// Checks the key, its secret, revocation, expiry, the allowlist and that its caps are not
+/// spent, reserving nothing; returns the SpendPolicy its record names.
+pub async fn check(app: &App, request: &ReserveRequest<'_>) -> Result<String, Refusal> {
     let request = ReserveRequest {
         mode: Mode::Check,
         ..request.clone()
     };
     match run(app, &request).await? {
-        Admission::Admitted { .. } => Ok(()),
+        Admission::Admitted { policy, .. } => Ok(policy),
         Admission::Refused(r) => Err(refused(app, &request, &r)),
         other => Err(Refusal::new(
             Kind::Unavailable,
@@ -92,11 +93,15 @@ pub async fn reserve(app: &App, request: &ReserveRequest<'_>) -> Result<Reserved
                     policy,
                 });
             }
-            Admission::Reattempt { reservation } => {
+            Admission::Reattempt {
+                reservation,
+                vault_key,
+                policy,
+            } => {
                 return Ok(Reserved::Go {
                     reservation,
-                    vault_key: String::new(),
-                    policy: String::new(),
+                    vault_key,
+                    policy,
                 });
             }
             Admission::Refused(r) => return Err(refused(app, request, &r)),

@@ -36,13 +36,18 @@ async fn prefetched(
 ) -> Result<Usd, Refusal> {
     let mut objects = Vec::with_capacity(p.reads.len());
     for path in &p.reads {
+        // The adapters build these paths from checked ids only; a list read carries its query.
+        let (only_path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path.as_str(), None),
+        };
         let read = forward::send(
             app,
             policy,
             Outgoing {
                 method: "GET",
-                path,
-                query: None,
+                path: only_path,
+                query,
                 headers: &[],
                 content_type: None,
                 body: bytes::Bytes::new(),

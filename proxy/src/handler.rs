@@ -116,6 +116,75 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 
 type Refused = (Option<Vendor>, Refusal);
 
+/// The key record names the policy whose credentials are about to be used: a policy tag is a
+/// hash, and a key must never be served with another tenant's credentials, however unlikely.
+fn same_policy(named: &str, policy: &PolicyConfig) -> Result<(), Refusal> {
+    let ours = format!("{}/{}", policy.namespace, policy.name);
+    if named == ours {
+        return Ok(());
+    }
+    tracing::error!(
+        named,
+        ours,
+        "a key record names another policy than its tag's"
+    );
+    Err(Refusal::new(
+        Kind::Auth,
+        "vault_key_invalid",
+        "policy_mismatch",
+        "vault_key_invalid: the key's record names another SpendPolicy than the one its id leads to; nothing was sent",
+    ))
+}
+
+/// Closes a reservation whose call was not sent.
+async fn release(
+    app: &App,
+    token: &Token,
+    call: &Call,
+    reservation: &str,
+    idempotency_key: Option<&str>,
+) {
+    let release = SettleRequest {
+        key_id: &token.key_id,
+        vendor: call.vendor,
+        reservation,
+        outcome: Outcome::NotSent,
+        actual: Usd::ZERO,
+        status: None,
+        request_id: "",
+        idempotency_key,
+        response: None,
+        object: None,
+    };
+    if let Err(e) = app.ledger.settle(&release).await {
+        tracing::warn!(error = %e, reservation, "could not release a reservation");
+    }
+}
+
+/// The headers to forward, the caller's Idempotency-Key made this vault key's own: two keys
+/// that pick the same key (`order-123`) must not get each other's objects from the vendor.
+fn vendor_idempotency_key(
+    call: &Call,
+    key_id: &keybrake_ledger::KeyId,
+) -> Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)> {
+    use sha2::{Digest, Sha256};
+    call.headers
+        .iter()
+        .map(|(name, value)| {
+            if name.as_str() != "idempotency-key" {
+                return (name.clone(), value.clone());
+            }
+            let digest =
+                Sha256::digest([key_id.as_str().as_bytes(), b":", value.as_bytes()].concat());
+            let scoped = format!("kb-{}", &hex::encode(digest)[..48]);
+            (
+                name.clone(),
+                hyper::header::HeaderValue::from_str(&scoped).unwrap_or_else(|_| value.clone()),
+            )
+        })
+        .collect()
+}
+
 /// Refuses a granted call whose VaultKey was revoked or deleted in the API server but not yet in
 /// Redis (the operator is down or behind): the reservation is released, and the key is revoked
 /// in Redis at once so its next call is refused by the script itself.
@@ -125,27 +194,14 @@ async fn still_standing(
     call: &Call,
     reservation: &str,
     vault_key: &str,
+    idempotency_key: Option<&str>,
 ) -> Result<(), Refusal> {
     use crate::vault_keys::Standing;
     let standing = app.keys.standing(vault_key).await;
     if standing == Standing::Live {
         return Ok(());
     }
-    let release = SettleRequest {
-        key_id: &token.key_id,
-        vendor: call.vendor,
-        reservation,
-        outcome: Outcome::NotSent,
-        actual: Usd::ZERO,
-        status: None,
-        request_id: "",
-        idempotency_key: call.idempotency_key.as_deref(),
-        response: None,
-        object: None,
-    };
-    if let Err(e) = app.ledger.settle(&release).await {
-        tracing::warn!(error = %e, reservation, "could not release the reservation of a revoked key");
-    }
+    release(app, token, call, reservation, idempotency_key).await;
     if let Err(e) = app.ledger.revoke(&token.key_id).await {
         tracing::warn!(error = %e, vault_key, "could not revoke in Redis");
     }
@@ -256,9 +312,15 @@ async fn serve(
     };
     // Nothing is read from the vendor with the real key before the key could make the call.
     if matches!(plan, adapters::Plan::Prefetch(_)) {
-        admission::check(app, &request).await?;
+        let named = admission::check(app, &request).await?;
+        same_policy(&named, &policy)?;
     }
     request.estimate = cost::resolve(app, &policy, &token.key_id, plan).await?;
+    // A replay is what keeps a priced call from counting twice; a call that costs nothing is
+    // deduplicated by the vendor itself, and storing its answer would only fill Redis.
+    if request.estimate == Usd::ZERO {
+        request.idempotency = None;
+    }
     let (reservation, vault_key, policy_name) = match admission::reserve(app, &request).await? {
         Reserved::Go {
             reservation,
@@ -267,7 +329,13 @@ async fn serve(
         } => (reservation, vault_key, policy),
         Reserved::Answer(resp) => return Ok(resp),
     };
-    still_standing(app, token, &call, &reservation, &vault_key).await?;
+    let idempotency_key = request.idempotency.map(|(k, _)| k);
+    if let Err(r) = same_policy(&policy_name, &policy) {
+        release(app, token, &call, &reservation, idempotency_key).await;
+        return Err(r);
+    }
+    still_standing(app, token, &call, &reservation, &vault_key, idempotency_key).await?;
+    let headers = vendor_idempotency_key(&call, &token.key_id);
 
     let (query, body, content_type) = call.encoded();
     let started = std::time::Instant::now();
@@ -278,7 +346,7 @@ async fn serve(
             method: &call.method,
             path: &upstream_path,
             query: query.as_deref(),
-            headers: &call.headers,
+            headers: &headers,
             content_type,
             body,
         },
@@ -286,16 +354,14 @@ async fn serve(
     .await;
     app.metrics.upstream_latency(vendor, started.elapsed());
     let ending = settle::outcome(&call, &forwarded, &policy, request.estimate);
-    settle::settle(
-        app,
+    let closing = settle::Reservation {
         token,
-        &call,
-        &reservation,
-        request.estimate,
-        &forwarded,
-        &ending,
-    )
-    .await;
+        call: &call,
+        id: &reservation,
+        reserved: request.estimate,
+        idempotency_key,
+    };
+    settle::settle(app, &closing, &forwarded, &ending).await;
     app.metrics.forwarded(
         vendor,
         crate::metrics::endpoint_label(&call.method, &call.path),

@@ -44,10 +44,18 @@ pub fn outcome(
             settled: none(reserved),
             status: Some(*status),
         },
-        Ok((status, _, _)) => Ending {
-            outcome: Outcome::VendorError,
-            settled: none(Usd::ZERO),
-            status: Some(*status),
+        Ok((status, _, body)) => match adapters::refused_but_counted(call, *status, body, reserved)
+        {
+            Some(settled) => Ending {
+                outcome: Outcome::Ok,
+                settled,
+                status: Some(*status),
+            },
+            None => Ending {
+                outcome: Outcome::VendorError,
+                settled: none(Usd::ZERO),
+                status: Some(*status),
+            },
         },
         Err(UpstreamError::NotSent(_)) => Ending {
             outcome: Outcome::NotSent,
@@ -71,16 +79,29 @@ fn response_id(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The reservation a forwarded call settles.
+pub struct Reservation<'a> {
+    /// The key.
+    pub token: &'a Token,
+    /// The call as the adapter read it.
+    pub call: &'a Call,
+    /// The reservation id.
+    pub id: &'a str,
+    /// What was reserved.
+    pub reserved: Usd,
+    /// The Idempotency-Key the reservation was made under, if any.
+    pub idempotency_key: Option<&'a str>,
+}
+
 /// Closes the reservation with what the call cost.
 pub async fn settle(
     app: &App,
-    token: &Token,
-    call: &Call,
-    reservation: &str,
-    reserved: Usd,
+    r: &Reservation<'_>,
     forwarded: &Result<Forwarded, UpstreamError>,
     ending: &Ending,
 ) {
+    let (token, call, reservation, reserved) = (r.token, r.call, r.id, r.reserved);
+    let idempotency_key = r.idempotency_key;
     let (headers, body) = match forwarded {
         Ok((_, h, b)) => (h.clone(), b.clone()),
         Err(_) => (Vec::new(), Bytes::new()),
@@ -105,7 +126,7 @@ pub async fn settle(
         actual: ending.settled.usd,
         status: ending.status,
         request_id: &request_id,
-        idempotency_key: call.idempotency_key.as_deref(),
+        idempotency_key,
         response: matches!(ending.outcome, Outcome::Ok | Outcome::VendorError).then_some(&stored),
         object: ending.settled.object.as_deref(),
     };

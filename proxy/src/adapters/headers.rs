@@ -22,9 +22,28 @@ const STRIPE: [&str; 4] = [
 /// Resend's idempotency key and batch validation mode.
 const RESEND: [&str; 2] = ["idempotency-key", "x-batch-validation"];
 
+/// The oldest Stripe API version accepted: older versions still honour parameters that are
+/// gone since (`account_balance`, a customer's `plan`), which the metering table does not know.
+pub const OLDEST_STRIPE_VERSION: &str = "2020-08-27";
+
 /// Headers that make the real key act on another account, or that the proxy cannot honour.
-fn refused(vendor: Vendor, name: &str) -> Option<&'static str> {
+fn refused(vendor: Vendor, name: &str, value: &HeaderValue) -> Option<&'static str> {
     match name {
+        "stripe-version" if vendor == Vendor::Stripe => {
+            let v = value.to_str().unwrap_or("");
+            let date = v.get(..10).unwrap_or("");
+            let shaped = date.len() == 10
+                && date.bytes().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                });
+            (!shaped || date < OLDEST_STRIPE_VERSION).then_some(
+                "names a Stripe API version older than 2020-08-27 (or not a version); older versions read parameters the proxy does not meter",
+            )
+        }
         "content-encoding" => Some(
             "a request Content-Encoding is not accepted: the proxy must read the body exactly as the vendor will; send it uncompressed",
         ),
@@ -51,7 +70,7 @@ pub fn forwarded(
     let mut out = Vec::new();
     for (name, value) in headers {
         let n = name.as_str();
-        if let Some(why) = refused(vendor, n) {
+        if let Some(why) = refused(vendor, n, value) {
             return Err(BadRequest::Header(n.to_owned(), why));
         }
         if COMMON.contains(&n) || own.contains(&n) {
@@ -103,6 +122,8 @@ mod tests {
             ("stripe-context", "ctx_1"),
             ("stripe-something-new", "x"),
             ("content-encoding", "gzip"),
+            ("stripe-version", "2019-09-09"),
+            ("stripe-version", "latest"),
         ] {
             let err = forwarded(Vendor::Stripe, &map(&[(k, v)])).unwrap_err();
             assert!(matches!(err, BadRequest::Header(ref n, _) if n == k), "{k}");

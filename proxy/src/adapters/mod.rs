@@ -109,6 +109,10 @@ pub struct Call {
     pub idempotency_key: Option<String>,
 }
 
+/// The longest path read: the vendors' own paths are far shorter, and a refusal writes the path
+/// into the audit stream.
+pub const MAX_PATH: usize = 512;
+
 /// Where a method's parameters travel, as the vendors' SDKs send them.
 fn params_in_query(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "DELETE")
@@ -148,6 +152,17 @@ pub fn read(
     body: &[u8],
 ) -> Result<Call, BadRequest> {
     let method = method.to_ascii_uppercase();
+    if vendor == Vendor::Twilio && twilio::exposes_the_auth_token(path) {
+        return Err(BadRequest::Refused(format!(
+            "{method} {path} returns the account with its auth token, which no vault key may read"
+        )));
+    }
+    if path.len() > MAX_PATH {
+        return Err(BadRequest::Invalid(
+            "path",
+            format!("is longer than {MAX_PATH} characters"),
+        ));
+    }
     let forward = headers::forwarded(vendor, headers)?;
     let ct = content_type(headers)?;
     let query = query.unwrap_or("");
@@ -369,6 +384,21 @@ fn worst_case(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
                 call.method, call.path
             ))
         })
+}
+
+/// What a refused (4xx) call still left behind that can move money later, if anything: it stays
+/// counted (a declined PaymentIntent can be confirmed client-side).
+pub fn refused_but_counted(
+    call: &Call,
+    status: u16,
+    body: &[u8],
+    reserved: Usd,
+) -> Option<Settled> {
+    let v = serde_json::from_slice::<Value>(body).ok();
+    match call.vendor {
+        Vendor::Stripe => stripe::declined(call, status, v.as_ref(), reserved),
+        Vendor::Twilio | Vendor::Resend => None,
+    }
 }
 
 /// Costs a successful (2xx) response; `reserved` is what was reserved for it.

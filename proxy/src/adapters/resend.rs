@@ -52,8 +52,8 @@ pub const ENDPOINTS: &[Entry] = &[
     e(
         "POST",
         "/audiences/{id}/contacts",
-        Rule::Free,
-        "moves no money",
+        Rule::WorstCase,
+        "a new contact can start an Automation that sends mail",
     ),
     e(
         "PATCH",
@@ -82,7 +82,7 @@ const EMAIL_FIELDS: [&str; 13] = [
 
 fn addresses(field: &str, v: &str) -> Result<u64, BadRequest> {
     // A comma-separated string is read as several addresses (a quoted comma over-counts, never under).
-    let n = v.split(',').filter(|a| !a.trim().is_empty()).count() as u64;
+    let n = v.split([',', ';']).filter(|a| !a.trim().is_empty()).count() as u64;
     if n == 0 {
         return Err(BadRequest::Invalid(
             "to",
@@ -103,6 +103,18 @@ fn recipients(email: &Value) -> Result<u64, BadRequest> {
         return Err(BadRequest::Name(
             k.clone(),
             "an email field Resend documents, in snake_case",
+        ));
+    }
+    // Recipient headers would be recipients the proxy did not count.
+    if let Some(Value::Object(h)) = map.get("headers")
+        && let Some(k) = h.keys().find(|k| {
+            let k = k.to_ascii_lowercase();
+            matches!(k.as_str(), "to" | "cc" | "bcc") || k.starts_with("resent-")
+        })
+    {
+        return Err(BadRequest::Invalid(
+            "headers",
+            format!("the {k} header would add recipients; use to, cc and bcc"),
         ));
     }
     let mut n = 0u64;
@@ -217,7 +229,7 @@ mod tests {
             "0.0036".parse().unwrap()
         );
         assert_eq!(
-            known("/emails", r#"{"to":"a@y.io, b@y.io,c@y.io"}"#),
+            known("/emails", r#"{"to":"a@y.io, b@y.io;c@y.io"}"#),
             "0.0027".parse().unwrap()
         );
         assert_eq!(
@@ -238,6 +250,7 @@ mod tests {
             ("/emails", r#"{"to":"a","recipients":["b"]}"#),
             ("/emails", r#"{"to":[["a","b"]]}"#),
             ("/emails", r#"{"subject":"no one"}"#),
+            ("/emails", r#"{"to":"a@x.io","headers":{"Bcc":"b@y.io"}}"#),
             ("/emails/batch", r#"{"to":"a"}"#),
             ("/emails/batch", "[]"),
         ] {

@@ -25,7 +25,7 @@ pub const ENDPOINTS: &[Entry] = &[
         "POST",
         "/v1/payment_intents/{id}",
         Rule::Prefetched,
-        "a new `amount` costs what it adds over what this key counted for the PaymentIntent; free without `amount`",
+        "a new `amount` or `currency` costs what the PaymentIntent would then move over what this key counted for it; free without either",
     ),
     e(
         "POST",
@@ -121,14 +121,14 @@ pub const ENDPOINTS: &[Entry] = &[
     e(
         "POST",
         "/v1/invoiceitems",
-        Rule::Free,
-        "money moves when its invoice is paid or finalized, each costed",
+        Rule::Priced,
+        "`amount` (or `unit_amount` times `quantity`) in `currency`, counted when created: a pending item is charged on the customer's next invoice, which may never pass the proxy",
     ),
     e(
         "POST",
         "/v1/subscriptions",
         Rule::Prefetched,
-        "the first period: each item's price (read first) times its quantity; metered and tiered prices, tax and added invoice items are refused",
+        "the first period: each item's price (read first) times its quantity; refused when the customer has pending invoice items or a balance owed (the first invoice would charge them too), and for metered or tiered prices, tax, another currency and added invoice items; renewals are billed by Stripe later, outside the proxy",
     ),
     e(
         "POST",
@@ -140,7 +140,7 @@ pub const ENDPOINTS: &[Entry] = &[
         "DELETE",
         "/v1/subscriptions/{id}",
         Rule::Free,
-        "free, but `invoice_now` is refused (it bills at once)",
+        "free; `invoice_now` other than `false` is refused (it bills at once)",
     ),
     e(
         "POST",
@@ -188,13 +188,13 @@ pub const ENDPOINTS: &[Entry] = &[
         "POST",
         "/v1/customers",
         Rule::Free,
-        "free; `balance` and `cash_balance` are refused (they change what the next invoice charges)",
+        "free; `balance`, `cash_balance`, `account_balance`, `plan`, `quantity` and `trial_end` are refused (they change what the next invoice charges, or subscribe under old API versions)",
     ),
     e(
         "POST",
         "/v1/customers/{id}",
         Rule::Free,
-        "free; `balance` and `cash_balance` are refused",
+        "free; the same parameters are refused as on create",
     ),
     e("DELETE", "/v1/customers/{id}", Rule::Free, "moves no money"),
     e("POST", "/v1/payment_methods", Rule::Free, "moves no money"),
@@ -260,8 +260,19 @@ pub const ENDPOINTS: &[Entry] = &[
     ),
 ];
 
+/// Customer parameters that change what its next invoice charges, or that subscribed it under
+/// API versions from before 2018 (`plan`, `quantity`, `trial_end`).
+const CUSTOMER_REFUSED: [&str; 6] = [
+    "balance",
+    "cash_balance",
+    "account_balance",
+    "plan",
+    "quantity",
+    "trial_end",
+];
+
 /// Parameters a subscription may carry and still be costed by its items.
-const SUBSCRIPTION_ROOTS: [&str; 19] = [
+const SUBSCRIPTION_ROOTS: [&str; 18] = [
     "customer",
     "items",
     "default_payment_method",
@@ -280,7 +291,6 @@ const SUBSCRIPTION_ROOTS: [&str; 19] = [
     "collection_method",
     "days_until_due",
     "billing_cycle_anchor",
-    "currency",
 ];
 
 /// A Stripe object id as the API issues them (`pi_3N...`, `cus_...`); nothing else is ever
@@ -405,21 +415,32 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             "POST",
             "/v1/payment_intents" | "/v1/charges" | "/v1/transfers" | "/v1/payouts" | "/v1/topups",
         ) => amount_in(call, "amount", pricing).map(Plan::Known),
-        ("POST", "/v1/payment_intents/{id}") => match amount_of_object(call, "amount")? {
-            None => Ok(Plan::Known(Usd::ZERO)),
-            Some(amount) => {
-                let currency = call.field("currency").map(str::to_owned);
-                Ok(excess(
-                    format!("/v1/payment_intents/{}", id()),
-                    &id(),
-                    pricing,
-                    move |pi, p| match currency {
+        ("POST", "/v1/payment_intents/{id}") => {
+            let amount = amount_of_object(call, "amount")?;
+            let currency = call.field("currency").map(str::to_owned);
+            if amount.is_none() && currency.is_none() {
+                return Ok(Plan::Known(Usd::ZERO));
+            }
+            // What the PaymentIntent could move after the update: its amount in its currency,
+            // either or both as updated.
+            Ok(excess(
+                format!("/v1/payment_intents/{}", id()),
+                &id(),
+                pricing,
+                move |pi, p| {
+                    let amount = match amount {
+                        Some(a) => a,
+                        None => pi.get("amount").and_then(Value::as_u64).ok_or_else(|| {
+                            BadRequest::Invalid("amount", "the PaymentIntent has no amount".into())
+                        })?,
+                    };
+                    match currency {
                         Some(c) => money::minor_to_usd(amount, &c, p),
                         None => in_currency_of(pi, amount, p),
-                    },
-                ))
-            }
-        },
+                    }
+                },
+            ))
+        }
         ("POST", "/v1/payment_intents/{id}/confirm") => Ok(excess(
             format!("/v1/payment_intents/{}", id()),
             &id(),
@@ -482,9 +503,10 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
                 "POST /v1/invoices: an invoice that advances by itself is finalized and charged later without the proxy; create it with auto_advance=false, then finalize or pay it through the proxy".into(),
             )),
         },
+        ("POST", "/v1/invoiceitems") => invoice_item(call, pricing).map(Plan::Known),
         ("POST", "/v1/subscriptions") => subscription(call, pricing),
         ("DELETE", "/v1/subscriptions/{id}") => match call.field("invoice_now") {
-            Some("true") => Err(BadRequest::Refused(
+            Some(v) if v != "false" => Err(BadRequest::Refused(
                 "DELETE /v1/subscriptions/{id} with invoice_now=true bills at once an amount the request does not bound".into(),
             )),
             _ => Ok(Plan::Known(Usd::ZERO)),
@@ -493,7 +515,10 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             if let Some((name, _)) = call
                 .pairs()
                 .iter()
-                .find(|(k, _)| k == "balance" || k.starts_with("cash_balance"))
+                .find(|(k, _)| {
+                    let root = k.split('[').next().unwrap_or_default();
+                    CUSTOMER_REFUSED.contains(&root)
+                })
             {
                 return Err(BadRequest::Refused(format!(
                     "{name} on a customer changes what its next invoice charges, outside any cap"
@@ -507,6 +532,39 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             entry.method, entry.path
         ))),
     }
+}
+
+/// An invoice item's amount: `amount`, or `unit_amount` times `quantity`, in `currency`.
+fn invoice_item(call: &Call, pricing: &Pricing) -> Result<Usd, BadRequest> {
+    if let Some((k, _)) = call
+        .pairs()
+        .iter()
+        .find(|(k, _)| k.starts_with("price") || k == "unit_amount_decimal")
+    {
+        return Err(BadRequest::Refused(format!(
+            "POST /v1/invoiceitems: {k} is not costed by the proxy; send amount (or unit_amount and quantity) and currency"
+        )));
+    }
+    let minor = match (call.field("amount"), call.field("unit_amount")) {
+        (Some(a), None) => money::parse_amount("amount", a)?,
+        (None, Some(u)) => {
+            let quantity = call
+                .field("quantity")
+                .map(|q| money::parse_amount("quantity", q))
+                .transpose()?
+                .unwrap_or(1);
+            money::parse_amount("unit_amount", u)?
+                .checked_mul(quantity)
+                .ok_or_else(|| BadRequest::Invalid("quantity", "too large to cost".into()))?
+        }
+        _ => {
+            return Err(BadRequest::Invalid(
+                "amount",
+                "an invoice item is costed from exactly one of amount or unit_amount".into(),
+            ));
+        }
+    };
+    money::minor_to_usd(minor, required(call, "currency")?, pricing)
 }
 
 fn refund(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
@@ -561,9 +619,13 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
         }
         let rest = &k["items[".len().min(k.len())..];
         let (index, sub) = rest.split_once(']').unwrap_or(("", ""));
+        // `items[00]` and `items[+0]` would be one item here and maybe two at Stripe.
+        let canonical = index == "0" || (!index.starts_with('0') && !index.is_empty());
         let index: u64 = index
             .parse()
-            .map_err(|_| BadRequest::Invalid("items", format!("{k} is not items[N][...]")))?;
+            .ok()
+            .filter(|_| canonical && index.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| BadRequest::Invalid("items", format!("{k} is not items[N][...]")))?;
         items.entry(index).or_default().push((sub, v));
     }
     if items.is_empty() {
@@ -572,6 +634,13 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
             "a subscription needs items to be costed".into(),
         ));
     }
+    if items.keys().copied().ne(0..items.len() as u64) {
+        return Err(BadRequest::Invalid(
+            "items",
+            "items are numbered items[0], items[1], ... without gaps".into(),
+        ));
+    }
+    let customer = object_id("customer", required(call, "customer")?)?;
     let mut plan = Vec::new();
     for fields in items.values() {
         let get = |name: &str| fields.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
@@ -632,19 +701,41 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
             },
         );
     }
-    let reads: Vec<String> = plan
-        .iter()
-        .filter_map(|i| match i {
-            Item::Read(path, _) => Some(path.clone()),
-            Item::Inline(..) => None,
-        })
-        .collect();
+    // The customer and its pending items first: the first invoice charges them too.
+    let mut reads = vec![
+        format!("/v1/customers/{customer}"),
+        format!("/v1/invoiceitems?customer={customer}&pending=true&limit=1"),
+    ];
+    reads.extend(plan.iter().filter_map(|i| match i {
+        Item::Read(path, _) => Some(path.clone()),
+        Item::Inline(..) => None,
+    }));
     let pricing = pricing.clone();
     Ok(Plan::Prefetch(Prefetch {
         reads,
         object: None,
         cost: Box::new(move |objects, _| {
             let mut read = objects.iter();
+            let owed = read
+                .next()
+                .and_then(|c| c.get("balance"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if owed > 0 {
+                return Err(BadRequest::Refused(
+                    "the customer owes a balance, which the subscription's first invoice would charge beyond its items".into(),
+                ));
+            }
+            let pending = read
+                .next()
+                .and_then(|l| l.get("data"))
+                .and_then(Value::as_array)
+                .is_none_or(|d| !d.is_empty());
+            if pending {
+                return Err(BadRequest::Refused(
+                    "the customer has pending invoice items (or they could not be listed), which the subscription's first invoice would charge beyond its items".into(),
+                ));
+            }
             let mut total = Usd::ZERO;
             for item in plan {
                 let (unit, quantity) = match item {
@@ -687,6 +778,27 @@ fn unit_price(obj: &Value, path: &str, pricing: &Pricing) -> Result<Usd, BadRequ
         BadRequest::Refused(format!(
             "{path} has no fixed {field} to cost the subscription from"
         ))
+    })
+}
+
+/// A refused PaymentIntent that still exists: Stripe answers a declined card with 402 but keeps
+/// the PaymentIntent (`error.payment_intent`), which can then be confirmed client-side without
+/// the proxy. Its reservation stays counted, for that object.
+pub fn declined(call: &Call, status: u16, v: Option<&Value>, reserved: Usd) -> Option<Settled> {
+    let creates = matches!(
+        (call.method.as_str(), call.segments().as_slice()),
+        (
+            "POST",
+            ["v1", "payment_intents"] | ["v1", "payment_intents", _, "confirm"]
+        )
+    );
+    let id = v?
+        .pointer("/error/payment_intent/id")
+        .and_then(Value::as_str)
+        .and_then(|id| object_id("id", id).ok())?;
+    (creates && status == 402).then(|| Settled {
+        usd: reserved,
+        object: Some(id.to_owned()),
     })
 }
 
@@ -961,52 +1073,148 @@ mod tests {
     fn subscriptions_cost_their_items() {
         let params =
             "customer=cus_1&items[0][price]=price_a&items[0][quantity]=3&items[1][plan]=gold";
+        let customer = json!({"id": "cus_1", "balance": 0});
+        let none_pending = json!({"object": "list", "data": []});
         let price = json!({"unit_amount": 1000, "currency": "usd", "recurring": {"usage_type": "licensed"}});
         let plan = json!({"amount": 500, "currency": "eur", "usage_type": "licensed"});
-        match cost("POST", "/v1/subscriptions", params).unwrap() {
-            Plan::Prefetch(p) => {
-                assert_eq!(p.reads, ["/v1/prices/price_a", "/v1/plans/gold"]);
-                assert_eq!((p.cost)(&[price, plan], Usd::ZERO).unwrap(), usd("35.40"));
+        let run = |params: &str, objects: &[Value]| -> Result<Usd, BadRequest> {
+            let mut all = vec![customer.clone(), none_pending.clone()];
+            all.extend_from_slice(objects);
+            match cost("POST", "/v1/subscriptions", params)? {
+                Plan::Prefetch(p) => (p.cost)(&all, Usd::ZERO),
+                Plan::Known(u) => panic!("known {u}"),
             }
+        };
+        match cost("POST", "/v1/subscriptions", params).unwrap() {
+            Plan::Prefetch(p) => assert_eq!(
+                p.reads,
+                [
+                    "/v1/customers/cus_1",
+                    "/v1/invoiceitems?customer=cus_1&pending=true&limit=1",
+                    "/v1/prices/price_a",
+                    "/v1/plans/gold"
+                ]
+            ),
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            run(params, &[price.clone(), plan.clone()]).unwrap(),
+            usd("35.40")
+        );
+        // The first invoice would also charge pending items or a balance owed.
+        let with = |customer: Value, pending: Value| match cost("POST", "/v1/subscriptions", params)
+            .unwrap()
+        {
+            Plan::Prefetch(p) => {
+                (p.cost)(&[customer, pending, price.clone(), plan.clone()], Usd::ZERO)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert!(with(json!({"balance": 5000}), none_pending.clone()).is_err());
+        assert!(with(customer.clone(), json!({"data": [{"id": "ii_1"}]})).is_err());
+        assert!(with(customer.clone(), json!({"error": {}})).is_err());
         let metered =
             json!({"unit_amount": 1, "currency": "usd", "recurring": {"usage_type": "metered"}});
-        assert!(
-            prefetched(
-                "POST",
-                "/v1/subscriptions",
-                "items[0][price]=price_m",
-                &[metered],
-                "0"
-            )
-            .is_err()
-        );
+        assert!(run("customer=cus_1&items[0][price]=price_m", &[metered]).is_err());
         let tiered = json!({"unit_amount": null, "currency": "usd", "billing_scheme": "tiered"});
-        assert!(
-            prefetched(
-                "POST",
-                "/v1/subscriptions",
-                "items[0][price]=price_t",
-                &[tiered],
-                "0"
-            )
-            .is_err()
-        );
+        assert!(run("customer=cus_1&items[0][price]=price_t", &[tiered]).is_err());
         for bad in [
             "customer=cus_1",
-            "items[0][price]=price_a&add_invoice_items[0][price]=price_b",
-            "items[0][price]=price_a&automatic_tax[enabled]=true",
-            "items[0][price]=price_a&items[0][tax_rates][]=txr_1",
-            "items[0][price]=a/../b",
-            "items[0][price]=price_a&items[0][plan]=gold",
+            "items[0][price]=price_a",
+            "customer=cus_1&items[0][price]=price_a&add_invoice_items[0][price]=price_b",
+            "customer=cus_1&items[0][price]=price_a&automatic_tax[enabled]=true",
+            "customer=cus_1&items[0][price]=price_a&items[0][tax_rates][]=txr_1",
+            "customer=cus_1&items[0][price]=price_a&currency=eur",
+            "customer=cus_1&items[0][price]=a/../b",
+            "customer=cus_1&items[0][price]=price_a&items[0][plan]=gold",
+            "customer=cus_1&items[0][price]=price_a&items[00][price]=price_b",
+            "customer=cus_1&items[0][price]=price_a&items[+0][quantity]=9",
+            "customer=cus_1&items[1][price]=price_a",
         ] {
             assert!(cost("POST", "/v1/subscriptions", bad).is_err(), "{bad}");
         }
         assert_eq!(
-            prefetched("POST", "/v1/subscriptions", "items[0][price_data][unit_amount]=700&items[0][price_data][currency]=usd&items[0][price_data][product]=prod_1&items[0][price_data][recurring][interval]=month", &[], "0").unwrap(),
+            run("customer=cus_1&items[0][price_data][unit_amount]=700&items[0][price_data][currency]=usd&items[0][price_data][product]=prod_1&items[0][price_data][recurring][interval]=month", &[]).unwrap(),
             usd("7")
         );
+    }
+
+    #[test]
+    fn invoice_items_cost_their_amount() {
+        assert_eq!(
+            known(
+                "POST",
+                "/v1/invoiceitems",
+                "customer=cus_1&amount=99999&currency=usd"
+            ),
+            usd("999.99")
+        );
+        assert_eq!(
+            known(
+                "POST",
+                "/v1/invoiceitems",
+                "customer=cus_1&unit_amount=250&quantity=4&currency=usd"
+            ),
+            usd("10")
+        );
+        for bad in [
+            "customer=cus_1&price=price_1",
+            "customer=cus_1&amount=1",
+            "customer=cus_1&amount=1&unit_amount=2&currency=usd",
+            "customer=cus_1&price_data[unit_amount]=1&currency=usd",
+        ] {
+            assert!(cost("POST", "/v1/invoiceitems", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn changing_a_payment_intents_currency_costs_what_it_would_then_move() {
+        let jpy = json!({"amount": 10000, "currency": "jpy"});
+        // ¥10,000 counted as $67; as $100.00 it would move $33 more.
+        assert_eq!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1",
+                "currency=usd",
+                std::slice::from_ref(&jpy),
+                "67"
+            )
+            .unwrap(),
+            usd("33")
+        );
+        assert!(
+            prefetched(
+                "POST",
+                "/v1/payment_intents/pi_1",
+                "currency=chf",
+                std::slice::from_ref(&jpy),
+                "0"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn declined_payment_intents_stay_counted() {
+        let c = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents",
+            "amount=100&currency=usd&confirm=true",
+        );
+        let body = json!({"error": {"type": "card_error", "payment_intent": {"id": "pi_5"}}});
+        assert_eq!(
+            declined(&c, 402, Some(&body), usd("1")).and_then(|s| s.object),
+            Some("pi_5".to_owned())
+        );
+        assert_eq!(declined(&c, 400, Some(&body), usd("1")), None);
+        let ch = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/charges",
+            "amount=100&currency=usd",
+        );
+        assert_eq!(declined(&ch, 402, Some(&body), usd("1")), None);
     }
 
     #[test]
@@ -1031,6 +1239,9 @@ mod tests {
             Usd::ZERO
         );
         assert!(cost("DELETE", "/v1/subscriptions/sub_1", "invoice_now=true").is_err());
+        assert!(cost("DELETE", "/v1/subscriptions/sub_1", "invoice_now=1").is_err());
+        assert!(cost("POST", "/v1/customers", "account_balance=100").is_err());
+        assert!(cost("POST", "/v1/customers", "plan=gold&quantity=1000").is_err());
         assert_eq!(known("DELETE", "/v1/subscriptions/sub_1", ""), Usd::ZERO);
         assert!(matches!(
             cost("POST", "/v1/subscriptions/sub_1", "items[0][price]=p"),

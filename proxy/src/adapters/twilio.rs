@@ -11,6 +11,47 @@ use super::{
     table::{Entry, Rule, e},
 };
 
+/// The parameters of a message the proxy reads (Twilio's whole list for `Messages.json`); any
+/// other name could be one Twilio reads differently (its name matching is not documented as
+/// case-sensitive), so it is refused.
+const MESSAGE_PARAMS: [&str; 25] = [
+    "To",
+    "From",
+    "MessagingServiceSid",
+    "Body",
+    "MediaUrl",
+    "ContentSid",
+    "ContentVariables",
+    "StatusCallback",
+    "ApplicationSid",
+    "MaxPrice",
+    "ProvideFeedback",
+    "Attempt",
+    "ValidityPeriod",
+    "ForceDelivery",
+    "ContentRetention",
+    "AddressRetention",
+    "SmartEncoded",
+    "PersistentAction",
+    "TrafficType",
+    "ShortenUrls",
+    "ScheduleType",
+    "SendAt",
+    "SendAsMms",
+    "RiskCheck",
+    "FallbackFrom",
+];
+
+/// Paths that return the account itself, with its auth token: never forwarded, whatever the
+/// policy allows.
+pub fn exposes_the_auth_token(path: &str) -> bool {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    matches!(
+        segs.as_slice(),
+        ["2010-04-01", "Accounts.json" | "Accounts"] | ["2010-04-01", "Accounts", _]
+    )
+}
+
 /// Parameters Twilio reads as lists (sent repeated).
 pub const LIST_PARAMS: &[&str] = &["MediaUrl", "StatusCallbackEvent", "PersistentAction"];
 
@@ -129,6 +170,16 @@ pub fn sms_segments(body: &str) -> u64 {
 pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
     match (entry.method, entry.path) {
         ("POST", "/2010-04-01/Accounts/{id}/Messages.json") => {
+            if let Some((k, _)) = call
+                .pairs()
+                .iter()
+                .find(|(k, _)| !MESSAGE_PARAMS.contains(&k.as_str()))
+            {
+                return Err(BadRequest::Name(
+                    k.clone(),
+                    "a parameter of Twilio's Messages.json, spelled as Twilio documents it",
+                ));
+            }
             if call.field("ContentSid").is_some() {
                 return Err(BadRequest::Refused(
                     "a ContentSid template's length (and so its segments) is not in the request; send Body".into(),
@@ -137,7 +188,11 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             let to = call.field("To").ok_or_else(|| {
                 BadRequest::Invalid("To", "is required to cost the message".into())
             })?;
-            if call.field("MediaUrl").is_some() {
+            let mms = call.field("MediaUrl").is_some()
+                || call
+                    .field("SendAsMms")
+                    .is_some_and(|v| !v.eq_ignore_ascii_case("false"));
+            if mms {
                 segment_price(to, pricing)?;
                 return pricing.mms_usd.map(Plan::Known).ok_or_else(|| {
                     BadRequest::Unbounded(
@@ -285,6 +340,15 @@ mod tests {
         let mms =
             "To=%2B1555&Body=hi&MediaUrl=https%3A%2F%2Fx%2Fa.png&MediaUrl=https%3A%2F%2Fx%2Fb.png";
         assert_eq!(known(mms, &p), "0.022".parse().unwrap());
+        assert_eq!(
+            known("To=%2B1555&Body=hi&SendAsMms=true", &p),
+            "0.022".parse().unwrap()
+        );
+        assert!(exposes_the_auth_token("/2010-04-01/Accounts/AC1.json"));
+        assert!(exposes_the_auth_token("/2010-04-01/Accounts.json"));
+        assert!(!exposes_the_auth_token(
+            "/2010-04-01/Accounts/AC1/Messages.json"
+        ));
     }
 
     #[test]
@@ -296,6 +360,9 @@ mod tests {
             "To=whatsapp%3A%2B15551234567&Body=x",
             "To=%2B1555&ContentSid=HX123&ContentVariables=%7B%7D",
             "To=%2B1555&body=x",
+            "To=%2B1555&Body=x&BODY=y",
+            "To=%2B1555&Body=x&CONTENTSID=HX1",
+            "To=%2B1555&Body=x&Unknown=1",
         ] {
             assert!(cost(body, &p).is_err(), "{body}");
         }

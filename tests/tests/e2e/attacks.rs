@@ -28,6 +28,7 @@ fn stripe_manifests(upstream: &str) -> String {
         "POST /v1/transfers",
         "POST /v1/customers",
         "POST /v1/subscriptions",
+        "POST /v1/invoiceitems",
         "POST /v1/checkout/sessions",
         "GET /v1/customers/*",
         "GET /v1/payment_intents/*",
@@ -406,30 +407,66 @@ async fn stripe_attacks_move_nothing_past_the_cap() -> Result<()> {
         r.body
     );
     t.holds("calls on objects made outside the proxy").await?;
+    let old_version = [FORM, ("Stripe-Version", "2019-09-09")];
+    let r = t
+        .send(
+            "POST",
+            "/v1/customers",
+            &old_version,
+            "account_balance=9999999",
+        )
+        .await?;
+    assert_eq!(
+        r.status, 403,
+        "an API version that still reads account_balance: {}",
+        r.body
+    );
 
-    // A subscription costs its items, read first: $300 × 2 is over the per-call cap.
+    // A subscription costs its items, read first: $300 × 2 is over the per-call cap. A pending
+    // invoice item is counted when it is created, and a subscription whose first invoice would
+    // also charge it is refused.
+    let customer = t
+        .upstream
+        .seed("cus", json!({"object": "customer", "balance": 0}));
     let price = t.upstream.seed("price", json!({"unit_amount": 30_000, "currency": "usd", "billing_scheme": "per_unit", "recurring": {"usage_type": "licensed"}}));
-    let r = t
-        .form(
-            "/v1/subscriptions",
-            &format!("customer=cus_1&items[0][price]={price}&items[0][quantity]=2"),
-        )
-        .await?;
+    let t = &t;
+    let subscribe = |extra: String| {
+        let body = format!("customer={customer}&items[0][price]={price}{extra}");
+        async move { t.form("/v1/subscriptions", &body).await }
+    };
+    let r = subscribe("&items[0][quantity]=2".into()).await?;
     assert_eq!(r.status, 429, "{}", r.body);
-    let r = t
-        .form(
-            "/v1/subscriptions",
-            &format!("customer=cus_1&items[0][price]={price}&add_invoice_items[0][price]={price}"),
-        )
-        .await?;
+    let r = subscribe(format!("&add_invoice_items[0][price]={price}")).await?;
     assert_eq!(r.status, 403, "{}", r.body);
-    t.holds("subscriptions").await?;
+    let r = subscribe("&currency=eur".into()).await?;
+    assert_eq!(
+        r.status, 403,
+        "another currency than the price's: {}",
+        r.body
+    );
+    let item = |amount: u64| format!("customer={customer}&amount={amount}&currency=usd");
+    let r = t.form("/v1/invoiceitems", &item(9_999_999)).await?;
+    assert_eq!(r.status, 429, "a $99,999.99 pending item: {}", r.body);
+    let r = t.form("/v1/invoiceitems", &item(500)).await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = subscribe(String::new()).await?;
+    assert_eq!(
+        r.status, 403,
+        "the first invoice would charge the pending item too: {}",
+        r.body
+    );
+    t.holds("subscriptions and invoice items").await?;
+    assert_eq!(
+        t.recorded_micros().await?,
+        406_500_000,
+        "the pending item is counted"
+    );
 
-    // The cap is spent ($401.50 + $98.50 = $500): only reads pass.
+    // The cap is spent ($406.50 + $93.50 = $500): only reads pass.
     let r = t
         .form(
             "/v1/payment_intents",
-            "amount=9850&currency=usd&confirm=true",
+            "amount=9350&currency=usd&confirm=true",
         )
         .await?;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -441,7 +478,6 @@ async fn stripe_attacks_move_nothing_past_the_cap() -> Result<()> {
     assert_ne!(r.status, 429, "a read still passes: {}", r.body);
     t.holds("the cap spent").await?;
 
-    t.proxy.shutdown().await;
     Ok(())
 }
 

@@ -191,6 +191,10 @@ on_single_node_and_cluster! {
     script_overshoot => an_actual_above_the_estimate_is_counted_in_full(LedgerConfig::default());
     script_unknown_outcome_retries => unknown_outcomes_are_retried_only_where_the_vendor_deduplicates(LedgerConfig::default());
     script_large_responses => responses_too_large_to_keep_are_not_replayed(LedgerConfig::default());
+    script_reattempt_window => no_reattempt_after_the_vendors_idempotency_window(LedgerConfig {
+        reattempt_window: std::time::Duration::from_millis(1),
+        ..Default::default()
+    });
 }
 
 const PI: &str = "/v1/payment_intents";
@@ -307,7 +311,10 @@ async fn the_endpoint_allowlist_matches_like_the_crds_matcher<C: Conn>(
         ("GET", "/v1/payment_intents", false),
         ("POST", "/v1/payment_intents/pi_1", false),
         ("GET", "/v1/customers/cus_1", true),
-        ("GET", "/v1/customers/cus_Nf3xZ_9", true),
+        ("GET", "/v1/customers/cus_Nf3xZ9", true),
+        ("GET", "/v1/customers/sub_sched_1Mr3", true),
+        ("GET", "/v1/customers/balance_transactions", false),
+        ("GET", "/v1/customers/create_force_capture", false),
         ("GET", "/v1/customers/search", false),
         ("GET", "/v1/customers/create_preview", false),
         ("GET", "/v1/customers/cus", false),
@@ -587,7 +594,7 @@ async fn idempotency_keys_count_once_and_replay<C: Conn>(fx: Fixture<C>) -> Resu
         .reserve_with(&key, &h, "POST", PI, usd("3"), idem2)
         .await?
     {
-        Admission::Reattempt { reservation } => reservation,
+        Admission::Reattempt { reservation, .. } => reservation,
         other => panic!("{other:?}"),
     };
     assert_eq!(fx.ledger.key_spend(key.id()).await?.total, 7_000_000);
@@ -780,16 +787,24 @@ async fn a_check_admits_or_refuses_and_reserves_nothing<C: Conn>(fx: Fixture<C>)
         refused(&check(key.token.secret_hash(), "/v1/refunds").await?),
         Rule::Endpoint
     );
-    fx.ledger.revoke(key.id()).await?;
-    assert_eq!(
-        refused(&check(key.token.secret_hash(), PI).await?),
-        Rule::Revoked
-    );
     let spend = fx.ledger.key_spend(key.id()).await?;
     assert_eq!(
         (spend.today, spend.total),
         (0, 0),
         "a check reserves nothing"
+    );
+    // With the cap spent a write cannot go, so nothing may be read from the vendor for it.
+    for amount in ["4", "4", "2"] {
+        granted(&fx.reserve(&key, PI, usd(amount)).await?);
+    }
+    assert_eq!(
+        refused(&check(key.token.secret_hash(), PI).await?),
+        Rule::DailyCap
+    );
+    fx.ledger.revoke(key.id()).await?;
+    assert_eq!(
+        refused(&check(key.token.secret_hash(), PI).await?),
+        Rule::Revoked
     );
     Ok(())
 }
@@ -927,5 +942,27 @@ async fn responses_too_large_to_keep_are_not_replayed<C: Conn>(fx: Fixture<C>) -
         }
         other => panic!("{other:?}"),
     }
+    Ok(())
+}
+
+async fn no_reattempt_after_the_vendors_idempotency_window<C: Conn>(fx: Fixture<C>) -> Result<()> {
+    let key = fx.issue(|_| {}).await?;
+    let h = key.token.secret_hash();
+    let idem = Some(("late-1", "fp"));
+    let r = granted(
+        &fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+            .await?,
+    );
+    fx.settle(&key, &r, Outcome::Unknown, Usd::ZERO, Some("late-1"), None)
+        .await?;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        refused(
+            &fx.reserve_with(&key, &h, "POST", PI, usd("4"), idem)
+                .await?
+        ),
+        Rule::IdempotencyOutcomeUnknown,
+        "the vendor may have forgotten the key: a re-attempt would be a new, uncounted call"
+    );
     Ok(())
 }

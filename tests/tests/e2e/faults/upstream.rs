@@ -62,7 +62,13 @@ async fn upstream_failures_settle_by_what_the_vendor_may_have_done() -> Result<(
         .iter()
         .map(|r| r.idempotency_key.clone())
         .collect();
-    assert_eq!(keys, vec![Some("run-1-cus-1".to_owned()); 2]);
+    // The same key both times, made this vault key's own (never the caller's bare text).
+    assert_eq!(keys[0], keys[1]);
+    assert!(
+        keys[0]
+            .as_deref()
+            .is_some_and(|k| k.starts_with("kb-") && k != "run-1-cus-1")
+    );
 
     // A vendor error (4xx/5xx with a body) passes through; a 500 keeps the estimate, and a
     // vendor that cannot be reached at all releases it.
