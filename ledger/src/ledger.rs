@@ -489,6 +489,24 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .await
     }
 
+    /// Claims a policy's slot for `owner` (`namespace/name`), once and for good: the tag is a
+    /// 48-bit hash, so two policies could share one, and then one would spend from the other's
+    /// budget or records. The first owner keeps it; returns the other owner when it is taken.
+    pub async fn claim_tag(&self, tag: &PolicyTag, owner: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let record = self.keys.policy(tag).policy_record();
+        self.timed(conn.hset_nx::<_, _, _, ()>(&record, "owner", owner))
+            .await?;
+        let holder: Option<String> = self.timed(conn.hget(&record, "owner")).await?;
+        match holder {
+            Some(h) if h == owner => Ok(None),
+            Some(h) => Ok(Some(h)),
+            None => Err(LedgerError::Reply(format!(
+                "the owner of slot {tag} vanished while it was claimed"
+            ))),
+        }
+    }
+
     /// Redis' clock: (Unix ms, UTC day number).
     pub async fn now(&self) -> Result<(i64, i64)> {
         let mut conn = self.conn.clone();

@@ -97,21 +97,31 @@ pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Ac
             secrets.get_opt(&policy.spec.credentials_secret_ref.name),
         )
         .await?;
-    let verdict = match validate_policy(&policy.spec) {
-        Err(v) => Err((v.reason().as_str(), format!("{v}"))),
-        Ok(()) => check_credentials(&policy, secret.as_ref()),
+    let tag = PolicyTag::of(&ns, &name);
+    let taken_by = ctx.ledger.claim_tag(&tag, &format!("{ns}/{name}")).await?;
+    let verdict = match (validate_policy(&policy.spec), taken_by) {
+        (_, Some(other)) => Err((
+            "SlotTaken",
+            format!(
+                "the Redis slot of this policy ({tag}, a hash of its namespace and name) already belongs to SpendPolicy {other}; give this policy another name"
+            ),
+        )),
+        (Err(v), None) => Err((v.reason().as_str(), format!("{v}"))),
+        (Ok(()), None) => check_credentials(&policy, secret.as_ref()),
     };
 
-    let tag = PolicyTag::of(&ns, &name);
-    ctx.ledger
-        .write_policy(
-            &tag,
-            &PolicyRecord {
-                daily_budget: policy.spec.budget.daily_usd,
-                total_budget: policy.spec.budget.total_usd,
-            },
-        )
-        .await?;
+    // A slot that belongs to another policy is not written.
+    if !matches!(verdict, Err(("SlotTaken", _))) {
+        ctx.ledger
+            .write_policy(
+                &tag,
+                &PolicyRecord {
+                    daily_budget: policy.spec.budget.daily_usd,
+                    total_budget: policy.spec.budget.total_usd,
+                },
+            )
+            .await?;
+    }
 
     let count = ctx
         .keys

@@ -430,3 +430,32 @@ async fn read_body(app: &App, body: Incoming) -> Result<Bytes, Refusal> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use keybrake_crds::spend_policy::Pricing;
+
+    use super::*;
+    use crate::policies::Credentials;
+
+    fn policy(ns: &str, name: &str) -> PolicyConfig {
+        PolicyConfig {
+            namespace: ns.into(),
+            name: name.into(),
+            vendor: Vendor::Stripe,
+            upstream: "http://127.0.0.1:1".into(),
+            credentials: Credentials::ApiKey("sk_test_x".into()),
+            pricing: Pricing::default(),
+        }
+    }
+
+    /// Two policies whose tags collide: the key record names one, the proxy's table holds the
+    /// other. The call is refused instead of crossing tenants.
+    #[test]
+    fn a_key_is_served_only_with_its_own_policys_credentials() {
+        assert!(same_policy("billing/stripe", &policy("billing", "stripe")).is_ok());
+        let r = same_policy("billing/stripe", &policy("attacker", "collides")).unwrap_err();
+        assert_eq!((r.kind, r.code), (Kind::Auth, "vault_key_invalid"));
+        assert!(same_policy("", &policy("billing", "stripe")).is_err());
+    }
+}

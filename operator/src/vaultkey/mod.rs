@@ -2,6 +2,7 @@
 //! record first, then the Secret), rotate with an overlap, expire, revoke. Cleanup, behind the
 //! finalizer, revokes in Redis before the object may go.
 
+pub mod ownership;
 pub mod secret;
 mod status;
 
@@ -23,7 +24,7 @@ use keybrake_crds::{
 use keybrake_ledger::{KeyId, KeyRecord, PolicyTag, Token};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -33,6 +34,7 @@ use kube::{
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
+use self::ownership::Standing;
 pub use self::status::Report;
 use crate::{
     clock,
@@ -134,7 +136,8 @@ fn annotation<T: std::str::FromStr>(secret: &Secret, key: &str) -> Option<T> {
     secret.annotations().get(key).and_then(|v| v.parse().ok())
 }
 
-/// The key id this VaultKey was issued, from its status or, if the status was lost, its Secret.
+/// The key id this VaultKey was issued, from its status or, if the status was lost, its own
+/// Secret (never from a Secret it does not own).
 fn known_key_id(vk: &VaultKey, secret: Option<&Secret>) -> Option<KeyId> {
     vk.status
         .as_ref()
@@ -153,11 +156,17 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let name = vk.name_any();
     let (now_ms, _) = ctx.ledger.now().await?;
+    let uid = vk.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = vk.spec.secret_name.clone().unwrap_or_else(|| name.clone());
-    let existing = ctx
+    let found = ctx
         .timed("get secret", secrets.get_opt(&secret_name))
         .await?;
+    let standing = ownership::standing(found.as_ref(), &uid);
+    let existing = match standing {
+        Standing::Ours(s) => Some(s.clone()),
+        Standing::Absent | Standing::Foreign => None,
+    };
     let known = known_key_id(vk, existing.as_ref());
     let mut report = Report {
         key_id: known.as_ref().map(ToString::to_string),
@@ -187,8 +196,33 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
+    if let (Standing::Foreign, Some(other)) = (standing, found.as_ref()) {
+        // Never adopted, overwritten or deleted; a token this key had is refused from now on.
+        if let Some(id) = &known {
+            ctx.ledger.revoke(id).await?;
+        }
+        report.phase = Some(KeyPhase::Invalid);
+        report.reason = "SecretNotOwned".into();
+        report.message = format!(
+            "Secret {ns}/{secret_name} already exists and is {}; Keybrake writes only Secrets it creates for this VaultKey, so nothing was written: set spec.secretName to a free name",
+            ownership::owner_of(other)
+        );
+        transition_event(
+            vk,
+            ctx,
+            KeyPhase::Invalid,
+            EventType::Warning,
+            "SecretNotOwned",
+            &report.message,
+        )
+        .await;
+        status::write(vk, &report, ctx, now_ms).await?;
+        // A Secret the operator does not own raises no watch event: look again now and then.
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+
     if vk.spec.revoked {
-        revoke(ctx, known.as_ref(), &secrets, &secret_name).await?;
+        revoke(ctx, known.as_ref(), &secrets, existing.as_ref()).await?;
         report.phase = Some(KeyPhase::Revoked);
         report.reason = "Revoked".into();
         report.message =
@@ -215,7 +249,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let effective = match resolve_key(&vk.spec, &policy_name, &policy.spec, created) {
         Ok(e) => e,
         Err(v) => {
-            revoke(ctx, known.as_ref(), &secrets, &secret_name).await?;
+            revoke(ctx, known.as_ref(), &secrets, existing.as_ref()).await?;
             report.phase = Some(KeyPhase::Invalid);
             report.reason = v.reason().as_str().into();
             report.message = v.to_string();
@@ -238,7 +272,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
 
     if report.expires_at_ms.is_some_and(|exp| exp <= now_ms) {
         // Redis already refuses the key (its expiry is in the record); the Secret goes.
-        delete_secret(ctx, &secrets, &secret_name).await?;
+        delete_secret(ctx, &secrets, existing.as_ref()).await?;
         report.phase = Some(KeyPhase::Expired);
         report.reason = "Expired".into();
         report.message = "the key passed its expiry; it is refused and its Secret deleted".into();
@@ -256,6 +290,21 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     }
 
     let tag = PolicyTag::of(&ns, &policy_name);
+    if let Some(other) = ctx
+        .ledger
+        .claim_tag(&tag, &format!("{ns}/{policy_name}"))
+        .await?
+    {
+        // Another policy's slot: a key record here would draw on its budget and records.
+        revoke(ctx, known.as_ref(), &secrets, existing.as_ref()).await?;
+        report.phase = Some(KeyPhase::Invalid);
+        report.reason = "PolicySlotTaken".into();
+        report.message = format!(
+            "the Redis slot of SpendPolicy {ns}/{policy_name} belongs to SpendPolicy {other}; rename the policy"
+        );
+        status::write(vk, &report, ctx, now_ms).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
     let vendor = policy.spec.vendor;
     // The token lives only in the Secret; a plain re-reconcile or a restart reads it back.
     let current = existing.as_ref().and_then(|s| {
@@ -469,36 +518,70 @@ async fn write_secret(
     if up_to_date {
         return Ok(());
     }
-    let body = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": name,
-            "labels": {"app.kubernetes.io/managed-by": MANAGER, "keybrake.com/vault-key": vk.name_any()},
-            "annotations": annotations,
-            "ownerReferences": [owner],
-        },
-        "type": "Opaque",
-        "data": data,
-    });
-    ctx.timed(
-        "apply secret",
-        secrets.patch(
-            name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(body),
-        ),
-    )
-    .await?;
-    Ok(())
+    let labels = BTreeMap::from([
+        (ownership::MANAGED_BY.to_owned(), MANAGER.to_owned()),
+        ("keybrake.com/vault-key".to_owned(), vk.name_any()),
+    ]);
+    match existing {
+        // Only ever created, never applied over something that exists.
+        None => {
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.to_owned()),
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    owner_references: Some(vec![owner]),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(data),
+                ..Default::default()
+            };
+            // Someone making it between the read and now fails this with 409; the next reconcile
+            // then sees whose it is.
+            ctx.timed(
+                "create secret",
+                secrets.create(&PostParams::default(), &secret),
+            )
+            .await?;
+            Ok(())
+        }
+        // Ours: changed only at the version that was read, so a Secret that changed hands in
+        // between is not written.
+        Some(current) => {
+            let body = json!({
+                "metadata": {
+                    "resourceVersion": current.resource_version(),
+                    "labels": labels,
+                    "annotations": annotations,
+                    "ownerReferences": [owner],
+                },
+                "data": data,
+            });
+            ctx.timed(
+                "update secret",
+                secrets.patch(name, &PatchParams::default(), &Patch::Merge(body)),
+            )
+            .await?;
+            Ok(())
+        }
+    }
 }
 
-async fn delete_secret(ctx: &Context, secrets: &Api<Secret>, name: &str) -> Result<()> {
+/// Deletes the VaultKey's own Secret (`None` when it has none): only that object, by its uid.
+async fn delete_secret(ctx: &Context, secrets: &Api<Secret>, ours: Option<&Secret>) -> Result<()> {
+    let Some(secret) = ours else {
+        return Ok(());
+    };
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: secret.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
     match ctx
-        .timed(
-            "delete secret",
-            secrets.delete(name, &DeleteParams::default()),
-        )
+        .timed("delete secret", secrets.delete(&secret.name_any(), &params))
         .await
     {
         Ok(_) => Ok(()),
@@ -507,17 +590,17 @@ async fn delete_secret(ctx: &Context, secrets: &Api<Secret>, name: &str) -> Resu
     }
 }
 
-/// Revokes in Redis first (the proxy refuses at once), then removes the Secret.
+/// Revokes in Redis first (the proxy refuses at once), then removes the VaultKey's own Secret.
 async fn revoke(
     ctx: &Context,
     key: Option<&KeyId>,
     secrets: &Api<Secret>,
-    secret_name: &str,
+    ours: Option<&Secret>,
 ) -> Result<()> {
     if let Some(id) = key {
         ctx.ledger.revoke(id).await?;
     }
-    delete_secret(ctx, secrets, secret_name).await
+    delete_secret(ctx, secrets, ours).await
 }
 
 /// Deleting a VaultKey: revoke and forget the key in Redis, then delete its Secret.
@@ -527,15 +610,20 @@ async fn cleanup(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = vk.spec.secret_name.clone().unwrap_or_else(|| vk.name_any());
-    let existing = ctx
+    let found = ctx
         .timed("get secret", secrets.get_opt(&secret_name))
         .await?;
-    if let Some(id) = known_key_id(vk, existing.as_ref()) {
+    let uid = vk.uid().unwrap_or_default();
+    let ours = match ownership::standing(found.as_ref(), &uid) {
+        Standing::Ours(s) => Some(s),
+        Standing::Absent | Standing::Foreign => None,
+    };
+    if let Some(id) = known_key_id(vk, ours) {
         ctx.ledger.revoke(&id).await?;
         ctx.ledger.delete_key(&id).await?;
         info!(key_id = %id, "revoked on delete");
     }
-    delete_secret(ctx, &secrets, &secret_name).await?;
+    delete_secret(ctx, &secrets, ours).await?;
     metrics_phase(vk, ctx, None);
     Ok(Action::await_change())
 }

@@ -225,6 +225,32 @@ pub async fn issue(
             ));
         }
     }
+    // The operator never adopts a Secret it did not create: a name that is taken is refused
+    // here, before anything is made.
+    let secrets = Api::<Secret>::namespaced(app.client.clone(), ns);
+    if let Some(taken) = secrets
+        .get_metadata_opt(&name)
+        .await
+        .map_err(|e| kube_error(&format!("reading Secret {ns}/{name}"), e))?
+    {
+        let owner = taken
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map_or_else(
+                || "not made by Keybrake".to_owned(),
+                |o| format!("owned by {} {}", o.kind, o.name),
+            );
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: format!(
+                "name: a Secret {ns}/{name} already exists ({owner}); a vault key never takes over a Secret, choose another name"
+            ),
+            field: Some("name".into()),
+        });
+    }
     let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
     match keys.create(&PostParams::default(), &object).await {
         Ok(_) => {}
@@ -285,10 +311,25 @@ pub async fn issue(
         .as_ref()
         .and_then(|s| s.secret_name.clone())
         .unwrap_or_else(|| name.clone());
-    let secret = Api::<Secret>::namespaced(app.client.clone(), ns)
+    let secret = secrets
         .get(&secret_name)
         .await
         .map_err(|e| kube_error(&format!("reading Secret {ns}/{secret_name}"), e))?;
+    // Only a token from the Secret the operator made for this very VaultKey is handed out.
+    let made_for_it = secret
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == vk.metadata.uid.as_ref());
+    if !made_for_it {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Secret {ns}/{secret_name} is not the one made for VaultKey {ns}/{name}; nothing was issued"
+            ),
+        ));
+    }
     let data: BTreeMap<String, String> = secret
         .data
         .unwrap_or_default()

@@ -191,6 +191,7 @@ on_single_node_and_cluster! {
     script_overshoot => an_actual_above_the_estimate_is_counted_in_full(LedgerConfig::default());
     script_unknown_outcome_retries => unknown_outcomes_are_retried_only_where_the_vendor_deduplicates(LedgerConfig::default());
     script_large_responses => responses_too_large_to_keep_are_not_replayed(LedgerConfig::default());
+    script_slot_claims => a_policy_slot_belongs_to_its_first_owner(LedgerConfig::default());
     script_reattempt_window => no_reattempt_after_the_vendors_idempotency_window(LedgerConfig {
         reattempt_window: std::time::Duration::from_millis(1),
         ..Default::default()
@@ -963,6 +964,30 @@ async fn no_reattempt_after_the_vendors_idempotency_window<C: Conn>(fx: Fixture<
         ),
         Rule::IdempotencyOutcomeUnknown,
         "the vendor may have forgotten the key: a re-attempt would be a new, uncounted call"
+    );
+    Ok(())
+}
+
+async fn a_policy_slot_belongs_to_its_first_owner<C: Conn>(fx: Fixture<C>) -> Result<()> {
+    // Two policies whose 48-bit tags collide share one slot: the first keeps it.
+    let tag = PolicyTag::from_index(fx.tag.as_str().to_owned());
+    assert_eq!(fx.ledger.claim_tag(&tag, "billing/stripe").await?, None);
+    assert_eq!(
+        fx.ledger.claim_tag(&tag, "billing/stripe").await?,
+        None,
+        "idempotent"
+    );
+    assert_eq!(
+        fx.ledger.claim_tag(&tag, "attacker/collides").await?,
+        Some("billing/stripe".to_owned())
+    );
+    // Writing the budget keeps the owner.
+    fx.ledger
+        .write_policy(&tag, &PolicyRecord::default())
+        .await?;
+    assert_eq!(
+        fx.ledger.claim_tag(&tag, "attacker/collides").await?,
+        Some("billing/stripe".to_owned())
     );
     Ok(())
 }

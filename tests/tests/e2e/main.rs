@@ -11,6 +11,7 @@ mod kube_lite_kubectl;
 mod kube_lite_watch;
 mod ledger_scripts;
 mod operator;
+mod ownership;
 mod packaging;
 mod proxy;
 mod sdk;

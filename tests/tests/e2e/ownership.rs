@@ -1,0 +1,260 @@
+//! A key issuer cannot take over another key or any Secret: the operator writes and deletes only
+//! Secrets it created for that very VaultKey (its uid), and the issuance API refuses a taken name
+//! up front. Each test asserts that nothing was written, adopted or deleted.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Secret;
+use keybrake_crds::{KeyPhase, SpendPolicy, VaultKey};
+use keybrake_e2e::{
+    example, http,
+    identities::{self, BILLING_WORKER},
+    stack::{Stack, eventually},
+    upstream::RecordingUpstream,
+    with_upstream,
+};
+use kube::{Api, ResourceExt, api::DeleteParams};
+use serde_json::json;
+
+/// The example Stripe policy, its worker key (Secret `billing-worker-stripe`) Active, and RBAC.
+async fn victim_stack() -> Result<(Stack, keybrake_proxy::Running, RecordingUpstream)> {
+    let upstream = RecordingUpstream::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    stack
+        .cluster
+        .apply(&with_upstream(
+            &example("stripe-policy.yaml"),
+            &upstream.url(),
+        ))
+        .await?
+        .ok()?;
+    stack.cluster.apply(identities::RBAC).await?.ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-worker-key.yaml"))
+        .await?
+        .ok()?;
+    stack.active_key_env("billing", "billing-worker").await?;
+    Ok((stack, proxy, upstream))
+}
+
+/// A Secret as it is now: data, owners and resourceVersion.
+async fn snapshot(
+    stack: &Stack,
+    name: &str,
+) -> Result<(BTreeMap<String, String>, Vec<String>, String)> {
+    let s = Api::<Secret>::namespaced(stack.client.clone(), "billing")
+        .get(name)
+        .await?;
+    let data = s
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    let owners = s.owner_references().iter().map(|o| o.uid.clone()).collect();
+    Ok((data, owners, s.resource_version().unwrap_or_default()))
+}
+
+async fn issue(proxy: &keybrake_proxy::Running, name: &str) -> Result<keybrake_e2e::Reply> {
+    let auth = format!("Bearer {BILLING_WORKER}");
+    let body = json!({"vendor": "stripe", "name": name, "daily_usd_cap": 50, "expires_in": "1h"});
+    http(
+        proxy.addr,
+        "POST",
+        "/vault/keys",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuance_api_refuses_a_name_whose_secret_exists() -> Result<()> {
+    let (stack, proxy, _upstream) = victim_stack().await?;
+    for victim in ["billing-worker-stripe", "stripe-credentials"] {
+        let before = snapshot(&stack, victim).await?;
+        let r = issue(&proxy, victim).await?;
+        assert_eq!(r.status, 409, "{victim}: {}", r.body);
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&format!("a Secret billing/{victim} already exists"))),
+            "{}",
+            r.body
+        );
+        assert_eq!(
+            snapshot(&stack, victim).await?,
+            before,
+            "{victim} was touched"
+        );
+        let keys = Api::<VaultKey>::namespaced(stack.client.clone(), "billing");
+        assert!(
+            keys.get_opt(victim).await?.is_none(),
+            "a VaultKey {victim} was created"
+        );
+    }
+    // The team's keys work on: the policy is Ready and the worker key Active.
+    let policy = Api::<SpendPolicy>::namespaced(stack.client.clone(), "billing")
+        .get("stripe")
+        .await?;
+    assert_eq!(
+        policy.status.unwrap_or_default().conditions[0].status,
+        "True"
+    );
+    stack
+        .key_in_phase("billing", "billing-worker", KeyPhase::Active)
+        .await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A VaultKey applied with kubectl whose `secretName` names another's Secret becomes Invalid,
+/// with a condition and an Event naming the Secret and its owner; deleting it deletes nothing.
+/// Also across an operator restart: the decision is made from the Secret's owner, not memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vaultkey_naming_anothers_secret_is_invalid_and_touches_nothing() -> Result<()> {
+    let (mut stack, proxy, _upstream) = victim_stack().await?;
+    let worker_before = snapshot(&stack, "billing-worker-stripe").await?;
+    let creds_before = snapshot(&stack, "stripe-credentials").await?;
+    stack.stop_operator().await;
+    let hijack = |name: &str, secret: &str| {
+        format!(
+            "apiVersion: keybrake.com/v1alpha1\nkind: VaultKey\nmetadata: {{name: {name}, namespace: billing}}\nspec:\n  policyRef: {{name: stripe}}\n  dailyUsdCap: 50\n  ttl: 1h\n  secretName: {secret}\n"
+        )
+    };
+    stack
+        .cluster
+        .apply(&hijack("hijack-worker", "billing-worker-stripe"))
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(&hijack("hijack-credentials", "stripe-credentials"))
+        .await?
+        .ok()?;
+    stack.start_operator().await?;
+    for (name, secret, owner) in [
+        (
+            "hijack-worker",
+            "billing-worker-stripe",
+            "owned by VaultKey billing-worker",
+        ),
+        (
+            "hijack-credentials",
+            "stripe-credentials",
+            "not made by Keybrake",
+        ),
+    ] {
+        let vk = stack
+            .key_in_phase("billing", name, KeyPhase::Invalid)
+            .await?;
+        let status = vk.status.unwrap_or_default();
+        let ready = &status.conditions[0];
+        assert_eq!(ready.reason, "SecretNotOwned", "{ready:?}");
+        assert!(
+            ready
+                .message
+                .contains(&format!("Secret billing/{secret} already exists"))
+                && ready.message.contains(owner),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            status.key_id, None,
+            "no key id was taken from a Secret it does not own"
+        );
+        let described = stack
+            .cluster
+            .kubectl_ok(&["describe", "vk", "-n", "billing", name])
+            .await?;
+        assert!(
+            described.contains("SecretNotOwned") && described.contains(secret),
+            "{described}"
+        );
+    }
+    let keys = Api::<VaultKey>::namespaced(stack.client.clone(), "billing");
+    for name in ["hijack-worker", "hijack-credentials"] {
+        keys.delete(name, &DeleteParams::default()).await?;
+    }
+    eventually("the hijacking keys to be gone", 20, || async {
+        let a = keys.get_opt("hijack-worker").await.ok()?;
+        let b = keys.get_opt("hijack-credentials").await.ok()?;
+        (a.is_none() && b.is_none()).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        snapshot(&stack, "billing-worker-stripe").await?,
+        worker_before
+    );
+    assert_eq!(snapshot(&stack, "stripe-credentials").await?, creds_before);
+    stack
+        .key_in_phase("billing", "billing-worker", KeyPhase::Active)
+        .await?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A VaultKey deleted and created again under the same name is a new key: a new key id and
+/// token, a Secret owned by the new uid, and the old token refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vaultkey_recreated_under_the_same_name_is_a_new_key() -> Result<()> {
+    let (stack, proxy, _upstream) = victim_stack().await?;
+    let keys = Api::<VaultKey>::namespaced(stack.client.clone(), "billing");
+    let old = keys.get("billing-worker").await?;
+    let old_token =
+        stack.active_key_env("billing", "billing-worker").await?["STRIPE_API_KEY"].clone();
+    keys.delete("billing-worker", &DeleteParams::default())
+        .await?;
+    eventually("the old key to be gone", 20, || async {
+        keys.get_opt("billing-worker")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    let secrets = Api::<Secret>::namespaced(stack.client.clone(), "billing");
+    assert!(
+        secrets.get_opt("billing-worker-stripe").await?.is_none(),
+        "its own Secret went"
+    );
+    stack
+        .cluster
+        .apply(&example("stripe-worker-key.yaml"))
+        .await?
+        .ok()?;
+    let env = stack.active_key_env("billing", "billing-worker").await?;
+    let new = keys.get("billing-worker").await?;
+    assert_ne!(new.uid(), old.uid());
+    assert_ne!(env["STRIPE_API_KEY"], old_token);
+    let secret = secrets.get("billing-worker-stripe").await?;
+    assert_eq!(
+        secret
+            .owner_references()
+            .iter()
+            .map(|o| o.uid.clone())
+            .collect::<Vec<_>>(),
+        vec![new.uid().unwrap_or_default()]
+    );
+    let auth = format!("Bearer {old_token}");
+    let r = http(
+        proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"amount=100&currency=usd&confirm=true",
+    )
+    .await?;
+    assert_eq!(r.status, 401, "the old token: {}", r.body);
+    proxy.shutdown().await;
+    Ok(())
+}
