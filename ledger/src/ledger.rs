@@ -489,6 +489,17 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .await
     }
 
+    /// Whether the key record of `id` exists and names the VaultKey `vault_key`
+    /// (`namespace/name`): a key id read from a status is acted on only then, so a status written
+    /// by someone else cannot make the operator or the proxy revoke another key.
+    pub async fn key_belongs_to(&self, id: &KeyId, vault_key: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let named: Option<String> = self
+            .timed(conn.hget(self.slot(id).key_record(id), "vault_key"))
+            .await?;
+        Ok(named.as_deref() == Some(vault_key))
+    }
+
     /// Claims a policy's slot for `owner` (`namespace/name`), once and for good: the tag is a
     /// 48-bit hash, so two policies could share one, and then one would spend from the other's
     /// budget or records. The first owner keeps it; returns the other owner when it is taken.

@@ -136,18 +136,30 @@ fn annotation<T: std::str::FromStr>(secret: &Secret, key: &str) -> Option<T> {
     secret.annotations().get(key).and_then(|v| v.parse().ok())
 }
 
-/// The key id this VaultKey was issued, from its status or, if the status was lost, its own
-/// Secret (never from a Secret it does not own).
-fn known_key_id(vk: &VaultKey, secret: Option<&Secret>) -> Option<KeyId> {
-    vk.status
+/// The key id this VaultKey was issued: from its status or its own Secret (never from a Secret
+/// it does not own), and only when the key record in Redis names this VaultKey, so a status
+/// written by someone else cannot make the operator revoke or delete another key.
+async fn known_key_id(
+    vk: &VaultKey,
+    secret: Option<&Secret>,
+    ctx: &Context,
+    vault_key: &str,
+) -> Result<Option<KeyId>> {
+    let from_status = vk
+        .status
         .as_ref()
         .and_then(|s| s.key_id.as_deref())
-        .and_then(|k| KeyId::parse(k).ok())
-        .or_else(|| {
-            secret
-                .and_then(|s| s.annotations().get(secret::KEY_ID))
-                .and_then(|k| KeyId::parse(k).ok())
-        })
+        .and_then(|k| KeyId::parse(k).ok());
+    let from_secret = secret
+        .and_then(|s| s.annotations().get(secret::KEY_ID))
+        .and_then(|k| KeyId::parse(k).ok());
+    for id in [from_status, from_secret].into_iter().flatten() {
+        if ctx.ledger.key_belongs_to(&id, vault_key).await? {
+            return Ok(Some(id));
+        }
+        warn!(key_id = %id, vault_key, "a key id that names no record of this VaultKey; ignored");
+    }
+    Ok(None)
 }
 
 async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
@@ -167,7 +179,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         Standing::Ours(s) => Some(s.clone()),
         Standing::Absent | Standing::Foreign => None,
     };
-    let known = known_key_id(vk, existing.as_ref());
+    let known = known_key_id(vk, existing.as_ref(), ctx, &format!("{ns}/{name}")).await?;
     let mut report = Report {
         key_id: known.as_ref().map(ToString::to_string),
         ..Default::default()
@@ -618,7 +630,8 @@ async fn cleanup(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         Standing::Ours(s) => Some(s),
         Standing::Absent | Standing::Foreign => None,
     };
-    if let Some(id) = known_key_id(vk, ours) {
+    let vault_key = format!("{ns}/{}", vk.name_any());
+    if let Some(id) = known_key_id(vk, ours, ctx, &vault_key).await? {
         ctx.ledger.revoke(&id).await?;
         ctx.ledger.delete_key(&id).await?;
         info!(key_id = %id, "revoked on delete");

@@ -410,12 +410,22 @@ pub async fn revoke(
 ) -> Result<(StatusCode, Value), ApiError> {
     let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
     let vk = existing(&keys, ns, name).await?;
-    if let Some(id) = vk
+    let vault_key = format!("{ns}/{name}");
+    let id = vk
         .status
         .as_ref()
         .and_then(|s| s.key_id.as_deref())
-        .and_then(|k| KeyId::parse(k).ok())
-        && let Err(e) = app.ledger.revoke(&id).await
+        .and_then(|k| KeyId::parse(k).ok());
+    let ours = match &id {
+        Some(id) => app
+            .ledger
+            .key_belongs_to(id, &vault_key)
+            .await
+            .unwrap_or(false),
+        None => false,
+    };
+    if let (Some(id), true) = (&id, ours)
+        && let Err(e) = app.ledger.revoke(id).await
     {
         // The data path refuses every call while Redis is unreachable, and the operator revokes
         // in Redis from spec.revoked when it is back.

@@ -258,3 +258,63 @@ async fn a_vaultkey_recreated_under_the_same_name_is_a_new_key() -> Result<()> {
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A status written by someone else (here, another key's id in `status.keyId`) cannot make the
+/// operator revoke or delete that other key: a key id is acted on only when its record in Redis
+/// names this VaultKey.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_status_key_id_revokes_nothing_of_anothers() -> Result<()> {
+    let (mut stack, proxy, _upstream) = victim_stack().await?;
+    let keys = Api::<VaultKey>::namespaced(stack.client.clone(), "billing");
+    let victim = keys.get("billing-worker").await?;
+    let victim_id = victim.status.unwrap_or_default().key_id.unwrap_or_default();
+    let victim_env = stack.active_key_env("billing", "billing-worker").await?;
+    stack
+        .cluster
+        .apply(
+            "apiVersion: keybrake.com/v1alpha1\nkind: VaultKey\nmetadata: {name: forger, namespace: billing}\nspec:\n  policyRef: {name: stripe}\n  dailyUsdCap: 5\n  ttl: 1h\n",
+        )
+        .await?
+        .ok()?;
+    stack.active_key_env("billing", "forger").await?;
+    stack.stop_operator().await;
+    let patch = json!({"status": {"keyId": victim_id}}).to_string();
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "forger",
+            "-n",
+            "billing",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ])
+        .await?;
+    keys.delete("forger", &DeleteParams::default()).await?;
+    stack.start_operator().await?;
+    eventually("the forger to be gone", 20, || async {
+        keys.get_opt("forger").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    let auth = format!("Bearer {}", victim_env["STRIPE_API_KEY"]);
+    let r = http(
+        proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"amount=100&currency=usd&confirm=true",
+    )
+    .await?;
+    assert_eq!(r.status, 200, "the victim's key still works: {}", r.body);
+    stack
+        .key_in_phase("billing", "billing-worker", KeyPhase::Active)
+        .await?;
+    proxy.shutdown().await;
+    Ok(())
+}
