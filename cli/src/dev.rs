@@ -32,9 +32,12 @@ pub struct DevArgs {
     /// Proxy port (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub proxy_port: u16,
-    /// Use this Redis instead of starting one.
+    /// Use this Redis instead of starting one (cluster mode: seed nodes, comma-separated).
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// `single` or `cluster`: how the Redis of `--redis-url` is deployed.
+    #[arg(long, default_value = "single")]
+    pub redis_mode: keybrake_ledger::connection::Mode,
     /// Send a vendor's calls to this URL instead of the sandbox, e.g.
     /// `stripe=http://127.0.0.1:8420` (localstripe) or `stripe=https://api.stripe.com`.
     #[arg(long = "upstream", value_name = "VENDOR=URL")]
@@ -213,6 +216,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
 
     let mut proxy_config = keybrake_proxy::Config::local(&redis_url, "kb");
+    proxy_config.redis_mode = args.redis_mode;
     proxy_config.listen = SocketAddr::from(([127, 0, 0, 1], args.proxy_port));
     proxy_config.default_upstreams = default_upstreams.clone();
     let proxy = keybrake_proxy::start(
@@ -227,6 +231,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let operator_config = keybrake_operator::Config {
         proxy_url: proxy_url.clone(),
         redis_url: redis_url.clone(),
+        redis_mode: args.redis_mode,
         redis_prefix: "kb".into(),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         leader_election: false,

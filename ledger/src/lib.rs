@@ -3,6 +3,7 @@
 //! called by EVALSHA). The operator writes records; the proxy reserves and settles.
 #![forbid(unsafe_code)]
 
+pub mod connection;
 pub mod layout;
 pub mod ledger;
 pub mod record;

@@ -9,9 +9,12 @@ pub struct Config {
     /// Public URL of the keybrake proxy, written into every credential Secret.
     #[arg(long, env = "KEYBRAKE_PROXY_URL")]
     pub proxy_url: String,
-    /// Redis holding key records and spend.
+    /// Redis holding key records and spend: one URL, or (cluster mode) seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
+    /// `single` (one primary) or `cluster` (Redis Cluster).
+    #[arg(long, env = "KEYBRAKE_REDIS_MODE", default_value = "single")]
+    pub redis_mode: keybrake_ledger::connection::Mode,
     /// Prefix of every Redis key (share it with the proxy).
     #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
     pub redis_prefix: String,

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use keybrake_crds::VaultKey;
 use keybrake_ledger::Ledger;
+use keybrake_ledger::connection::Connection;
 use kube::{
     Client,
     runtime::{events::Recorder, reflector::Store},
 };
-use redis::aio::ConnectionManager;
 
 use crate::{config::Config, metrics::Metrics};
 
@@ -20,7 +20,7 @@ pub struct Context {
     /// The API client.
     pub client: Client,
     /// Key records and spend in Redis; Redis' clock is the operator's clock.
-    pub ledger: Ledger<ConnectionManager>,
+    pub ledger: Ledger<Connection>,
     /// Configuration.
     pub config: Config,
     /// Events on VaultKeys and SpendPolicies.

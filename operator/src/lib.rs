@@ -91,18 +91,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     check_crds(&client).await?;
-    let redis_client =
-        redis::Client::open(config.redis_url.as_str()).map_err(|source| StartError::Redis {
-            url: config.redis_url.clone(),
-            source,
-        })?;
-    let conn = redis_client
-        .get_connection_manager()
-        .await
-        .map_err(|source| StartError::Redis {
-            url: config.redis_url.clone(),
-            source,
-        })?;
+    let conn = keybrake_ledger::connection::connect(
+        config.redis_mode,
+        &config.redis_url,
+        config.call_timeout(),
+    )
+    .await
+    .map_err(|source| StartError::Redis {
+        url: config.redis_url.clone(),
+        source,
+    })?;
     let ledger = Ledger::new(
         conn,
         Keyspace::new(&config.redis_prefix),

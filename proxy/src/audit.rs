@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 
 use keybrake_crds::Usd;
+use keybrake_ledger::connection::Connection;
 use keybrake_ledger::{AuditEntry, KeyId, Ledger};
-use redis::aio::ConnectionManager;
 use serde_json::{Value, json};
 
 /// A parsed audit query.
@@ -98,7 +98,7 @@ fn entry_json(e: &AuditEntry) -> Value {
 
 /// Runs a query across the policies (or the one a key id names).
 pub async fn run(
-    ledger: &Ledger<ConnectionManager>,
+    ledger: &Ledger<Connection>,
     q: &AuditQuery,
 ) -> Result<Value, keybrake_ledger::LedgerError> {
     let tags = match q.key.as_deref().map(KeyId::parse) {

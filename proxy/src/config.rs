@@ -9,9 +9,13 @@ pub struct Config {
     /// Where workloads' SDKs connect.
     #[arg(long, env = "KEYBRAKE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Redis holding key records and spend (shared with the operator).
+    /// Redis holding key records and spend (shared with the operator): one URL, or (cluster
+    /// mode) seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
+    /// `single` (one primary) or `cluster` (Redis Cluster).
+    #[arg(long, env = "KEYBRAKE_REDIS_MODE", default_value = "single")]
+    pub redis_mode: keybrake_ledger::connection::Mode,
     /// Prefix of every Redis key (the operator's).
     #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
     pub redis_prefix: String,
@@ -65,6 +69,7 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             redis_url: redis_url.into(),
+            redis_mode: keybrake_ledger::connection::Mode::Single,
             redis_prefix: redis_prefix.into(),
             redis_timeout_ms: 500,
             upstream_timeout_secs: 30,

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{HeaderMap, Request, Response, body::Incoming, header::AUTHORIZATION};
 use keybrake_crds::{Usd, Vendor};
+use keybrake_ledger::connection::Connection;
 use keybrake_ledger::{Ledger, Mode, Outcome, ReserveRequest, SettleRequest, Token};
-use redis::aio::ConnectionManager;
 
 use crate::{
     adapters::{self, Call},
@@ -39,7 +39,7 @@ pub struct App {
     /// Policies and their real credentials.
     pub policies: Arc<Policies>,
     /// The accounting.
-    pub ledger: Ledger<ConnectionManager>,
+    pub ledger: Ledger<Connection>,
     /// The vendors.
     pub upstream: Upstream,
     /// Limits and timeouts.

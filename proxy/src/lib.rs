@@ -91,16 +91,13 @@ pub async fn start(
         url: config.redis_url.clone(),
         source,
     };
-    let conn_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(
-            config.redis_timeout_ms.max(100),
-        )))
-        .set_response_timeout(Some(Duration::from_millis(config.redis_timeout_ms)));
-    let conn = redis::Client::open(config.redis_url.as_str())
-        .map_err(redis_err)?
-        .get_connection_manager_with_config(conn_config)
-        .await
-        .map_err(redis_err)?;
+    let conn = keybrake_ledger::connection::connect(
+        config.redis_mode,
+        &config.redis_url,
+        Duration::from_millis(config.redis_timeout_ms.max(100)),
+    )
+    .await
+    .map_err(redis_err)?;
     let ledger = Ledger::new(
         conn,
         Keyspace::new(&config.redis_prefix),

@@ -10,13 +10,13 @@ use std::{
 };
 
 use keybrake_crds::{SpendPolicy, Usd, VaultKey, status::SpendStatus};
+use keybrake_ledger::connection::Connection;
 use keybrake_ledger::{KeyId, Ledger, PolicyTag, Spend};
 use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams},
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
-use redis::aio::ConnectionManager;
 use serde_json::json;
 
 /// Field manager of the proxy's status writes.
@@ -82,7 +82,7 @@ fn split(ns_name: &str) -> Option<(&str, &str)> {
 /// Writes dirty keys every `interval` until the task is dropped.
 pub async fn run(
     writer: Arc<SpendWriter>,
-    ledger: Ledger<ConnectionManager>,
+    ledger: Ledger<Connection>,
     client: Client,
     metrics: Arc<crate::metrics::Metrics>,
     interval: Duration,

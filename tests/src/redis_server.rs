@@ -138,13 +138,18 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts three nodes, joins them with `redis-cli --cluster create`, and waits for
+    /// Starts three primaries, joins them with `redis-cli --cluster create`, and waits for
     /// `cluster_state:ok`.
     pub async fn start() -> Result<RedisCluster> {
+        RedisCluster::start_with_replicas(0).await
+    }
+
+    /// Three primaries with `replicas` replicas each.
+    pub async fn start_with_replicas(replicas: usize) -> Result<RedisCluster> {
         let dir = tempfile::tempdir()?;
         let mut children = Vec::new();
         let mut ports = Vec::new();
-        for i in 0..3 {
+        for i in 0..3 * (1 + replicas) {
             let port = free_port()?;
             let conf = format!("nodes-{i}.conf");
             children.push(spawn(
@@ -171,7 +176,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .await
             .context("running redis-cli --cluster create")?;
@@ -194,6 +199,15 @@ impl RedisCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("the cluster never reached cluster_state:ok")
+    }
+
+    /// The seed nodes as `REDIS_URL` takes them in cluster mode (comma-separated).
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// A cluster connection that follows slots across the nodes.

@@ -8,7 +8,11 @@ use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
 use kube::{Client, Config};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-use crate::{Cluster, redis_server::RedisServer, workspace_root};
+use crate::{
+    Cluster,
+    redis_server::{RedisCluster, RedisServer},
+    workspace_root,
+};
 
 /// The proxy URL the operator writes into Secrets in tests.
 pub const PROXY_URL: &str = "http://127.0.0.1:18080";
@@ -17,8 +21,10 @@ pub const PROXY_URL: &str = "http://127.0.0.1:18080";
 pub struct Stack {
     /// The API server and kubectl.
     pub cluster: Cluster,
-    /// Redis.
+    /// Redis (in cluster mode a spare: the stack uses `redis_cluster`).
     pub redis: RedisServer,
+    /// A Redis Cluster the operator and proxies use instead, when set.
+    pub redis_cluster: Option<RedisCluster>,
     /// The Redis key prefix of this stack.
     pub prefix: String,
     /// A client for the API server.
@@ -85,6 +91,7 @@ impl Stack {
         let mut stack = Stack {
             cluster,
             redis,
+            redis_cluster: None,
             prefix,
             client,
             operator: None,
@@ -105,7 +112,8 @@ impl Stack {
     pub fn operator_config(&self) -> keybrake_operator::Config {
         keybrake_operator::Config {
             proxy_url: self.proxy_url.clone(),
-            redis_url: self.redis.url(),
+            redis_url: self.redis_url(),
+            redis_mode: self.redis_mode(),
             redis_prefix: self.prefix.clone(),
             metrics_addr: "127.0.0.1:0"
                 .parse()
@@ -159,8 +167,40 @@ impl Stack {
 
     /// Starts a proxy replica on this stack's Redis and keyspace.
     pub async fn start_proxy(&self) -> Result<keybrake_proxy::Running> {
-        let config = keybrake_proxy::Config::local(&self.redis.url(), &self.prefix);
+        let mut config = keybrake_proxy::Config::local(&self.redis_url(), &self.prefix);
+        config.redis_mode = self.redis_mode();
         Ok(keybrake_proxy::start(self.client.clone(), config, "127.0.0.1:0".parse()?).await?)
+    }
+
+    /// `REDIS_URL` as the deployables take it: one URL, or the cluster's seed nodes.
+    pub fn redis_url(&self) -> String {
+        self.redis_cluster
+            .as_ref()
+            .map_or_else(|| self.redis.url(), RedisCluster::urls)
+    }
+
+    /// `KEYBRAKE_REDIS_MODE`.
+    pub fn redis_mode(&self) -> keybrake_ledger::connection::Mode {
+        match self.redis_cluster {
+            Some(_) => keybrake_ledger::connection::Mode::Cluster,
+            None => keybrake_ledger::connection::Mode::Single,
+        }
+    }
+
+    /// Like [`Stack::start_with_proxy`], on a three-primary Redis Cluster with `replicas`
+    /// replicas per primary.
+    pub async fn start_with_proxy_on_redis_cluster(
+        replicas: usize,
+    ) -> Result<(Stack, keybrake_proxy::Running)> {
+        let (mut stack, _) =
+            Stack::start_on_cluster(Cluster::start().await?, RedisServer::start().await?, false)
+                .await?;
+        stack.stop_operator().await;
+        stack.redis_cluster = Some(RedisCluster::start_with_replicas(replicas).await?);
+        let proxy = stack.start_proxy().await?;
+        stack.proxy_url = format!("http://{}", proxy.addr);
+        stack.start_operator().await?;
+        Ok((stack, proxy))
     }
 
     /// Waits (up to 20 s) until a VaultKey reaches `phase`, and returns it.
@@ -258,9 +298,14 @@ impl Stack {
     }
 
     /// A ledger on the operator's keyspace.
-    pub async fn ledger(&self) -> Result<Ledger<redis::aio::MultiplexedConnection>> {
+    pub async fn ledger(&self) -> Result<Ledger<keybrake_ledger::connection::Connection>> {
         Ok(Ledger::new(
-            self.redis.connect().await?,
+            keybrake_ledger::connection::connect(
+                self.redis_mode(),
+                &self.redis_url(),
+                Duration::from_secs(2),
+            )
+            .await?,
             Keyspace::new(&self.prefix),
             LedgerConfig::default(),
         ))

@@ -14,6 +14,7 @@ mod operator;
 mod ownership;
 mod packaging;
 mod proxy;
+mod redis_cluster;
 mod sdk;
 mod vendor_reading;
 mod workflows;

@@ -37,7 +37,7 @@ async fn token_of(stack: &Stack, secret: &str) -> Result<Token> {
 
 /// What Redis says to a PaymentIntent of `dollars` with `token`.
 async fn charge(
-    ledger: &Ledger<redis::aio::MultiplexedConnection>,
+    ledger: &Ledger<keybrake_ledger::connection::Connection>,
     token: &Token,
     dollars: u64,
 ) -> Result<Admission> {
@@ -58,7 +58,7 @@ async fn charge(
 
 /// A $1 charge.
 async fn try_charge(
-    ledger: &Ledger<redis::aio::MultiplexedConnection>,
+    ledger: &Ledger<keybrake_ledger::connection::Connection>,
     token: &Token,
 ) -> Result<Admission> {
     charge(ledger, token, 1).await
@@ -66,7 +66,7 @@ async fn try_charge(
 
 /// A free probe: what Redis says to the token, without spending anything.
 async fn probe(
-    ledger: &Ledger<redis::aio::MultiplexedConnection>,
+    ledger: &Ledger<keybrake_ledger::connection::Connection>,
     token: &Token,
 ) -> Result<Admission> {
     charge(ledger, token, 0).await

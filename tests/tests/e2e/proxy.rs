@@ -892,9 +892,11 @@ async fn a_policy_the_watch_has_not_delivered_is_loaded_from_the_key_record() ->
     // An App whose policy table is empty, as a replica's is in the moment between a policy's
     // creation and its watch event.
     let config = keybrake_proxy::Config::local(&stack.redis.url(), &stack.prefix);
-    let conn = redis::Client::open(stack.redis.url())?
-        .get_connection_manager()
-        .await?;
+    let conn = keybrake_ledger::connection::Connection::Single(
+        redis::Client::open(stack.redis.url())?
+            .get_connection_manager()
+            .await?,
+    );
     let (keys, _watch) = keybrake_proxy::vault_keys::KeyIndex::start(stack.client.clone());
     let app = App {
         client: stack.client.clone(),
