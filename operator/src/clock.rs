@@ -8,3 +8,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 pub fn time(ms: i64) -> Time {
     Time(jiff::Timestamp::from_second(ms.div_euclid(1000)).unwrap_or_default())
 }
+
+/// This host's clock in Unix milliseconds, for the one status time Redis cannot give: the
+/// condition saying Redis cannot be reached.
+pub fn local_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}

@@ -24,6 +24,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// The Redis failure behind this error, if that is what it is (also inside the finalizer's
+    /// wrapping), for the object's status.
+    pub fn redis_cause(&self) -> Option<&keybrake_ledger::LedgerError> {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Ledger(e) => Some(e),
+            Error::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner.redis_cause(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {

@@ -86,6 +86,55 @@ fn budget_summary(policy: &SpendPolicy) -> String {
 #[instrument(skip_all, fields(spendpolicy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
 pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciled("spendpolicy");
+    let result = reconcile_policy(&policy, &ctx).await;
+    if let Err(e) = &result
+        && let Some(cause) = e.redis_cause()
+    {
+        redis_failed(&policy, &ctx, cause).await;
+    }
+    result
+}
+
+/// Says on the policy that Redis stopped the reconcile (`Ready=False`); best effort.
+async fn redis_failed(policy: &SpendPolicy, ctx: &Context, cause: &keybrake_ledger::LedgerError) {
+    let ns = policy.namespace().unwrap_or_default();
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut want = policy.status.clone().unwrap_or_default();
+    want.spend = None;
+    want.conditions = vec![condition(
+        READY,
+        false,
+        "RedisUnavailable",
+        format!(
+            "the operator cannot reach Redis ({cause}); the policy's budget record could not be written, and its keys' calls are refused until it can"
+        ),
+        policy.metadata.generation,
+        &previous,
+        clock::time(clock::local_ms()),
+    )];
+    let api: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch =
+        json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": want});
+    if let Err(e) = ctx
+        .timed(
+            "patch status",
+            api.patch_status(
+                &policy.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(patch),
+            ),
+        )
+        .await
+    {
+        warn!(error = %e, "could not report the Redis failure on the SpendPolicy");
+    }
+}
+
+async fn reconcile_policy(policy: &SpendPolicy, ctx: &Context) -> Result<Action> {
     let ns = policy
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -107,7 +156,7 @@ pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Ac
             ),
         )),
         (Err(v), None) => Err((v.reason().as_str(), format!("{v}"))),
-        (Ok(()), None) => check_credentials(&policy, secret.as_ref()),
+        (Ok(()), None) => check_credentials(policy, secret.as_ref()),
     };
 
     // A slot that belongs to another policy is not written.
@@ -151,7 +200,7 @@ pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Ac
     let want = SpendPolicyStatus {
         observed_generation: policy.metadata.generation,
         keys: Some(count),
-        budget: Some(budget_summary(&policy)),
+        budget: Some(budget_summary(policy)),
         spend: None,
         conditions: vec![condition(
             READY,

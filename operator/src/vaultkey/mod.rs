@@ -99,14 +99,42 @@ pub async fn reconcile(vk: Arc<VaultKey>, ctx: Arc<Context>) -> Result<Action> {
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let api: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, vk, |event| async {
+    let result = finalizer(&api, FINALIZER, vk.clone(), |event| async {
         match event {
             Finalizer::Apply(vk) => apply(&vk, &ctx).await,
             Finalizer::Cleanup(vk) => cleanup(&vk, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if let Err(e) = &result
+        && let Some(cause) = e.redis_cause()
+    {
+        redis_failed(&vk, &ctx, cause).await;
+    }
+    result
+}
+
+/// Says on the object that Redis stopped the reconcile: `Ready=False` and a Warning Event, so
+/// it shows where people look, not only in the operator's log. Best effort: the reconcile is
+/// retried anyway.
+async fn redis_failed(vk: &VaultKey, ctx: &Context, cause: &keybrake_ledger::LedgerError) {
+    let message = format!(
+        "the operator cannot reach Redis ({cause}); the key's record could not be checked or written, and the proxy refuses calls it cannot account for"
+    );
+    let report = Report::failing(vk, "RedisUnavailable", message.clone());
+    // Redis is the clock for caps and expiry; a condition's time can come from this host.
+    if let Err(e) = status::write(vk, &report, ctx, clock::local_ms()).await {
+        warn!(error = %e, "could not report the Redis failure on the VaultKey");
+    }
+    let already = vk
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| c.reason == "RedisUnavailable");
+    if !already {
+        publish(ctx, vk, EventType::Warning, "RedisUnavailable", &message).await;
+    }
 }
 
 /// Failed reconciles are logged, counted and retried after a short, bounded delay.

@@ -42,6 +42,29 @@ pub struct Report {
     pub issued_at_ms: Option<i64>,
     /// Rotation progress.
     pub rotation: Option<RotationStatus>,
+    /// The operator could not finish the reconcile (Redis unreachable): `Ready` is False
+    /// whatever the phase, with the reason and message above.
+    pub failing: bool,
+}
+
+impl Report {
+    /// What the status says now, with `Ready` turned False for `reason`.
+    pub fn failing(vk: &VaultKey, reason: &str, message: String) -> Report {
+        let s = vk.status.clone().unwrap_or_default();
+        Report {
+            phase: s.phase.or(Some(KeyPhase::Pending)),
+            reason: reason.into(),
+            message,
+            vendor: s.vendor,
+            key_id: s.key_id,
+            secret_name: s.secret_name,
+            cap: s.cap,
+            expires_at_ms: s.expires_at.map(|t| t.0.as_millisecond()),
+            issued_at_ms: s.issued_at.map(|t| t.0.as_millisecond()),
+            rotation: s.rotation,
+            failing: true,
+        }
+    }
 }
 
 fn desired(vk: &VaultKey, report: &Report, now: Time) -> VaultKeyStatus {
@@ -50,7 +73,7 @@ fn desired(vk: &VaultKey, report: &Report, now: Time) -> VaultKeyStatus {
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or(&[]);
-    let ready = matches!(report.phase, Some(KeyPhase::Active));
+    let ready = matches!(report.phase, Some(KeyPhase::Active)) && !report.failing;
     let generation = vk.metadata.generation;
     VaultKeyStatus {
         observed_generation: generation,

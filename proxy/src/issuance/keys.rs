@@ -14,7 +14,7 @@ use keybrake_crds::{
 use keybrake_ledger::{KeyId, PolicyTag, secret_env};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
     runtime::wait::await_condition,
 };
 use serde_json::{Value, json};
@@ -252,8 +252,8 @@ pub async fn issue(
         });
     }
     let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
-    match keys.create(&PostParams::default(), &object).await {
-        Ok(_) => {}
+    let uid = match keys.create(&PostParams::default(), &object).await {
+        Ok(created) => created.metadata.uid.unwrap_or_default(),
         Err(kube::Error::Api(s)) if s.code == 409 => {
             return Err(ApiError {
                 status: StatusCode::CONFLICT,
@@ -262,7 +262,22 @@ pub async fn issue(
             });
         }
         Err(e) => return Err(kube_error("creating the VaultKey", e)),
-    }
+    };
+    // Everything after this acts on the object created here, by its uid: a VaultKey deleted and
+    // made again under the same name meanwhile is someone else's.
+    let only_ours = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let ours = {
+        let uid = uid.clone();
+        move |vk: Option<&VaultKey>| {
+            vk.is_some_and(|k| k.metadata.uid.as_deref() == Some(uid.as_str()))
+        }
+    };
     tracing::info!(
         namespace = ns,
         name,
@@ -270,13 +285,31 @@ pub async fn issue(
         "issuing a vault key"
     );
     let timeout = app.config.issue_timeout();
-    let waited = tokio::time::timeout(timeout, await_condition(keys.clone(), &name, settled)).await;
+    // Done when ours is settled, or no longer there (deleted, or replaced under the same name).
+    let done = {
+        let ours = ours.clone();
+        move |vk: Option<&VaultKey>| !ours(vk) || settled(vk)
+    };
+    let waited = tokio::time::timeout(timeout, await_condition(keys.clone(), &name, done)).await;
     let vk = match waited {
-        Ok(Ok(Some(vk))) if settled(Some(&vk)) => vk,
+        Ok(Ok(Some(vk))) if ours(Some(&vk)) && settled(Some(&vk)) => vk,
+        Ok(Ok(_)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "VaultKey {ns}/{name} was deleted or replaced while it was being issued; nothing was issued"
+                ),
+            ));
+        }
         outcome => {
             // Nothing half-made stays behind: the caller never got a token.
-            let now = keys.get_opt(&name).await.ok().flatten();
-            let _ = keys.delete(&name, &DeleteParams::default()).await;
+            let now = keys
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|k| ours(Some(k)));
+            let _ = keys.delete(&name, &only_ours).await;
             let why = now
                 .as_ref()
                 .and_then(|k| view::key(k, None)["message"].as_str().map(str::to_owned))
@@ -295,7 +328,7 @@ pub async fn issue(
         }
     };
     if vk.status.as_ref().and_then(|s| s.phase) != Some(KeyPhase::Active) {
-        let _ = keys.delete(&name, &DeleteParams::default()).await;
+        let _ = keys.delete(&name, &only_ours).await;
         let body = view::key(&vk, None);
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -49,8 +49,46 @@ async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact()
         2,
         "a call was forwarded while Redis was down"
     );
+    // A key the operator cannot reconcile says so on the object, not only in the log.
+    stack
+        .cluster
+        .apply(
+            &keybrake_e2e::example("stripe-run-key.yaml")
+                .replace("billing-agent-run-7f3a", "while-redis-is-down"),
+        )
+        .await?
+        .ok()?;
+    let keys = kube::Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing");
+    let ready = eventually("the key to show the Redis failure", 20, || async {
+        let vk = keys.get("while-redis-is-down").await.ok()?;
+        let c = vk
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")?;
+        (c.reason == "RedisUnavailable").then_some(c)
+    })
+    .await?;
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("cannot reach Redis"),
+        "{}",
+        ready.message
+    );
+    let described = stack
+        .cluster
+        .kubectl_ok(&["describe", "vk", "-n", "billing", "while-redis-is-down"])
+        .await?;
+    assert!(described.contains("RedisUnavailable"), "{described}");
 
     stack.redis.restart().await?;
+    stack
+        .key_in_phase(
+            "billing",
+            "while-redis-is-down",
+            keybrake_crds::KeyPhase::Active,
+        )
+        .await?;
     let restarted = std::time::Instant::now();
     eventually("the proxy to recover on its own", 15, || async {
         (charge().await.ok()?.status == 200).then_some(())
