@@ -83,6 +83,31 @@ pub async fn connect(mode: Mode, urls: &str, timeout: Duration) -> redis::RedisR
     }
 }
 
+impl Connection {
+    /// Waits until `replicas` replicas of the primary holding `key` have every write this
+    /// connection sent it so far (Redis `WAIT`), at most `timeout`; returns how many did.
+    pub async fn wait_for_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<u32> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout.as_millis() as u64);
+        let acked: i64 = match self {
+            Connection::Single(c) => wait.query_async(c).await?,
+            Connection::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::with_key(key, SlotAddr::Master),
+                ));
+                redis::from_redis_value(c.route_command(wait, route).await?)?
+            }
+        };
+        Ok(u32::try_from(acked.max(0)).unwrap_or(u32::MAX))
+    }
+}
+
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

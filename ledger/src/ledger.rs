@@ -695,6 +695,16 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         }
     }
 
+    /// The connection (clones share it).
+    pub fn connection(&self) -> C {
+        self.conn.clone()
+    }
+
+    /// The key record's name in Redis (its primary is the one that holds the key's slot).
+    pub fn key_record_name(&self, id: &KeyId) -> String {
+        self.slot(id).key_record(id)
+    }
+
     /// Every policy tag with records (the sweeper's and the audit view's index).
     pub async fn policy_tags(&self) -> Result<Vec<PolicyTag>> {
         let mut conn = self.conn.clone();

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use keybrake_ledger::{Admission, Mode, ReserveRequest};
+use keybrake_crds::Usd;
+use keybrake_ledger::{Admission, KeyId, Mode, Outcome, ReserveRequest, SettleRequest};
 
 use crate::{
     forward::respond,
@@ -149,6 +150,79 @@ pub async fn reserve(app: &App, request: &ReserveRequest<'_>) -> Result<Reserved
                     "accounting_unavailable: reserve answered as a check",
                 ));
             }
+        }
+    }
+}
+
+/// Closes a reservation whose call was not sent (best effort: if this fails too, the sweeper
+/// keeps the estimate counted, which never under-counts).
+pub async fn release(
+    app: &App,
+    key_id: &KeyId,
+    vendor: keybrake_crds::Vendor,
+    reservation: &str,
+    idempotency_key: Option<&str>,
+) {
+    let release = SettleRequest {
+        key_id,
+        vendor,
+        reservation,
+        outcome: Outcome::NotSent,
+        actual: Usd::ZERO,
+        status: None,
+        request_id: "",
+        idempotency_key,
+        response: None,
+        object: None,
+    };
+    if let Err(e) = app.ledger.settle(&release).await {
+        tracing::warn!(error = %e, reservation, "could not release a reservation");
+    }
+}
+
+/// With `KEYBRAKE_REDIS_REPLICA_ACKS`, waits until that many replicas have the reservation; a
+/// reservation only the primary holds is released and the call refused (fail closed), so a
+/// failover cannot lose counted money.
+pub async fn replicated(
+    app: &App,
+    key_id: &KeyId,
+    vendor: keybrake_crds::Vendor,
+    reservation: &str,
+    idempotency_key: Option<&str>,
+) -> Result<(), Refusal> {
+    let wanted = app.config.redis_replica_acks;
+    if wanted == 0 {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut conn = app.ledger.connection();
+    let acked = conn
+        .wait_for_replicas(
+            &app.ledger.key_record_name(key_id),
+            wanted,
+            Duration::from_millis(app.config.redis_replica_ack_timeout_ms),
+        )
+        .await;
+    app.metrics.redis_latency("wait", started.elapsed());
+    match acked {
+        Ok(n) if n >= wanted => Ok(()),
+        other => {
+            app.metrics.redis_error();
+            tracing::error!(
+                ?other,
+                wanted,
+                reservation,
+                "a reservation was not replicated in time; refusing"
+            );
+            release(app, key_id, vendor, reservation, idempotency_key).await;
+            Err(Refusal::new(
+                Kind::Unavailable,
+                "accounting_unavailable",
+                "redis",
+                format!(
+                    "accounting_unavailable: the reservation reached fewer than {wanted} Redis replica(s) in time, so the call was not sent; retry shortly"
+                ),
+            ))
         }
     }
 }

@@ -16,6 +16,18 @@ pub struct Config {
     /// `single` (one primary) or `cluster` (Redis Cluster).
     #[arg(long, env = "KEYBRAKE_REDIS_MODE", default_value = "single")]
     pub redis_mode: keybrake_ledger::connection::Mode,
+    /// Replicas that must have a reservation before its call is forwarded (Redis `WAIT`): with
+    /// 1, a primary that fails over right after a reserve cannot take counted money with it.
+    /// 0 forwards on the primary's word alone.
+    #[arg(long, env = "KEYBRAKE_REDIS_REPLICA_ACKS", default_value_t = 0)]
+    pub redis_replica_acks: u32,
+    /// Longest wait for those replicas, in milliseconds; past it the call is refused.
+    #[arg(
+        long,
+        env = "KEYBRAKE_REDIS_REPLICA_ACK_TIMEOUT_MS",
+        default_value_t = 100
+    )]
+    pub redis_replica_ack_timeout_ms: u64,
     /// Prefix of every Redis key (the operator's).
     #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
     pub redis_prefix: String,
@@ -70,6 +82,8 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             redis_url: redis_url.into(),
             redis_mode: keybrake_ledger::connection::Mode::Single,
+            redis_replica_acks: 0,
+            redis_replica_ack_timeout_ms: 100,
             redis_prefix: redis_prefix.into(),
             redis_timeout_ms: 500,
             upstream_timeout_secs: 30,

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{HeaderMap, Request, Response, body::Incoming, header::AUTHORIZATION};
 use keybrake_crds::{Usd, Vendor};
 use keybrake_ledger::connection::Connection;
-use keybrake_ledger::{Ledger, Mode, Outcome, ReserveRequest, SettleRequest, Token};
+use keybrake_ledger::{Ledger, Mode, ReserveRequest, Token};
 
 use crate::{
     adapters::{self, Call},
@@ -136,31 +136,6 @@ fn same_policy(named: &str, policy: &PolicyConfig) -> Result<(), Refusal> {
     ))
 }
 
-/// Closes a reservation whose call was not sent.
-async fn release(
-    app: &App,
-    token: &Token,
-    call: &Call,
-    reservation: &str,
-    idempotency_key: Option<&str>,
-) {
-    let release = SettleRequest {
-        key_id: &token.key_id,
-        vendor: call.vendor,
-        reservation,
-        outcome: Outcome::NotSent,
-        actual: Usd::ZERO,
-        status: None,
-        request_id: "",
-        idempotency_key,
-        response: None,
-        object: None,
-    };
-    if let Err(e) = app.ledger.settle(&release).await {
-        tracing::warn!(error = %e, reservation, "could not release a reservation");
-    }
-}
-
 /// The headers to forward, the caller's Idempotency-Key made this vault key's own: two keys
 /// that pick the same key (`order-123`) must not get each other's objects from the vendor.
 fn vendor_idempotency_key(
@@ -201,7 +176,14 @@ async fn still_standing(
     if standing == Standing::Live {
         return Ok(());
     }
-    release(app, token, call, reservation, idempotency_key).await;
+    admission::release(
+        app,
+        &token.key_id,
+        call.vendor,
+        reservation,
+        idempotency_key,
+    )
+    .await;
     if let Err(e) = app.ledger.revoke(&token.key_id).await {
         tracing::warn!(error = %e, vault_key, "could not revoke in Redis");
     }
@@ -331,9 +313,24 @@ async fn serve(
     };
     let idempotency_key = request.idempotency.map(|(k, _)| k);
     if let Err(r) = same_policy(&policy_name, &policy) {
-        release(app, token, &call, &reservation, idempotency_key).await;
+        admission::release(
+            app,
+            &token.key_id,
+            call.vendor,
+            &reservation,
+            idempotency_key,
+        )
+        .await;
         return Err(r);
     }
+    admission::replicated(
+        app,
+        &token.key_id,
+        call.vendor,
+        &reservation,
+        idempotency_key,
+    )
+    .await?;
     still_standing(app, token, &call, &reservation, &vault_key, idempotency_key).await?;
     let headers = vendor_idempotency_key(&call, &token.key_id);
 

@@ -152,10 +152,23 @@ impl RedisCluster {
         for i in 0..3 * (1 + replicas) {
             let port = free_port()?;
             let conf = format!("nodes-{i}.conf");
+            // A one-second node timeout: a dead primary's replica takes over within seconds.
             children.push(spawn(
                 dir.path(),
                 port,
-                &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf,
+                    "--cluster-node-timeout",
+                    "1000",
+                    // Replicas sync at once, and may take over whatever their data's age.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ],
             )?);
             ports.push(port);
         }
@@ -194,11 +207,128 @@ impl RedisCluster {
                 .query_async(&mut c)
                 .await?;
             if info.contains("cluster_state:ok") {
+                cluster.replicas_in_sync().await?;
                 return Ok(cluster);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("the cluster never reached cluster_state:ok")
+    }
+
+    /// The port of the primary that holds `key`'s slot, asked of any live node.
+    pub async fn primary_of(&self, key: &str) -> Result<u16> {
+        let slot = slot_of(key);
+        for port in &self.ports {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+                continue;
+            };
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let Ok(nodes) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut c)
+                .await
+            else {
+                continue;
+            };
+            for line in nodes.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                    continue;
+                }
+                let holds = f[8..].iter().any(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                });
+                if holds {
+                    let port = f[1].split(['@', ':']).nth(1).unwrap_or("");
+                    return Ok(port.parse()?);
+                }
+            }
+        }
+        bail!("no live node knows the primary of slot {slot}")
+    }
+
+    /// Kills the node on `port` (SIGKILL, as a crash).
+    pub fn kill(&mut self, port: u16) -> Result<()> {
+        let i = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .context("no such node")?;
+        self.children[i].kill()?;
+        Ok(())
+    }
+
+    /// Starts the node on `port` again from its cluster config (it rejoins as a replica of
+    /// whoever took over).
+    pub async fn restart(&mut self, port: u16) -> Result<()> {
+        let i = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .context("no such node")?;
+        let _ = self.children[i].wait();
+        let conf = format!("nodes-{i}.conf");
+        self.children[i] = spawn(
+            self._dir.path(),
+            port,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                "1000",
+                "--repl-diskless-sync-delay",
+                "0",
+                "--cluster-replica-validity-factor",
+                "0",
+            ],
+        )?;
+        wait_ready(port).await?;
+        self.replicas_in_sync().await
+    }
+
+    /// Waits until every replica's link to its primary is up.
+    pub async fn replicas_in_sync(&self) -> Result<()> {
+        for _ in 0..300 {
+            let mut all = true;
+            for port in &self.ports {
+                let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+                let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                    all = false;
+                    continue;
+                };
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                if info.contains("role:slave") && !info.contains("master_link_status:up") {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the replicas never finished syncing")
+    }
+
+    /// Waits until a live primary other than `dead` holds `key`'s slot and the cluster is ok.
+    pub async fn failed_over(&self, key: &str, dead: u16) -> Result<u16> {
+        for _ in 0..300 {
+            if let Ok(p) = self.primary_of(key).await
+                && p != dead
+            {
+                return Ok(p);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("no replica took over from {dead}")
     }
 
     /// The seed nodes as `REDIS_URL` takes them in cluster mode (comma-separated).
@@ -230,4 +360,25 @@ impl Drop for RedisCluster {
             let _ = c.wait();
         }
     }
+}
+
+/// The Redis Cluster slot of a key: CRC16 (XMODEM) of its hash tag (or the whole key), mod 16384.
+pub fn slot_of(key: &str) -> u16 {
+    let tagged = key
+        .find('{')
+        .and_then(|a| key[a + 1..].find('}').map(|b| &key[a + 1..a + 1 + b]))
+        .filter(|t| !t.is_empty())
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for b in tagged.bytes() {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }

@@ -167,8 +167,17 @@ impl Stack {
 
     /// Starts a proxy replica on this stack's Redis and keyspace.
     pub async fn start_proxy(&self) -> Result<keybrake_proxy::Running> {
+        self.start_proxy_with(|_| {}).await
+    }
+
+    /// Starts a proxy replica with its configuration changed by `edit`.
+    pub async fn start_proxy_with(
+        &self,
+        edit: impl FnOnce(&mut keybrake_proxy::Config),
+    ) -> Result<keybrake_proxy::Running> {
         let mut config = keybrake_proxy::Config::local(&self.redis_url(), &self.prefix);
         config.redis_mode = self.redis_mode();
+        edit(&mut config);
         Ok(keybrake_proxy::start(self.client.clone(), config, "127.0.0.1:0".parse()?).await?)
     }
 
