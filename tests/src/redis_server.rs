@@ -250,6 +250,36 @@ impl RedisCluster {
         bail!("no live node knows the primary of slot {slot}")
     }
 
+    /// Moves every slot of the primary on `from` to the primary on `to`, as an operator
+    /// rebalancing a cluster would (`redis-cli --cluster reshard`), and waits for it to finish.
+    pub async fn reshard(&self, from: u16, to: u16) -> Result<()> {
+        let id = |port: u16| async move {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+            let mut c = client.get_multiplexed_async_connection().await?;
+            let id: String = redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(&mut c)
+                .await?;
+            anyhow::Ok(id)
+        };
+        let (from_id, to_id) = (id(from).await?, id(to).await?);
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", "16384", "--cluster-yes"])
+            .output()
+            .await
+            .context("running redis-cli --cluster reshard")?;
+        if !out.status.success() {
+            bail!(
+                "redis-cli --cluster reshard failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Kills the node on `port` (SIGKILL, as a crash).
     pub fn kill(&mut self, port: u16) -> Result<()> {
         let i = self

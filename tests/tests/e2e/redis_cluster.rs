@@ -264,3 +264,79 @@ async fn a_primary_killed_under_load_loses_no_counted_money_with_replica_acks() 
     assert!(moved <= 500_000_000, "moved past the cap: {moved}");
     Ok(())
 }
+
+/// A slot moved between primaries (`redis-cli --cluster reshard`) while calls flow: no call is
+/// refused for a redirect it could have followed, and nothing is counted twice or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_under_load_loses_and_doubles_nothing() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy_on_redis_cluster(0).await?;
+    let policy = with_upstream(&example("stripe-policy.yaml"), &upstream.url());
+    stack.cluster.apply(&policy).await?.ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    let env = stack
+        .active_key_env("billing", "billing-agent-run-7f3a")
+        .await?;
+    let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
+    let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
+    let record = Keyspace::new(&stack.prefix)
+        .policy(&token.key_id.tag())
+        .key_record(&token.key_id);
+    let redis = stack
+        .redis_cluster
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no cluster"))?;
+    let from = redis.primary_of(&record).await?;
+    let to = *redis
+        .ports
+        .iter()
+        .find(|p| **p != from)
+        .ok_or_else(|| anyhow::anyhow!("one node"))?;
+    let second = stack.start_proxy().await?;
+    let addrs = [proxy.addr, second.addr];
+    let mut calls = Vec::new();
+    for i in 0..300u64 {
+        let (addr, bearer) = (addrs[i as usize % 2], bearer.clone());
+        calls.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            http(
+                addr,
+                "POST",
+                "/v1/payment_intents",
+                &[("Authorization", bearer.as_str()), FORM],
+                b"amount=100&currency=usd&confirm=true",
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    redis.reshard(from, to).await?;
+    println!(
+        "moved every slot of {from} to {to} in {:.1} s under load",
+        started.elapsed().as_secs_f64()
+    );
+    let (mut ok, mut capped, mut other) = (0, 0, Vec::new());
+    for c in calls {
+        let r = c.await??;
+        match r.status {
+            200 => ok += 1,
+            429 => capped += 1,
+            _ => other.push(r.body),
+        }
+    }
+    assert_eq!(redis.primary_of(&record).await?, to, "the key's slot moved");
+    assert!(other.is_empty(), "calls refused during the move: {other:?}");
+    let recorded = stack.ledger().await?.key_spend(&token.key_id).await?.total;
+    let moved: u64 = upstream.moved().iter().map(|m| m.units * 10_000).sum();
+    println!("resharding: {ok} charged, {capped} capped; moved {moved}, recorded {recorded}");
+    assert_eq!(moved, recorded, "counted once, none lost");
+    assert_eq!(recorded, ok * 1_000_000);
+    second.shutdown().await;
+    proxy.shutdown().await;
+    Ok(())
+}
