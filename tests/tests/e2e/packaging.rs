@@ -473,6 +473,61 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     .await;
     let err = missing.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err.contains("redis.url is required"), "{err}");
+    // Redis Cluster: the seed nodes and the mode reach both deployables; the bundled single
+    // node cannot be a cluster.
+    let clustered = tool(
+        "helm",
+        &[
+            &chart[..],
+            &[
+                "--set",
+                "redis.enabled=false",
+                "--set",
+                "redis.mode=cluster",
+                "--set",
+                "redis.url=redis://a:6379\\,redis://b:6379",
+                "--set",
+                "redis.replicaAcks=1",
+            ],
+        ]
+        .concat(),
+    )
+    .await?;
+    for (name, pod) in &parse(&clustered)?.pods {
+        let env: BTreeMap<String, String> = pod.containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect();
+        assert_eq!(
+            env.get("KEYBRAKE_REDIS_MODE").map(String::as_str),
+            Some("cluster"),
+            "{name}"
+        );
+        assert_eq!(
+            env.get("REDIS_URL").map(String::as_str),
+            Some("redis://a:6379,redis://b:6379"),
+            "{name}"
+        );
+        if name.contains("proxy") {
+            assert_eq!(
+                env.get("KEYBRAKE_REDIS_REPLICA_ACKS").map(String::as_str),
+                Some("1")
+            );
+        }
+    }
+    let bundled = tool(
+        "helm",
+        &[&chart[..], &["--set", "redis.mode=cluster"]].concat(),
+    )
+    .await;
+    let err = bundled.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("redis.mode=cluster needs redis.enabled=false"),
+        "{err}"
+    );
     let listed = cluster
         .kubectl_ok(&[
             "get",

@@ -14,6 +14,13 @@
 {{- end -}}
 {{- end -}}
 
+{{- define "keybrake.redisMode" -}}
+{{- if not (has .Values.redis.mode (list "single" "cluster")) -}}{{ fail "redis.mode must be single or cluster" }}
+{{- else if and (eq .Values.redis.mode "cluster") .Values.redis.enabled -}}{{ fail "redis.mode=cluster needs redis.enabled=false and redis.url listing the cluster's seed nodes (the bundled Redis is one node)" }}
+{{- else -}}{{ .Values.redis.mode }}
+{{- end -}}
+{{- end -}}
+
 {{- define "keybrake.labels" -}}
 app.kubernetes.io/part-of: keybrake
 app.kubernetes.io/managed-by: {{ .Release.Service }}
