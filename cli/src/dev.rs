@@ -35,9 +35,12 @@ pub struct DevArgs {
     /// Use this Redis instead of starting one (cluster mode: seed nodes, comma-separated).
     #[arg(long)]
     pub redis_url: Option<String>,
-    /// `single` or `cluster`: how the Redis of `--redis-url` is deployed.
+    /// `single`, `cluster` or `sentinel`: how the Redis of `--redis-url` is deployed.
     #[arg(long, default_value = "single")]
     pub redis_mode: keybrake_ledger::connection::Mode,
+    /// The Sentinel-managed set's name (`--redis-mode sentinel`).
+    #[arg(long, default_value = "mymaster")]
+    pub redis_sentinel_master: String,
     /// Send a vendor's calls to this URL instead of the sandbox, e.g.
     /// `stripe=http://127.0.0.1:8420` (localstripe) or `stripe=https://api.stripe.com`.
     #[arg(long = "upstream", value_name = "VENDOR=URL")]
@@ -217,6 +220,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let mut proxy_config = keybrake_proxy::Config::local(&redis_url, "kb");
     proxy_config.redis_mode = args.redis_mode;
+    proxy_config.redis_sentinel_master = args.redis_sentinel_master.clone();
     proxy_config.listen = SocketAddr::from(([127, 0, 0, 1], args.proxy_port));
     proxy_config.default_upstreams = default_upstreams.clone();
     let proxy = keybrake_proxy::start(
@@ -232,6 +236,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         proxy_url: proxy_url.clone(),
         redis_url: redis_url.clone(),
         redis_mode: args.redis_mode,
+        redis_sentinel_master: args.redis_sentinel_master.clone(),
         redis_prefix: "kb".into(),
         metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         leader_election: false,

@@ -1,16 +1,22 @@
 //! One connection type for the deployables, whatever Redis they are pointed at: a single node
-//! (a managed primary, the bundled StatefulSet) or a Redis Cluster. The ledger's scripts run
+//! (a managed primary, the bundled StatefulSet), a Redis Cluster, or a primary/replica set
+//! managed by Redis Sentinel. The ledger's scripts run
 //! unchanged on both, because every key one script touches shares its policy's hash tag; the
 //! cluster client follows MOVED and ASK redirects, refreshes the topology and reloads a script
 //! on a node that answers NOSCRIPT (after a failover or on a new primary).
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use redis::{
-    Cmd, Pipeline, RedisFuture, Value,
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
+    sentinel::Sentinel,
 };
 
 /// How Redis is deployed.
@@ -21,6 +27,9 @@ pub enum Mode {
     Single,
     /// A Redis Cluster (`REDIS_URL` lists one or more seed nodes, comma-separated).
     Cluster,
+    /// A primary and its replicas managed by Redis Sentinel (`REDIS_URL` lists the sentinels,
+    /// comma-separated; `KEYBRAKE_REDIS_SENTINEL_MASTER` names the set).
+    Sentinel,
 }
 
 impl FromStr for Mode {
@@ -30,8 +39,9 @@ impl FromStr for Mode {
         match s {
             "single" => Ok(Mode::Single),
             "cluster" => Ok(Mode::Cluster),
+            "sentinel" => Ok(Mode::Sentinel),
             other => Err(format!(
-                "redis mode {other:?} is not one of single, cluster"
+                "redis mode {other:?} is not one of single, cluster, sentinel"
             )),
         }
     }
@@ -42,6 +52,7 @@ impl std::fmt::Display for Mode {
         f.write_str(match self {
             Mode::Single => "single",
             Mode::Cluster => "cluster",
+            Mode::Sentinel => "sentinel",
         })
     }
 }
@@ -53,12 +64,79 @@ pub enum Connection {
     Single(ConnectionManager),
     /// A Redis Cluster.
     Cluster(ClusterConnection),
+    /// Whichever node the sentinels name as the primary.
+    Sentinel(Arc<Sentinelled>),
 }
 
-/// Connects to `urls` (one URL, or comma-separated seed nodes in cluster mode). `timeout` bounds
-/// connecting and each response.
-pub async fn connect(mode: Mode, urls: &str, timeout: Duration) -> redis::RedisResult<Connection> {
+/// The primary of a Sentinel-managed set: asked of the sentinels when there is no connection,
+/// and asked again after any failure (a failover demotes the old primary, which then answers
+/// READONLY or not at all). The call that meets the failure is refused; the next one goes to
+/// the new primary.
+pub struct Sentinelled {
+    sentinel: tokio::sync::Mutex<Sentinel>,
+    master: String,
+    timeout: Duration,
+    current: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl Sentinelled {
+    async fn primary(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(c);
+        }
+        let client = self
+            .sentinel
+            .lock()
+            .await
+            .async_master_for(&self.master, None)
+            .await?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn forget(&self) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+fn listed(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Connects to `urls` (one URL; or comma-separated seed nodes or sentinels). `timeout` bounds
+/// connecting and each response. `master` names the Sentinel set (Sentinel mode only).
+pub async fn connect(
+    mode: Mode,
+    urls: &str,
+    master: &str,
+    timeout: Duration,
+) -> redis::RedisResult<Connection> {
     match mode {
+        Mode::Sentinel => {
+            let sentinelled = Sentinelled {
+                sentinel: tokio::sync::Mutex::new(Sentinel::build(listed(urls))?),
+                master: master.to_owned(),
+                timeout,
+                current: Mutex::new(None),
+            };
+            // Fail at start, not on the first call, when no sentinel names a primary.
+            sentinelled.primary().await?;
+            Ok(Connection::Sentinel(Arc::new(sentinelled)))
+        }
         Mode::Single => {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
@@ -69,12 +147,7 @@ pub async fn connect(mode: Mode, urls: &str, timeout: Duration) -> redis::RedisR
             ))
         }
         Mode::Cluster => {
-            let nodes: Vec<&str> = urls
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect();
-            let client = ClusterClient::builder(nodes)
+            let client = ClusterClient::builder(listed(urls))
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .build()?;
@@ -96,6 +169,7 @@ impl Connection {
         wait.arg(replicas).arg(timeout.as_millis() as u64);
         let acked: i64 = match self {
             Connection::Single(c) => wait.query_async(c).await?,
+            Connection::Sentinel(_) => wait.query_async(self).await?,
             Connection::Cluster(c) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
@@ -113,6 +187,17 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_command(cmd),
             Connection::Cluster(c) => c.req_packed_command(cmd),
+            Connection::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    let mut conn = s.primary().await?;
+                    let reply = conn.req_packed_command(cmd).await;
+                    if reply.is_err() {
+                        s.forget();
+                    }
+                    reply
+                })
+            }
         }
     }
 
@@ -125,6 +210,17 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    let mut conn = s.primary().await?;
+                    let reply = conn.req_packed_commands(pipeline, offset, count).await;
+                    if reply.is_err() {
+                        s.forget();
+                    }
+                    reply
+                })
+            }
         }
     }
 
@@ -132,6 +228,7 @@ impl ConnectionLike for Connection {
         match self {
             Connection::Single(c) => c.get_db(),
             Connection::Cluster(c) => c.get_db(),
+            Connection::Sentinel(_) => 0,
         }
     }
 }
@@ -144,11 +241,12 @@ mod tests {
     fn modes_parse_and_print() {
         assert_eq!("cluster".parse::<Mode>(), Ok(Mode::Cluster));
         assert_eq!("single".parse::<Mode>(), Ok(Mode::Single));
+        assert_eq!("sentinel".parse::<Mode>(), Ok(Mode::Sentinel));
         assert!(
-            "sentinel"
+            "replica"
                 .parse::<Mode>()
                 .unwrap_err()
-                .contains("single, cluster")
+                .contains("single, cluster, sentinel")
         );
         assert_eq!(Mode::Cluster.to_string(), "cluster");
     }

@@ -12,9 +12,17 @@ pub struct Config {
     /// Redis holding key records and spend: one URL, or (cluster mode) seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
-    /// `single` (one primary) or `cluster` (Redis Cluster).
+    /// `single` (one primary), `cluster` (Redis Cluster) or `sentinel` (a primary and replicas
+    /// managed by Redis Sentinel; `REDIS_URL` then lists the sentinels).
     #[arg(long, env = "KEYBRAKE_REDIS_MODE", default_value = "single")]
     pub redis_mode: keybrake_ledger::connection::Mode,
+    /// The name of the Sentinel-managed set (`sentinel` mode only).
+    #[arg(
+        long,
+        env = "KEYBRAKE_REDIS_SENTINEL_MASTER",
+        default_value = "mymaster"
+    )]
+    pub redis_sentinel_master: String,
     /// Prefix of every Redis key (share it with the proxy).
     #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
     pub redis_prefix: String,

@@ -94,6 +94,7 @@ pub async fn run(
     let conn = keybrake_ledger::connection::connect(
         config.redis_mode,
         &config.redis_url,
+        &config.redis_sentinel_master,
         config.call_timeout(),
     )
     .await

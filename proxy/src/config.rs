@@ -13,9 +13,17 @@ pub struct Config {
     /// mode) seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
-    /// `single` (one primary) or `cluster` (Redis Cluster).
+    /// `single` (one primary), `cluster` (Redis Cluster) or `sentinel` (a primary and replicas
+    /// managed by Redis Sentinel; `REDIS_URL` then lists the sentinels).
     #[arg(long, env = "KEYBRAKE_REDIS_MODE", default_value = "single")]
     pub redis_mode: keybrake_ledger::connection::Mode,
+    /// The name of the Sentinel-managed set (`sentinel` mode only).
+    #[arg(
+        long,
+        env = "KEYBRAKE_REDIS_SENTINEL_MASTER",
+        default_value = "mymaster"
+    )]
+    pub redis_sentinel_master: String,
     /// Replicas that must have a reservation before its call is forwarded (Redis `WAIT`): with
     /// 1, a primary that fails over right after a reserve cannot take counted money with it.
     /// 0 forwards on the primary's word alone.
@@ -82,6 +90,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             redis_url: redis_url.into(),
             redis_mode: keybrake_ledger::connection::Mode::Single,
+            redis_sentinel_master: "mymaster".into(),
             redis_replica_acks: 0,
             redis_replica_ack_timeout_ms: 100,
             redis_prefix: redis_prefix.into(),

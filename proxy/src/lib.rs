@@ -94,6 +94,7 @@ pub async fn start(
     let conn = keybrake_ledger::connection::connect(
         config.redis_mode,
         &config.redis_url,
+        &config.redis_sentinel_master,
         Duration::from_millis(config.redis_timeout_ms.max(100)),
     )
     .await

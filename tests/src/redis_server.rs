@@ -412,3 +412,191 @@ pub fn slot_of(key: &str) -> u16 {
     }
     crc % 16384
 }
+
+/// A primary, one replica and three sentinels watching them (quorum 2) on loopback, killed on
+/// drop: the shape of a Sentinel-managed managed Redis.
+pub struct RedisSentinelSet {
+    /// Data nodes: the first starts as the primary.
+    pub nodes: Vec<RedisServer>,
+    sentinels: Vec<Child>,
+    /// Sentinel ports.
+    pub sentinel_ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+impl RedisSentinelSet {
+    /// Starts the set named `master` and waits until every sentinel knows the primary and the
+    /// replica is in sync.
+    pub async fn start(master: &str) -> Result<RedisSentinelSet> {
+        let dir = tempfile::tempdir()?;
+        let primary_port = free_port()?;
+        let primary = RedisServer {
+            child: spawn(
+                dir.path(),
+                primary_port,
+                &["--repl-diskless-sync-delay", "0"],
+            )?,
+            port: primary_port,
+            dir: tempfile::tempdir()?,
+            durable: false,
+        };
+        wait_ready(primary_port).await?;
+        let replica_port = free_port()?;
+        let replica = RedisServer {
+            child: spawn(
+                dir.path(),
+                replica_port,
+                &[
+                    "--replicaof",
+                    "127.0.0.1",
+                    &primary.port.to_string(),
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ],
+            )?,
+            port: replica_port,
+            dir: tempfile::tempdir()?,
+            durable: false,
+        };
+        wait_ready(replica_port).await?;
+        let mut sentinels = Vec::new();
+        let mut sentinel_ports = Vec::new();
+        for i in 0..3 {
+            let port = free_port()?;
+            let conf = dir.path().join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor {master} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {master} 1000\n\
+                     sentinel failover-timeout {master} 3000\n",
+                    primary.port
+                ),
+            )?;
+            sentinels.push(
+                Command::new("redis-server")
+                    .arg(&conf)
+                    .arg("--sentinel")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting redis-server --sentinel")?,
+            );
+            sentinel_ports.push(port);
+        }
+        let set = RedisSentinelSet {
+            nodes: vec![primary, replica],
+            sentinels,
+            sentinel_ports,
+            _dir: dir,
+        };
+        for p in &set.sentinel_ports {
+            wait_ready(*p).await?;
+        }
+        set.in_sync().await?;
+        for _ in 0..200 {
+            if set.primary(master).await.is_ok() && set.replicas_known(master).await? {
+                return Ok(set);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the sentinels never agreed on the set")
+    }
+
+    /// `REDIS_URL` in Sentinel mode: the sentinels, comma-separated.
+    pub fn urls(&self) -> String {
+        self.sentinel_ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The primary's port as the first sentinel that answers names it.
+    pub async fn primary(&self, master: &str) -> Result<u16> {
+        for p in &self.sentinel_ports {
+            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{p}/")) else {
+                continue;
+            };
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            if let Ok((_, port)) = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(master)
+                .query_async::<(String, u16)>(&mut c)
+                .await
+            {
+                return Ok(port);
+            }
+        }
+        bail!("no sentinel names a primary for {master}")
+    }
+
+    async fn replicas_known(&self, master: &str) -> Result<bool> {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.sentinel_ports[0]))?;
+        let mut c = client.get_multiplexed_async_connection().await?;
+        let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(master)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        Ok(!replicas.is_empty())
+    }
+
+    /// Waits until every data node that is a replica has its link to the primary up.
+    pub async fn in_sync(&self) -> Result<()> {
+        for _ in 0..300 {
+            let mut all = true;
+            for n in &self.nodes {
+                let Ok(mut c) = n.connect().await else {
+                    all = false;
+                    continue;
+                };
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                if info.contains("role:slave") && !info.contains("master_link_status:up") {
+                    all = false;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the replica never finished syncing")
+    }
+
+    /// Kills the data node on `port` (SIGKILL).
+    pub fn kill(&mut self, port: u16) -> Result<()> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .context("no such node")?
+            .kill();
+        Ok(())
+    }
+
+    /// Starts the data node on `port` again; the sentinels make it a replica of the new primary.
+    pub async fn restart(&mut self, port: u16) -> Result<()> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .context("no such node")?
+            .restart()
+            .await
+    }
+}
+
+impl Drop for RedisSentinelSet {
+    fn drop(&mut self) {
+        for c in &mut self.sentinels {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -10,9 +10,12 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
     Cluster,
-    redis_server::{RedisCluster, RedisServer},
+    redis_server::{RedisCluster, RedisSentinelSet, RedisServer},
     workspace_root,
 };
+
+/// The name of the test Sentinel set.
+pub const SENTINEL_MASTER: &str = "keybrake";
 
 /// The proxy URL the operator writes into Secrets in tests.
 pub const PROXY_URL: &str = "http://127.0.0.1:18080";
@@ -25,6 +28,8 @@ pub struct Stack {
     pub redis: RedisServer,
     /// A Redis Cluster the operator and proxies use instead, when set.
     pub redis_cluster: Option<RedisCluster>,
+    /// A Sentinel-managed primary and replica the operator and proxies use instead, when set.
+    pub redis_sentinel: Option<RedisSentinelSet>,
     /// The Redis key prefix of this stack.
     pub prefix: String,
     /// A client for the API server.
@@ -92,6 +97,7 @@ impl Stack {
             cluster,
             redis,
             redis_cluster: None,
+            redis_sentinel: None,
             prefix,
             client,
             operator: None,
@@ -114,6 +120,7 @@ impl Stack {
             proxy_url: self.proxy_url.clone(),
             redis_url: self.redis_url(),
             redis_mode: self.redis_mode(),
+            redis_sentinel_master: SENTINEL_MASTER.into(),
             redis_prefix: self.prefix.clone(),
             metrics_addr: "127.0.0.1:0"
                 .parse()
@@ -177,23 +184,41 @@ impl Stack {
     ) -> Result<keybrake_proxy::Running> {
         let mut config = keybrake_proxy::Config::local(&self.redis_url(), &self.prefix);
         config.redis_mode = self.redis_mode();
+        config.redis_sentinel_master = SENTINEL_MASTER.into();
         edit(&mut config);
         Ok(keybrake_proxy::start(self.client.clone(), config, "127.0.0.1:0".parse()?).await?)
     }
 
     /// `REDIS_URL` as the deployables take it: one URL, or the cluster's seed nodes.
     pub fn redis_url(&self) -> String {
-        self.redis_cluster
-            .as_ref()
-            .map_or_else(|| self.redis.url(), RedisCluster::urls)
+        match (&self.redis_cluster, &self.redis_sentinel) {
+            (Some(c), _) => c.urls(),
+            (None, Some(s)) => s.urls(),
+            (None, None) => self.redis.url(),
+        }
     }
 
     /// `KEYBRAKE_REDIS_MODE`.
     pub fn redis_mode(&self) -> keybrake_ledger::connection::Mode {
-        match self.redis_cluster {
-            Some(_) => keybrake_ledger::connection::Mode::Cluster,
-            None => keybrake_ledger::connection::Mode::Single,
+        use keybrake_ledger::connection::Mode;
+        match (&self.redis_cluster, &self.redis_sentinel) {
+            (Some(_), _) => Mode::Cluster,
+            (None, Some(_)) => Mode::Sentinel,
+            (None, None) => Mode::Single,
         }
+    }
+
+    /// Like [`Stack::start_with_proxy`], on a Sentinel-managed primary and replica.
+    pub async fn start_with_proxy_on_redis_sentinel() -> Result<(Stack, keybrake_proxy::Running)> {
+        let (mut stack, _) =
+            Stack::start_on_cluster(Cluster::start().await?, RedisServer::start().await?, false)
+                .await?;
+        stack.stop_operator().await;
+        stack.redis_sentinel = Some(RedisSentinelSet::start(SENTINEL_MASTER).await?);
+        let proxy = stack.start_proxy().await?;
+        stack.proxy_url = format!("http://{}", proxy.addr);
+        stack.start_operator().await?;
+        Ok((stack, proxy))
     }
 
     /// Like [`Stack::start_with_proxy`], on a three-primary Redis Cluster with `replicas`
@@ -312,6 +337,7 @@ impl Stack {
             keybrake_ledger::connection::connect(
                 self.redis_mode(),
                 &self.redis_url(),
+                SENTINEL_MASTER,
                 Duration::from_secs(2),
             )
             .await?,

@@ -15,6 +15,7 @@ mod ownership;
 mod packaging;
 mod proxy;
 mod redis_cluster;
+mod redis_sentinel;
 mod sdk;
 mod vendor_reading;
 mod workflows;

@@ -15,8 +15,8 @@
 {{- end -}}
 
 {{- define "keybrake.redisMode" -}}
-{{- if not (has .Values.redis.mode (list "single" "cluster")) -}}{{ fail "redis.mode must be single or cluster" }}
-{{- else if and (eq .Values.redis.mode "cluster") .Values.redis.enabled -}}{{ fail "redis.mode=cluster needs redis.enabled=false and redis.url listing the cluster's seed nodes (the bundled Redis is one node)" }}
+{{- if not (has .Values.redis.mode (list "single" "cluster" "sentinel")) -}}{{ fail "redis.mode must be single, cluster or sentinel" }}
+{{- else if and (ne .Values.redis.mode "single") .Values.redis.enabled -}}{{ fail (printf "redis.mode=%s needs redis.enabled=false and redis.url listing the %s (the bundled Redis is one node)" .Values.redis.mode (ternary "cluster's seed nodes" "sentinels" (eq .Values.redis.mode "cluster"))) }}
 {{- else -}}{{ .Values.redis.mode }}
 {{- end -}}
 {{- end -}}
