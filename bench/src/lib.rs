@@ -144,6 +144,64 @@ pub async fn start_redis() -> Result<(Proc, u16)> {
     Ok((proc, port))
 }
 
+/// Starts a three-primary Redis Cluster on free ports; returns the processes and `REDIS_URL`
+/// (the seed nodes, comma-separated) once `cluster_state:ok`.
+pub async fn start_redis_cluster(dir: &std::path::Path) -> Result<(Vec<Proc>, String)> {
+    let mut procs = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+            ])
+            .args(["--cluster-config-file", &format!("bench-nodes-{i}.conf")])
+            .args(["--dir", &dir.display().to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server (scripts/install-deps installs it)")?;
+        procs.push(Proc(child));
+        wait_tcp(port).await?;
+        ports.push(port);
+    }
+    let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&nodes)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .context("running redis-cli --cluster create")?;
+    if !out.status.success() {
+        bail!(
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", ports[0]))?;
+    for _ in 0..200 {
+        let mut c = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut c)
+            .await?;
+        if info.contains("cluster_state:ok") {
+            let urls: Vec<String> = ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}/"))
+                .collect();
+            return Ok((procs, urls.join(",")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the bench cluster never reached cluster_state:ok")
+}
+
 /// Waits until something listens on the port.
 pub async fn wait_tcp(port: u16) -> Result<()> {
     for _ in 0..400 {

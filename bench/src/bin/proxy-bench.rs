@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Secret;
 use keybrake_bench::{
     Proc, Row, bin_dir, cpu_time, free_port, http_get,
     load::{self, Mode, Outcome, Shot},
-    print_table, setup_stripe_policy, start_redis, wait_tcp, write_results,
+    print_table, setup_stripe_policy, start_redis, start_redis_cluster, wait_tcp, write_results,
 };
 use keybrake_crds::{KeyPhase, Usd, VaultKey};
 use keybrake_ledger::{Keyspace, Ledger, LedgerConfig, ReserveRequest, Token};
@@ -103,6 +103,91 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .iter()
         .map(|d| std::path::Path::new(d).join(program))
         .find(|p| p.exists())
+}
+
+/// Waits until a proxy's admin port answers `/readyz` with ok.
+async fn ready(admin_port: u16) -> Result<()> {
+    wait_tcp(admin_port).await?;
+    for _ in 0..200 {
+        if http_get(admin_port, "/readyz")
+            .await
+            .is_ok_and(|b| b.trim() == "ok")
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the proxy on admin port {admin_port} never became ready")
+}
+
+/// Saturation with the proxy and the operator on a three-primary Redis Cluster (their own API
+/// server, so the two operators never share objects): what cluster mode costs per call, and that
+/// one policy is bounded by one primary.
+async fn cluster_saturation(up_port: u16, duration: Duration) -> Result<Outcome> {
+    let bin = bin_dir()?;
+    let dir = tempfile::tempdir()?;
+    let (_nodes, redis_url) = start_redis_cluster(dir.path()).await?;
+    let server = kube_lite::KubeLite::start(kube_lite::Options::default()).await?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig())?;
+    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    setup_stripe_policy(
+        &client,
+        1_000_000,
+        Some(&format!("http://127.0.0.1:{up_port}")),
+    )
+    .await?;
+    let (proxy_port, admin_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+    let common = [
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("REDIS_URL", redis_url),
+        ("KEYBRAKE_REDIS_MODE", "cluster".to_owned()),
+        ("KEYBRAKE_REDIS_PREFIX", PREFIX.to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let _proxy = spawn(
+        &bin.join("keybrake-proxy"),
+        &[],
+        &[
+            &common[..],
+            &[
+                ("KEYBRAKE_LISTEN", format!("127.0.0.1:{proxy_port}")),
+                ("KEYBRAKE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
+                ("TOKIO_WORKER_THREADS", "1".into()),
+            ],
+        ]
+        .concat(),
+    )?;
+    let _operator = spawn(
+        &bin.join("keybrake-operator"),
+        &[],
+        &[
+            &common[..],
+            &[
+                (
+                    "KEYBRAKE_PROXY_URL",
+                    format!("http://127.0.0.1:{proxy_port}"),
+                ),
+                ("KEYBRAKE_METRICS_ADDR", format!("127.0.0.1:{metrics_port}")),
+            ],
+        ]
+        .concat(),
+    )?;
+    ready(admin_port).await?;
+    let token = key(&client, "load", 1_000_000).await?;
+    let target = shot(proxy_port, Some(&token));
+    load::run(&target, Mode::Saturate, CONNECTIONS, Duration::from_secs(1))?;
+    let o = load::run(&target, Mode::Saturate, CONNECTIONS, duration)?;
+    println!(
+        "saturation keybrake on Redis Cluster: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, errors {}",
+        o.rps(),
+        o.ms(50.0),
+        o.ms(99.0),
+        o.errors
+    );
+    drop(client);
+    server.shutdown().await;
+    Ok(o)
 }
 
 fn shot(port: u16, auth: Option<&str>) -> Shot {
@@ -309,16 +394,7 @@ async fn main() -> Result<()> {
             ("RUST_LOG", "warn".into()),
         ],
     )?;
-    wait_tcp(admin_port).await?;
-    for _ in 0..200 {
-        if http_get(admin_port, "/readyz")
-            .await
-            .is_ok_and(|b| b.trim() == "ok")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ready(admin_port).await?;
     let load_token = key(&client, "load", 1_000_000).await?;
     let acct_token = key(&client, "accounting", 50).await?;
     let (nginx_proc, nginx_port, _nginx_dir) = nginx(up_port)?;
@@ -417,6 +493,7 @@ async fn main() -> Result<()> {
         );
         saturation.insert(name.to_string(), o);
     }
+    let on_cluster = cluster_saturation(up_port, duration).await?;
     let mut rated: BTreeMap<u64, BTreeMap<String, Outcome>> = BTreeMap::new();
     for rate in RATES {
         for (name, s) in &targets {
@@ -609,6 +686,15 @@ async fn main() -> Result<()> {
         });
     }
     rows.push(Row {
+        what: "saturation keybrake on Redis Cluster (3 primaries) / on one Redis (req/s)".into(),
+        value: format!(
+            "{:.0} / {:.0}",
+            on_cluster.rps(),
+            saturation.get("keybrake").map_or(0.0, Outcome::rps)
+        ),
+        target: "one key: one policy's slot, on one primary".into(),
+    });
+    rows.push(Row {
         what: "Redis time per keybrake call by command (us)".into(),
         value: redis_time
             .iter()
@@ -689,6 +775,7 @@ async fn main() -> Result<()> {
     let results = json!({
         "seconds_per_run": secs, "connections": CONNECTIONS, "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "saturation": saturation.iter().map(|(k, o)| (k.clone(), summary(o))).collect::<BTreeMap<_, _>>(),
+        "saturation_on_redis_cluster": summary(&on_cluster),
         "rates": rated.iter().map(|(r, m)| (r.to_string(), m.iter().map(|(k, o)| (k.clone(), summary(o))).collect::<BTreeMap<_, _>>())).collect::<BTreeMap<_, _>>(),
         "accounting": {"callers": 500, "cap_micros": cap, "forwarded": forwarded, "refused": refused, "other": other,
                         "recorded_micros": recorded, "upstream_seen_calls": seen, "overshoot_recorded_micros": overshoot_recorded,
