@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod identities;
+pub mod processes;
 pub mod redis_server;
 pub mod sdk;
 pub mod stack;

@@ -23,7 +23,10 @@ fn in_namespace(yaml: &str, ns: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
-    let (stack, proxy) = Stack::start_with_proxy_on_redis_cluster(0).await?;
+    let (mut stack, proxy) = Stack::start_with_proxy_on_redis_cluster(0).await?;
+    // The real operator binary, configured by its environment as in a Deployment.
+    stack.stop_operator().await;
+    let _operator = keybrake_e2e::processes::operator(&stack)?;
     // Five teams: their policies' slots spread over the three primaries.
     let teams: Vec<String> = (1..=5).map(|i| format!("team{i}")).collect();
     let mut slots = std::collections::BTreeSet::new();
@@ -72,9 +75,10 @@ async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Res
         assert_eq!(r.status, 200, "{}", r.body);
     }
 
-    // 500 callers on one key ($500 a day, $3 each) through two proxy replicas.
-    let second = stack.start_proxy().await?;
-    let addrs = [proxy.addr, second.addr];
+    // 500 callers on one key ($500 a day, $3 each) through two proxy replicas, one of them the
+    // real keybrake-proxy binary.
+    let (_second, second) = keybrake_e2e::processes::proxy(&stack).await?;
+    let addrs = [proxy.addr, second];
     let mut calls = Vec::new();
     for i in 0..500 {
         let (addr, bearer) = (addrs[i % 2], bearers[0].clone());
@@ -111,7 +115,6 @@ async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Res
     assert_eq!(ok + capped, 500);
     assert!(recorded <= 500_000_000, "overshoot: {recorded}");
     assert_eq!(moved, recorded, "what the vendor moved is what was counted");
-    second.shutdown().await;
     proxy.shutdown().await;
     Ok(())
 }
@@ -128,7 +131,7 @@ async fn load_with_a_primary_killed(
     upstream: &RecordingUpstream,
     ns: &str,
     acks: u32,
-) -> Result<(u64, u64, usize)> {
+) -> Result<(u64, u64, usize, f64)> {
     stack
         .cluster
         .apply(&format!(
@@ -168,14 +171,16 @@ async fn load_with_a_primary_killed(
         let (addr, bearer) = (addrs[i as usize % 2], bearer.clone());
         calls.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(i * 3)).await;
-            http(
+            let sent = std::time::Instant::now();
+            let r = http(
                 addr,
                 "POST",
                 "/v1/payment_intents",
                 &[("Authorization", bearer.as_str()), FORM],
                 b"amount=300&currency=usd&confirm=true",
             )
-            .await
+            .await;
+            r.map(|r| (r, sent.elapsed()))
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -186,14 +191,18 @@ async fn load_with_a_primary_killed(
     let dead = redis.primary_of(&record).await?;
     redis.kill(dead)?;
     let killed = std::time::Instant::now();
-    let (mut refused, mut other) = (0, 0);
+    let (mut refused, mut other, mut charged_ms) = (0, 0, Vec::new());
     for c in calls {
-        match c.await??.status {
-            200 | 429 => {}
+        let (r, took) = c.await??;
+        match r.status {
+            200 => charged_ms.push(took.as_secs_f64() * 1000.0),
+            429 => {}
             503 => refused += 1,
             _ => other += 1,
         }
     }
+    charged_ms.sort_by(f64::total_cmp);
+    let p50 = charged_ms.get(charged_ms.len() / 2).copied().unwrap_or(0.0);
     assert_eq!(
         other, 0,
         "every call was charged, capped or refused (fail closed)"
@@ -229,7 +238,7 @@ async fn load_with_a_primary_killed(
         .ok_or_else(|| anyhow::anyhow!("no cluster"))?
         .restart(dead)
         .await?;
-    Ok((moved, recorded, refused))
+    Ok((moved, recorded, refused, p50))
 }
 
 /// A primary SIGKILLed under load, its replica promoted: with `KEYBRAKE_REDIS_REPLICA_ACKS=1`
@@ -240,20 +249,20 @@ async fn a_primary_killed_under_load_loses_no_counted_money_with_replica_acks() 
     let upstream = RecordingUpstream::start().await?;
     let (mut stack, proxy) = Stack::start_with_proxy_on_redis_cluster(1).await?;
     proxy.shutdown().await;
-    let (moved, recorded, refused) =
+    let (moved, recorded, refused, p50) =
         load_with_a_primary_killed(&mut stack, &upstream, "noacks", 0).await?;
     println!(
-        "failover without replica acks: moved ${:.2}, recorded ${:.2}, lost ${:.2}; {refused} calls refused while failing over",
+        "failover without replica acks: moved ${:.2}, recorded ${:.2}, lost ${:.2}; {refused} calls refused while failing over; charged calls p50 {p50:.2} ms",
         moved as f64 / 1e6,
         recorded as f64 / 1e6,
         moved.saturating_sub(recorded) as f64 / 1e6
     );
     // The restarted node syncs as a replica: WAIT 1 can be met on every primary again.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (moved, recorded, refused) =
+    let (moved, recorded, refused, p50) =
         load_with_a_primary_killed(&mut stack, &upstream, "acks", 1).await?;
     println!(
-        "failover with KEYBRAKE_REDIS_REPLICA_ACKS=1: moved ${:.2}, recorded ${:.2}; {refused} calls refused while failing over",
+        "failover with KEYBRAKE_REDIS_REPLICA_ACKS=1: moved ${:.2}, recorded ${:.2}; {refused} calls refused while failing over; charged calls p50 {p50:.2} ms",
         moved as f64 / 1e6,
         recorded as f64 / 1e6
     );

@@ -21,8 +21,19 @@ async fn env_of(stack: &Stack, ns: &str, name: &str) -> Result<BTreeMap<String, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hatchet_fan_out_of_fifty_children_stops_at_the_cap_and_a_retried_run_charges_nothing_new()
 -> Result<()> {
-    let localstripe = LocalStripe::start().await?;
     let (stack, proxy) = Stack::start_with_proxy().await?;
+    hatchet_fan_out(stack, proxy).await
+}
+
+/// The seed's Hatchet fan-out, unchanged, with the deployables on a three-primary Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hatchet_fan_out_on_a_redis_cluster() -> Result<()> {
+    let (stack, proxy) = Stack::start_with_proxy_on_redis_cluster(0).await?;
+    hatchet_fan_out(stack, proxy).await
+}
+
+async fn hatchet_fan_out(stack: Stack, proxy: keybrake_proxy::Running) -> Result<()> {
+    let localstripe = LocalStripe::start().await?;
     stack
         .cluster
         .apply(
