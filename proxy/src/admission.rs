@@ -87,14 +87,8 @@ pub async fn reserve(app: &App, request: &ReserveRequest<'_>) -> Result<Reserved
                 vault_key,
                 policy,
                 ..
-            } => {
-                return Ok(Reserved::Go {
-                    reservation,
-                    vault_key,
-                    policy,
-                });
             }
-            Admission::Reattempt {
+            | Admission::Reattempt {
                 reservation,
                 vault_key,
                 policy,

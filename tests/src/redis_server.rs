@@ -323,29 +323,7 @@ impl RedisCluster {
 
     /// Waits until every replica's link to its primary is up.
     pub async fn replicas_in_sync(&self) -> Result<()> {
-        for _ in 0..300 {
-            let mut all = true;
-            for port in &self.ports {
-                let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
-                let Ok(mut c) = client.get_multiplexed_async_connection().await else {
-                    all = false;
-                    continue;
-                };
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or_default();
-                if info.contains("role:slave") && !info.contains("master_link_status:up") {
-                    all = false;
-                }
-            }
-            if all {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the replicas never finished syncing")
+        replicas_in_sync(&self.ports).await
     }
 
     /// Waits until a live primary other than `dead` holds `key`'s slot and the cluster is ok.
@@ -547,28 +525,8 @@ impl RedisSentinelSet {
 
     /// Waits until every data node that is a replica has its link to the primary up.
     pub async fn in_sync(&self) -> Result<()> {
-        for _ in 0..300 {
-            let mut all = true;
-            for n in &self.nodes {
-                let Ok(mut c) = n.connect().await else {
-                    all = false;
-                    continue;
-                };
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or_default();
-                if info.contains("role:slave") && !info.contains("master_link_status:up") {
-                    all = false;
-                }
-            }
-            if all {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("the replica never finished syncing")
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        replicas_in_sync(&ports).await
     }
 
     /// Kills the data node on `port` (SIGKILL).
@@ -599,4 +557,32 @@ impl Drop for RedisSentinelSet {
             let _ = c.wait();
         }
     }
+}
+
+/// Waits until every node on `ports` that is a replica has its link to its primary up (a node
+/// that cannot be reached counts as not yet in sync).
+async fn replicas_in_sync(ports: &[u16]) -> Result<()> {
+    for _ in 0..300 {
+        let mut all = true;
+        for port in ports {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                all = false;
+                continue;
+            };
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut c)
+                .await
+                .unwrap_or_default();
+            if info.contains("role:slave") && !info.contains("master_link_status:up") {
+                all = false;
+            }
+        }
+        if all {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the replicas never finished syncing")
 }
