@@ -90,8 +90,18 @@ pub async fn run(
     args: &[&str],
     env: &BTreeMap<String, String>,
 ) -> Result<serde_json::Value> {
+    run_python(&workspace_root().join("tests/sdk").join(script), args, env).await
+}
+
+/// Runs a Python program from the repository (`examples/...`) like [`run`].
+pub async fn run_python(
+    path: &std::path::Path,
+    args: &[&str],
+    env: &BTreeMap<String, String>,
+) -> Result<serde_json::Value> {
+    let script = path.display().to_string();
     let out = tokio::process::Command::new("python3")
-        .arg(workspace_root().join("tests/sdk").join(script))
+        .arg(path)
         .args(args)
         .env_clear()
         .envs(env)

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod attacks;
+mod examples;
 mod faults;
 mod issuance;
 mod kube_lite_api;

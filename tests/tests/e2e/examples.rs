@@ -1,0 +1,100 @@
+//! The examples users copy (`examples/`), run with the real framework packages against the stack:
+//! the figures they print are checked against what the upstream moved and the audit trail.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use keybrake_e2e::{
+    example,
+    identities::{self, BILLING_WORKER},
+    sdk::{LocalStripe, run_python},
+    stack::Stack,
+    upstream::RecordingUpstream,
+    with_upstream, workspace_root,
+};
+
+/// The example policies in `billing`, Stripe on localstripe and Twilio on the sandbox, and the
+/// issuer RBAC; the environment an example gets.
+async fn billing_stack() -> Result<(
+    Stack,
+    keybrake_proxy::Running,
+    LocalStripe,
+    RecordingUpstream,
+    BTreeMap<String, String>,
+)> {
+    let localstripe = LocalStripe::start().await?;
+    let sandbox = RecordingUpstream::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    stack
+        .cluster
+        .apply(
+            &with_upstream(&example("stripe-policy.yaml"), &localstripe.url()).replace(
+                "sk_test_replace_me_with_the_real_secret_key",
+                "sk_test_localstripe",
+            ),
+        )
+        .await?
+        .ok()?;
+    stack
+        .cluster
+        .apply(
+            &with_upstream(&example("twilio-policy.yaml"), &sandbox.url())
+                .replace("namespace: agents", "namespace: billing"),
+        )
+        .await?
+        .ok()?;
+    stack.cluster.apply(identities::RBAC).await?.ok()?;
+    let env = BTreeMap::from([
+        ("KEYBRAKE_URL".to_owned(), format!("http://{}", proxy.addr)),
+        ("KEYBRAKE_API_KEY".to_owned(), BILLING_WORKER.to_owned()),
+    ]);
+    Ok((stack, proxy, localstripe, sandbox, env))
+}
+
+/// The seed's Haystack agent: with `raise_on_tool_invocation_failure=True` the first cap refusal
+/// stops the tool loop; by default the model reads each refusal as a message and the loop runs
+/// to its step limit, every call past the cap refused at the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_haystack_agent_stops_at_the_cap_or_reads_the_refusals() -> Result<()> {
+    let (stack, proxy, _localstripe, sandbox, env) = billing_stack().await?;
+    let script = workspace_root().join("examples/haystack/billing_agent.py");
+    // 8 overdue accounts x $100 against a $250 budget.
+    let stop = run_python(&script, &["stop", "250", "8", "10000"], &env).await?;
+    println!("haystack, raise_on_tool_invocation_failure=True: {stop}");
+    assert_eq!(stop["stopped"], true, "{stop}");
+    assert_eq!(stop["cap_exhausted"], true, "{stop}");
+    let go_on = run_python(&script, &["continue", "250", "8", "10000"], &env).await?;
+    println!("haystack, default: {go_on}");
+    assert_eq!(go_on["stopped"], false, "{go_on}");
+    assert_eq!(go_on["charges"], 2, "$250 holds two $100 charges: {go_on}");
+    assert_eq!(go_on["cap_refusals_seen_by_model"], 6, "{go_on}");
+    // Per run: at most the budget counted, and the run label in the audit trail.
+    let ledger = stack.ledger().await?;
+    let keys = kube::Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing");
+    for run in [&stop, &go_on] {
+        let vk = keys
+            .get(run["stripe_key"].as_str().unwrap_or_default())
+            .await?;
+        let key =
+            keybrake_ledger::KeyId::parse(&vk.status.and_then(|s| s.key_id).unwrap_or_default())?;
+        let spend = ledger.key_spend(&key).await?;
+        assert_eq!(spend.total, 200_000_000, "{run}");
+        let entries = ledger.audit(&key.tag(), None, None, 1000).await?;
+        let label = format!(
+            "haystack-billing/{}",
+            run["run_id"].as_str().unwrap_or_default()
+        );
+        assert!(
+            entries.iter().any(|e| e.run_label == label),
+            "no audit entry for {label}"
+        );
+    }
+    // The SMS tool had its own key: one text in the run that went on.
+    assert_eq!(
+        sandbox.requests().len(),
+        1,
+        "one SMS, from the run that reached it"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
