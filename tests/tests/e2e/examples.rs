@@ -98,3 +98,90 @@ async fn the_haystack_agent_stops_at_the_cap_or_reads_the_refusals() -> Result<(
     proxy.shutdown().await;
     Ok(())
 }
+
+/// PaymentIntents localstripe holds: (count, sum of amounts).
+async fn localstripe_intents(localstripe: &LocalStripe) -> Result<(usize, u64)> {
+    let r = keybrake_e2e::http(
+        format!("127.0.0.1:{}", localstripe.port).parse()?,
+        "GET",
+        "/v1/payment_intents?limit=100",
+        &[("Authorization", "Bearer sk_test_localstripe")],
+        b"",
+    )
+    .await?;
+    let data = r.json()["data"].as_array().cloned().unwrap_or_default();
+    let sum = data.iter().filter_map(|pi| pi["amount"].as_u64()).sum();
+    Ok((data.len(), sum))
+}
+
+/// The Hatchet pattern on Celery with a Redis broker and a real worker: the children of a run
+/// share one key, a step retried after its worker died is not billed twice, the cap is final,
+/// and revoking the key mid-run stops every child still to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_celery_run_shares_one_key_retries_once_and_stops_on_revoke() -> Result<()> {
+    let (stack, proxy, localstripe, _sandbox, mut env) = billing_stack().await?;
+    env.insert(
+        "CELERY_BROKER".to_owned(),
+        format!("redis://127.0.0.1:{}/5", stack.redis.port),
+    );
+    let dir = workspace_root().join("examples/celery");
+    let _worker = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "celery",
+            "-A",
+            "billing_flow",
+            "worker",
+            "--pool=threads",
+        ])
+        .args(["--concurrency=8", "--without-gossip", "--without-mingle"])
+        .args(["--without-heartbeat", "--loglevel=warning"])
+        .current_dir(&dir)
+        .env_clear()
+        .envs(&env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let script = dir.join("billing_flow.py");
+    // 20 children x 3 customers x $20 = $1200 wanted of a $500 budget.
+    let first = run_python(&script, &["20", "3", "2000", "500", "run-1"], &env).await?;
+    println!("celery run: {first}");
+    assert_eq!(first["charged"], 25, "{first}");
+    assert_eq!(first["capped"], 35, "{first}");
+    assert!(first["retried_and_replayed"].as_u64() > Some(0), "{first}");
+    let (intents, moved) = localstripe_intents(&localstripe).await?;
+    assert_eq!(
+        (intents, moved),
+        (25, 50_000),
+        "each charge once at the vendor, $500 in all"
+    );
+
+    // Revoked mid-run: the children still to run are all refused. A child whose charge went out
+    // just before the revoke and whose retry came after it reports "revoked", but its charge was
+    // counted: what the vendor holds is exactly what the key recorded.
+    let second = run_python(&script, &["10", "3", "1000", "500", "run-2", "5"], &env).await?;
+    println!("celery run revoked mid-way: {second}");
+    let (charged, revoked) = (
+        second["charged"].as_u64().unwrap_or(0),
+        second["revoked"].as_u64().unwrap_or(0),
+    );
+    assert!(charged >= 5 && revoked > 0, "{second}");
+    assert_eq!(charged + revoked, 30, "{second}");
+    let keys = kube::Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing");
+    let vk = keys
+        .get(second["key_id"].as_str().unwrap_or_default())
+        .await?;
+    let key = keybrake_ledger::KeyId::parse(&vk.status.and_then(|s| s.key_id).unwrap_or_default())?;
+    let spend = stack.ledger().await?.key_spend(&key).await?;
+    let (intents, moved) = localstripe_intents(&localstripe).await?;
+    assert_eq!(
+        (intents as u64 - 25, moved - 50_000),
+        (spend.calls, spend.total / 10_000),
+        "every charge the vendor holds was counted, and nothing after the revoke reached it"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
