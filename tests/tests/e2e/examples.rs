@@ -185,3 +185,33 @@ async fn the_celery_run_shares_one_key_retries_once_and_stops_on_revoke() -> Res
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A LangGraph agent: by default its ToolNode lets the cap refusal end the run; with
+/// `handle_tool_errors=True` the model reads each refusal and the proxy holds the run to its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_langgraph_agent_stops_at_the_cap_by_default() -> Result<()> {
+    let (stack, proxy, _localstripe, _sandbox, env) = billing_stack().await?;
+    let script = workspace_root().join("examples/langgraph/billing_agent.py");
+    let stop = run_python(&script, &["default", "250", "8", "10000"], &env).await?;
+    println!("langgraph, default ToolNode: {stop}");
+    assert_eq!(
+        (&stop["stopped"], &stop["cap_exhausted"]),
+        (&true.into(), &true.into()),
+        "{stop}"
+    );
+    let go_on = run_python(&script, &["handle", "250", "8", "10000"], &env).await?;
+    println!("langgraph, handle_tool_errors=True: {go_on}");
+    assert_eq!(go_on["stopped"], false, "{go_on}");
+    assert_eq!(go_on["charges"], 2, "{go_on}");
+    assert_eq!(go_on["cap_refusals_seen_by_model"], 6, "{go_on}");
+    let ledger = stack.ledger().await?;
+    let keys = kube::Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing");
+    for run in [&stop, &go_on] {
+        let vk = keys.get(run["key_id"].as_str().unwrap_or_default()).await?;
+        let key =
+            keybrake_ledger::KeyId::parse(&vk.status.and_then(|s| s.key_id).unwrap_or_default())?;
+        assert_eq!(ledger.key_spend(&key).await?.total, 200_000_000, "{run}");
+    }
+    proxy.shutdown().await;
+    Ok(())
+}
