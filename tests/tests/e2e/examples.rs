@@ -215,3 +215,40 @@ async fn the_langgraph_agent_stops_at_the_cap_by_default() -> Result<()> {
     proxy.shutdown().await;
     Ok(())
 }
+
+/// The seeds' fan-out in Node with the official Stripe SDK and plain promises: 20 children share
+/// one key, each child's first step is retried after its charge went out and is not billed twice,
+/// and the cap is final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_fan_out_shares_one_key_and_never_bills_a_retry_twice() -> Result<()> {
+    let (_stack, proxy, localstripe, _sandbox, env) = billing_stack().await?;
+    let dir = workspace_root().join("examples/node");
+    let out = tokio::process::Command::new("node")
+        .args(["fanout.mjs", "20", "3", "2000", "500", "node-run-1"])
+        .current_dir(&dir)
+        .env_clear()
+        .envs(&env)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "fanout.mjs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    println!("node fan-out: {summary}");
+    assert_eq!(summary["charged"], 25, "{summary}");
+    assert!(
+        summary["retried_and_replayed"].as_u64() > Some(0),
+        "{summary}"
+    );
+    assert!(summary["capped"].as_u64() > Some(0), "{summary}");
+    assert_eq!(
+        localstripe_intents(&localstripe).await?,
+        (25, 50_000),
+        "each charge once at the vendor, $500 in all"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}
