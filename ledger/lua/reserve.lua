@@ -179,8 +179,10 @@ if ARGV[7] == "1" then
     if per_call and amount > per_call then return refuse("per_call_cap", per_call, 0) end
     if daily_cap and today > daily_cap then return refuse("daily_cap", daily_cap, today) end
     if total_cap and total > total_cap then return refuse("total_cap", total_cap, total) end
+    -- "floor": the first attempt may have moved this money, so no answer to the re-attempt (a 4xx,
+    -- not sent) may take it back off the counters.
     redis.call("HSET", KEYS[6], "key", ARGV[11], "amount", fmt(amount), "day", d.day or fmt(day),
-      "created_ms", fmt(now_ms), "method", ARGV[2], "path", ARGV[3], "idem", KEYS[7])
+      "created_ms", fmt(now_ms), "method", ARGV[2], "path", ARGV[3], "idem", KEYS[7], "floor", "1")
     redis.call("ZADD", KEYS[5], now_ms + int(ARGV[6]), ARGV[5])
     redis.call("HSET", KEYS[7], "state", "pending", "res", ARGV[5])
     return {"reattempt", ARGV[5], r.vault_key or "", r.policy or ""}

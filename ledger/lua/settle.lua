@@ -64,6 +64,8 @@ else
   actual = int(ARGV[2])
   assert(actual and actual >= 0 and actual <= 1e15, "actual must be an integer in [0, 1e15]")
 end
+-- A re-attempt of a call whose first outcome was unknown never settles below what it carried.
+if r.floor == "1" and actual < amount then actual = amount end
 local delta = actual - amount
 
 local t = redis.call("TIME")
@@ -97,11 +99,15 @@ if ARGV[11] ~= "" and actual > 0 then
 end
 
 if r.idem and r.idem ~= "" then
-  if outcome == "ok" or outcome == "vendor_error" then
+  if outcome == "vendor_error" and r.floor ~= "1" then
+    -- Nothing moved: a retry goes to the vendor again (which replays its own answer), and no
+    -- refused call leaves a day-long record behind.
+    redis.call("DEL", KEYS[5])
+  elseif outcome == "ok" or outcome == "vendor_error" then
     redis.call("HSET", KEYS[5], "state", "done", "status", ARGV[4], "headers", ARGV[6], "body", ARGV[7],
       "kept", ARGV[13], "amount", fmt(actual))
     redis.call("EXPIRE", KEYS[5], ARGV[8])
-  elseif outcome == "not_sent" then
+  elseif outcome == "not_sent" and r.floor ~= "1" then
     redis.call("DEL", KEYS[5]) -- nothing happened: a retry starts afresh
   else
     -- The lifetime set at the first attempt stands: re-attempts never extend it.

@@ -89,6 +89,13 @@ impl Slot {
         format!("{}:objects:{id}", self.base)
     }
 
+    /// String: a lock one call holds on a vendor object of this key while it is costed and
+    /// forwarded, so two calls on it are never both costed against its old state.
+    pub fn object_lock(&self, id: &KeyId, object: &str) -> String {
+        let h = hex::encode(Sha256::digest(object.as_bytes()));
+        format!("{}:lock:{id}:{}", self.base, &h[..32])
+    }
+
     /// Stream: the audit trail of every call on the policy's keys.
     pub fn audit(&self) -> String {
         format!("{}:audit", self.base)

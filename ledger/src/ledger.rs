@@ -15,6 +15,7 @@ use crate::{
 static RESERVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/reserve.lua")));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
+static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/unlock.lua")));
 
 /// Errors talking to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -487,6 +488,44 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .await?;
         self.timed(conn.sadd::<_, _, ()>(self.keys.policy_index(), tag.as_str()))
             .await
+    }
+
+    /// Takes the lock on a vendor object of this key for `ttl`, unless another call holds it;
+    /// returns whether it was taken. `token` identifies the holder for [`Ledger::unlock_object`].
+    pub async fn lock_object(
+        &self,
+        id: &KeyId,
+        object: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = self
+            .timed(
+                redis::cmd("SET")
+                    .arg(self.slot(id).object_lock(id, object))
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Releases the lock if `token` still holds it.
+    pub async fn unlock_object(&self, id: &KeyId, object: &str, token: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .timed(
+                UNLOCK
+                    .key(self.slot(id).object_lock(id, object))
+                    .arg(token)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Whether the key record of `id` exists and names the VaultKey `vault_key`

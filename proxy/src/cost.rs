@@ -35,6 +35,15 @@ async fn prefetched(
     p: Prefetch,
 ) -> Result<Usd, Refusal> {
     let mut objects = Vec::with_capacity(p.reads.len());
+    // Objects are read in the API version the adapters were written for.
+    let version: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)> = match policy.vendor
+    {
+        keybrake_crds::Vendor::Stripe => vec![(
+            hyper::header::HeaderName::from_static("stripe-version"),
+            hyper::header::HeaderValue::from_static(crate::adapters::headers::STRIPE_VERSION),
+        )],
+        _ => Vec::new(),
+    };
     for path in &p.reads {
         // The adapters build these paths from checked ids only; a list read carries its query.
         let (only_path, query) = match path.split_once('?') {
@@ -48,7 +57,7 @@ async fn prefetched(
                 method: "GET",
                 path: only_path,
                 query,
-                headers: &[],
+                headers: &version,
                 content_type: None,
                 body: bytes::Bytes::new(),
             },

@@ -276,6 +276,57 @@ async fn serve(
     )
     .map_err(|e| refusal::unreadable(&e))?;
     let plan = adapters::plan(&call, &policy.pricing).map_err(|e| refusal::unreadable(&e))?;
+    // A call costed from a vendor object holds that object (for this key) until it is settled:
+    // two calls on it would both be costed against its old state.
+    let object = match &plan {
+        adapters::Plan::Prefetch(p) => p.object.clone(),
+        adapters::Plan::Known(_) => None,
+    };
+    let Some(object) = object else {
+        return go(app, token, &policy, &upstream_path, call, plan).await;
+    };
+    let holder = hex::encode(rand::random::<[u8; 12]>());
+    let ttl = app.config.upstream_timeout() * 2 + Duration::from_secs(5);
+    let held = app
+        .ledger
+        .lock_object(&token.key_id, &object, &holder, ttl)
+        .await
+        .map_err(|e| {
+            app.metrics.redis_error();
+            tracing::error!(error = %e, "could not lock a vendor object; refusing (fail closed)");
+            refusal::accounting_unavailable()
+        })?;
+    if !held {
+        return Err(Refusal::new(
+            Kind::Conflict,
+            "object_busy",
+            "object_busy",
+            format!(
+                "object_busy: another call on {object} is being costed and sent; retry when it is done"
+            ),
+        ));
+    }
+    let result = go(app, token, &policy, &upstream_path, call, plan).await;
+    if let Err(e) = app
+        .ledger
+        .unlock_object(&token.key_id, &object, &holder)
+        .await
+    {
+        tracing::warn!(error = %e, object, "could not release an object lock; it expires on its own");
+    }
+    result
+}
+
+/// Admits, costs, forwards and settles one call already read and planned.
+async fn go(
+    app: &App,
+    token: &Token,
+    policy: &PolicyConfig,
+    upstream_path: &str,
+    call: Call,
+    plan: adapters::Plan,
+) -> Result<Response<Body>, Refusal> {
+    let vendor = call.vendor;
 
     let fingerprint = call.fingerprint();
     let secret_hash = token.secret_hash();
@@ -295,9 +346,9 @@ async fn serve(
     // Nothing is read from the vendor with the real key before the key could make the call.
     if matches!(plan, adapters::Plan::Prefetch(_)) {
         let named = admission::check(app, &request).await?;
-        same_policy(&named, &policy)?;
+        same_policy(&named, policy)?;
     }
-    request.estimate = cost::resolve(app, &policy, &token.key_id, plan).await?;
+    request.estimate = cost::resolve(app, policy, &token.key_id, plan).await?;
     // A replay is what keeps a priced call from counting twice; a call that costs nothing is
     // deduplicated by the vendor itself, and storing its answer would only fill Redis.
     if request.estimate == Usd::ZERO {
@@ -312,7 +363,7 @@ async fn serve(
         Reserved::Answer(resp) => return Ok(resp),
     };
     let idempotency_key = request.idempotency.map(|(k, _)| k);
-    if let Err(r) = same_policy(&policy_name, &policy) {
+    if let Err(r) = same_policy(&policy_name, policy) {
         admission::release(
             app,
             &token.key_id,
@@ -338,10 +389,10 @@ async fn serve(
     let started = std::time::Instant::now();
     let forwarded = forward::send(
         app,
-        &policy,
+        policy,
         Outgoing {
             method: &call.method,
-            path: &upstream_path,
+            path: upstream_path,
             query: query.as_deref(),
             headers: &headers,
             content_type,
@@ -350,7 +401,7 @@ async fn serve(
     )
     .await;
     app.metrics.upstream_latency(vendor, started.elapsed());
-    let ending = settle::outcome(&call, &forwarded, &policy, request.estimate);
+    let ending = settle::outcome(&call, &forwarded, policy, request.estimate);
     let closing = settle::Reservation {
         token,
         call: &call,

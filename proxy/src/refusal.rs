@@ -25,6 +25,9 @@ pub enum Kind {
     TooLarge,
     /// The proxy cannot account for the call (Redis unreachable, policy not loaded): 503.
     Unavailable,
+    /// Another call on the same vendor object is being costed and sent: 409, as Stripe answers
+    /// for an object locked by a concurrent request (its SDKs retry it, which is safe here).
+    Conflict,
 }
 
 impl Kind {
@@ -36,6 +39,7 @@ impl Kind {
             Kind::BadRequest | Kind::IdempotencyMismatch => 400,
             Kind::TooLarge => 413,
             Kind::Unavailable => 503,
+            Kind::Conflict => 409,
         }
     }
 }
@@ -194,7 +198,7 @@ pub fn render(vendor: Vendor, r: &Refusal) -> (u16, Vec<(&'static str, String)>,
     let body = match vendor {
         Vendor::Stripe => {
             // Should-Retry false: no Stripe SDK retries a policy decision.
-            if r.kind != Kind::Unavailable {
+            if !matches!(r.kind, Kind::Unavailable | Kind::Conflict) {
                 headers.push(("stripe-should-retry", "false".to_owned()));
             }
             let type_ = match r.kind {
@@ -215,6 +219,7 @@ pub fn render(vendor: Vendor, r: &Refusal) -> (u16, Vec<(&'static str, String)>,
                 Kind::Unavailable => 20503,
                 Kind::TooLarge => 20413,
                 Kind::BadRequest | Kind::IdempotencyMismatch => 20001,
+                Kind::Conflict => 20409,
             };
             json!({"code": code, "message": r.message, "more_info": format!("https://keybrake.com/docs/errors#{}", r.code), "status": status})
         }

@@ -22,6 +22,11 @@ const STRIPE: [&str; 4] = [
 /// Resend's idempotency key and batch validation mode.
 const RESEND: [&str; 2] = ["idempotency-key", "x-batch-validation"];
 
+/// The Stripe API version the metering table reads responses and objects in: sent on the proxy's
+/// own reads, and on a call that names none (the account's default could be older than
+/// [`OLDEST_STRIPE_VERSION`]).
+pub const STRIPE_VERSION: &str = "2024-06-20";
+
 /// The oldest Stripe API version accepted: older versions still honour parameters that are
 /// gone since (`account_balance`, a customer's `plan`), which the metering table does not know.
 pub const OLDEST_STRIPE_VERSION: &str = "2020-08-27";
@@ -80,6 +85,12 @@ pub fn forwarded(
             out.push((name.clone(), value.clone()));
         }
     }
+    if vendor == Vendor::Stripe && !out.iter().any(|(n, _)| n.as_str() == "stripe-version") {
+        out.push((
+            HeaderName::from_static("stripe-version"),
+            HeaderValue::from_static(STRIPE_VERSION),
+        ));
+    }
     Ok(out)
 }
 
@@ -111,6 +122,12 @@ mod tests {
             .map(|(n, _)| n.to_string())
             .collect();
         assert_eq!(names, ["user-agent", "stripe-version", "idempotency-key"]);
+        let bare: Vec<_> = forwarded(Vendor::Stripe, &HeaderMap::new()).unwrap();
+        assert_eq!(
+            bare.len(),
+            1,
+            "a pinned Stripe-Version when the caller names none"
+        );
         let tw: Vec<_> = forwarded(Vendor::Twilio, &h).unwrap();
         assert_eq!(tw.len(), 1, "Twilio does not read Idempotency-Key");
     }

@@ -284,9 +284,17 @@ impl Call {
         }
     }
 
-    /// What a reused Idempotency-Key must keep matching.
+    /// What a reused Idempotency-Key must keep matching: the encoded call and the headers that
+    /// change how the vendor reads it (an API version the vendor would refuse could otherwise
+    /// turn a re-attempt into a 4xx).
     pub fn fingerprint(&self) -> String {
         let (query, body, _) = self.encoded();
+        let reading: Vec<u8> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| matches!(n.as_str(), "stripe-version" | "x-batch-validation"))
+            .flat_map(|(n, v)| [n.as_str().as_bytes(), b":", v.as_bytes(), b"\n"].concat())
+            .collect();
         hex::encode(Sha256::digest(
             [
                 self.method.as_bytes(),
@@ -294,6 +302,8 @@ impl Call {
                 self.path.as_bytes(),
                 b"\n",
                 query.as_deref().unwrap_or("").as_bytes(),
+                b"\n",
+                &reading,
                 b"\n",
                 &body,
             ]

@@ -536,10 +536,24 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
 
 /// An invoice item's amount: `amount`, or `unit_amount` times `quantity`, in `currency`.
 fn invoice_item(call: &Call, pricing: &Pricing) -> Result<Usd, BadRequest> {
+    const ROOTS: [&str; 12] = [
+        "customer",
+        "amount",
+        "unit_amount",
+        "quantity",
+        "currency",
+        "description",
+        "metadata",
+        "invoice",
+        "subscription",
+        "period",
+        "discountable",
+        "expand",
+    ];
     if let Some((k, _)) = call
         .pairs()
         .iter()
-        .find(|(k, _)| k.starts_with("price") || k == "unit_amount_decimal")
+        .find(|(k, _)| !ROOTS.contains(&k.split('[').next().unwrap_or_default()))
     {
         return Err(BadRequest::Refused(format!(
             "POST /v1/invoiceitems: {k} is not costed by the proxy; send amount (or unit_amount and quantity) and currency"
@@ -672,7 +686,11 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
                 get("[price_data][unit_amount]"),
             ) {
                 (Some(p), None, None) => Item::Read(
-                    format!("/v1/prices/{}", chosen_id("items[][price]", p)?),
+                    // Expanded: a customer billed in another currency pays that option's amount.
+                    format!(
+                        "/v1/prices/{}?expand%5B%5D=currency_options",
+                        chosen_id("items[][price]", p)?
+                    ),
                     quantity,
                 ),
                 (None, Some(p), None) => Item::Read(
@@ -716,11 +734,19 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
         object: None,
         cost: Box::new(move |objects, _| {
             let mut read = objects.iter();
-            let owed = read
-                .next()
+            let customer = read.next();
+            // Without a balance (an old API version) what the first invoice adds is unknown.
+            let owed = customer
                 .and_then(|c| c.get("balance"))
                 .and_then(Value::as_i64)
-                .unwrap_or(0);
+                .ok_or_else(|| {
+                    BadRequest::Refused("the customer's balance could not be read".into())
+                })?;
+            // A customer billed in its own currency pays a price's amount in that currency.
+            let billed_in = customer
+                .and_then(|c| c.get("currency"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             if owed > 0 {
                 return Err(BadRequest::Refused(
                     "the customer owes a balance, which the subscription's first invoice would charge beyond its items".into(),
@@ -740,13 +766,22 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
             for item in plan {
                 let (unit, quantity) = match item {
                     Item::Inline(amount, currency, q) => {
+                        if billed_in
+                            .as_ref()
+                            .is_some_and(|c| !c.eq_ignore_ascii_case(&currency))
+                        {
+                            return Err(BadRequest::Refused(format!(
+                                "the customer is billed in {}, not in the item's {currency}",
+                                billed_in.as_deref().unwrap_or_default()
+                            )));
+                        }
                         (money::minor_to_usd(amount, &currency, &pricing)?, q)
                     }
                     Item::Read(path, q) => {
                         let obj = read
                             .next()
                             .ok_or_else(|| BadRequest::Refused(format!("{path} was not read")))?;
-                        (unit_price(obj, &path, &pricing)?, q)
+                        (unit_price(obj, &path, billed_in.as_deref(), &pricing)?, q)
                     }
                 };
                 total = unit
@@ -759,8 +794,14 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
     }))
 }
 
-/// What one unit of a price or plan charges per period, refusing what has no fixed unit price.
-fn unit_price(obj: &Value, path: &str, pricing: &Pricing) -> Result<Usd, BadRequest> {
+/// What one unit of a price or plan charges per period, in the currency the customer is billed
+/// in (a price's `currency_options`), refusing what has no fixed unit price.
+fn unit_price(
+    obj: &Value,
+    path: &str,
+    billed_in: Option<&str>,
+    pricing: &Pricing,
+) -> Result<Usd, BadRequest> {
     let metered = obj.get("usage_type").and_then(Value::as_str) == Some("metered")
         || obj.pointer("/recurring/usage_type").and_then(Value::as_str) == Some("metered");
     let tiered = obj.get("billing_scheme").and_then(Value::as_str) == Some("tiered");
@@ -774,6 +815,23 @@ fn unit_price(obj: &Value, path: &str, pricing: &Pricing) -> Result<Usd, BadRequ
     } else {
         "unit_amount"
     };
+    let own = obj
+        .get("currency")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if let Some(c) = billed_in.filter(|c| !c.eq_ignore_ascii_case(own)) {
+        let option = obj
+            .get("currency_options")
+            .and_then(|o| o.get(c.to_ascii_lowercase()))
+            .and_then(|o| o.get("unit_amount"))
+            .and_then(Value::as_u64)
+            .ok_or_else(|| {
+                BadRequest::Refused(format!(
+                    "{path}: the customer is billed in {c}, and no fixed amount in {c} was read"
+                ))
+            })?;
+        return money::minor_to_usd(option, c, pricing);
+    }
     usd_of(obj, field, pricing)?.ok_or_else(|| {
         BadRequest::Refused(format!(
             "{path} has no fixed {field} to cost the subscription from"
@@ -785,8 +843,19 @@ fn unit_price(obj: &Value, path: &str, pricing: &Pricing) -> Result<Usd, BadRequ
 /// the PaymentIntent (`error.payment_intent`), which can then be confirmed client-side without
 /// the proxy. Its reservation stays counted, for that object.
 pub fn declined(call: &Call, status: u16, v: Option<&Value>, reserved: Usd) -> Option<Settled> {
+    let segs = call.segments();
+    if call.method == "POST"
+        && matches!(segs.as_slice(), ["v1", "invoices", _, "pay"])
+        && status == 402
+    {
+        // A declined invoice payment leaves the invoice open and payable without the proxy.
+        return Some(Settled {
+            usd: reserved,
+            object: None,
+        });
+    }
     let creates = matches!(
-        (call.method.as_str(), call.segments().as_slice()),
+        (call.method.as_str(), segs.as_slice()),
         (
             "POST",
             ["v1", "payment_intents"] | ["v1", "payment_intents", _, "confirm"]
@@ -1091,7 +1160,7 @@ mod tests {
                 [
                     "/v1/customers/cus_1",
                     "/v1/invoiceitems?customer=cus_1&pending=true&limit=1",
-                    "/v1/prices/price_a",
+                    "/v1/prices/price_a?expand%5B%5D=currency_options",
                     "/v1/plans/gold"
                 ]
             ),
@@ -1111,6 +1180,35 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert!(with(json!({"balance": 5000}), none_pending.clone()).is_err());
+        assert!(
+            with(json!({}), none_pending.clone()).is_err(),
+            "no balance read: refused"
+        );
+        // A customer billed in euros pays the price's euro option, or is refused without one.
+        let eur_customer = json!({"balance": 0, "currency": "eur"});
+        let multi = json!({"unit_amount": 1000, "currency": "usd", "currency_options": {"eur": {"unit_amount": 99_999_999u64}}});
+        let eur_plan = json!({"amount": 500, "currency": "eur", "usage_type": "licensed"});
+        match cost(
+            "POST",
+            "/v1/subscriptions",
+            "customer=cus_1&items[0][price]=price_a&items[1][plan]=gold",
+        )
+        .unwrap()
+        {
+            Plan::Prefetch(p) => {
+                let got = (p.cost)(
+                    &[eur_customer.clone(), none_pending.clone(), multi, eur_plan],
+                    Usd::ZERO,
+                )
+                .unwrap();
+                assert_eq!(got, usd("1080005.3892"), "999,999.99 eur + 5 eur at 1.08");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            with(eur_customer, none_pending.clone()).is_err(),
+            "usd price, no eur option"
+        );
         assert!(with(customer.clone(), json!({"data": [{"id": "ii_1"}]})).is_err());
         assert!(with(customer.clone(), json!({"error": {}})).is_err());
         let metered =

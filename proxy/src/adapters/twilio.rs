@@ -240,6 +240,17 @@ pub fn actual(call: &Call, v: Option<&Value>, pricing: &Pricing, reserved: Usd) 
             .unwrap_or(0)
     };
     let to = call.field("To").unwrap_or("");
+    let mms = call.field("MediaUrl").is_some()
+        || call
+            .field("SendAsMms")
+            .is_some_and(|v| !v.eq_ignore_ascii_case("false"));
+    if mms {
+        // Costed as an MMS: Twilio may report no media at creation, never less than reserved.
+        return Settled {
+            usd: reserved.max(pricing.mms_usd.unwrap_or(reserved)),
+            object: None,
+        };
+    }
     let usd = if count("num_media") > 0 {
         pricing.mms_usd
     } else if count("num_segments") > 0 {

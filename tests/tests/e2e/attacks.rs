@@ -695,3 +695,26 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// Two calls on one PaymentIntent fired together are not both costed against its old state: the
+/// second waits for the first (409 `object_busy`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_updates_of_one_payment_intent_are_never_costed_together() -> Result<()> {
+    let t = stripe_target().await?;
+    let pi = t
+        .form("/v1/payment_intents", "amount=1000&currency=usd")
+        .await?
+        .json();
+    let id = pi["id"].as_str().unwrap_or_default().to_owned();
+    t.upstream
+        .set_mode(Mode::Slow(std::time::Duration::from_millis(400)));
+    let path = format!("/v1/payment_intents/{id}");
+    let (a, b) = tokio::join!(t.form(&path, "amount=2000"), t.form(&path, "currency=eur"));
+    let mut statuses = [a?.status, b?.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "one update at a time");
+    t.upstream.set_mode(Mode::Normal);
+    t.holds("two updates fired together").await?;
+    t.proxy.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,17 @@
+--[[
+unlock.lua: releases a lock only if it is still the caller's (a lock that expired and was taken
+by another call is left alone).
+
+KEYS[1] lock   {P}:lock:<key id>:<object>   string, set with SET NX PX by the proxy
+ARGV[1] token  the value the caller set
+
+Returns 1 when released, 0 when the lock was not the caller's (or gone).
+
+Example: after `SET {kb:t}:lock:k1:pi_1 abc NX PX 60000`, unlock with ARGV[1] = "abc" returns 1;
+with "xyz" it returns 0 and the lock stays.
+]]
+
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+  return redis.call("DEL", KEYS[1])
+end
+return 0
