@@ -97,7 +97,8 @@ pub struct VaultKeySpec {
     #[schemars(length(min = 1, max = 253), regex(pattern = crate::validate::DNS_SUBDOMAIN_PATTERN))]
     pub secret_name: Option<String>,
     /// Workloads (same namespace) that read the Secret as environment variables and must be
-    /// rolled when the credential rotates.
+    /// rolled when the credential rotates. Each must opt in with the annotation
+    /// `keybrake.com/restart-on-rotation` naming this VaultKey (or `*`); others are left alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub restart_targets: Vec<RestartTarget>,

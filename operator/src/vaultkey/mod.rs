@@ -46,6 +46,10 @@ use crate::{
 pub const FINALIZER: &str = "keybrake.com/revoke";
 /// Pod-template annotation bumped on each rotation to roll a workload.
 pub const ROTATED_AT: &str = "keybrake.com/rotated-at";
+/// The workload annotation that lets a VaultKey's rotations roll it: the key's name (several,
+/// comma-separated) or `*`. Without it a VaultKey could make the operator restart workloads its
+/// author may not touch.
+pub const RESTART_OPT_IN: &str = "keybrake.com/restart-on-rotation";
 
 /// After a key is Revoked or Expired: a key the issuance API created is deleted once it has been
 /// so for `issued_key_retention_secs` (the finalizer then removes its Redis record; its audit
@@ -704,14 +708,75 @@ async fn transition_event(
     }
 }
 
-/// Rolls each restart target once for this rotation: a pod-template annotation with a
-/// nanosecond timestamp, so two rotations within one second both roll.
+/// Whether the workload opts in to be rolled by this key: a JSON Patch that only tests the
+/// annotation (the operator needs no `get` on workloads, and a test that holds changes nothing).
+async fn opted_in(
+    ctx: &Context,
+    ns: &str,
+    target: &keybrake_crds::vault_key::RestartTarget,
+    key: &str,
+) -> Result<bool> {
+    let path = format!(
+        "/metadata/annotations/{}",
+        RESTART_OPT_IN.replace('/', "~1")
+    );
+    for value in [key, "*"] {
+        let test: json_patch::Patch =
+            serde_json::from_value(json!([{"op": "test", "path": path, "value": value}]))
+                .map_err(|_| Error::MissingField("a JSON Patch"))?;
+        let params = PatchParams::default();
+        let patch = Patch::<()>::Json(test);
+        let result = match target.kind {
+            WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+                .patch(&target.name, &params, &patch)
+                .await
+                .map(drop),
+            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+                .patch(&target.name, &params, &patch)
+                .await
+                .map(drop),
+            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+                .patch(&target.name, &params, &patch)
+                .await
+                .map(drop),
+        };
+        match result {
+            Ok(()) => return Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 422 => continue,
+            Err(e) => return Err(Error::Kube(e)),
+        }
+    }
+    Ok(false)
+}
+
+/// Rolls each restart target that opts in, once for this rotation: a pod-template annotation
+/// with a nanosecond timestamp, so two rotations within one second both roll.
 async fn roll_targets(vk: &VaultKey, ctx: &Context, ns: &str, now_ms: i64) {
     let stamp = jiff::Timestamp::now()
         .max(jiff::Timestamp::from_millisecond(now_ms).unwrap_or_default())
         .to_string();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {ROTATED_AT: stamp}}}}});
     for target in &vk.spec.restart_targets {
+        match opted_in(ctx, ns, target, &vk.name_any()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let note = format!(
+                    "{:?} {} was not rolled: it does not opt in (annotate it {RESTART_OPT_IN}={} or *)",
+                    target.kind,
+                    target.name,
+                    vk.name_any()
+                );
+                warn!("{note}");
+                publish(ctx, vk, EventType::Warning, "RestartNotAllowed", &note).await;
+                continue;
+            }
+            Err(e) => {
+                let note = format!("could not roll {:?} {}: {e}", target.kind, target.name);
+                warn!("{note}");
+                publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
+                continue;
+            }
+        }
         let params = PatchParams::default();
         let result = match target.kind {
             WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)

@@ -339,13 +339,19 @@ async fn a_key_expires_in_redis_then_in_kubernetes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> Result<()> {
     let stack = stripe_stack().await?;
-    stack.cluster.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?.ok()?;
+    // The worker opts in to be rolled by its key; a bystander the key also names does not.
+    stack.cluster.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  template:\n    metadata: {}\n").await?.ok()?;
+    stack.cluster.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bystander\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?.ok()?;
     stack
         .cluster
         .apply(
             &example("stripe-worker-key.yaml")
                 .replace("period: 6h", "period: 6s")
-                .replace("overlap: 10m", "overlap: 4s"),
+                .replace("overlap: 10m", "overlap: 4s")
+                .replace(
+                    "      name: billing-worker\n",
+                    "      name: billing-worker\n    - kind: Deployment\n      name: bystander\n",
+                ),
         )
         .await?
         .ok()?;
@@ -413,6 +419,26 @@ async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> 
         rolled.contains_key("keybrake.com/rotated-at"),
         "the Deployment was not rolled"
     );
+    let bystander = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
+        .get("bystander")
+        .await?;
+    let untouched = bystander
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap_or_default()
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        !untouched.contains_key("keybrake.com/rotated-at"),
+        "a workload that did not opt in was rolled"
+    );
+    let described = stack
+        .cluster
+        .kubectl_ok(&["describe", "vk", "-n", "billing", "billing-worker"])
+        .await?;
+    assert!(described.contains("RestartNotAllowed"), "{described}");
     Ok(())
 }
 
