@@ -241,9 +241,24 @@ pub const ENDPOINTS: &[Entry] = &[
         "moves no money",
     ),
     e("POST", "/v1/products", Rule::Free, "moves no money"),
-    e("POST", "/v1/products/{id}", Rule::Free, "moves no money"),
-    e("POST", "/v1/prices", Rule::Free, "moves no money"),
-    e("POST", "/v1/prices/{id}", Rule::Free, "moves no money"),
+    e(
+        "POST",
+        "/v1/products/{id}",
+        Rule::Free,
+        "free; `default_price` is refused (it re-prices the merchant's own Checkout and links)",
+    ),
+    e(
+        "POST",
+        "/v1/prices",
+        Rule::Free,
+        "free; `lookup_key`, `transfer_lookup_key` and `currency_options` are refused (they re-price flows outside the proxy)",
+    ),
+    e(
+        "POST",
+        "/v1/prices/{id}",
+        Rule::Free,
+        "free; `lookup_key`, `transfer_lookup_key` and `currency_options` are refused",
+    ),
     e("POST", "/v1/plans", Rule::Free, "moves no money"),
     e("POST", "/v1/tokens", Rule::Free, "moves no money"),
     e(
@@ -511,6 +526,24 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             )),
             _ => Ok(Plan::Known(Usd::ZERO)),
         },
+        ("POST", "/v1/prices" | "/v1/prices/{id}" | "/v1/products/{id}") => {
+            const REPRICING: [&str; 4] = [
+                "lookup_key",
+                "transfer_lookup_key",
+                "currency_options",
+                "default_price",
+            ];
+            match call
+                .pairs()
+                .iter()
+                .find(|(k, _)| REPRICING.contains(&k.split('[').next().unwrap_or_default()))
+            {
+                Some((name, _)) => Err(BadRequest::Refused(format!(
+                    "{name} re-prices the merchant's own lookup-key, Checkout or multi-currency flows, which run outside the proxy"
+                ))),
+                None => Ok(Plan::Known(Usd::ZERO)),
+            }
+        }
         ("POST", "/v1/customers" | "/v1/customers/{id}") => {
             if let Some((name, _)) = call
                 .pairs()
@@ -1339,6 +1372,31 @@ mod tests {
         assert!(cost("DELETE", "/v1/subscriptions/sub_1", "invoice_now=true").is_err());
         assert!(cost("DELETE", "/v1/subscriptions/sub_1", "invoice_now=1").is_err());
         assert!(cost("POST", "/v1/customers", "account_balance=100").is_err());
+        assert!(
+            cost(
+                "POST",
+                "/v1/prices/price_1",
+                "currency_options[eur][unit_amount]=9"
+            )
+            .is_err()
+        );
+        assert!(
+            cost(
+                "POST",
+                "/v1/prices",
+                "lookup_key=gold&transfer_lookup_key=true"
+            )
+            .is_err()
+        );
+        assert!(cost("POST", "/v1/products/prod_1", "default_price=price_9").is_err());
+        assert_eq!(
+            known(
+                "POST",
+                "/v1/prices",
+                "unit_amount=100&currency=usd&product=prod_1"
+            ),
+            Usd::ZERO
+        );
         assert!(cost("POST", "/v1/customers", "plan=gold&quantity=1000").is_err());
         assert_eq!(known("DELETE", "/v1/subscriptions/sub_1", ""), Usd::ZERO);
         assert!(matches!(
