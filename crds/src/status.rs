@@ -30,6 +30,12 @@ pub struct SpendStatus {
     pub last_call_at: Option<Time>,
 }
 
+/// kstatus's abnormal-true condition: the controller makes no progress until the spec (or an
+/// object it names) changes. Flux, `kubectl wait` and cli-utils read it as failed.
+pub const STALLED: &str = "Stalled";
+/// kstatus's abnormal-true condition: the controller is still working toward the desired state.
+pub const RECONCILING: &str = "Reconciling";
+
 /// Builds a condition; `lastTransitionTime` is kept from `previous` when the status is unchanged,
 /// so re-reconciling an unchanged object writes nothing new.
 pub fn condition(

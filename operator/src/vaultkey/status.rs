@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use keybrake_crds::{
     KeyPhase, VaultKey, VaultKeyStatus, Vendor,
-    status::{READY, condition},
+    status::{READY, RECONCILING, STALLED, condition},
     vault_key::RotationStatus,
 };
 use kube::{
@@ -86,15 +86,34 @@ fn desired(vk: &VaultKey, report: &Report, now: Time) -> VaultKeyStatus {
         issued_at: report.issued_at_ms.map(clock::time),
         rotation: report.rotation.clone(),
         spend: None,
-        conditions: vec![condition(
-            READY,
-            ready,
-            &report.reason,
-            report.message.clone(),
-            generation,
-            previous,
-            now,
-        )],
+        conditions: [Some(READY), kstatus(report)]
+            .into_iter()
+            .flatten()
+            .map(|type_| {
+                condition(
+                    type_,
+                    if type_ == READY { ready } else { true },
+                    &report.reason,
+                    report.message.clone(),
+                    generation,
+                    previous,
+                    now.clone(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// The kstatus condition that goes with `Ready` (Flux, `kubectl wait` and cli-utils do not read
+/// `Ready=False` as a failure): `Stalled` for what only a change to the key or its policy can
+/// fix, `Reconciling` while the operator is still working toward a usable key. Only ever True
+/// (kstatus reads an absent one as False).
+fn kstatus(report: &Report) -> Option<&'static str> {
+    match (report.phase, report.reason.as_str()) {
+        _ if report.failing => Some(RECONCILING),
+        (Some(KeyPhase::Invalid), _) | (_, "PolicyNotFound" | "PolicyInvalid") => Some(STALLED),
+        (Some(KeyPhase::Pending) | None, _) => Some(RECONCILING),
+        _ => None,
     }
 }
 
@@ -136,4 +155,80 @@ fn unchanged(vk: &VaultKey, report: &Report, now: Time) -> bool {
     let mut have = vk.status.clone().unwrap_or_default();
     have.spend = None;
     have == desired(vk, report, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> VaultKey {
+        serde_json::from_value(json!({
+            "apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey",
+            "metadata": {"name": "k", "namespace": "ns", "generation": 3},
+            "spec": {"policyRef": {"name": "p"}, "dailyUsdCap": 5, "ttl": "1h"}
+        }))
+        .unwrap()
+    }
+
+    fn kinds(phase: Option<KeyPhase>, reason: &str, failing: bool) -> Vec<(String, String)> {
+        let report = Report {
+            phase,
+            reason: reason.into(),
+            failing,
+            ..Default::default()
+        };
+        desired(&key(), &report, clock::time(0))
+            .conditions
+            .into_iter()
+            .map(|c| (c.type_, c.status))
+            .collect()
+    }
+
+    fn c(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    /// kstatus (Flux, kubectl wait): Current only when Ready; Stalled (failed) for what only a
+    /// spec change fixes; Reconciling (in progress) while the operator works. Ready stays first.
+    #[test]
+    fn every_phase_has_its_kstatus_conditions() {
+        assert_eq!(
+            kinds(Some(KeyPhase::Active), "Issued", false),
+            c(&[("Ready", "True")])
+        );
+        assert_eq!(
+            kinds(Some(KeyPhase::Invalid), "CapAboveLimit", false),
+            c(&[("Ready", "False"), ("Stalled", "True")])
+        );
+        assert_eq!(
+            kinds(Some(KeyPhase::Invalid), "SecretNotOwned", false),
+            c(&[("Ready", "False"), ("Stalled", "True")])
+        );
+        for policy_error in ["PolicyNotFound", "PolicyInvalid"] {
+            assert_eq!(
+                kinds(Some(KeyPhase::Pending), policy_error, false),
+                c(&[("Ready", "False"), ("Stalled", "True")])
+            );
+        }
+        assert_eq!(
+            kinds(Some(KeyPhase::Active), "RedisUnavailable", true),
+            c(&[("Ready", "False"), ("Reconciling", "True")])
+        );
+        assert_eq!(
+            kinds(Some(KeyPhase::Pending), "Waiting", false),
+            c(&[("Ready", "False"), ("Reconciling", "True")])
+        );
+        for done in [KeyPhase::Revoked, KeyPhase::Expired, KeyPhase::CapReached] {
+            assert_eq!(
+                kinds(Some(done), "x", false),
+                c(&[("Ready", "False")]),
+                "{done:?}"
+            );
+        }
+        let status = desired(&key(), &Report::default(), clock::time(0));
+        assert_eq!(status.observed_generation, Some(3));
+    }
 }

@@ -157,6 +157,14 @@ async fn a_vaultkey_naming_anothers_secret_is_invalid_and_touches_nothing() -> R
         let status = vk.status.unwrap_or_default();
         let ready = &status.conditions[0];
         assert_eq!(ready.reason, "SecretNotOwned", "{ready:?}");
+        // kstatus (Flux, kubectl wait): failed, not healthy.
+        assert!(
+            status.conditions.iter().any(|c| c.type_ == "Stalled"
+                && c.status == "True"
+                && c.reason == "SecretNotOwned"),
+            "{:?}",
+            status.conditions
+        );
         assert!(
             ready
                 .message
