@@ -267,6 +267,11 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
 
     if vk.spec.revoked {
         revoke(ctx, known.as_ref(), &secrets, existing.as_ref()).await?;
+        // `kubectl get vk` keeps showing what the key had.
+        if let Some(was) = vk.status.as_ref() {
+            report.cap = was.cap.clone();
+            report.expires_at_ms = was.expires_at.as_ref().map(|t| t.0.as_millisecond());
+        }
         report.phase = Some(KeyPhase::Revoked);
         report.reason = "Revoked".into();
         report.message =
@@ -703,9 +708,18 @@ async fn transition_event(
 ) {
     let was = vk.status.as_ref().and_then(|s| s.phase);
     metrics_phase(vk, ctx, Some(phase));
-    if was != Some(phase) {
-        publish(ctx, vk, type_, reason, note).await;
+    if was == Some(phase) {
+        return;
     }
+    // The cached object can trail this operator's own last status write (the reconcile that
+    // follows it): the API server's copy says whether the transition was already announced.
+    let api: Api<VaultKey> =
+        Api::namespaced(ctx.client.clone(), &vk.namespace().unwrap_or_default());
+    let fresh = api.get_opt(&vk.name_any()).await.ok().flatten();
+    if fresh.and_then(|k| k.status?.phase) == Some(phase) {
+        return;
+    }
+    publish(ctx, vk, type_, reason, note).await;
 }
 
 /// Whether the workload opts in to be rolled by this key: a JSON Patch that only tests the

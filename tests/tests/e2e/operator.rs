@@ -464,11 +464,44 @@ async fn revocation_by_flag_and_by_delete_is_enforced_in_redis() -> Result<()> {
     stack
         .revoke_with_kubectl("billing", "billing-agent-run-7f3a")
         .await?;
-    key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Revoked).await?;
+    let revoked = key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Revoked).await?;
+    let shown = revoked.status.unwrap_or_default();
+    assert!(
+        shown.cap.is_some() && shown.expires_at.is_some(),
+        "kubectl get keeps showing CAP and EXPIRES: {shown:?}"
+    );
     assert_eq!(
         refusal(&try_charge(&ledger, &by_flag).await?),
         Some(Rule::Revoked)
     );
+    // One Revoked Event, not one per reconcile that followed the revoke.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let described = stack
+        .cluster
+        .kubectl_ok(&["get", "events", "-n", "billing", "-o", "json"])
+        .await?;
+    let events: serde_json::Value = serde_json::from_str(&described)?;
+    let announced: Vec<_> = events["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| {
+            e["reason"] == "Revoked"
+                && (e["regarding"]["name"] == "billing-agent-run-7f3a"
+                    || e["involvedObject"]["name"] == "billing-agent-run-7f3a")
+        })
+        .collect();
+    let count: u64 = announced
+        .iter()
+        .map(|e| {
+            e["series"]["count"]
+                .as_u64()
+                .or(e["count"].as_u64())
+                .unwrap_or(1)
+        })
+        .sum();
+    assert_eq!(count, 1, "{announced:?}");
     assert!(
         Api::<Secret>::namespaced(stack.client.clone(), "billing")
             .get_opt("billing-agent-run-7f3a")
