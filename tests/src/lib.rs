@@ -235,6 +235,36 @@ impl Reply {
     }
 }
 
+/// `n` Stripe charges (`POST /v1/payment_intents` with the form `body`) spawned over `addrs` in
+/// turn, the i-th sent `i * gap` after the start; each answers its reply and how long it took
+/// from being sent. The load the concurrency and failover tests share.
+pub fn spawn_charges(
+    addrs: &[std::net::SocketAddr],
+    authorization: &str,
+    n: u64,
+    gap: std::time::Duration,
+    body: &'static [u8],
+) -> Vec<tokio::task::JoinHandle<Result<(Reply, std::time::Duration)>>> {
+    (0..n)
+        .map(|i| {
+            let addr = addrs[i as usize % addrs.len()];
+            let authorization = authorization.to_owned();
+            tokio::spawn(async move {
+                if !gap.is_zero() {
+                    tokio::time::sleep(gap * i as u32).await;
+                }
+                let sent = std::time::Instant::now();
+                let headers = [
+                    ("Authorization", authorization.as_str()),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ];
+                let reply = http(addr, "POST", "/v1/payment_intents", &headers, body).await?;
+                Ok((reply, sent.elapsed()))
+            })
+        })
+        .collect()
+}
+
 /// Sends one request on a fresh connection and reads the whole reply.
 pub async fn http(
     addr: std::net::SocketAddr,

@@ -39,8 +39,13 @@ fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Result<Child> {
         .context("starting redis-server (install it with scripts/install-deps)")
 }
 
+/// `redis://127.0.0.1:PORT/`: every server and sentinel here listens on loopback.
+fn url_of(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}/")
+}
+
 async fn wait_ready(port: u16) -> Result<()> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let client = redis::Client::open(url_of(port))?;
     for _ in 0..200 {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await
             && redis::cmd("PING")
@@ -111,7 +116,7 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        url_of(self.port)
     }
 
     /// A multiplexed connection.
@@ -199,7 +204,7 @@ impl RedisCluster {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", cluster.ports[0]))?;
+        let client = redis::Client::open(url_of(cluster.ports[0]))?;
         for _ in 0..200 {
             let mut c = client.get_multiplexed_async_connection().await?;
             let info: String = redis::cmd("CLUSTER")
@@ -219,7 +224,7 @@ impl RedisCluster {
     pub async fn primary_of(&self, key: &str) -> Result<u16> {
         let slot = slot_of(key);
         for port in &self.ports {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+            let Ok(client) = redis::Client::open(url_of(*port)) else {
                 continue;
             };
             let Ok(mut c) = client.get_multiplexed_async_connection().await else {
@@ -254,7 +259,7 @@ impl RedisCluster {
     /// rebalancing a cluster would (`redis-cli --cluster reshard`), and waits for it to finish.
     pub async fn reshard(&self, from: u16, to: u16) -> Result<()> {
         let id = |port: u16| async move {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+            let client = redis::Client::open(url_of(port))?;
             let mut c = client.get_multiplexed_async_connection().await?;
             let id: String = redis::cmd("CLUSTER")
                 .arg("MYID")
@@ -343,18 +348,14 @@ impl RedisCluster {
     pub fn urls(&self) -> String {
         self.ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .map(|p| url_of(*p))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// A cluster connection that follows slots across the nodes.
     pub async fn connect(&self) -> Result<redis::cluster_async::ClusterConnection> {
-        let nodes: Vec<String> = self
-            .ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}/"))
-            .collect();
+        let nodes: Vec<String> = self.ports.iter().map(|p| url_of(*p)).collect();
         Ok(redis::cluster::ClusterClient::new(nodes)?
             .get_async_connection()
             .await?)
@@ -485,7 +486,7 @@ impl RedisSentinelSet {
     pub fn urls(&self) -> String {
         self.sentinel_ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .map(|p| url_of(*p))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -493,7 +494,7 @@ impl RedisSentinelSet {
     /// The primary's port as the first sentinel that answers names it.
     pub async fn primary(&self, master: &str) -> Result<u16> {
         for p in &self.sentinel_ports {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{p}/")) else {
+            let Ok(client) = redis::Client::open(url_of(*p)) else {
                 continue;
             };
             let Ok(mut c) = client.get_multiplexed_async_connection().await else {
@@ -512,7 +513,7 @@ impl RedisSentinelSet {
     }
 
     async fn replicas_known(&self, master: &str) -> Result<bool> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", self.sentinel_ports[0]))?;
+        let client = redis::Client::open(url_of(self.sentinel_ports[0]))?;
         let mut c = client.get_multiplexed_async_connection().await?;
         let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
             .arg("replicas")
@@ -565,7 +566,7 @@ async fn replicas_in_sync(ports: &[u16]) -> Result<()> {
     for _ in 0..300 {
         let mut all = true;
         for port in ports {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+            let client = redis::Client::open(url_of(*port))?;
             let Ok(mut c) = client.get_multiplexed_async_connection().await else {
                 all = false;
                 continue;

@@ -298,19 +298,37 @@ impl Stack {
         &self,
         upstream_url: &str,
     ) -> Result<std::collections::BTreeMap<String, String>> {
+        self.apply_stripe_run_key_in("billing", upstream_url).await
+    }
+
+    /// [`Stack::apply_stripe_run_key`] in namespace `ns` (created first unless it is `billing`,
+    /// which every stack starts with).
+    pub async fn apply_stripe_run_key_in(
+        &self,
+        ns: &str,
+        upstream_url: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let in_ns = |yaml: &str| yaml.replace("namespace: billing", &format!("namespace: {ns}"));
+        if ns != "billing" {
+            self.cluster
+                .apply(&format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+                ))
+                .await?
+                .ok()?;
+        }
         self.cluster
-            .apply(&crate::with_upstream(
+            .apply(&in_ns(&crate::with_upstream(
                 &crate::example("stripe-policy.yaml"),
                 upstream_url,
-            ))
+            )))
             .await?
             .ok()?;
         self.cluster
-            .apply(&crate::example("stripe-run-key.yaml"))
+            .apply(&in_ns(&crate::example("stripe-run-key.yaml")))
             .await?
             .ok()?;
-        self.active_key_env("billing", "billing-agent-run-7f3a")
-            .await
+        self.active_key_env(ns, "billing-agent-run-7f3a").await
     }
 
     /// `kubectl patch vk NAME --type merge -p '{"spec":{"revoked":true}}'`.

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use keybrake_crds::KeyPhase;
 use keybrake_e2e::{
-    example, http,
+    example, http, spawn_charges,
     stack::{Stack, eventually},
     upstream::{Mode, RecordingUpstream},
     with_upstream,
@@ -506,25 +506,16 @@ async fn twilio_and_resend_keys_are_costed_and_shaped_their_way() -> Result<()> 
 async fn five_hundred_callers_through_two_proxies_never_overshoot() -> Result<()> {
     let s = stripe().await?;
     let second = s.stack.start_proxy().await?;
-    let addrs = [s.proxy.addr, second.addr];
-    let mut calls = Vec::new();
-    for i in 0..500 {
-        let addr = addrs[i % 2];
-        let bearer = s.bearer.clone();
-        calls.push(tokio::spawn(async move {
-            http(
-                addr,
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", bearer.as_str()), FORM],
-                b"amount=300&currency=usd&confirm=true",
-            )
-            .await
-        }));
-    }
+    let calls = spawn_charges(
+        &[s.proxy.addr, second.addr],
+        &s.bearer,
+        500,
+        std::time::Duration::ZERO,
+        b"amount=300&currency=usd&confirm=true",
+    );
     let (mut ok, mut capped) = (0, 0);
     for c in calls {
-        match c.await??.status {
+        match c.await??.0.status {
             200 => ok += 1,
             429 => capped += 1,
             other => anyhow::bail!("unexpected status {other}"),

@@ -6,19 +6,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use keybrake_e2e::{
-    example, http,
+    http, spawn_charges,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
-    with_upstream,
 };
 use keybrake_ledger::{Keyspace, PolicyTag, Token};
 
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
-
-/// The seeds' policy and run key in namespace `ns`.
-fn in_namespace(yaml: &str, ns: &str) -> String {
-    yaml.replace("namespace: billing", &format!("namespace: {ns}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Result<()> {
@@ -30,25 +24,10 @@ async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Res
     // Five teams: their policies' slots spread over the three primaries.
     let teams: Vec<String> = (1..=5).map(|i| format!("team{i}")).collect();
     let mut slots = std::collections::BTreeSet::new();
+    let mut bearers = Vec::new();
     for ns in &teams {
-        stack
-            .cluster
-            .apply(&format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
-            ))
-            .await?
-            .ok()?;
-        let policy = with_upstream(&example("stripe-policy.yaml"), &upstream.url());
-        stack
-            .cluster
-            .apply(&in_namespace(&policy, ns))
-            .await?
-            .ok()?;
-        stack
-            .cluster
-            .apply(&in_namespace(&example("stripe-run-key.yaml"), ns))
-            .await?
-            .ok()?;
+        let env = stack.apply_stripe_run_key_in(ns, &upstream.url()).await?;
+        bearers.push(format!("Bearer {}", env["STRIPE_API_KEY"]));
         slots.insert(
             redis_slot(&format!("{}:{}", stack.prefix, PolicyTag::of(ns, "stripe"))) * 3 / 16384,
         );
@@ -58,11 +37,6 @@ async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Res
         slots.len() >= 2,
         "the test needs policies on more than one primary"
     );
-    let mut bearers = Vec::new();
-    for ns in &teams {
-        let env = stack.active_key_env(ns, "billing-agent-run-7f3a").await?;
-        bearers.push(format!("Bearer {}", env["STRIPE_API_KEY"]));
-    }
     for b in &bearers {
         let r = http(
             proxy.addr,
@@ -78,24 +52,16 @@ async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Res
     // 500 callers on one key ($500 a day, $3 each) through two proxy replicas, one of them the
     // real keybrake-proxy binary.
     let (_second, second) = keybrake_e2e::processes::proxy(&stack).await?;
-    let addrs = [proxy.addr, second];
-    let mut calls = Vec::new();
-    for i in 0..500 {
-        let (addr, bearer) = (addrs[i % 2], bearers[0].clone());
-        calls.push(tokio::spawn(async move {
-            http(
-                addr,
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", bearer.as_str()), FORM],
-                b"amount=300&currency=usd&confirm=true",
-            )
-            .await
-        }));
-    }
+    let calls = spawn_charges(
+        &[proxy.addr, second],
+        &bearers[0],
+        500,
+        Duration::ZERO,
+        b"amount=300&currency=usd&confirm=true",
+    );
     let (mut ok, mut capped) = (0, 0);
     for c in calls {
-        match c.await??.status {
+        match c.await??.0.status {
             200 => ok += 1,
             429 => capped += 1,
             other => anyhow::bail!("unexpected status {other}"),
@@ -132,25 +98,7 @@ async fn load_with_a_primary_killed(
     ns: &str,
     acks: u32,
 ) -> Result<(u64, u64, usize, f64)> {
-    stack
-        .cluster
-        .apply(&format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
-        ))
-        .await?
-        .ok()?;
-    let policy = with_upstream(&example("stripe-policy.yaml"), &upstream.url());
-    stack
-        .cluster
-        .apply(&in_namespace(&policy, ns))
-        .await?
-        .ok()?;
-    stack
-        .cluster
-        .apply(&in_namespace(&example("stripe-run-key.yaml"), ns))
-        .await?
-        .ok()?;
-    let env = stack.active_key_env(ns, "billing-agent-run-7f3a").await?;
+    let env = stack.apply_stripe_run_key_in(ns, &upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
     let record = Keyspace::new(&stack.prefix)
@@ -164,25 +112,14 @@ async fn load_with_a_primary_killed(
         stack.start_proxy_with(set).await?,
         stack.start_proxy_with(set).await?,
     ];
-    let addrs = [proxies[0].addr, proxies[1].addr];
     let moved_before: u64 = upstream.moved().iter().map(|m| m.units * 10_000).sum();
-    let mut calls = Vec::new();
-    for i in 0..300u64 {
-        let (addr, bearer) = (addrs[i as usize % 2], bearer.clone());
-        calls.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i * 3)).await;
-            let sent = std::time::Instant::now();
-            let r = http(
-                addr,
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", bearer.as_str()), FORM],
-                b"amount=300&currency=usd&confirm=true",
-            )
-            .await;
-            r.map(|r| (r, sent.elapsed()))
-        }));
-    }
+    let calls = spawn_charges(
+        &[proxies[0].addr, proxies[1].addr],
+        &bearer,
+        300,
+        Duration::from_millis(3),
+        b"amount=300&currency=usd&confirm=true",
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let redis = stack
         .redis_cluster
@@ -280,16 +217,7 @@ async fn a_primary_killed_under_load_loses_no_counted_money_with_replica_acks() 
 async fn a_slot_moved_under_load_loses_and_doubles_nothing() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
     let (stack, proxy) = Stack::start_with_proxy_on_redis_cluster(0).await?;
-    let policy = with_upstream(&example("stripe-policy.yaml"), &upstream.url());
-    stack.cluster.apply(&policy).await?.ok()?;
-    stack
-        .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
-    let env = stack
-        .active_key_env("billing", "billing-agent-run-7f3a")
-        .await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
     let record = Keyspace::new(&stack.prefix)
@@ -306,22 +234,13 @@ async fn a_slot_moved_under_load_loses_and_doubles_nothing() -> Result<()> {
         .find(|p| **p != from)
         .ok_or_else(|| anyhow::anyhow!("one node"))?;
     let second = stack.start_proxy().await?;
-    let addrs = [proxy.addr, second.addr];
-    let mut calls = Vec::new();
-    for i in 0..300u64 {
-        let (addr, bearer) = (addrs[i as usize % 2], bearer.clone());
-        calls.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i * 5)).await;
-            http(
-                addr,
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", bearer.as_str()), FORM],
-                b"amount=100&currency=usd&confirm=true",
-            )
-            .await
-        }));
-    }
+    let calls = spawn_charges(
+        &[proxy.addr, second.addr],
+        &bearer,
+        300,
+        Duration::from_millis(5),
+        b"amount=100&currency=usd&confirm=true",
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
     redis.reshard(from, to).await?;
@@ -331,7 +250,7 @@ async fn a_slot_moved_under_load_loses_and_doubles_nothing() -> Result<()> {
     );
     let (mut ok, mut capped, mut other) = (0, 0, Vec::new());
     for c in calls {
-        let r = c.await??;
+        let (r, _) = c.await??;
         match r.status {
             200 => ok += 1,
             429 => capped += 1,

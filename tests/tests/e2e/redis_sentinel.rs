@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use keybrake_e2e::{
-    example, http,
+    http, spawn_charges,
     stack::{SENTINEL_MASTER, Stack, eventually},
     upstream::RecordingUpstream,
-    with_upstream,
 };
 use keybrake_ledger::Token;
 
@@ -38,21 +37,13 @@ async fn load_with_the_primary_killed(
     let ledger = stack.ledger().await?;
     let recorded_before = ledger.key_spend(&token.key_id).await?.total;
     let moved_before: u64 = upstream.moved().iter().map(|m| m.units * 10_000).sum();
-    let mut calls = Vec::new();
-    for i in 0..300u64 {
-        let (addr, bearer) = (addrs[i as usize % 2], bearer.to_owned());
-        calls.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i * 3)).await;
-            http(
-                addr,
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", bearer.as_str()), FORM],
-                b"amount=100&currency=usd&confirm=true",
-            )
-            .await
-        }));
-    }
+    let calls = spawn_charges(
+        &addrs,
+        bearer,
+        300,
+        Duration::from_millis(3),
+        b"amount=100&currency=usd&confirm=true",
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sentinel = stack
         .redis_sentinel
@@ -65,7 +56,7 @@ async fn load_with_the_primary_killed(
     // refusal is printed). Whether a refused call moved money is what the figures below decide.
     let (mut refused, mut other) = (0, std::collections::BTreeMap::<String, usize>::new());
     for c in calls {
-        let r = c.await??;
+        let (r, _) = c.await??;
         match r.status {
             200 | 429 => {}
             503 => refused += 1,
@@ -137,22 +128,7 @@ async fn a_sentinel_failover_under_load_is_fail_closed_and_loses_nothing_with_ac
     let upstream = RecordingUpstream::start().await?;
     let (mut stack, proxy) = Stack::start_with_proxy_on_redis_sentinel().await?;
     proxy.shutdown().await;
-    stack
-        .cluster
-        .apply(&with_upstream(
-            &example("stripe-policy.yaml"),
-            &upstream.url(),
-        ))
-        .await?
-        .ok()?;
-    stack
-        .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
-    let env = stack
-        .active_key_env("billing", "billing-agent-run-7f3a")
-        .await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;
 
