@@ -5,6 +5,7 @@
 //! CEL rules enforced, discovery, the minimal OpenAPI kubectl needs, and Table output.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod builtin;
 pub mod discovery;
 pub mod error;
@@ -38,7 +39,8 @@ pub struct Options {
     pub history: Option<usize>,
     /// How often idle watches get a bookmark (default [`watch::BOOKMARK_EVERY`]).
     pub bookmark_interval: Option<std::time::Duration>,
-    /// Bearer tokens TokenReview accepts (the `--token-auth-file` lines).
+    /// Bearer tokens the server accepts, on requests and in TokenReview (the
+    /// `--token-auth-file` lines).
     pub tokens: Vec<review::StaticToken>,
 }
 
@@ -52,6 +54,7 @@ pub struct KubeLite {
     task: JoinHandle<()>,
     saver: Option<JoinHandle<()>>,
     state_file: Option<PathBuf>,
+    denials: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// Why a server could not start.
@@ -87,12 +90,14 @@ impl KubeLite {
             persist::load(&store, path)?;
         }
         let (stop, stopped) = signal::channel(false);
+        let denials = Arc::new(std::sync::Mutex::new(Vec::new()));
         let shared = Arc::new(server::Shared {
             store: store.clone(),
             addr,
             shutdown: stopped.clone(),
             bookmark_every: opts.bookmark_interval.unwrap_or(watch::BOOKMARK_EVERY),
             tokens: opts.tokens.clone(),
+            denials: denials.clone(),
         });
         let mut until = stopped;
         let task = tokio::spawn(server::serve(listener, shared, async move {
@@ -109,7 +114,13 @@ impl KubeLite {
             task,
             saver,
             state_file: opts.state_file,
+            denials,
         })
+    }
+
+    /// The 403 messages of every request RBAC refused so far.
+    pub fn denials(&self) -> Vec<String> {
+        self.denials.lock().map(|d| d.clone()).unwrap_or_default()
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -137,11 +148,20 @@ impl KubeLite {
     }
 }
 
-/// A kubeconfig for a plain-HTTP server with no credentials.
+/// A kubeconfig for a plain-HTTP server with no credentials (the administrator).
 pub fn kubeconfig(server: &str) -> String {
+    kubeconfig_for(server, "{}")
+}
+
+/// A kubeconfig that presents a bearer token, as a ServiceAccount's mounted token would.
+pub fn kubeconfig_with_token(server: &str, token: &str) -> String {
+    kubeconfig_for(server, &format!("{{token: {token}}}"))
+}
+
+fn kubeconfig_for(server: &str, user: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-lite\n  cluster:\n    server: {server}\n\
          contexts:\n- name: kube-lite\n  context:\n    cluster: kube-lite\n    user: kube-lite\n    namespace: default\n\
-         current-context: kube-lite\nusers:\n- name: kube-lite\n  user: {{}}\n"
+         current-context: kube-lite\nusers:\n- name: kube-lite\n  user: {user}\n"
     )
 }

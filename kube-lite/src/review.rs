@@ -152,16 +152,16 @@ fn token_review(tokens: &[StaticToken], spec: &Value) -> Result<Value> {
 }
 
 /// What is asked: a verb on a resource (or a non-resource URL) by a user with groups.
-struct Attributes<'a> {
-    user: &'a str,
-    groups: Vec<&'a str>,
-    verb: &'a str,
-    namespace: &'a str,
-    group: &'a str,
-    resource: &'a str,
-    subresource: &'a str,
-    name: &'a str,
-    path: Option<&'a str>,
+pub(crate) struct Attributes<'a> {
+    pub(crate) user: &'a str,
+    pub(crate) groups: Vec<&'a str>,
+    pub(crate) verb: &'a str,
+    pub(crate) namespace: &'a str,
+    pub(crate) group: &'a str,
+    pub(crate) resource: &'a str,
+    pub(crate) subresource: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) path: Option<&'a str>,
 }
 
 fn text<'v>(v: &'v Value, path: &str) -> &'v str {
@@ -241,7 +241,7 @@ fn objects<'s>(state: &'s State, group: &str, plural: &str) -> Vec<&'s Value> {
 const RBAC: &str = "rbac.authorization.k8s.io";
 
 /// The reason RBAC allows the request, or `None` (RBAC has no deny rules).
-fn authorize(state: &State, a: &Attributes) -> Option<String> {
+pub(crate) fn authorize(state: &State, a: &Attributes) -> Option<String> {
     if a.groups.contains(&"system:masters") {
         return Some("the system:masters group may do anything".into());
     }

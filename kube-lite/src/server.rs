@@ -17,6 +17,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
+    auth::{self, Caller},
     discovery,
     error::{ApiError, Result},
     patch::PatchKind,
@@ -44,8 +45,11 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// How often idle watches get a bookmark.
     pub bookmark_every: std::time::Duration,
-    /// Bearer tokens TokenReview accepts.
+    /// Bearer tokens the server accepts (requests and TokenReview).
     pub tokens: Vec<crate::review::StaticToken>,
+    /// Every request RBAC refused, as the 403 message: tests assert the deployables, running
+    /// as their ServiceAccounts, were never refused.
+    pub denials: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {
@@ -156,6 +160,7 @@ fn decode_object(content_type: &str, body: &[u8]) -> Result<Value> {
 
 async fn dispatch(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>> {
     let path = req.uri().path().to_owned();
+    let caller = crate::auth::authenticate(req.headers(), &shared.tokens)?;
     let accept = req
         .headers()
         .get(ACCEPT)
@@ -198,7 +203,7 @@ async fn dispatch(shared: &Shared, req: Request<Incoming>) -> Result<Response<Bo
             reg_get(&|st| discovery::openapi_group_version(&st.registry, &g, &v))
         }
         Route::OpenApiV2 => Err(ApiError::no_route(&path)),
-        Route::Resource(rp) => resource(shared, req, rp, &accept).await,
+        Route::Resource(rp) => resource(shared, req, rp, &accept, &caller).await,
     }
 }
 
@@ -207,6 +212,7 @@ async fn resource(
     req: Request<Incoming>,
     rp: ResourcePath,
     accept: &str,
+    caller: &Caller,
 ) -> Result<Response<Body>> {
     let query = Query::parse(req.uri().query())?;
     let res = shared
@@ -231,6 +237,7 @@ async fn resource(
         .unwrap_or("application/json")
         .to_owned();
     let method = req.method().clone();
+    authorize(shared, caller, auth::verb(&method, &rp, &query), &res, &rp)?;
     if crate::review::is_review(&res) {
         if method != Method::POST || rp.name.is_some() {
             return Err(ApiError::method_not_allowed(format!(
@@ -288,6 +295,10 @@ async fn resource(
         (Method::PATCH, Some(name)) => {
             check_scope(&res, &rp)?;
             let kind = PatchKind::from_content_type(&content_type)?;
+            if kind == PatchKind::Apply && shared.store.lock().get(&res, &ns, &name).is_err() {
+                // A server-side apply that creates the object is also a create.
+                authorize(shared, caller, "create", &res, &rp)?;
+            }
             let body = read_body(req).await?;
             let (obj, created) = shared
                 .store
@@ -376,6 +387,23 @@ async fn resource(
             req_path(&rp)
         ))),
     }
+}
+
+fn authorize(
+    shared: &Shared,
+    caller: &Caller,
+    verb: &str,
+    res: &Resource,
+    rp: &ResourcePath,
+) -> Result<()> {
+    let checked = auth::check(&shared.store.lock(), caller, verb, res, rp);
+    if let Err(e) = &checked {
+        tracing::warn!(message = %e.message, "forbidden");
+        if let Ok(mut d) = shared.denials.lock() {
+            d.push(e.message.clone());
+        }
+    }
+    checked
 }
 
 fn req_path(rp: &ResourcePath) -> String {

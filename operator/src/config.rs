@@ -35,8 +35,9 @@ pub struct Config {
     /// Namespace of the leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "keybrake-system")]
     pub lease_namespace: String,
-    /// How long a leader Lease lasts without renewal, in seconds.
-    #[arg(long, env = "KEYBRAKE_LEASE_SECS", default_value_t = 15)]
+    /// How long a leader Lease lasts without renewal, in seconds (3 to 300); the leader renews
+    /// every third of it, and a standby takes over after it.
+    #[arg(long, env = "KEYBRAKE_LEASE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_secs: u64,
     /// This replica's identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "keybrake-operator")]

@@ -121,18 +121,28 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr().map_err(|source| StartError::Metrics { addr: config.metrics_addr, source })?, "serving /metrics, /healthz, /readyz");
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
+    // Serving: a standby waiting for the Lease is ready, so a rollout can replace the leader.
+    metrics.set_ready();
     let elector = config.leader_election.then(|| {
         leader::Elector::new(
             client.clone(),
             &config.lease_namespace,
             "keybrake-operator",
             &config.identity,
-            Duration::from_secs(15),
+            Duration::from_secs(config.lease_secs),
         )
     });
+    tokio::pin!(shutdown);
     if let Some(e) = &elector {
-        e.acquire().await?;
+        tokio::select! {
+            acquired = e.acquire() => acquired?,
+            _ = &mut shutdown => {
+                metrics_task.abort();
+                return Ok(());
+            }
+        }
     }
+    metrics.set_leader(true);
 
     let keys = Controller::new(
         Api::<VaultKey>::all(client.clone()),
@@ -232,7 +242,6 @@ pub async fn run(
         .run(spendpolicy::reconcile, spendpolicy::error_policy, ctx)
         .for_each(|_| async {});
 
-    metrics.set_ready();
     let leadership = async {
         match &elector {
             Some(e) => e.hold().await,
@@ -248,6 +257,7 @@ pub async fn run(
         _ = async { tokio::pin!(controllers); (&mut controllers).await } => {}
     }
     let _ = stop_tx.send(true);
+    metrics.set_leader(false);
     metrics_task.abort();
     Ok(())
 }

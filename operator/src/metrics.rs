@@ -53,6 +53,7 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     keys: Family<PhaseLabel, Gauge>,
     phases: Mutex<BTreeMap<String, KeyPhase>>,
+    leader: Gauge,
     ready: AtomicBool,
 }
 
@@ -69,12 +70,19 @@ impl Default for Metrics {
             failures.clone(),
         );
         registry.register("vaultkeys", "VaultKeys by phase", keys.clone());
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "Whether this replica runs the controllers (holds the Lease, or election is off)",
+            leader.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             failures,
             keys,
             phases: Mutex::default(),
+            leader,
             ready: AtomicBool::new(false),
         }
     }
@@ -117,9 +125,16 @@ impl Metrics {
         }
     }
 
-    /// Marks the operator ready (controllers running).
+    /// Marks the operator ready: it serves its endpoints and reaches Redis and the API server.
+    /// A standby replica waiting for the Lease is ready too: readiness means serving, not
+    /// leading, or a rollout of two replicas would wait for the standby forever.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// The text exposition.
@@ -130,16 +145,30 @@ impl Metrics {
     }
 }
 
+/// The Content-Type of what `prometheus_client`'s text encoder writes. Prometheus 3 refuses
+/// to scrape a reply without one unless told a fallback.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Status, Content-Type and body for a path.
+fn answer(metrics: &Metrics, path: &str) -> (StatusCode, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match path {
+        "/metrics" => (StatusCode::OK, OPENMETRICS, metrics.encode()),
+        "/healthz" | "/livez" => (StatusCode::OK, TEXT, "ok".to_owned()),
+        "/readyz" if metrics.ready.load(Ordering::Acquire) => (StatusCode::OK, TEXT, "ok".into()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready".into()),
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found".to_owned()),
+    }
+}
+
 fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, metrics.encode()),
-        "/healthz" | "/livez" => (StatusCode::OK, "ok".to_owned()),
-        "/readyz" if metrics.ready.load(Ordering::Acquire) => (StatusCode::OK, "ok".to_owned()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "not found".to_owned()),
-    };
+    let (status, content_type, body) = answer(metrics, req.uri().path());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
@@ -166,4 +195,27 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 /// Binds the metrics address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_say_their_format_and_readiness_follows_set_ready() {
+        let m = Metrics::default();
+        let (status, content_type, body) = answer(&m, "/metrics");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, OPENMETRICS);
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(answer(&m, "/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
+        m.set_ready();
+        assert_eq!(answer(&m, "/readyz").0, StatusCode::OK);
+        m.set_leader(true);
+        assert!(
+            answer(&m, "/metrics")
+                .2
+                .contains("keybrake_operator_leader 1")
+        );
+    }
 }

@@ -88,6 +88,12 @@ async fn admin_response(app: &App, req: Request<Incoming>) -> Response<Full<Byte
     if issuance::owns(req.uri().path()) {
         return issuance::serve(app, req).await;
     }
+    let content_type = match req.uri().path() {
+        // What prometheus_client's text encoder writes; Prometheus 3 refuses a reply without it.
+        "/metrics" => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        "/audit" => "application/json",
+        _ => "text/plain; charset=utf-8",
+    };
     let (status, body) = match req.uri().path() {
         "/metrics" => (StatusCode::OK, app.metrics.encode()),
         "/healthz" | "/livez" => (StatusCode::OK, "ok".into()),
@@ -117,6 +123,10 @@ async fn admin_response(app: &App, req: Request<Incoming>) -> Response<Full<Byte
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     resp
 }
 

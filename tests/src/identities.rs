@@ -10,6 +10,10 @@ pub const BILLING_WORKER: &str = "t-billing-hatchet-worker-2b8f0c";
 pub const BILLING_READER: &str = "t-billing-reader-9d41e7";
 /// ServiceAccount `other/worker`: every vaultkey verb in `other`, nothing in `billing`.
 pub const OTHER_WORKER: &str = "t-other-worker-5a0c3e";
+/// ServiceAccount `keybrake-system/keybrake-operator`, bound by the shipped manifests.
+pub const OPERATOR: &str = "t-keybrake-operator-41c9aa";
+/// ServiceAccount `keybrake-system/keybrake-proxy`, bound by the shipped manifests.
+pub const PROXY: &str = "t-keybrake-proxy-e07b12";
 /// User `alice` in `system:masters`: may do anything, and is not a ServiceAccount.
 pub const ADMIN: &str = "t-admin-alice-77e1d2";
 
@@ -31,6 +35,8 @@ pub fn tokens() -> Vec<StaticToken> {
         service_account(BILLING_WORKER, "billing", "hatchet-worker"),
         service_account(BILLING_READER, "billing", "reader"),
         service_account(OTHER_WORKER, "other", "worker"),
+        service_account(OPERATOR, "keybrake-system", "keybrake-operator"),
+        service_account(PROXY, "keybrake-system", "keybrake-proxy"),
         StaticToken {
             token: ADMIN.into(),
             user: "alice".into(),

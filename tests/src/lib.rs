@@ -151,6 +151,38 @@ impl Cluster {
         self.dir.path().join("kubeconfig")
     }
 
+    /// A kubeconfig file that presents `token` (written beside the admin one).
+    pub fn kubeconfig_as(&self, token: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("kubeconfig-{token}"));
+        std::fs::write(&path, kube_lite::kubeconfig_with_token(&self.url(), token))?;
+        Ok(path)
+    }
+
+    /// A kube-rs client that presents `token`.
+    pub fn client_as(&self, token: &str) -> Result<kube::Client> {
+        let mut config = kube::Config::new(self.url().parse()?);
+        config.auth_info.token = Some(token.to_owned().into());
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Installs what the shipped kustomization (`manifests/`) grants Keybrake's own
+    /// ServiceAccounts: its namespace, ServiceAccounts, Roles, ClusterRoles and their bindings,
+    /// rendered by `kubectl kustomize` as an install would.
+    pub async fn install_shipped_rbac(&self) -> Result<()> {
+        static RENDERED: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+        let rbac = RENDERED
+            .get_or_try_init(|| async {
+                let root = workspace_root().join("manifests");
+                let all = self
+                    .kubectl_ok(&["kustomize", root.to_str().unwrap_or_default()])
+                    .await?;
+                Ok::<_, anyhow::Error>(rbac_documents(&all))
+            })
+            .await?;
+        self.apply(rbac).await?.ok()?;
+        Ok(())
+    }
+
     /// A scratch folder that lives as long as the cluster.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -194,6 +226,27 @@ impl Cluster {
     pub fn url(&self) -> String {
         self.server().url()
     }
+}
+
+/// The documents of a rendered manifest that say who may do what.
+fn rbac_documents(all: &str) -> String {
+    const KINDS: [&str; 6] = [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+    ];
+    all.split("\n---\n")
+        .filter(|doc| {
+            doc.lines().any(|l| {
+                l.strip_prefix("kind: ")
+                    .is_some_and(|k| KINDS.contains(&k.trim()))
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 /// A raw HTTP/1.1 exchange returning the status and the body (the JSON document inside a chunked

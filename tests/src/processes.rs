@@ -42,21 +42,23 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn redis_env(stack: &Stack, cmd: &mut std::process::Command) {
-    cmd.env("KUBECONFIG", stack.cluster.kubeconfig())
+/// The environment of a deployable: its ServiceAccount's credentials, Redis, and quiet logs.
+fn deployable_env(stack: &Stack, token: &str, cmd: &mut std::process::Command) -> Result<()> {
+    cmd.env("KUBECONFIG", stack.cluster.kubeconfig_as(token)?)
         .env("REDIS_URL", stack.redis_url())
         .env("KEYBRAKE_REDIS_MODE", stack.redis_mode().to_string())
         .env("KEYBRAKE_REDIS_SENTINEL_MASTER", SENTINEL_MASTER)
         .env("KEYBRAKE_REDIS_PREFIX", &stack.prefix)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
+    Ok(())
 }
 
 /// Starts a `keybrake-proxy` process and waits until it is ready; returns it and its data address.
 pub async fn proxy(stack: &Stack) -> Result<(Process, SocketAddr)> {
     let (port, admin) = (free_port()?, free_port()?);
     let mut cmd = std::process::Command::new(binary("keybrake-proxy")?);
-    redis_env(stack, &mut cmd);
+    deployable_env(stack, crate::identities::PROXY, &mut cmd)?;
     cmd.env("KEYBRAKE_LISTEN", format!("127.0.0.1:{port}"))
         .env("KEYBRAKE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"));
     let process = Process(cmd.spawn()?);
@@ -72,10 +74,12 @@ pub async fn proxy(stack: &Stack) -> Result<(Process, SocketAddr)> {
 /// Starts a `keybrake-operator` process (stop the stack's in-process operator first).
 pub fn operator(stack: &Stack) -> Result<Process> {
     let mut cmd = std::process::Command::new(binary("keybrake-operator")?);
-    redis_env(stack, &mut cmd);
-    cmd.env("KEYBRAKE_PROXY_URL", &stack.proxy_url).env(
-        "KEYBRAKE_METRICS_ADDR",
-        format!("127.0.0.1:{}", free_port()?),
-    );
+    deployable_env(stack, crate::identities::OPERATOR, &mut cmd)?;
+    cmd.env("KEYBRAKE_LEASE_NAMESPACE", crate::stack::LEASE_NAMESPACE)
+        .env("KEYBRAKE_PROXY_URL", &stack.proxy_url)
+        .env(
+            "KEYBRAKE_METRICS_ADDR",
+            format!("127.0.0.1:{}", free_port()?),
+        );
     Ok(Process(cmd.spawn()?))
 }

@@ -17,6 +17,9 @@ use crate::{
 /// The name of the test Sentinel set.
 pub const SENTINEL_MASTER: &str = "keybrake";
 
+/// Where the shipped manifests let the operator hold its Lease.
+pub const LEASE_NAMESPACE: &str = "keybrake-system";
+
 /// The proxy URL the operator writes into Secrets in tests.
 pub const PROXY_URL: &str = "http://127.0.0.1:18080";
 
@@ -32,8 +35,12 @@ pub struct Stack {
     pub redis_sentinel: Option<RedisSentinelSet>,
     /// The Redis key prefix of this stack.
     pub prefix: String,
-    /// A client for the API server.
+    /// An administrator's client for the API server (what a test itself does).
     pub client: Client,
+    /// The operator's client: its ServiceAccount, with what the shipped RBAC grants.
+    pub operator_client: Client,
+    /// The proxy's client: its ServiceAccount, with what the shipped RBAC grants.
+    pub proxy_client: Client,
     operator: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// The proxy URL the operator writes into Secrets.
     pub proxy_url: String,
@@ -91,7 +98,10 @@ impl Stack {
             .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
             .await?
             .ok()?;
+        cluster.install_shipped_rbac().await?;
         let client = Client::try_from(Config::new(cluster.url().parse()?))?;
+        let operator_client = cluster.client_as(crate::identities::OPERATOR)?;
+        let proxy_client = cluster.client_as(crate::identities::PROXY)?;
         let prefix = format!("op{}", rand_suffix());
         let mut stack = Stack {
             cluster,
@@ -100,6 +110,8 @@ impl Stack {
             redis_sentinel: None,
             prefix,
             client,
+            operator_client,
+            proxy_client,
             operator: None,
             proxy_url: PROXY_URL.into(),
         };
@@ -126,7 +138,7 @@ impl Stack {
                 .parse()
                 .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             leader_election: false,
-            lease_namespace: "default".into(),
+            lease_namespace: LEASE_NAMESPACE.into(),
             lease_secs: 2,
             identity: "test".into(),
             call_timeout_secs: 5,
@@ -152,7 +164,7 @@ impl Stack {
         config: keybrake_operator::Config,
     ) -> (oneshot::Sender<()>, JoinHandle<()>) {
         let (tx, rx) = oneshot::channel();
-        let client = self.client.clone();
+        let client = self.operator_client.clone();
         let task = tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;
@@ -186,7 +198,10 @@ impl Stack {
         config.redis_mode = self.redis_mode();
         config.redis_sentinel_master = SENTINEL_MASTER.into();
         edit(&mut config);
-        Ok(keybrake_proxy::start(self.client.clone(), config, "127.0.0.1:0".parse()?).await?)
+        Ok(
+            keybrake_proxy::start(self.proxy_client.clone(), config, "127.0.0.1:0".parse()?)
+                .await?,
+        )
     }
 
     /// `REDIS_URL` as the deployables take it: one URL, or the cluster's seed nodes.
@@ -235,6 +250,22 @@ impl Stack {
         stack.proxy_url = format!("http://{}", proxy.addr);
         stack.start_operator().await?;
         Ok((stack, proxy))
+    }
+
+    /// Fails if the API server refused the operator or the proxy anything: a refusal the code
+    /// only logs (an Event, a status write) would otherwise pass unseen.
+    pub fn assert_deployables_never_refused(&self) -> Result<()> {
+        let refused: Vec<String> = self
+            .cluster
+            .server()
+            .denials()
+            .into_iter()
+            .filter(|d| d.contains("system:serviceaccount:keybrake-system:"))
+            .collect();
+        if !refused.is_empty() {
+            bail!("the shipped RBAC refused the deployables: {refused:#?}");
+        }
+        Ok(())
     }
 
     /// Waits (up to 20 s) until a VaultKey reaches `phase`, and returns it.

@@ -445,7 +445,8 @@ async fn without_an_operator_issuance_times_out_cleanly_and_leaves_nothing() -> 
     stack.stop_operator().await;
     let mut config = keybrake_proxy::Config::local(&stack.redis.url(), &stack.prefix);
     config.issue_timeout_secs = 1;
-    let quick = keybrake_proxy::start(stack.client.clone(), config, "127.0.0.1:0".parse()?).await?;
+    let quick =
+        keybrake_proxy::start(stack.proxy_client.clone(), config, "127.0.0.1:0".parse()?).await?;
     let started = std::time::Instant::now();
     let reply = call(
         quick.addr,
@@ -557,5 +558,6 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
     .await?;
     assert_eq!(gone.status, 404);
     proxy.shutdown().await;
+    stack.assert_deployables_never_refused()?;
     Ok(())
 }

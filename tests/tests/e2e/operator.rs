@@ -439,6 +439,7 @@ async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> 
         .kubectl_ok(&["describe", "vk", "-n", "billing", "billing-worker"])
         .await?;
     assert!(described.contains("RestartNotAllowed"), "{described}");
+    stack.assert_deployables_never_refused()?;
     Ok(())
 }
 
@@ -524,6 +525,7 @@ async fn revocation_by_flag_and_by_delete_is_enforced_in_redis() -> Result<()> {
             .await?
             .is_none()
     );
+    stack.assert_deployables_never_refused()?;
     Ok(())
 }
 
@@ -579,7 +581,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
     let mut stack = stripe_stack().await?;
     stack.stop_operator().await;
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(stack.client.clone(), "default");
+        Api::namespaced(stack.client.clone(), keybrake_e2e::stack::LEASE_NAMESPACE);
     let holder = || async {
         leases
             .get_opt("keybrake-operator")
@@ -590,14 +592,36 @@ async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
     };
     let mut a = stack.operator_config();
     (a.leader_election, a.identity) = (true, "replica-a".into());
+    a.metrics_addr = free_addr();
     let mut b = a.clone();
     b.identity = "replica-b".into();
+    b.metrics_addr = free_addr();
+    let (addr_a, addr_b) = (a.metrics_addr, b.metrics_addr);
     let (stop_a, task_a) = stack.spawn_replica(a);
     eventually("replica-a to lead", 10, || async {
         holder().await.filter(|h| h == "replica-a")
     })
     .await?;
     let (stop_b, task_b) = stack.spawn_replica(b);
+    // `kubectl rollout status` waits for every replica to be ready: the standby must be too,
+    // while only the leader runs the controllers.
+    let scrape = |addr, path: &'static str| async move {
+        keybrake_e2e::http(addr, "GET", path, &[], b"").await.ok()
+    };
+    eventually("both replicas to be ready", 10, || async {
+        let (ra, rb) = (
+            scrape(addr_a, "/readyz").await?,
+            scrape(addr_b, "/readyz").await?,
+        );
+        (ra.status == 200 && rb.status == 200).then_some(())
+    })
+    .await?;
+    let leading = |addr| async move {
+        let body = scrape(addr, "/metrics").await?.body;
+        Some(body.contains("keybrake_operator_leader 1"))
+    };
+    assert_eq!(leading(addr_a).await, Some(true), "replica-a leads");
+    assert_eq!(leading(addr_b).await, Some(false), "replica-b stands by");
     stack
         .cluster
         .apply(&example("stripe-run-key.yaml"))
@@ -622,6 +646,7 @@ async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Revoked).await?;
     drop(stop_b);
     let _ = task_b.await;
+    stack.assert_deployables_never_refused()?;
     Ok(())
 }
 

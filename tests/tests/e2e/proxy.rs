@@ -617,6 +617,7 @@ async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> 
         .await?;
     assert_eq!(policy, "400.00");
     s.proxy.shutdown().await;
+    s.stack.assert_deployables_never_refused()?;
     Ok(())
 }
 

@@ -31,7 +31,8 @@ async fn hostile_bytes_slow_clients_and_bad_amounts_are_refused_and_nothing_is_f
     let mut config = keybrake_proxy::Config::local(&stack.redis.url(), &stack.prefix);
     config.header_timeout_secs = 1;
     config.body_timeout_secs = 1;
-    let proxy = keybrake_proxy::start(stack.client.clone(), config, "127.0.0.1:0".parse()?).await?;
+    let proxy =
+        keybrake_proxy::start(stack.proxy_client.clone(), config, "127.0.0.1:0".parse()?).await?;
     let token = env["STRIPE_API_KEY"].clone();
     let head = |extra: &str, body: &[u8]| {
         let mut r = format!(

@@ -14,7 +14,8 @@ async fn upstream_failures_settle_by_what_the_vendor_may_have_done() -> Result<(
     let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let mut config = keybrake_proxy::Config::local(&stack.redis.url(), &stack.prefix);
     config.upstream_timeout_secs = 1;
-    let proxy = keybrake_proxy::start(stack.client.clone(), config, "127.0.0.1:0".parse()?).await?;
+    let proxy =
+        keybrake_proxy::start(stack.proxy_client.clone(), config, "127.0.0.1:0".parse()?).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let id = keybrake_ledger::Token::parse_bearer(&env["STRIPE_API_KEY"])?.key_id;
     let ledger = stack.ledger().await?;
