@@ -232,13 +232,17 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let proxy_url = format!("http://{}", proxy.addr);
     let admin_url = format!("http://{}", proxy.admin_addr);
 
+    let operator_metrics = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?
+    };
     let operator_config = keybrake_operator::Config {
         proxy_url: proxy_url.clone(),
         redis_url: redis_url.clone(),
         redis_mode: args.redis_mode,
         redis_sentinel_master: args.redis_sentinel_master.clone(),
         redis_prefix: "kb".into(),
-        metrics_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_addr: operator_metrics,
         leader_election: false,
         lease_namespace: "default".into(),
         lease_secs: 15,
@@ -254,6 +258,25 @@ pub async fn run(args: DevArgs) -> Result<()> {
             let _ = operator_stopped.await;
         },
     ));
+
+    // "ready" means the operator reconciles: a key applied right after it gets its Secret.
+    let readyz = format!("http://{operator_metrics}/readyz");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if operator.is_finished() {
+            match operator.await {
+                Ok(Err(e)) => bail!("the operator did not start: {e}"),
+                _ => bail!("the operator stopped while starting"),
+            }
+        }
+        if matches!(crate::views::get(&readyz, None).await, Ok((200, _))) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("the operator was not ready after 30 s ({readyz})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let env = format!(
         "KUBECONFIG={}\nKEYBRAKE_PROXY_URL={proxy_url}\nKEYBRAKE_ADMIN_URL={admin_url}\nREDIS_URL={redis_url}\nKEYBRAKE_API_KEY={api_token}\n",

@@ -67,7 +67,7 @@ fn print_rows(rows: &[Vec<String>]) {
 }
 
 /// A GET on a plain-HTTP URL, returning status and body.
-async fn get(url: &str, token: Option<&str>) -> Result<(u16, String)> {
+pub(crate) async fn get(url: &str, token: Option<&str>) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url
         .strip_prefix("http://")

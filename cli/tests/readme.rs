@@ -27,6 +27,35 @@ fn walkthrough() -> String {
     readme[start..end].to_owned()
 }
 
+/// localstripe (`tests/sdk/localstripe_server.py`) on a free port, killed on drop.
+async fn localstripe() -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new("python3")
+        .arg(root().join("tests/sdk/localstripe_server.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("localstripe (scripts/install-deps installs it)");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("ready") {
+                return;
+            }
+        }
+        panic!("localstripe exited before it was ready")
+    })
+    .await
+    .expect("localstripe did not start in 30s");
+    (child, port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough_runs_verbatim() {
     let state = tempfile::tempdir().unwrap();
@@ -38,9 +67,13 @@ async fn the_readme_walkthrough_runs_verbatim() {
         tools.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // Stripe calls go to localstripe, as the README says (the other vendors to the sandboxes).
+    let localstripe = localstripe().await;
     let mut dev = tokio::process::Command::new(&keybrake)
         .args(["dev", "--state-dir"])
         .arg(state.path())
+        .arg("--upstream")
+        .arg(format!("stripe=http://127.0.0.1:{}", localstripe.1))
         .env("PATH", &path)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
