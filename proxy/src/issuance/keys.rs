@@ -433,8 +433,10 @@ pub async fn list(
     Ok((StatusCode::OK, json!({"keys": items})))
 }
 
-/// Revokes a key: in Redis first (the next call is refused, whatever the operator is doing),
-/// then `spec.revoked` on the VaultKey.
+/// Revokes a key: `spec.revoked` first (one-way, so the operator revokes it in Redis for
+/// certain, whatever happens next), then in Redis, so the next call is refused at once. 200 only
+/// once Redis refuses the key: with Redis unreachable the answer is 503, the revocation stays
+/// recorded, and a retried DELETE finishes it.
 pub async fn revoke(
     app: &App,
     caller: &Caller,
@@ -443,27 +445,6 @@ pub async fn revoke(
 ) -> Result<(StatusCode, Value), ApiError> {
     let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
     let vk = existing(&keys, ns, name).await?;
-    let vault_key = format!("{ns}/{name}");
-    let id = vk
-        .status
-        .as_ref()
-        .and_then(|s| s.key_id.as_deref())
-        .and_then(|k| KeyId::parse(k).ok());
-    let ours = match &id {
-        Some(id) => app
-            .ledger
-            .key_belongs_to(id, &vault_key)
-            .await
-            .unwrap_or(false),
-        None => false,
-    };
-    if let (Some(id), true) = (&id, ours)
-        && let Err(e) = app.ledger.revoke(id).await
-    {
-        // The data path refuses every call while Redis is unreachable, and the operator revokes
-        // in Redis from spec.revoked when it is back.
-        tracing::warn!(namespace = ns, name, error = %e, "could not revoke in Redis; spec.revoked is set");
-    }
     let patched = if vk.spec.revoked {
         vk
     } else {
@@ -481,6 +462,27 @@ pub async fn revoke(
         user = caller.username,
         "vault key revoked through the API"
     );
+    let vault_key = format!("{ns}/{name}");
+    let id = patched
+        .status
+        .as_ref()
+        .and_then(|s| s.key_id.as_deref())
+        .and_then(|k| KeyId::parse(k).ok());
+    if let Some(id) = &id {
+        let refused = async {
+            if app.ledger.key_belongs_to(id, &vault_key).await? {
+                app.ledger.revoke(id).await?;
+            }
+            Ok::<_, keybrake_ledger::LedgerError>(())
+        };
+        refused.await.map_err(|e| {
+            tracing::warn!(namespace = ns, name, error = %e, "could not revoke in Redis; spec.revoked is set");
+            ApiError::unavailable(
+                "spec.revoked is set and the operator will enforce it, but Redis could not be told at once (retry the DELETE to confirm)",
+                e,
+            )
+        })?;
+    }
     let spend = live_spend(app, &patched).await;
     Ok((StatusCode::OK, view::key(&patched, spend)))
 }

@@ -108,6 +108,32 @@ async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact()
         "the counters survived the kill (AOF) and count the new call"
     );
     assert_eq!(upstream.requests().len(), 3);
+
+    // A revoke through the API while Redis is down is a 503 that says so, never a 200 that did
+    // not reach Redis; the revocation stays recorded and the retried DELETE finishes it.
+    let admin = format!("Bearer {}", keybrake_e2e::identities::ADMIN);
+    let delete = || async {
+        http(
+            proxy.addr,
+            "DELETE",
+            "/vault/keys/billing-agent-run-7f3a?namespace=billing",
+            &[("Authorization", admin.as_str())],
+            b"",
+        )
+        .await
+    };
+    stack.redis.kill();
+    let r = delete().await?;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("retry the DELETE"), "{}", r.body);
+    stack.redis.restart().await?;
+    eventually("the retried DELETE to revoke in Redis", 15, || async {
+        (delete().await.ok()?.status == 200).then_some(())
+    })
+    .await?;
+    let r = charge().await?;
+    assert_eq!(r.json()["error"]["code"], "vault_key_revoked", "{}", r.body);
+    assert_eq!(upstream.requests().len(), 3);
     proxy.shutdown().await;
     Ok(())
 }
