@@ -474,6 +474,45 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
             .and_then(|e| e.value.clone());
         assert_eq!(url.as_deref(), Some("rediss://redis.example:6380/"));
     }
+    // Digests: each image its own; one digest for both is refused.
+    let (op, px) = (
+        "sha256:".to_owned() + &"a".repeat(64),
+        "sha256:".to_owned() + &"b".repeat(64),
+    );
+    let pinned = tool(
+        "helm",
+        &[
+            &chart[..],
+            &[
+                "--set",
+                &format!("operator.image.digest={op}"),
+                "--set",
+                &format!("proxy.image.digest={px}"),
+            ],
+        ]
+        .concat(),
+    )
+    .await?;
+    let images: BTreeSet<String> = parse(&pinned)?
+        .pods
+        .iter()
+        .filter_map(|(_, pod)| pod.containers[0].image.clone())
+        .collect();
+    assert!(
+        images.contains(&format!("ghcr.io/keybrake/keybrake-operator@{op}"))
+            && images.contains(&format!("ghcr.io/keybrake/keybrake-proxy@{px}")),
+        "{images:?}"
+    );
+    let one = tool(
+        "helm",
+        &[&chart[..], &["--set", &format!("image.digest={op}")]].concat(),
+    )
+    .await;
+    let err = one.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        err.contains("set operator.image.digest and proxy.image.digest"),
+        "{err}"
+    );
     let missing = tool(
         "helm",
         &[&chart[..], &["--set", "redis.enabled=false"]].concat(),

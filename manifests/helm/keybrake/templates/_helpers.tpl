@@ -1,7 +1,9 @@
 {{- define "keybrake.image" -}}
-{{- $root := index . 0 -}}{{- $name := index . 1 -}}
-{{- if $root.Values.image.digest -}}
-{{ $root.Values.image.registry }}/{{ $name }}@{{ $root.Values.image.digest }}
+{{- $root := index . 0 -}}{{- $name := index . 1 -}}{{- $component := index . 2 -}}
+{{- $digest := (index $root.Values $component "image").digest -}}
+{{- if $root.Values.image.digest -}}{{ fail "image.digest would pin both images to one digest; set operator.image.digest and proxy.image.digest (each image has its own)" }}
+{{- else if $digest -}}
+{{ $root.Values.image.registry }}/{{ $name }}@{{ $digest }}
 {{- else -}}
 {{ $root.Values.image.registry }}/{{ $name }}:{{ $root.Values.image.tag | default $root.Chart.AppVersion }}
 {{- end -}}
