@@ -55,7 +55,8 @@ pub const ISSUED_BY_API: &str = "issuance-api";
 #[x_kube(
     validation = Rule::new("has(self.dailyUsdCap) || has(self.totalUsdCap)").message("set dailyUsdCap or totalUsdCap (or both): a VaultKey without a daily or total cap could spend without limit"),
     validation = Rule::new("!(has(self.ttl) && has(self.expiresAt))").message("set ttl or expiresAt, not both"),
-    validation = Rule::new("self.policyRef.name == oldSelf.policyRef.name").message("policyRef is immutable; create a new VaultKey to draw on another SpendPolicy")
+    validation = Rule::new("self.policyRef.name == oldSelf.policyRef.name").message("policyRef is immutable; create a new VaultKey to draw on another SpendPolicy"),
+    validation = Rule::new("!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)").message("revoked is one-way: a revoked VaultKey stays revoked; create a new VaultKey")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VaultKeySpec {

@@ -473,6 +473,31 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .await
     }
 
+    /// Revokes a key for good: `spec.revoked` was set. Besides `revoked`, it sets `retired`, a
+    /// field no record rewrite touches, so even an operator told to reissue (a CRD without the
+    /// one-way rule, `revoked` set back to false) never makes the key work again.
+    pub async fn retire(&self, id: &KeyId) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let key = self.slot(id).key_record(id);
+        self.timed(conn.hset_multiple::<_, _, _, ()>(key, &[("revoked", "1"), ("retired", "1")]))
+            .await
+    }
+
+    /// Whether [`Ledger::retire`] ran for this key.
+    pub async fn is_retired(&self, id: &KeyId) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let v: Option<String> = self
+            .timed(conn.hget(self.slot(id).key_record(id), "retired"))
+            .await?;
+        match v.as_deref() {
+            None => Ok(false),
+            Some("1") => Ok(true),
+            Some(other) => Err(LedgerError::Reply(format!(
+                "key record field retired is {other:?}, not 1"
+            ))),
+        }
+    }
+
     /// Removes a key record (its spend counters stay for reporting).
     pub async fn delete_key(&self, id: &KeyId) -> Result<()> {
         let mut conn = self.conn.clone();

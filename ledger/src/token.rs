@@ -69,6 +69,18 @@ impl KeyId {
         KeyId(format!("{}{}", tag.0, hex::encode(random)))
     }
 
+    /// The key id of one VaultKey for its whole life, from its uid: a Secret deleted and
+    /// reissued, or a lost status, yields the same id, so spend keeps counting against the same
+    /// caps. A new VaultKey (a new uid) is a new key.
+    pub fn of_vault_key(tag: &PolicyTag, uid: &str) -> KeyId {
+        let digest = Sha256::digest(format!("keybrake.com/vault-key/{uid}").as_bytes());
+        KeyId(format!(
+            "{}{}",
+            tag.0,
+            &hex::encode(digest)[..KEY_ID_LEN - TAG_LEN]
+        ))
+    }
+
     /// Parses a key id (32 lowercase hex characters).
     pub fn parse(text: &str) -> Result<KeyId, TokenError> {
         is_hex(text, KEY_ID_LEN)
@@ -179,6 +191,16 @@ impl Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vault_key_has_one_key_id_for_life() {
+        let tag = PolicyTag::of("billing", "stripe");
+        let a = KeyId::of_vault_key(&tag, "uid-1");
+        assert_eq!(a, KeyId::of_vault_key(&tag, "uid-1"));
+        assert_ne!(a, KeyId::of_vault_key(&tag, "uid-2"));
+        assert_eq!(a.tag(), tag);
+        assert_eq!(KeyId::parse(a.as_str()), Ok(a));
+    }
 
     #[test]
     fn tokens_round_trip_and_name_their_slot() {

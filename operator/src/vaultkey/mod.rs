@@ -216,8 +216,14 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         key_id: known.as_ref().map(ToString::to_string),
         ..Default::default()
     };
-
     let policy_name = vk.spec.policy_ref.name.clone();
+    // One key id for the VaultKey's whole life (a key issued before ids were derived keeps the
+    // one it was issued).
+    let tag = PolicyTag::of(&ns, &policy_name);
+    let life_id = known
+        .clone()
+        .unwrap_or_else(|| KeyId::of_vault_key(&tag, &uid));
+
     let policies: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(policy) = ctx
         .timed("get policy", policies.get_opt(&policy_name))
@@ -242,9 +248,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
 
     if let (Standing::Foreign, Some(other)) = (standing, found.as_ref()) {
         // Never adopted, overwritten or deleted; a token this key had is refused from now on.
-        if let Some(id) = &known {
-            ctx.ledger.revoke(id).await?;
-        }
+        ctx.ledger.revoke(&life_id).await?;
         report.phase = Some(KeyPhase::Invalid);
         report.reason = "SecretNotOwned".into();
         report.message = format!(
@@ -265,8 +269,10 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
 
-    if vk.spec.revoked {
-        revoke(ctx, known.as_ref(), &secrets, existing.as_ref()).await?;
+    let retired = ctx.ledger.is_retired(&life_id).await?;
+    if vk.spec.revoked || retired {
+        ctx.ledger.retire(&life_id).await?;
+        delete_secret(ctx, &secrets, existing.as_ref()).await?;
         // `kubectl get vk` keeps showing what the key had.
         if let Some(was) = vk.status.as_ref() {
             report.cap = was.cap.clone();
@@ -274,8 +280,11 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         }
         report.phase = Some(KeyPhase::Revoked);
         report.reason = "Revoked".into();
-        report.message =
-            "revoked by spec.revoked; the key is refused and its Secret deleted".into();
+        report.message = if vk.spec.revoked {
+            "revoked by spec.revoked; the key is refused and its Secret deleted".into()
+        } else {
+            "revoked for good: spec.revoked was set back to false, which cannot un-revoke a key; create a new VaultKey".into()
+        };
         transition_event(
             vk,
             ctx,
@@ -298,7 +307,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let effective = match resolve_key(&vk.spec, &policy_name, &policy.spec, created) {
         Ok(e) => e,
         Err(v) => {
-            revoke(ctx, known.as_ref(), &secrets, existing.as_ref()).await?;
+            revoke(ctx, &life_id, &secrets, existing.as_ref()).await?;
             report.phase = Some(KeyPhase::Invalid);
             report.reason = v.reason().as_str().into();
             report.message = v.to_string();
@@ -338,14 +347,13 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         return retire(vk, ctx, KeyPhase::Expired, now_ms).await;
     }
 
-    let tag = PolicyTag::of(&ns, &policy_name);
     if let Some(other) = ctx
         .ledger
         .claim_tag(&tag, &format!("{ns}/{policy_name}"))
         .await?
     {
         // Another policy's slot: a key record here would draw on its budget and records.
-        revoke(ctx, known.as_ref(), &secrets, existing.as_ref()).await?;
+        revoke(ctx, &life_id, &secrets, existing.as_ref()).await?;
         report.phase = Some(KeyPhase::Invalid);
         report.reason = "PolicySlotTaken".into();
         report.message = format!(
@@ -372,11 +380,10 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let (mut cred, issued) = match current {
         Some(c) => (c, false),
         None => {
-            if let Some(lost) = &known {
-                // The Secret holding the old token is gone: that token can never be shown again.
-                ctx.ledger.revoke(lost).await?;
-            }
-            let token = Token::generate(vendor, KeyId::generate(&tag));
+            // A new secret under the same key id: a deleted or edited Secret cannot reset the
+            // spend counted against the caps, and the old token stops working at once (its
+            // hash leaves the record, and so does any rotation overlap).
+            let token = Token::generate(vendor, life_id.clone());
             (
                 Credential {
                     token,
@@ -434,14 +441,15 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     write_secret(vk, ctx, &secrets, &secret_name, &cred, existing.as_ref()).await?;
     if issued {
         info!(key_id = %cred.token.key_id, "issued a credential");
-        publish(
-            ctx,
-            vk,
-            EventType::Normal,
-            "Issued",
-            &format!("issued key {} into Secret {secret_name}", cred.token.key_id),
-        )
-        .await;
+        let note = if report.key_id.is_some() {
+            format!(
+                "reissued key {} into Secret {secret_name}: the Secret was missing or not Keybrake's token; spend carries on",
+                cred.token.key_id
+            )
+        } else {
+            format!("issued key {} into Secret {secret_name}", cred.token.key_id)
+        };
+        publish(ctx, vk, EventType::Normal, "Issued", &note).await;
     }
     if rotated {
         info!(key_id = %cred.token.key_id, rotations = cred.rotations, "rotated the credential");
@@ -642,13 +650,11 @@ async fn delete_secret(ctx: &Context, secrets: &Api<Secret>, ours: Option<&Secre
 /// Revokes in Redis first (the proxy refuses at once), then removes the VaultKey's own Secret.
 async fn revoke(
     ctx: &Context,
-    key: Option<&KeyId>,
+    key: &KeyId,
     secrets: &Api<Secret>,
     ours: Option<&Secret>,
 ) -> Result<()> {
-    if let Some(id) = key {
-        ctx.ledger.revoke(id).await?;
-    }
+    ctx.ledger.revoke(key).await?;
     delete_secret(ctx, secrets, ours).await
 }
 
@@ -668,7 +674,9 @@ async fn cleanup(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         Standing::Absent | Standing::Foreign => None,
     };
     let vault_key = format!("{ns}/{}", vk.name_any());
-    if let Some(id) = known_key_id(vk, ours, ctx, &vault_key).await? {
+    let derived = KeyId::of_vault_key(&PolicyTag::of(&ns, &vk.spec.policy_ref.name), &uid);
+    let known = known_key_id(vk, ours, ctx, &vault_key).await?;
+    for id in known.into_iter().chain([derived]) {
         ctx.ledger.revoke(&id).await?;
         ctx.ledger.delete_key(&id).await?;
         info!(key_id = %id, "revoked on delete");

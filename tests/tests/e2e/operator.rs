@@ -798,3 +798,139 @@ async fn spec_changes_reach_redis_at_once_without_a_new_token() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_secret_or_unrevoking_cannot_reset_a_keys_spend() -> Result<()> {
+    let stack = stripe_stack().await?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    let name = "billing-agent-run-7f3a";
+    let first = key_in_phase(&stack, name, KeyPhase::Active).await?;
+    let id = first.status.and_then(|s| s.key_id).unwrap_or_default();
+    let ledger = stack.ledger().await?;
+    let old = token_of(&stack, name).await?;
+    assert!(matches!(
+        charge(&ledger, &old, 200).await?,
+        Admission::Granted { .. }
+    ));
+    assert!(matches!(
+        charge(&ledger, &old, 200).await?,
+        Admission::Granted { .. }
+    ));
+
+    // Someone with `delete secrets` in the namespace deletes the key's Secret, then edits the
+    // reissued one: each time a new token, under the same key id, with the $400 still counted.
+    let secrets = Api::<Secret>::namespaced(stack.client.clone(), "billing");
+    secrets.delete(name, &Default::default()).await?;
+    let reissued = eventually("a new token in a new Secret", 20, || async {
+        let t = token_of(&stack, name).await.ok()?;
+        (t != old).then_some(t)
+    })
+    .await?;
+    assert_eq!(reissued.key_id.as_str(), id, "the key id changed");
+    assert_eq!(
+        refusal(&try_charge(&ledger, &old).await?),
+        Some(Rule::BadSecret),
+        "the lost token still works"
+    );
+    assert_eq!(
+        refusal(&charge(&ledger, &reissued, 200).await?),
+        Some(Rule::DailyCap),
+        "the reissued key's spend started again from $0"
+    );
+    secrets
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"STRIPE_API_KEY": "sk_live_not_ours"}})),
+        )
+        .await?;
+    let again = eventually("the edited Secret to be rewritten", 20, || async {
+        let t = token_of(&stack, name).await.ok()?;
+        (t != reissued).then_some(t)
+    })
+    .await?;
+    assert_eq!(again.key_id.as_str(), id);
+    assert_eq!(
+        refusal(&charge(&ledger, &again, 200).await?),
+        Some(Rule::DailyCap)
+    );
+
+    // `revoked` is one-way: the API server refuses the flip back.
+    stack.revoke_with_kubectl("billing", name).await?;
+    key_in_phase(&stack, name, KeyPhase::Revoked).await?;
+    let unrevoke = stack
+        .cluster
+        .kubectl(
+            &[
+                "patch",
+                "vk",
+                "-n",
+                "billing",
+                name,
+                "--type",
+                "merge",
+                "-p",
+                r#"{"spec":{"revoked":false}}"#,
+            ],
+            None,
+        )
+        .await?;
+    assert_ne!(unrevoke.code, 0);
+    assert!(
+        unrevoke.stderr.contains("revoked is one-way"),
+        "{}",
+        unrevoke.stderr
+    );
+    // And with CRDs installed without that rule (older ones), the key stays revoked anyway.
+    let crd = std::fs::read_to_string(
+        keybrake_e2e::workspace_root().join("manifests/crds/vaultkeys.keybrake.com.yaml"),
+    )?;
+    let mut older: serde_json::Value = serde_yaml_ng::from_str(&crd)?;
+    let rules = older
+        .pointer_mut(
+            "/spec/versions/0/schema/openAPIV3Schema/properties/spec/x-kubernetes-validations",
+        )
+        .and_then(serde_json::Value::as_array_mut)
+        .ok_or_else(|| anyhow::anyhow!("no spec rules in the CRD"))?;
+    let before = rules.len();
+    rules.retain(|r| !r["message"].as_str().unwrap_or("").contains("one-way"));
+    assert_eq!(rules.len(), before - 1);
+    let without_rule = older.to_string();
+    stack.cluster.apply(&without_rule).await?.ok()?;
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            name,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"revoked":false}}"#,
+        ])
+        .await?;
+    let stays = eventually("the operator to say the key stays revoked", 20, || async {
+        let vk = Api::<VaultKey>::namespaced(stack.client.clone(), "billing")
+            .get(name)
+            .await
+            .ok()?;
+        let s = vk.status?;
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (s.phase == Some(KeyPhase::Revoked) && ready.message.contains("for good")).then_some(())
+    })
+    .await;
+    stays?;
+    assert!(
+        secrets.get_opt(name).await?.is_none(),
+        "a Secret was reissued"
+    );
+    assert_eq!(refusal(&probe(&ledger, &again).await?), Some(Rule::Revoked));
+    stack.assert_deployables_never_refused()?;
+    Ok(())
+}
