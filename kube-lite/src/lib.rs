@@ -44,6 +44,18 @@ pub struct Options {
     pub tokens: Vec<review::StaticToken>,
 }
 
+/// A failure the server answers to the next writes whose path contains `path_contains`, for
+/// tests of what clients do when a real API server is overloaded (429) or failing (5xx).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// 429, or a 5xx code.
+    pub code: u16,
+    /// Which writes (POST, PUT, PATCH, DELETE): a part of their path.
+    pub path_contains: String,
+    /// How many more writes get it.
+    pub remaining: usize,
+}
+
 /// A running server; dropping it does not stop it, [`KubeLite::shutdown`] does.
 pub struct KubeLite {
     /// Where it listens.
@@ -55,6 +67,7 @@ pub struct KubeLite {
     saver: Option<JoinHandle<()>>,
     state_file: Option<PathBuf>,
     denials: Arc<std::sync::Mutex<Vec<String>>>,
+    faults: Arc<std::sync::Mutex<Vec<Fault>>>,
 }
 
 /// Why a server could not start.
@@ -91,6 +104,7 @@ impl KubeLite {
         }
         let (stop, stopped) = signal::channel(false);
         let denials = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let faults = Arc::new(std::sync::Mutex::new(Vec::new()));
         let shared = Arc::new(server::Shared {
             store: store.clone(),
             addr,
@@ -98,6 +112,7 @@ impl KubeLite {
             bookmark_every: opts.bookmark_interval.unwrap_or(watch::BOOKMARK_EVERY),
             tokens: opts.tokens.clone(),
             denials: denials.clone(),
+            faults: faults.clone(),
         });
         let mut until = stopped;
         let task = tokio::spawn(server::serve(listener, shared, async move {
@@ -115,12 +130,28 @@ impl KubeLite {
             saver,
             state_file: opts.state_file,
             denials,
+            faults,
         })
     }
 
     /// The 403 messages of every request RBAC refused so far.
     pub fn denials(&self) -> Vec<String> {
         self.denials.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Makes the next `fault.remaining` writes whose path contains `fault.path_contains` fail.
+    pub fn inject(&self, fault: Fault) {
+        if let Ok(mut f) = self.faults.lock() {
+            f.push(fault);
+        }
+    }
+
+    /// How many injected failures have not been answered yet.
+    pub fn faults_pending(&self) -> usize {
+        self.faults
+            .lock()
+            .map(|f| f.iter().map(|f| f.remaining).sum())
+            .unwrap_or(0)
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -50,6 +50,8 @@ pub struct Shared {
     /// Every request RBAC refused, as the 403 message: tests assert the deployables, running
     /// as their ServiceAccounts, were never refused.
     pub denials: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Failures to answer to the next matching writes (a test's hook).
+    pub faults: Arc<std::sync::Mutex<Vec<crate::Fault>>>,
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {
@@ -238,6 +240,9 @@ async fn resource(
         .to_owned();
     let method = req.method().clone();
     authorize(shared, caller, auth::verb(&method, &rp, &query), &res, &rp)?;
+    if method != Method::GET {
+        injected_fault(shared, req.uri().path())?;
+    }
     if crate::review::is_review(&res) {
         if method != Method::POST || rp.name.is_some() {
             return Err(ApiError::method_not_allowed(format!(
@@ -404,6 +409,37 @@ fn authorize(
         }
     }
     checked
+}
+
+/// The error a test asked the next matching write to get, as an overloaded or failing real
+/// server answers it.
+fn injected_fault(shared: &Shared, path: &str) -> Result<()> {
+    let Ok(mut faults) = shared.faults.lock() else {
+        return Ok(());
+    };
+    let Some(f) = faults
+        .iter_mut()
+        .find(|f| f.remaining > 0 && path.contains(&f.path_contains))
+    else {
+        return Ok(());
+    };
+    f.remaining -= 1;
+    Err(match f.code {
+        429 => ApiError {
+            code: 429,
+            reason: "TooManyRequests",
+            message:
+                "the server has received too many requests and has asked us to try again later"
+                    .into(),
+            details: Some(json!({"retryAfterSeconds": 1})),
+        },
+        code => ApiError {
+            code,
+            reason: "InternalError",
+            message: format!("Internal error occurred: injected fault on {path}"),
+            details: None,
+        },
+    })
 }
 
 fn req_path(rp: &ResourcePath) -> String {

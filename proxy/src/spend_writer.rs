@@ -79,6 +79,18 @@ fn split(ns_name: &str) -> Option<(&str, &str)> {
     ns_name.split_once('/')
 }
 
+/// Whether a failed status write is worth another try: an overloaded (429) or failing (5xx)
+/// API server, a timeout or a broken connection. A 4xx other than 429 would fail the same way
+/// again.
+fn transient(result: &Result<Result<(), kube::Error>, tokio::time::error::Elapsed>) -> bool {
+    match result {
+        Ok(Ok(())) => false,
+        Err(_) => true,
+        Ok(Err(kube::Error::Api(s))) => s.code == 429 || s.code >= 500,
+        Ok(Err(_)) => true,
+    }
+}
+
 /// Writes dirty keys every `interval` until the task is dropped.
 pub async fn run(
     writer: Arc<SpendWriter>,
@@ -96,6 +108,8 @@ pub async fn run(
         },
     );
     let mut evented: HashMap<KeyId, i64> = HashMap::new();
+    // Policies whose last write failed for a reason that passes: written again next round.
+    let mut retry_policies: HashSet<String> = HashSet::new();
     loop {
         tokio::time::sleep(interval).await;
         let batch = writer.take();
@@ -103,7 +117,7 @@ pub async fn run(
         if let Ok((_, today)) = ledger.now().await {
             evented.retain(|_, day| *day >= today);
         }
-        let mut policies = HashSet::new();
+        let mut policies = std::mem::take(&mut retry_policies);
         for (key, touch) in batch {
             let Some((ns, name)) = split(&touch.vault_key) else {
                 continue;
@@ -130,12 +144,12 @@ pub async fn run(
             let api: Api<VaultKey> = Api::namespaced(client.clone(), ns);
             let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend)}});
             let params = PatchParams::apply(MANAGER).force();
-            match tokio::time::timeout(
+            let written = tokio::time::timeout(
                 timeout,
                 api.patch_status(name, &params, &Patch::Apply(&patch)),
             )
-            .await
-            {
+            .await;
+            match written {
                 Ok(Ok(vk)) => {
                     if let Some(message) = touch.cap_hit {
                         let day = ledger.now().await.map(|(_, d)| d).unwrap_or_default();
@@ -155,10 +169,14 @@ pub async fn run(
                     }
                 }
                 Ok(Err(kube::Error::Api(s))) if s.is_not_found() => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, vaultkey = %touch.vault_key, "could not write spend")
+                failed => {
+                    let failed = failed.map(|r| r.map(drop));
+                    let again = transient(&failed);
+                    tracing::warn!(vaultkey = %touch.vault_key, retry = again, error = ?failed, "could not write spend");
+                    if again {
+                        writer.touch(&key, &touch.vault_key, &touch.policy, touch.cap_hit);
+                    }
                 }
-                Err(_) => tracing::warn!(vaultkey = %touch.vault_key, "writing spend timed out"),
             }
         }
         for policy in policies {
@@ -166,11 +184,12 @@ pub async fn run(
                 continue;
             };
             let Ok(spend) = ledger.policy_spend(&PolicyTag::of(ns, name)).await else {
+                retry_policies.insert(policy);
                 continue;
             };
             let api: Api<SpendPolicy> = Api::namespaced(client.clone(), ns);
             let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": {"spend": status_of(&spend)}});
-            if let Ok(Err(e)) = tokio::time::timeout(
+            let written = tokio::time::timeout(
                 timeout,
                 api.patch_status(
                     name,
@@ -179,9 +198,37 @@ pub async fn run(
                 ),
             )
             .await
-            {
-                tracing::warn!(error = %e, policy = %policy, "could not write policy spend");
+            .map(|r| r.map(drop));
+            if !matches!(written, Ok(Ok(()))) {
+                let again = transient(&written);
+                tracing::warn!(policy = %policy, retry = again, error = ?written, "could not write policy spend");
+                if again {
+                    retry_policies.insert(policy);
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use super::*;
+
+    fn api(code: u16) -> Result<Result<(), kube::Error>, tokio::time::error::Elapsed> {
+        let status = kube::core::Status {
+            code,
+            ..Default::default()
+        };
+        Ok(Err(kube::Error::Api(Box::new(status))))
+    }
+
+    #[test]
+    fn overload_failures_and_timeouts_are_retried_other_refusals_are_not() {
+        assert!(transient(&api(429)));
+        assert!(transient(&api(500)));
+        assert!(transient(&api(503)));
+        assert!(!transient(&api(422)));
+        assert!(!transient(&api(403)));
+        assert!(!transient(&Ok(Ok(()))));
     }
 }

@@ -557,6 +557,18 @@ async fn five_hundred_callers_through_two_proxies_never_overshoot() -> Result<()
 async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> {
     let s = stripe().await?;
     let auth = ("Authorization", s.bearer.as_str());
+    // An API server under load: the first spend writes get 429 and 500, and are written again.
+    let server = s.stack.cluster.server();
+    server.inject(kube_lite::Fault {
+        code: 429,
+        path_contains: "/vaultkeys/billing-agent-run-7f3a/status".into(),
+        remaining: 2,
+    });
+    server.inject(kube_lite::Fault {
+        code: 500,
+        path_contains: "/spendpolicies/stripe/status".into(),
+        remaining: 2,
+    });
     for _ in 0..3 {
         http(
             s.proxy.addr,
@@ -602,20 +614,33 @@ async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> 
             .any(|l| l.trim_start().starts_with("Refused:") && l.trim_end().ends_with(" 1")),
         "{described}"
     );
-    let policy = s
-        .stack
-        .cluster
-        .kubectl_ok(&[
-            "get",
-            "sp",
-            "-n",
-            "billing",
-            "stripe",
-            "-o",
-            "jsonpath={.status.spend.totalUsd}",
-        ])
-        .await?;
-    assert_eq!(policy, "400.00");
+    eventually(
+        "the policy's spend, after two failed writes",
+        15,
+        || async {
+            let spent = s
+                .stack
+                .cluster
+                .kubectl_ok(&[
+                    "get",
+                    "sp",
+                    "-n",
+                    "billing",
+                    "stripe",
+                    "-o",
+                    "jsonpath={.status.spend.totalUsd}",
+                ])
+                .await
+                .ok()?;
+            (spent == "400.00").then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(
+        server.faults_pending(),
+        0,
+        "the failed writes were not retried"
+    );
     s.proxy.shutdown().await;
     s.stack.assert_deployables_never_refused()?;
     Ok(())
