@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod administration;
+pub mod compat;
 pub mod duration;
 pub mod endpoint;
+pub mod events;
 pub mod manifests;
 pub mod money;
 pub mod spend_policy;

@@ -179,5 +179,6 @@ pub struct SpendPolicyStatus {
     pub spend: Option<SpendStatus>,
     /// `Ready` first: credentials Secret present and well-formed, spec valid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }

@@ -201,6 +201,7 @@ pub struct VaultKeyStatus {
     pub spend: Option<SpendStatus>,
     /// `Ready` first, kstatus style.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -23,7 +23,7 @@ pub fn check_name(res: &Resource, name: &str) -> Result<()> {
     let ok = if namespace {
         is_dns_label(name)
     } else {
-        name.len() <= 253 && name.split('.').all(is_dns_label)
+        crate::meta::is_dns_subdomain(name)
     };
     if ok {
         return Ok(());
@@ -278,6 +278,9 @@ mod tests {
         let secrets = reg.get("", "v1", "secrets").unwrap();
         let namespaces = reg.get("", "v1", "namespaces").unwrap();
         assert!(check_name(&secrets, "a.b-c").is_ok());
+        // A subdomain is checked as a whole: a 100-character name without dots is fine.
+        assert!(check_name(&secrets, &"a".repeat(100)).is_ok());
+        assert!(check_name(&secrets, &"a".repeat(254)).is_err());
         assert!(check_name(&namespaces, "a.b").is_err());
         let e = check_name(&secrets, "Bad_Name").unwrap_err();
         assert_eq!(e.code, 422);

@@ -193,6 +193,16 @@ impl Cause {
         }
     }
 
+    /// A `FieldValueTooLong` cause: `Too long: must have at most N bytes`.
+    pub fn too_long(field: &str, max: usize) -> Cause {
+        Cause {
+            reason: "FieldValueTooLong",
+            field: field.to_owned(),
+            value: None,
+            message: format!("must have at most {max} bytes"),
+        }
+    }
+
     /// A `FieldValueNotSupported` cause for an enum.
     pub fn not_supported(field: &str, value: impl Into<String>, supported: &[String]) -> Cause {
         Cause {
@@ -208,6 +218,11 @@ impl Cause {
         let head = match self.reason {
             "FieldValueRequired" => "Required value".to_owned(),
             "FieldValueForbidden" => "Forbidden".to_owned(),
+            "FieldValueTooLong" => "Too long".to_owned(),
+            "FieldValueDuplicate" => format!(
+                "Duplicate value: {}",
+                self.value.clone().unwrap_or_default()
+            ),
             "FieldValueNotSupported" => format!(
                 "Unsupported value: {}",
                 self.value.clone().unwrap_or_default()

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod builtin;
 pub mod discovery;
 pub mod error;
+pub mod meta;
 pub mod patch;
 pub mod persist;
 pub mod request;

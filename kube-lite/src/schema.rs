@@ -79,6 +79,16 @@ fn flag(schema: &Value, key: &str) -> bool {
 }
 
 /// The root keeps `apiVersion`, `kind` and `metadata` whatever the schema says.
+/// The fields of `obj` the resource's schema does not declare (`status.foo`), in the order
+/// found: a server-side apply of any of them fails the typed conversion on a real server.
+pub fn undeclared(res: &Resource, obj: &Value) -> Vec<String> {
+    let mut unknown = Vec::new();
+    if let Some(schema) = &res.schema {
+        prune_root(schema, obj.clone(), &mut unknown);
+    }
+    unknown
+}
+
 fn prune_root(schema: &Value, obj: Value, unknown: &mut Vec<String>) -> Value {
     let Value::Object(map) = obj else { return obj };
     let mut out = Map::new();
@@ -180,6 +190,46 @@ fn quote(v: &Value) -> String {
         Value::String(s) => format!("{s:?}"),
         Value::Object(_) | Value::Array(_) => format!("\"{}\"", type_name(v)),
         other => other.to_string(),
+    }
+}
+
+/// `x-kubernetes-list-type`: a `set` holds no value twice, a `map` no two items with the same
+/// `x-kubernetes-list-map-keys`, and every item of a map has its keys.
+fn list_type(schema: &Value, items: &[Value], path: &str, causes: &mut Vec<Cause>) {
+    let kind = schema.get("x-kubernetes-list-type").and_then(Value::as_str);
+    let keys: Vec<&str> = schema
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+        .map(|k| k.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut seen: Vec<Value> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let id = match kind {
+            Some("set") => item.clone(),
+            Some("map") => {
+                let mut id = Map::new();
+                for k in &keys {
+                    match item.get(*k) {
+                        Some(v) => {
+                            id.insert((*k).to_owned(), v.clone());
+                        }
+                        None => causes.push(Cause::required(&format!("{path}[{i}].{k}"))),
+                    }
+                }
+                Value::Object(id)
+            }
+            _ => return,
+        };
+        if seen.contains(&id) {
+            causes.push(Cause {
+                reason: "FieldValueDuplicate",
+                field: format!("{path}[{i}]"),
+                value: Some(id.to_string()),
+                message: String::new(),
+            });
+        } else {
+            seen.push(id);
+        }
     }
 }
 
@@ -345,6 +395,7 @@ fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
                     check(item_schema, item, &format!("{path}[{i}]"), causes);
                 }
             }
+            list_type(schema, items, path, causes);
         }
         Value::Object(map) => {
             let n = map.len() as u64;
@@ -488,5 +539,31 @@ mod tests {
             "{e}"
         );
         assert!(admit(&widget(), obj(json!({"size": 11, "max": 20})), None, false).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod list_type_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn map_lists_refuse_two_items_with_one_key_and_sets_refuse_repeats() {
+        let schema = json!({"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"], "items": {"type": "object"}});
+        let mut causes = Vec::new();
+        let twice = json!([{"type": "Ready"}, {"type": "Ready"}]);
+        check(&schema, &twice, "status.conditions", &mut causes);
+        assert_eq!(
+            causes[0].to_string(),
+            "status.conditions[1]: Duplicate value: {\"type\":\"Ready\"}"
+        );
+        let mut causes = Vec::new();
+        check(&schema, &json!([{"status": "True"}]), "c", &mut causes);
+        assert_eq!(causes[0].to_string(), "c[0].type: Required value");
+        let set = json!({"type": "array", "x-kubernetes-list-type": "set"});
+        let mut causes = Vec::new();
+        check(&set, &json!(["a", "b", "a"]), "s", &mut causes);
+        assert_eq!(causes.len(), 1);
     }
 }

@@ -162,6 +162,7 @@ impl State {
             m.remove("status");
         }
         let obj = builtin::prepare(res, obj, None)?;
+        crate::meta::check(res, &name, &obj)?;
         let obj = schema::admit(res, obj, None, query.strict())?;
         if query.dry_run {
             return Ok(Arc::new(obj));
@@ -269,6 +270,16 @@ impl State {
         if let Some(m) = config.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("managedFields");
             m.remove("resourceVersion");
+        }
+        // A real server converts the apply configuration to its schema's type first: a field
+        // the CRD does not declare fails that conversion, answered as a 500 (kubernetes#139253),
+        // not pruned as other writes are. Binaries newer than their CRDs meet exactly this.
+        if let Some(field) = schema::undeclared(res, &config).first() {
+            return Err(ApiError::internal(format!(
+                "failed to create typed patch object ({ns}/{name}; {}, Kind={}): .{field}: field not declared in schema",
+                res.api_version(),
+                res.kind
+            )));
         }
         let key = (res.key(), ns.to_owned(), name.to_owned(), manager, status);
         let Some(old) = self.get_object(res, ns, name) else {
@@ -389,6 +400,7 @@ impl State {
             new["metadata"]["generation"] = json!(generation + 1);
         }
         let new = builtin::prepare(res, new, Some(&old))?;
+        crate::meta::check(res, name, &new)?;
         let new = schema::admit(res, new, Some(&old), query.strict())?;
         if new == *old {
             return Ok(old); // no-op: no RV bump, no event

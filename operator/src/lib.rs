@@ -22,7 +22,6 @@ use keybrake_crds::{SpendPolicy, VaultKey};
 use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
 use kube::{
     Api, Client, ResourceExt,
-    api::ListParams,
     runtime::{
         Controller,
         events::{Recorder, Reporter},
@@ -42,6 +41,9 @@ pub enum StartError {
         "the keybrake CRDs are not installed: run `kubectl apply -f manifests/crds/` (or `keybrake crds | kubectl apply -f -`)"
     )]
     CrdsMissing,
+    /// The installed CRDs are older than this operator.
+    #[error("{0}")]
+    CrdsOutdated(String),
     /// The API server could not be reached.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
@@ -63,25 +65,16 @@ pub enum StartError {
     },
 }
 
-/// Checks that both CRDs are served, so a missing install is one clear line, not a crash loop.
+/// Checks that both CRDs are installed and declare every field this build uses, so a missing
+/// install or CRDs older than the operator are one clear line, not a crash loop or status
+/// writes a real API server refuses.
 pub async fn check_crds(client: &Client) -> Result<(), StartError> {
-    let probe = ListParams::default().limit(1);
-    for result in [
-        Api::<VaultKey>::all(client.clone())
-            .list(&probe)
-            .await
-            .map(drop),
-        Api::<SpendPolicy>::all(client.clone())
-            .list(&probe)
-            .await
-            .map(drop),
-    ] {
-        match result {
-            Err(kube::Error::Api(s)) if s.is_not_found() => return Err(StartError::CrdsMissing),
-            other => other?,
-        }
+    match keybrake_crds::compat::check(client).await {
+        Ok(()) => Ok(()),
+        Err(keybrake_crds::compat::Incompatible::Missing { .. }) => Err(StartError::CrdsMissing),
+        Err(keybrake_crds::compat::Incompatible::Kube(e)) => Err(StartError::Kube(e)),
+        Err(e) => Err(StartError::CrdsOutdated(e.to_string())),
     }
-    Ok(())
 }
 
 /// Runs both controllers until `shutdown` resolves (or leadership is lost).

@@ -34,6 +34,9 @@ use crate::{handler::App, metrics::Metrics, policies::Policies};
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The CRDs are missing or older than this proxy.
+    #[error(transparent)]
+    Crds(#[from] keybrake_crds::compat::Incompatible),
     /// Redis could not be reached.
     #[error("cannot reach redis at {url}: {source}")]
     Redis {
@@ -80,13 +83,14 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Listen { addr, source })
 }
 
-/// Starts the proxy: connects to Redis, loads the policies (waiting up to 10 seconds for the
-/// first load), and serves the data path and the admin port.
+/// Starts the proxy: checks the installed CRDs, connects to Redis, loads the policies (waiting
+/// up to 10 seconds for the first load), and serves the data path and the admin port.
 pub async fn start(
     client: kube::Client,
     config: Config,
     admin: SocketAddr,
 ) -> Result<Running, StartError> {
+    keybrake_crds::compat::check(&client).await?;
     let redis_err = |source| StartError::Redis {
         url: config.redis_url.clone(),
         source,

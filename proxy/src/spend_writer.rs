@@ -158,7 +158,7 @@ pub async fn run(
                             let event = Event {
                                 type_: EventType::Warning,
                                 reason: "CapReached".into(),
-                                note: Some(message),
+                                note: Some(keybrake_crds::events::note(&message)),
                                 action: "Refuse".into(),
                                 secondary: None,
                             };

@@ -561,6 +561,7 @@ async fn write_secret(
         (secret::KEY_ID.to_owned(), cred.token.key_id.to_string()),
         (secret::ISSUED_AT.to_owned(), cred.issued_at_ms.to_string()),
         (secret::ROTATIONS.to_owned(), cred.rotations.to_string()),
+        (secret::VAULT_KEY.to_owned(), vk.name_any()),
     ]);
     let owner = vk
         .controller_owner_ref(&())
@@ -575,10 +576,10 @@ async fn write_secret(
     if up_to_date {
         return Ok(());
     }
-    let labels = BTreeMap::from([
-        (ownership::MANAGED_BY.to_owned(), MANAGER.to_owned()),
-        ("keybrake.com/vault-key".to_owned(), vk.name_any()),
-    ]);
+    let mut labels = BTreeMap::from([(ownership::MANAGED_BY.to_owned(), MANAGER.to_owned())]);
+    if let Some(name) = secret::vault_key_label(&vk.name_any()) {
+        labels.insert(secret::VAULT_KEY.to_owned(), name);
+    }
     match existing {
         // Only ever created, never applied over something that exists.
         None => {
@@ -696,7 +697,7 @@ async fn publish(ctx: &Context, vk: &VaultKey, type_: EventType, reason: &str, n
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(note.into()),
+        note: Some(keybrake_crds::events::note(note)),
         action: "Reconcile".into(),
         secondary: None,
     };

@@ -690,6 +690,66 @@ async fn metrics_and_health_endpoints_answer() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binaries_newer_than_their_crds_refuse_to_start_and_name_the_fields() -> Result<()> {
+    let mut stack = stripe_stack().await?;
+    stack.stop_operator().await;
+    // `helm upgrade` of the deployables without the CRDs: the installed VaultKey CRD lacks a
+    // status field this build writes.
+    let crd = std::fs::read_to_string(
+        keybrake_e2e::workspace_root().join("manifests/crds/vaultkeys.keybrake.com.yaml"),
+    )?;
+    let mut older: serde_json::Value = serde_yaml_ng::from_str(&crd)?;
+    older
+        .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/status/properties")
+        .and_then(serde_json::Value::as_object_mut)
+        .and_then(|p| p.remove("keyId"))
+        .ok_or_else(|| anyhow::anyhow!("no status.keyId in the CRD"))?;
+    stack.cluster.apply(&older.to_string()).await?.ok()?;
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml"))
+        .await?
+        .ok()?;
+    // What a real API server answers the operator's status apply (and why it must not try).
+    let keys: Api<VaultKey> = Api::namespaced(stack.operator_client.clone(), "billing");
+    let refused = keys
+        .patch_status(
+            "billing-agent-run-7f3a",
+            &PatchParams::apply("keybrake-operator").force(),
+            &Patch::Apply(json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"keyId": "x"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains(".status.keyId: field not declared in schema"),
+        "{refused}"
+    );
+    let err = keybrake_operator::run(
+        stack.operator_client.clone(),
+        stack.operator_config(),
+        async {},
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("vaultkeys.keybrake.com is older than this build")
+            && err.contains(".status.keyId")
+            && err.contains("helm upgrade"),
+        "{err}"
+    );
+    let err = match stack.start_proxy().await {
+        Ok(_) => anyhow::bail!("the proxy started on outdated CRDs"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(".status.keyId"), "{err}");
+    stack.assert_deployables_never_refused()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_crds_the_operator_exits_with_a_hint() -> Result<()> {
     let cluster = keybrake_e2e::Cluster::start().await?;
     let client = kube::Client::try_from(kube::Config::new(cluster.url().parse()?))?;
