@@ -82,18 +82,23 @@ async fn a_charge_goes_through_the_proxy_on_a_tls_only_redis_and_nothing_falls_b
     assert_eq!((spend.total, spend.calls), (2_000_000, 2));
 
     // Fail closed: without the CA the server's certificate is not trusted (the webpki roots do
-    // not hold the test CA) and the proxy does not start.
-    let untrusted = stack
-        .start_proxy_with(|c| c.redis_ca_file = None)
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    // not hold the test CA) and the proxy does not start. Certificate checks cannot be turned
+    // off either: the redis crate's `#insecure` URL fragment is not compiled in, so the URL is
+    // refused instead of any certificate trusted. (Both at once: each waits out the retries.)
+    let insecure_url = format!("rediss://127.0.0.1:{port}/#insecure");
+    let insecure = config(Mode::Single, &insecure_url, TlsFiles::default());
+    let (untrusted, insecure) = tokio::join!(
+        stack.start_proxy_with(|c| c.redis_ca_file = None),
+        refused(&insecure)
+    );
+    let untrusted = untrusted.err().map(|e| e.to_string()).unwrap_or_default();
     println!("without the CA file: {untrusted}");
     assert!(
         untrusted.contains("invalid peer certificate") && untrusted.contains("UnknownIssuer"),
         "{untrusted}"
     );
+    println!("#insecure: {insecure}");
+    assert!(insecure.contains("insecure"), "{insecure}");
     // TLS files with a plain URL stop the start, naming the problem.
     let mismatch = stack
         .start_proxy_with(|c| c.redis_url = format!("redis://127.0.0.1:{port}/"))
