@@ -440,6 +440,25 @@ mod tests {
         assert!(matches!(parse(vec![], None), Err(ConnectError::NoUrl)));
     }
 
+    #[test]
+    fn tls_sentinels_share_their_credentials() {
+        let (infos, tls) = parse(
+            vec!["rediss://:one@127.0.0.1:1", "rediss://:two@127.0.0.1:2"],
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            sentinel_client(infos, tls, "mymaster", None),
+            Err(ConnectError::SentinelCredentials)
+        ));
+        let (infos, tls) = parse(
+            vec!["rediss://:one@127.0.0.1:1", "rediss://:one@127.0.0.1:2"],
+            None,
+        )
+        .unwrap();
+        assert!(sentinel_client(infos, tls, "mymaster", None).is_ok());
+    }
+
     #[tokio::test]
     async fn tls_files_with_a_plain_url_stop_the_start() {
         let mut config = ConnectConfig::new(

@@ -218,6 +218,27 @@ mod tests {
     }
 
     #[test]
+    fn a_key_file_without_a_key_is_named() {
+        let dir = temp_dir("key");
+        let files = TlsFiles {
+            client_cert_file: Some(file(
+                &dir,
+                "cert.pem",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            )),
+            client_key_file: Some(file(&dir, "key.pem", "not a key\n")),
+            ..Default::default()
+        };
+        let err = files.load().unwrap_err().to_string();
+        assert!(
+            err.contains("client key (KEYBRAKE_REDIS_CLIENT_KEY_FILE)")
+                && err.contains("key.pem is not usable: no PEM private key"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_certificate_without_its_key_is_refused() {
         let files = TlsFiles {
             client_cert_file: Some("/tmp/cert.pem".into()),

@@ -269,12 +269,13 @@ impl RedisCluster {
     }
 
     /// A one-node cluster (every slot on one primary) that speaks only TLS, its node
-    /// certificate signed by `pki` for 127.0.0.1: the cluster client's TLS path (topology from
-    /// `CLUSTER SLOTS`, then a TLS connection to the node it names) with one process.
-    pub async fn start_tls_one_node(pki: &TestPki) -> Result<RedisCluster> {
+    /// certificate signed by `pki` for 127.0.0.1 (with `auth_clients`, clients need one too):
+    /// the cluster client's TLS path (topology from `CLUSTER SLOTS`, then a TLS connection to
+    /// the node it names) with one process.
+    pub async fn start_tls_one_node(pki: &TestPki, auth_clients: bool) -> Result<RedisCluster> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let mut args = pki.server_args(port, false);
+        let mut args = pki.server_args(port, auth_clients);
         args.extend(
             [
                 "--cluster-enabled",
@@ -290,7 +291,7 @@ impl RedisCluster {
             children: vec![spawn(dir.path(), port, &strs(&args))?],
             ports: vec![port],
             _dir: dir,
-            tls: Some(pki.certificates(false)?),
+            tls: Some(pki.certificates(auth_clients)?),
         };
         wait_ready(port, cluster.tls.as_ref()).await?;
         let mut c = client_of(port, cluster.tls.as_ref())?
@@ -598,21 +599,27 @@ impl RedisSentinelSet {
     }
 
     /// A TLS-only primary and one sentinel (quorum 1) watching it over TLS, all with
-    /// certificates `pki` signed for 127.0.0.1: the TLS paths to the sentinels and to the
-    /// primary they name, with two processes (no replica: nothing here fails over).
-    pub async fn start_tls(master: &str, pki: &TestPki) -> Result<RedisSentinelSet> {
-        let primary = RedisServer::start_tls(pki, false).await?;
+    /// certificates `pki` signed for 127.0.0.1 (with `auth_clients`, clients need one too): the
+    /// TLS paths to the sentinels and to the primary they name, with two processes (no
+    /// replica: nothing here fails over).
+    pub async fn start_tls(
+        master: &str,
+        pki: &TestPki,
+        auth_clients: bool,
+    ) -> Result<RedisSentinelSet> {
+        let primary = RedisServer::start_tls(pki, auth_clients).await?;
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let conf = dir.path().join("sentinel.conf");
         let mut lines: Vec<String> = pki
-            .server_args(port, false)
+            .server_args(port, auth_clients)
             .chunks(2)
             .map(|kv| kv.join(" ").trim_start_matches("--").to_owned())
             .collect();
         lines.extend([
             "bind 127.0.0.1".to_owned(),
-            // The sentinel reaches the primary over TLS too.
+            // The sentinel reaches the primary over TLS too (showing the server certificate
+            // as its client certificate).
             "tls-replication yes".to_owned(),
             format!("sentinel monitor {master} 127.0.0.1 {} 1", primary.port),
         ]);
@@ -629,7 +636,7 @@ impl RedisSentinelSet {
             sentinels: vec![sentinel],
             sentinel_ports: vec![port],
             _dir: dir,
-            tls: Some(pki.certificates(false)?),
+            tls: Some(pki.certificates(auth_clients)?),
         };
         wait_ready(port, set.tls.as_ref()).await?;
         for _ in 0..200 {

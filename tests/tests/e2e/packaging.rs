@@ -685,6 +685,12 @@ async fn an_external_tls_redis_gets_egress_rules_and_tls_files_in_both_rendering
                 ["keybrake-redis-ca", "keybrake-redis-client"],
                 "{what}: {name}"
             );
+            let mounts = settings["mounts"].as_array().cloned().unwrap_or_default();
+            assert_eq!(mounts.len(), 2, "{what}: {name}");
+            assert!(
+                mounts.iter().all(|m| m["readOnly"] == true),
+                "{what}: {name}: {mounts:?}"
+            );
         }
     }
     assert_eq!(egress(&helm)?, egress(&kustomized)?);

@@ -1,8 +1,9 @@
 //! Redis over TLS (`rediss://`) with a private CA made at test time, on real `redis-server`s
 //! that speak only TLS: a charge through the proxy (in-process and the real binary, configured
-//! by `KEYBRAKE_REDIS_CA_FILE`); without the CA nothing connects (fail closed, no fallback to
-//! plain text), and TLS files with a plain `redis://` URL stop the start; mutual TLS with and
-//! without the client certificate; and the cluster and Sentinel modes over TLS.
+//! by `KEYBRAKE_REDIS_CA_FILE`); without the CA neither the proxy nor the operator starts (fail
+//! closed, no fallback to plain text), `#insecure` URLs are refused, and TLS files with a plain
+//! `redis://` URL stop the start; mutual TLS with and without the client certificate; and the
+//! cluster and Sentinel modes over mutual TLS.
 
 use std::time::Duration;
 
@@ -87,16 +88,24 @@ async fn a_charge_goes_through_the_proxy_on_a_tls_only_redis_and_nothing_falls_b
     // refused instead of any certificate trusted. (Both at once: each waits out the retries.)
     let insecure_url = format!("rediss://127.0.0.1:{port}/#insecure");
     let insecure = config(Mode::Single, &insecure_url, TlsFiles::default());
-    let (untrusted, insecure) = tokio::join!(
+    let mut operator = stack.operator_config();
+    operator.redis_ca_file = None;
+    let (untrusted, operator, insecure) = tokio::join!(
         stack.start_proxy_with(|c| c.redis_ca_file = None),
+        keybrake_operator::run(stack.client.clone(), operator, std::future::pending()),
         refused(&insecure)
     );
-    let untrusted = untrusted.err().map(|e| e.to_string()).unwrap_or_default();
-    println!("without the CA file: {untrusted}");
-    assert!(
-        untrusted.contains("invalid peer certificate") && untrusted.contains("UnknownIssuer"),
-        "{untrusted}"
-    );
+    for (what, result) in [
+        ("proxy", untrusted.err().map(|e| e.to_string())),
+        ("operator", operator.err().map(|e| e.to_string())),
+    ] {
+        let err = result.unwrap_or_default();
+        println!("{what} without the CA file: {err}");
+        assert!(
+            err.contains("invalid peer certificate") && err.contains("UnknownIssuer"),
+            "{what}: {err}"
+        );
+    }
     println!("#insecure: {insecure}");
     assert!(insecure.contains("insecure"), "{insecure}");
     // TLS files with a plain URL stop the start, naming the problem.
@@ -131,11 +140,11 @@ async fn mutual_tls_connects_with_the_client_certificate_and_not_without() -> Re
 }
 
 #[tokio::test]
-async fn cluster_mode_connects_over_tls_with_a_private_ca() -> Result<()> {
+async fn cluster_mode_connects_over_mutual_tls_with_a_private_ca() -> Result<()> {
     let pki = TestPki::generate()?;
-    let cluster = RedisCluster::start_tls_one_node(&pki).await?;
+    let cluster = RedisCluster::start_tls_one_node(&pki, true).await?;
     assert!(cluster.urls().starts_with("rediss://"));
-    let mut conn = connect(&config(Mode::Cluster, &cluster.urls(), pki.files(false))).await?;
+    let mut conn = connect(&config(Mode::Cluster, &cluster.urls(), pki.files(true))).await?;
     round_trip(&mut conn).await?;
     let untrusted = refused(&config(Mode::Cluster, &cluster.urls(), TlsFiles::default())).await;
     println!("cluster without the CA file: {untrusted}");
@@ -144,11 +153,11 @@ async fn cluster_mode_connects_over_tls_with_a_private_ca() -> Result<()> {
 }
 
 #[tokio::test]
-async fn sentinel_mode_reaches_the_sentinels_and_the_primary_over_tls() -> Result<()> {
+async fn sentinel_mode_reaches_the_sentinels_and_the_primary_over_mutual_tls() -> Result<()> {
     let pki = TestPki::generate()?;
-    let set = RedisSentinelSet::start_tls(MASTER, &pki).await?;
+    let set = RedisSentinelSet::start_tls(MASTER, &pki, true).await?;
     assert!(set.urls().starts_with("rediss://"));
-    let mut conn = connect(&config(Mode::Sentinel, &set.urls(), pki.files(false))).await?;
+    let mut conn = connect(&config(Mode::Sentinel, &set.urls(), pki.files(true))).await?;
     round_trip(&mut conn).await?;
     // The write is on the primary the sentinel names (the only data node, TLS only).
     let mut primary = set.nodes[0].connect().await?;
