@@ -4,6 +4,10 @@
 //! unchanged on both, because every key one script touches shares its policy's hash tag; the
 //! cluster client follows MOVED and ASK redirects, refreshes the topology and reloads a script
 //! on a node that answers NOSCRIPT (after a failover or on a new primary).
+//!
+//! `rediss://` URLs connect over TLS (rustls) in every mode, trusting the webpki roots or, when
+//! set, a private CA ([`TlsFiles`]); with `rediss://` sentinels the primary they name is reached
+//! over TLS too.
 
 use std::{
     str::FromStr,
@@ -12,12 +16,15 @@ use std::{
 };
 
 use redis::{
-    AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value,
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline,
+    RedisFuture, TlsCertificates, TlsMode, Value,
     aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
-    sentinel::Sentinel,
+    sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType},
 };
+
+pub use crate::tls::{TlsError, TlsFiles};
 
 /// How Redis is deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,8 +80,7 @@ pub enum Connection {
 /// READONLY or not at all). The call that meets the failure is refused; the next one goes to
 /// the new primary.
 pub struct Sentinelled {
-    sentinel: tokio::sync::Mutex<Sentinel>,
-    master: String,
+    sentinel: tokio::sync::Mutex<SentinelClient>,
     timeout: Duration,
     current: Mutex<Option<MultiplexedConnection>>,
 }
@@ -89,12 +95,7 @@ impl Sentinelled {
         {
             return Ok(c);
         }
-        let client = self
-            .sentinel
-            .lock()
-            .await
-            .async_master_for(&self.master, None)
-            .await?;
+        let client = self.sentinel.lock().await.async_get_client().await?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout));
@@ -117,19 +118,168 @@ fn listed(urls: &str) -> Vec<&str> {
         .collect()
 }
 
-/// Connects to `urls` (one URL; or comma-separated seed nodes or sentinels). `timeout` bounds
-/// connecting and each response. `master` names the Sentinel set (Sentinel mode only).
-pub async fn connect(
-    mode: Mode,
-    urls: &str,
+/// Everything [`connect`] needs to reach Redis.
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    /// How Redis is deployed.
+    pub mode: Mode,
+    /// `REDIS_URL`: one URL; or comma-separated seed nodes or sentinels.
+    pub urls: String,
+    /// The Sentinel set's name (Sentinel mode only).
+    pub sentinel_master: String,
+    /// Bounds connecting and each response.
+    pub timeout: Duration,
+    /// A private CA and a client certificate for `rediss://` URLs.
+    pub tls: TlsFiles,
+}
+
+impl ConnectConfig {
+    /// `mode` at `urls`, without TLS files (`rediss://` URLs then trust the webpki roots).
+    pub fn new(mode: Mode, urls: &str, sentinel_master: &str, timeout: Duration) -> ConnectConfig {
+        ConnectConfig {
+            mode,
+            urls: urls.to_owned(),
+            sentinel_master: sentinel_master.to_owned(),
+            timeout,
+            tls: TlsFiles::default(),
+        }
+    }
+}
+
+/// Why no connection was made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A TLS file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// TLS files are set for a URL that is not `rediss://`: they would be ignored.
+    #[error(
+        "{url} is not a rediss:// URL, but Redis TLS files are set (KEYBRAKE_REDIS_CA_FILE, KEYBRAKE_REDIS_CLIENT_CERT_FILE, KEYBRAKE_REDIS_CLIENT_KEY_FILE): use rediss:// or unset them"
+    )]
+    NotTls {
+        /// The URL, without credentials.
+        url: String,
+    },
+    /// `REDIS_URL` names no node.
+    #[error("REDIS_URL is empty")]
+    NoUrl,
+    /// Some URLs are `redis://` and some `rediss://`.
+    #[error("REDIS_URL mixes redis:// and rediss:// URLs: use one scheme for every node")]
+    MixedSchemes,
+    /// The sentinels' URLs carry different credentials (with TLS they are given once for all).
+    #[error(
+        "the rediss:// sentinel URLs carry different usernames or passwords: use the same in each"
+    )]
+    SentinelCredentials,
+    /// Redis refused or could not be reached.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// `urls` with any username and password replaced by `***`, for logs and errors.
+pub fn redacted(urls: &str) -> String {
+    listed(urls)
+        .iter()
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &url[..scheme + 3], &url[at..])
+            }
+            _ => (*url).to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn is_tls(info: &ConnectionInfo) -> bool {
+    matches!(info.addr(), ConnectionAddr::TcpTls { .. })
+}
+
+/// Parses `urls` and checks their schemes agree with each other and with the TLS files.
+fn parse(
+    urls: Vec<&str>,
+    certs: Option<&TlsCertificates>,
+) -> Result<(Vec<ConnectionInfo>, bool), ConnectError> {
+    let infos = urls
+        .into_iter()
+        .map(IntoConnectionInfo::into_connection_info)
+        .collect::<Result<Vec<_>, _>>()?;
+    let tls = infos.first().ok_or(ConnectError::NoUrl).map(is_tls)?;
+    if infos.iter().any(|i| is_tls(i) != tls) {
+        return Err(ConnectError::MixedSchemes);
+    }
+    if certs.is_some()
+        && let Some(plain) = infos.iter().find(|i| !is_tls(i))
+    {
+        return Err(ConnectError::NotTls {
+            url: format!("redis://{}", plain.addr()),
+        });
+    }
+    Ok((infos, tls))
+}
+
+/// A client for the primary of the Sentinel set `master`. With `rediss://` sentinels the
+/// primary is reached over TLS too, both trusting `certs` (and presenting its client
+/// certificate) when given.
+fn sentinel_client(
+    infos: Vec<ConnectionInfo>,
+    tls: bool,
     master: &str,
-    timeout: Duration,
-) -> redis::RedisResult<Connection> {
-    match mode {
+    certs: Option<TlsCertificates>,
+) -> Result<SentinelClient, ConnectError> {
+    if !tls {
+        return Ok(SentinelClient::build(
+            infos,
+            master,
+            None,
+            SentinelServerType::Master,
+        )?);
+    }
+    // Only the builder carries certificates to the primary; it takes one set of credentials
+    // for all the sentinels.
+    let first = infos.first().map(|i| i.redis_settings().clone());
+    let first = first.unwrap_or_default();
+    if infos.iter().any(|i| {
+        i.redis_settings().username() != first.username()
+            || i.redis_settings().password() != first.password()
+    }) {
+        return Err(ConnectError::SentinelCredentials);
+    }
+    let mut builder = SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr().clone()),
+        master,
+        SentinelServerType::Master,
+    )?
+    .set_client_to_redis_tls_mode(TlsMode::Secure);
+    if let Some(user) = first.username() {
+        builder = builder.set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = first.password() {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    if let Some(certs) = certs {
+        builder = builder
+            .set_client_to_sentinel_certificates(certs.clone())
+            .set_client_to_redis_certificates(certs);
+    }
+    Ok(builder.build()?)
+}
+
+/// Connects as `config` says. TLS files are read and checked first; with them every URL must be
+/// `rediss://`. A `rediss://` URL never falls back to plain TCP.
+pub async fn connect(config: &ConnectConfig) -> Result<Connection, ConnectError> {
+    let certs = config.tls.load()?;
+    // One URL in single mode is taken whole (a password may hold a comma).
+    let urls = match config.mode {
+        Mode::Single => vec![config.urls.trim()],
+        Mode::Cluster | Mode::Sentinel => listed(&config.urls),
+    };
+    let (mut infos, tls) = parse(urls, certs.as_ref())?;
+    let timeout = config.timeout;
+    match config.mode {
         Mode::Sentinel => {
+            let client = sentinel_client(infos, tls, &config.sentinel_master, certs)?;
             let sentinelled = Sentinelled {
-                sentinel: tokio::sync::Mutex::new(Sentinel::build(listed(urls))?),
-                master: master.to_owned(),
+                sentinel: tokio::sync::Mutex::new(client),
                 timeout,
                 current: Mutex::new(None),
             };
@@ -138,20 +288,28 @@ pub async fn connect(
             Ok(Connection::Sentinel(Arc::new(sentinelled)))
         }
         Mode::Single => {
-            let config = ConnectionManagerConfig::new()
+            let manager = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout))
                 .set_response_timeout(Some(timeout));
-            let client = redis::Client::open(urls.trim())?;
+            let info = infos.pop().ok_or(ConnectError::NoUrl)?;
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(info, certs)?,
+                None => redis::Client::open(info)?,
+            };
             Ok(Connection::Single(
-                ConnectionManager::new_with_config(client, config).await?,
+                ConnectionManager::new_with_config(client, manager).await?,
             ))
         }
         Mode::Cluster => {
-            let client = ClusterClient::builder(listed(urls))
+            let mut builder = ClusterClient::builder(infos)
                 .connection_timeout(timeout)
-                .response_timeout(timeout)
-                .build()?;
-            Ok(Connection::Cluster(client.get_async_connection().await?))
+                .response_timeout(timeout);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            Ok(Connection::Cluster(
+                builder.build()?.get_async_connection().await?,
+            ))
         }
     }
 }
@@ -249,5 +407,71 @@ mod tests {
                 .contains("single, cluster, sentinel")
         );
         assert_eq!(Mode::Cluster.to_string(), "cluster");
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(
+            redacted("rediss://user:p@ss@redis.example:6380/0, redis://b:6379"),
+            "rediss://***@redis.example:6380/0,redis://b:6379"
+        );
+        assert_eq!(redacted("redis://a:6379/"), "redis://a:6379/");
+    }
+
+    #[test]
+    fn schemes_must_agree_with_each_other_and_with_the_tls_files() {
+        let (_, tls) = parse(vec!["rediss://a:1", "rediss://b:2"], None).unwrap();
+        assert!(tls);
+        assert!(matches!(
+            parse(vec!["rediss://a:1", "redis://b:2"], None),
+            Err(ConnectError::MixedSchemes)
+        ));
+        let certs = TlsCertificates {
+            client_tls: None,
+            root_cert: None,
+        };
+        let err = parse(vec!["redis://:secret@a:1"], Some(&certs)).unwrap_err();
+        assert!(matches!(err, ConnectError::NotTls { .. }), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.starts_with("redis://a:1 is not a rediss:// URL") && !err.contains("secret"),
+            "{err}"
+        );
+        assert!(matches!(parse(vec![], None), Err(ConnectError::NoUrl)));
+    }
+
+    #[test]
+    fn tls_sentinels_share_their_credentials() {
+        let (infos, tls) = parse(
+            vec!["rediss://:one@127.0.0.1:1", "rediss://:two@127.0.0.1:2"],
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            sentinel_client(infos, tls, "mymaster", None),
+            Err(ConnectError::SentinelCredentials)
+        ));
+        let (infos, tls) = parse(
+            vec!["rediss://:one@127.0.0.1:1", "rediss://:one@127.0.0.1:2"],
+            None,
+        )
+        .unwrap();
+        assert!(sentinel_client(infos, tls, "mymaster", None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn tls_files_with_a_plain_url_stop_the_start() {
+        let mut config = ConnectConfig::new(
+            Mode::Single,
+            "redis://127.0.0.1:1/",
+            "mymaster",
+            Duration::from_millis(100),
+        );
+        config.tls.client_key_file = Some("/tmp/key.pem".into());
+        // The files are checked before anything is dialled.
+        assert!(matches!(
+            connect(&config).await.err(),
+            Some(ConnectError::Tls(TlsError::HalfPair))
+        ));
     }
 }

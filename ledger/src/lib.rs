@@ -8,6 +8,7 @@ pub mod layout;
 pub mod ledger;
 pub mod record;
 pub mod secret_env;
+pub mod tls;
 pub mod token;
 
 pub use layout::{Keyspace, Slot};

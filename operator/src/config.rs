@@ -1,6 +1,6 @@
 //! Operator configuration: flags with environment fallbacks.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// keybrake-operator: reconciles VaultKeys and SpendPolicies into scoped credentials.
 #[derive(Debug, Clone, clap::Parser)]
@@ -23,6 +23,16 @@ pub struct Config {
         default_value = "mymaster"
     )]
     pub redis_sentinel_master: String,
+    /// PEM certificate(s) of a private CA that signs the Redis servers' certificates, trusted
+    /// instead of the webpki roots (`rediss://` URLs only).
+    #[arg(long, env = "KEYBRAKE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to Redis for mutual TLS (with its key).
+    #[arg(long, env = "KEYBRAKE_REDIS_CLIENT_CERT_FILE")]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "KEYBRAKE_REDIS_CLIENT_KEY_FILE")]
+    pub redis_client_key_file: Option<PathBuf>,
     /// Prefix of every Redis key (share it with the proxy).
     #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
     pub redis_prefix: String,
@@ -57,6 +67,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The Redis TLS files.
+    pub fn redis_tls(&self) -> keybrake_ledger::connection::TlsFiles {
+        keybrake_ledger::connection::TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert_file.clone(),
+            client_key_file: self.redis_client_key_file.clone(),
+        }
+    }
     /// The per-call timeout.
     pub fn call_timeout(&self) -> Duration {
         Duration::from_secs(self.call_timeout_secs)

@@ -19,7 +19,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{SpendPolicy, VaultKey};
-use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
+use keybrake_ledger::{
+    Keyspace, Ledger, LedgerConfig,
+    connection::{self, ConnectConfig},
+};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -47,13 +50,13 @@ pub enum StartError {
     /// The API server could not be reached.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// Redis could not be reached.
+    /// Redis could not be reached (or its TLS settings are unusable).
     #[error("cannot reach redis at {url}: {source}")]
     Redis {
-        /// Where.
+        /// Where (without credentials).
         url: String,
         /// Why.
-        source: redis::RedisError,
+        source: keybrake_ledger::connection::ConnectError,
     },
     /// The metrics address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -84,15 +87,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     check_crds(&client).await?;
-    let conn = keybrake_ledger::connection::connect(
-        config.redis_mode,
-        &config.redis_url,
-        &config.redis_sentinel_master,
-        config.call_timeout(),
-    )
+    let conn = keybrake_ledger::connection::connect(&ConnectConfig {
+        mode: config.redis_mode,
+        urls: config.redis_url.clone(),
+        sentinel_master: config.redis_sentinel_master.clone(),
+        timeout: config.call_timeout(),
+        tls: config.redis_tls(),
+    })
     .await
     .map_err(|source| StartError::Redis {
-        url: config.redis_url.clone(),
+        url: connection::redacted(&config.redis_url),
         source,
     })?;
     let ledger = Ledger::new(

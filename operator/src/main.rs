@@ -12,6 +12,9 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // redis-rs builds its TLS configs on the process-wide rustls provider: make it ring, the
+    // one the rest of the binary uses, before anything connects. Err only if one is already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Config::parse();
     let client = match kube::Client::try_default().await {
         Ok(c) => c,

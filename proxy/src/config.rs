@@ -1,6 +1,6 @@
 //! Proxy configuration: flags with environment fallbacks.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// keybrake-proxy: the metered data path to Stripe, Twilio and Resend.
 #[derive(Debug, Clone, clap::Parser)]
@@ -24,6 +24,16 @@ pub struct Config {
         default_value = "mymaster"
     )]
     pub redis_sentinel_master: String,
+    /// PEM certificate(s) of a private CA that signs the Redis servers' certificates, trusted
+    /// instead of the webpki roots (`rediss://` URLs only).
+    #[arg(long, env = "KEYBRAKE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to Redis for mutual TLS (with its key).
+    #[arg(long, env = "KEYBRAKE_REDIS_CLIENT_CERT_FILE")]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "KEYBRAKE_REDIS_CLIENT_KEY_FILE")]
+    pub redis_client_key_file: Option<PathBuf>,
     /// Replicas that must have a reservation before its call is forwarded (Redis `WAIT`): with
     /// 1, a primary that fails over right after a reserve cannot take counted money with it.
     /// 0 forwards on the primary's word alone.
@@ -84,6 +94,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The Redis TLS files.
+    pub fn redis_tls(&self) -> keybrake_ledger::connection::TlsFiles {
+        keybrake_ledger::connection::TlsFiles {
+            ca_file: self.redis_ca_file.clone(),
+            client_cert_file: self.redis_client_cert_file.clone(),
+            client_key_file: self.redis_client_key_file.clone(),
+        }
+    }
     /// A configuration for tests and embedding: loopback, any free port.
     pub fn local(redis_url: &str, redis_prefix: &str) -> Config {
         Config {
@@ -91,6 +109,9 @@ impl Config {
             redis_url: redis_url.into(),
             redis_mode: keybrake_ledger::connection::Mode::Single,
             redis_sentinel_master: "mymaster".into(),
+            redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
             redis_replica_acks: 0,
             redis_replica_ack_timeout_ms: 100,
             redis_prefix: redis_prefix.into(),

@@ -25,7 +25,10 @@ pub mod vault_keys;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
+use keybrake_ledger::{
+    Keyspace, Ledger, LedgerConfig,
+    connection::{self, ConnectConfig},
+};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use crate::config::Config;
@@ -37,13 +40,13 @@ pub enum StartError {
     /// The CRDs are missing or older than this proxy.
     #[error(transparent)]
     Crds(#[from] keybrake_crds::compat::Incompatible),
-    /// Redis could not be reached.
+    /// Redis could not be reached (or its TLS settings are unusable).
     #[error("cannot reach redis at {url}: {source}")]
     Redis {
-        /// Where.
+        /// Where (without credentials).
         url: String,
         /// Why.
-        source: redis::RedisError,
+        source: keybrake_ledger::connection::ConnectError,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
@@ -91,18 +94,18 @@ pub async fn start(
     admin: SocketAddr,
 ) -> Result<Running, StartError> {
     keybrake_crds::compat::check(&client).await?;
-    let redis_err = |source| StartError::Redis {
-        url: config.redis_url.clone(),
-        source,
-    };
-    let conn = keybrake_ledger::connection::connect(
-        config.redis_mode,
-        &config.redis_url,
-        &config.redis_sentinel_master,
-        Duration::from_millis(config.redis_timeout_ms.max(100)),
-    )
+    let conn = keybrake_ledger::connection::connect(&ConnectConfig {
+        mode: config.redis_mode,
+        urls: config.redis_url.clone(),
+        sentinel_master: config.redis_sentinel_master.clone(),
+        timeout: Duration::from_millis(config.redis_timeout_ms.max(100)),
+        tls: config.redis_tls(),
+    })
     .await
-    .map_err(redis_err)?;
+    .map_err(|source| StartError::Redis {
+        url: connection::redacted(&config.redis_url),
+        source,
+    })?;
     let ledger = Ledger::new(
         conn,
         Keyspace::new(&config.redis_prefix),

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod identities;
+pub mod pki;
 pub mod processes;
 pub mod redis_server;
 pub mod sdk;

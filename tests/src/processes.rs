@@ -51,6 +51,16 @@ fn deployable_env(stack: &Stack, token: &str, cmd: &mut std::process::Command) -
         .env("KEYBRAKE_REDIS_PREFIX", &stack.prefix)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
+    let tls = &stack.redis_tls;
+    for (var, file) in [
+        ("KEYBRAKE_REDIS_CA_FILE", &tls.ca_file),
+        ("KEYBRAKE_REDIS_CLIENT_CERT_FILE", &tls.client_cert_file),
+        ("KEYBRAKE_REDIS_CLIENT_KEY_FILE", &tls.client_key_file),
+    ] {
+        if let Some(path) = file {
+            cmd.env(var, path);
+        }
+    }
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Real `redis-server` processes for tests: one node, or a three-node cluster, on loopback.
+//! Real `redis-server` processes for tests: one node, or a three-node cluster, on loopback;
+//! with TLS only (a test-time CA, [`TestPki`]) where a test asks for it.
 
 use std::{
     path::Path,
@@ -7,7 +8,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use redis::TlsCertificates;
 use tempfile::TempDir;
+
+use crate::pki::TestPki;
 
 fn free_port() -> Result<u16> {
     // The port is free now; redis-server binds it a moment later (a small, accepted race).
@@ -39,13 +43,25 @@ fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Result<Child> {
         .context("starting redis-server (install it with scripts/install-deps)")
 }
 
-/// `redis://127.0.0.1:PORT/`: every server and sentinel here listens on loopback.
-fn url_of(port: u16) -> String {
-    format!("redis://127.0.0.1:{port}/")
+/// `redis://127.0.0.1:PORT/`, or `rediss://` with TLS: every server and sentinel here listens
+/// on loopback.
+fn url_of(port: u16, tls: Option<&TlsCertificates>) -> String {
+    let s = if tls.is_some() { "s" } else { "" };
+    format!("redis{s}://127.0.0.1:{port}/")
 }
 
-async fn wait_ready(port: u16) -> Result<()> {
-    let client = redis::Client::open(url_of(port))?;
+/// A client for the node on `port`, trusting the test CA (and showing its client certificate
+/// if there is one) with TLS.
+fn client_of(port: u16, tls: Option<&TlsCertificates>) -> Result<redis::Client> {
+    let url = url_of(port, tls);
+    Ok(match tls {
+        Some(certs) => redis::Client::build_with_tls(url, certs.clone())?,
+        None => redis::Client::open(url)?,
+    })
+}
+
+async fn wait_ready(port: u16, tls: Option<&TlsCertificates>) -> Result<()> {
+    let client = client_of(port, tls)?;
     for _ in 0..200 {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await
             && redis::cmd("PING")
@@ -67,6 +83,13 @@ pub struct RedisServer {
     pub port: u16,
     dir: TempDir,
     durable: bool,
+    tls: Option<ServerTls>,
+}
+
+/// A TLS-only server's flags and what its clients need.
+struct ServerTls {
+    args: Vec<String>,
+    certs: TlsCertificates,
 }
 
 /// AOF with an fsync per write: nothing acknowledged is lost to a SIGKILL.
@@ -92,9 +115,44 @@ impl RedisServer {
             port,
             dir,
             durable,
+            tls: None,
         };
-        wait_ready(port).await?;
+        wait_ready(port, None).await?;
         Ok(server)
+    }
+
+    /// Starts a server that speaks only TLS, with the certificate `pki` signed for 127.0.0.1;
+    /// with `auth_clients`, it also requires a client certificate from that CA (mutual TLS).
+    pub async fn start_tls(pki: &TestPki, auth_clients: bool) -> Result<RedisServer> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let tls = ServerTls {
+            args: pki.server_args(port, auth_clients),
+            certs: pki.certificates(auth_clients)?,
+        };
+        let server = RedisServer {
+            child: spawn(dir.path(), port, &strs(&tls.args))?,
+            port,
+            dir,
+            durable: false,
+            tls: Some(tls),
+        };
+        wait_ready(port, server.certs()).await?;
+        Ok(server)
+    }
+
+    fn certs(&self) -> Option<&TlsCertificates> {
+        self.tls.as_ref().map(|t| &t.certs)
+    }
+
+    fn args(&self) -> Vec<&str> {
+        let mut args: Vec<&str> = if self.durable {
+            DURABLE.to_vec()
+        } else {
+            Vec::new()
+        };
+        args.extend(self.tls.iter().flat_map(|t| strs(&t.args)));
+        args
     }
 
     /// Kills the server with SIGKILL (no shutdown save).
@@ -106,22 +164,18 @@ impl RedisServer {
     /// Starts it again on the same port and folder (with a durable server, the data is back).
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        self.child = spawn(
-            self.dir.path(),
-            self.port,
-            if self.durable { &DURABLE[..] } else { &[] },
-        )?;
-        wait_ready(self.port).await
+        self.child = spawn(self.dir.path(), self.port, &self.args())?;
+        wait_ready(self.port, self.certs()).await
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/` (`rediss://` with TLS).
     pub fn url(&self) -> String {
-        url_of(self.port)
+        url_of(self.port, self.certs())
     }
 
     /// A multiplexed connection.
     pub async fn connect(&self) -> Result<redis::aio::MultiplexedConnection> {
-        Ok(redis::Client::open(self.url())?
+        Ok(client_of(self.port, self.certs())?
             .get_multiplexed_async_connection()
             .await?)
     }
@@ -134,12 +188,17 @@ impl Drop for RedisServer {
     }
 }
 
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 /// A three-master Redis Cluster on loopback, killed on drop.
 pub struct RedisCluster {
     children: Vec<Child>,
     /// Node ports.
     pub ports: Vec<u16>,
     _dir: TempDir,
+    tls: Option<TlsCertificates>,
 }
 
 impl RedisCluster {
@@ -181,9 +240,10 @@ impl RedisCluster {
             children,
             ports,
             _dir: dir,
+            tls: None,
         };
         for p in &cluster.ports {
-            wait_ready(*p).await?;
+            wait_ready(*p, None).await?;
         }
         let nodes: Vec<String> = cluster
             .ports
@@ -204,7 +264,51 @@ impl RedisCluster {
                 String::from_utf8_lossy(&out.stdout)
             );
         }
-        let client = redis::Client::open(url_of(cluster.ports[0]))?;
+        cluster.wait_ok().await?;
+        Ok(cluster)
+    }
+
+    /// A one-node cluster (every slot on one primary) that speaks only TLS, its node
+    /// certificate signed by `pki` for 127.0.0.1 (with `auth_clients`, clients need one too):
+    /// the cluster client's TLS path (topology from `CLUSTER SLOTS`, then a TLS connection to
+    /// the node it names) with one process.
+    pub async fn start_tls_one_node(pki: &TestPki, auth_clients: bool) -> Result<RedisCluster> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let mut args = pki.server_args(port, auth_clients);
+        args.extend(
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes-0.conf",
+                "--tls-cluster",
+                "yes",
+            ]
+            .map(str::to_owned),
+        );
+        let cluster = RedisCluster {
+            children: vec![spawn(dir.path(), port, &strs(&args))?],
+            ports: vec![port],
+            _dir: dir,
+            tls: Some(pki.certificates(auth_clients)?),
+        };
+        wait_ready(port, cluster.tls.as_ref()).await?;
+        let mut c = client_of(port, cluster.tls.as_ref())?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .exec_async(&mut c)
+            .await?;
+        cluster.wait_ok().await?;
+        Ok(cluster)
+    }
+
+    async fn wait_ok(&self) -> Result<()> {
+        let client = client_of(self.ports[0], self.tls.as_ref())?;
         for _ in 0..200 {
             let mut c = client.get_multiplexed_async_connection().await?;
             let info: String = redis::cmd("CLUSTER")
@@ -212,8 +316,7 @@ impl RedisCluster {
                 .query_async(&mut c)
                 .await?;
             if info.contains("cluster_state:ok") {
-                cluster.replicas_in_sync().await?;
-                return Ok(cluster);
+                return self.replicas_in_sync().await;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -224,7 +327,7 @@ impl RedisCluster {
     pub async fn primary_of(&self, key: &str) -> Result<u16> {
         let slot = slot_of(key);
         for port in &self.ports {
-            let Ok(client) = redis::Client::open(url_of(*port)) else {
+            let Ok(client) = client_of(*port, self.tls.as_ref()) else {
                 continue;
             };
             let Ok(mut c) = client.get_multiplexed_async_connection().await else {
@@ -258,8 +361,10 @@ impl RedisCluster {
     /// Moves every slot of the primary on `from` to the primary on `to`, as an operator
     /// rebalancing a cluster would (`redis-cli --cluster reshard`), and waits for it to finish.
     pub async fn reshard(&self, from: u16, to: u16) -> Result<()> {
+        anyhow::ensure!(self.tls.is_none(), "reshard is for plain-text clusters");
+        let tls = self.tls.as_ref();
         let id = |port: u16| async move {
-            let client = redis::Client::open(url_of(port))?;
+            let client = client_of(port, tls)?;
             let mut c = client.get_multiplexed_async_connection().await?;
             let id: String = redis::cmd("CLUSTER")
                 .arg("MYID")
@@ -299,6 +404,7 @@ impl RedisCluster {
     /// Starts the node on `port` again from its cluster config (it rejoins as a replica of
     /// whoever took over).
     pub async fn restart(&mut self, port: u16) -> Result<()> {
+        anyhow::ensure!(self.tls.is_none(), "restart is for plain-text clusters");
         let i = self
             .ports
             .iter()
@@ -322,13 +428,13 @@ impl RedisCluster {
                 "0",
             ],
         )?;
-        wait_ready(port).await?;
+        wait_ready(port, self.tls.as_ref()).await?;
         self.replicas_in_sync().await
     }
 
     /// Waits until every replica's link to its primary is up.
     pub async fn replicas_in_sync(&self) -> Result<()> {
-        replicas_in_sync(&self.ports).await
+        replicas_in_sync(&self.ports, self.tls.as_ref()).await
     }
 
     /// Waits until a live primary other than `dead` holds `key`'s slot and the cluster is ok.
@@ -348,17 +454,23 @@ impl RedisCluster {
     pub fn urls(&self) -> String {
         self.ports
             .iter()
-            .map(|p| url_of(*p))
+            .map(|p| url_of(*p, self.tls.as_ref()))
             .collect::<Vec<_>>()
             .join(",")
     }
 
     /// A cluster connection that follows slots across the nodes.
     pub async fn connect(&self) -> Result<redis::cluster_async::ClusterConnection> {
-        let nodes: Vec<String> = self.ports.iter().map(|p| url_of(*p)).collect();
-        Ok(redis::cluster::ClusterClient::new(nodes)?
-            .get_async_connection()
-            .await?)
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| url_of(*p, self.tls.as_ref()))
+            .collect();
+        let mut builder = redis::cluster::ClusterClient::builder(nodes);
+        if let Some(certs) = &self.tls {
+            builder = builder.certs(certs.clone());
+        }
+        Ok(builder.build()?.get_async_connection().await?)
     }
 }
 
@@ -401,6 +513,7 @@ pub struct RedisSentinelSet {
     /// Sentinel ports.
     pub sentinel_ports: Vec<u16>,
     _dir: TempDir,
+    tls: Option<TlsCertificates>,
 }
 
 impl RedisSentinelSet {
@@ -418,8 +531,9 @@ impl RedisSentinelSet {
             port: primary_port,
             dir: tempfile::tempdir()?,
             durable: false,
+            tls: None,
         };
-        wait_ready(primary_port).await?;
+        wait_ready(primary_port, None).await?;
         let replica_port = free_port()?;
         let replica = RedisServer {
             child: spawn(
@@ -436,8 +550,9 @@ impl RedisSentinelSet {
             port: replica_port,
             dir: tempfile::tempdir()?,
             durable: false,
+            tls: None,
         };
-        wait_ready(replica_port).await?;
+        wait_ready(replica_port, None).await?;
         let mut sentinels = Vec::new();
         let mut sentinel_ports = Vec::new();
         for i in 0..3 {
@@ -468,9 +583,10 @@ impl RedisSentinelSet {
             sentinels,
             sentinel_ports,
             _dir: dir,
+            tls: None,
         };
         for p in &set.sentinel_ports {
-            wait_ready(*p).await?;
+            wait_ready(*p, None).await?;
         }
         set.in_sync().await?;
         for _ in 0..200 {
@@ -482,11 +598,61 @@ impl RedisSentinelSet {
         bail!("the sentinels never agreed on the set")
     }
 
+    /// A TLS-only primary and one sentinel (quorum 1) watching it over TLS, all with
+    /// certificates `pki` signed for 127.0.0.1 (with `auth_clients`, clients need one too): the
+    /// TLS paths to the sentinels and to the primary they name, with two processes (no
+    /// replica: nothing here fails over).
+    pub async fn start_tls(
+        master: &str,
+        pki: &TestPki,
+        auth_clients: bool,
+    ) -> Result<RedisSentinelSet> {
+        let primary = RedisServer::start_tls(pki, auth_clients).await?;
+        let dir = tempfile::tempdir()?;
+        let port = free_port()?;
+        let conf = dir.path().join("sentinel.conf");
+        let mut lines: Vec<String> = pki
+            .server_args(port, auth_clients)
+            .chunks(2)
+            .map(|kv| kv.join(" ").trim_start_matches("--").to_owned())
+            .collect();
+        lines.extend([
+            "bind 127.0.0.1".to_owned(),
+            // The sentinel reaches the primary over TLS too (showing the server certificate
+            // as its client certificate).
+            "tls-replication yes".to_owned(),
+            format!("sentinel monitor {master} 127.0.0.1 {} 1", primary.port),
+        ]);
+        std::fs::write(&conf, lines.join("\n") + "\n")?;
+        let sentinel = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server --sentinel")?;
+        let set = RedisSentinelSet {
+            nodes: vec![primary],
+            sentinels: vec![sentinel],
+            sentinel_ports: vec![port],
+            _dir: dir,
+            tls: Some(pki.certificates(auth_clients)?),
+        };
+        wait_ready(port, set.tls.as_ref()).await?;
+        for _ in 0..200 {
+            if set.primary(master).await.is_ok() {
+                return Ok(set);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("the sentinel never named the primary")
+    }
+
     /// `REDIS_URL` in Sentinel mode: the sentinels, comma-separated.
     pub fn urls(&self) -> String {
         self.sentinel_ports
             .iter()
-            .map(|p| url_of(*p))
+            .map(|p| url_of(*p, self.tls.as_ref()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -494,7 +660,7 @@ impl RedisSentinelSet {
     /// The primary's port as the first sentinel that answers names it.
     pub async fn primary(&self, master: &str) -> Result<u16> {
         for p in &self.sentinel_ports {
-            let Ok(client) = redis::Client::open(url_of(*p)) else {
+            let Ok(client) = client_of(*p, self.tls.as_ref()) else {
                 continue;
             };
             let Ok(mut c) = client.get_multiplexed_async_connection().await else {
@@ -513,7 +679,7 @@ impl RedisSentinelSet {
     }
 
     async fn replicas_known(&self, master: &str) -> Result<bool> {
-        let client = redis::Client::open(url_of(self.sentinel_ports[0]))?;
+        let client = client_of(self.sentinel_ports[0], self.tls.as_ref())?;
         let mut c = client.get_multiplexed_async_connection().await?;
         let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
             .arg("replicas")
@@ -527,7 +693,7 @@ impl RedisSentinelSet {
     /// Waits until every data node that is a replica has its link to the primary up.
     pub async fn in_sync(&self) -> Result<()> {
         let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
-        replicas_in_sync(&ports).await
+        replicas_in_sync(&ports, self.tls.as_ref()).await
     }
 
     /// Kills the data node on `port` (SIGKILL).
@@ -562,11 +728,11 @@ impl Drop for RedisSentinelSet {
 
 /// Waits until every node on `ports` that is a replica has its link to its primary up (a node
 /// that cannot be reached counts as not yet in sync).
-async fn replicas_in_sync(ports: &[u16]) -> Result<()> {
+async fn replicas_in_sync(ports: &[u16], tls: Option<&TlsCertificates>) -> Result<()> {
     for _ in 0..300 {
         let mut all = true;
         for port in ports {
-            let client = redis::Client::open(url_of(*port))?;
+            let client = client_of(*port, tls)?;
             let Ok(mut c) = client.get_multiplexed_async_connection().await else {
                 all = false;
                 continue;

@@ -4,7 +4,10 @@
 use std::{future::Future, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use keybrake_ledger::{Keyspace, Ledger, LedgerConfig};
+use keybrake_ledger::{
+    Keyspace, Ledger, LedgerConfig,
+    connection::{ConnectConfig, TlsFiles},
+};
 use kube::{Client, Config};
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -33,6 +36,8 @@ pub struct Stack {
     pub redis_cluster: Option<RedisCluster>,
     /// A Sentinel-managed primary and replica the operator and proxies use instead, when set.
     pub redis_sentinel: Option<RedisSentinelSet>,
+    /// The TLS files the operator and proxies are given (a `rediss://` Redis with a test CA).
+    pub redis_tls: TlsFiles,
     /// The Redis key prefix of this stack.
     pub prefix: String,
     /// An administrator's client for the API server (what a test itself does).
@@ -85,9 +90,29 @@ impl Stack {
         Stack::start_on_cluster(Cluster::start().await?, redis, with_proxy).await
     }
 
+    /// Like [`Stack::start_with_proxy`], on `redis` (a TLS-only server, say), the operator and
+    /// the proxy given `tls`.
+    pub async fn start_with_proxy_on_tls_redis(
+        redis: RedisServer,
+        tls: TlsFiles,
+    ) -> Result<(Stack, keybrake_proxy::Running)> {
+        let (stack, proxy) =
+            Stack::start_on_cluster_with(Cluster::start().await?, redis, tls, true).await?;
+        Ok((stack, proxy.context("no proxy")?))
+    }
+
     async fn start_on_cluster(
         cluster: Cluster,
         redis: RedisServer,
+        with_proxy: bool,
+    ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
+        Stack::start_on_cluster_with(cluster, redis, TlsFiles::default(), with_proxy).await
+    }
+
+    async fn start_on_cluster_with(
+        cluster: Cluster,
+        redis: RedisServer,
+        redis_tls: TlsFiles,
         with_proxy: bool,
     ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
         let crds = workspace_root().join("manifests/crds");
@@ -108,6 +133,7 @@ impl Stack {
             redis,
             redis_cluster: None,
             redis_sentinel: None,
+            redis_tls,
             prefix,
             client,
             operator_client,
@@ -133,6 +159,9 @@ impl Stack {
             redis_url: self.redis_url(),
             redis_mode: self.redis_mode(),
             redis_sentinel_master: SENTINEL_MASTER.into(),
+            redis_ca_file: self.redis_tls.ca_file.clone(),
+            redis_client_cert_file: self.redis_tls.client_cert_file.clone(),
+            redis_client_key_file: self.redis_tls.client_key_file.clone(),
             redis_prefix: self.prefix.clone(),
             metrics_addr: "127.0.0.1:0"
                 .parse()
@@ -197,6 +226,9 @@ impl Stack {
         let mut config = keybrake_proxy::Config::local(&self.redis_url(), &self.prefix);
         config.redis_mode = self.redis_mode();
         config.redis_sentinel_master = SENTINEL_MASTER.into();
+        config.redis_ca_file = self.redis_tls.ca_file.clone();
+        config.redis_client_cert_file = self.redis_tls.client_cert_file.clone();
+        config.redis_client_key_file = self.redis_tls.client_key_file.clone();
         edit(&mut config);
         Ok(
             keybrake_proxy::start(self.proxy_client.clone(), config, "127.0.0.1:0".parse()?)
@@ -383,12 +415,15 @@ impl Stack {
     /// A ledger on the operator's keyspace.
     pub async fn ledger(&self) -> Result<Ledger<keybrake_ledger::connection::Connection>> {
         Ok(Ledger::new(
-            keybrake_ledger::connection::connect(
-                self.redis_mode(),
-                &self.redis_url(),
-                SENTINEL_MASTER,
-                Duration::from_secs(2),
-            )
+            keybrake_ledger::connection::connect(&ConnectConfig {
+                tls: self.redis_tls.clone(),
+                ..ConnectConfig::new(
+                    self.redis_mode(),
+                    &self.redis_url(),
+                    SENTINEL_MASTER,
+                    Duration::from_secs(2),
+                )
+            })
             .await?,
             Keyspace::new(&self.prefix),
             LedgerConfig::default(),

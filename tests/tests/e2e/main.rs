@@ -17,6 +17,7 @@ mod packaging;
 mod proxy;
 mod redis_cluster;
 mod redis_sentinel;
+mod redis_tls;
 mod sdk;
 mod vendor_reading;
 mod workflows;

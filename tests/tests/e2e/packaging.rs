@@ -590,6 +590,176 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     Ok(())
 }
 
+/// The egress rules of the proxy's and the operator's NetworkPolicies, by policy.
+fn egress(r: &Rendered) -> Result<BTreeMap<String, Value>> {
+    ["proxy", "operator"]
+        .into_iter()
+        .map(|name| {
+            let policy = r.netpols.get(name).context(name)?;
+            Ok((
+                name.to_owned(),
+                serde_json::to_value(&policy.spec.as_ref().context(name)?.egress)?,
+            ))
+        })
+        .collect()
+}
+
+/// What the deployables get to reach Redis: the Redis variables and the volumes, by deployment.
+fn redis_settings(r: &Rendered) -> Result<BTreeMap<String, Value>> {
+    r.deployments
+        .iter()
+        .map(|(name, d)| {
+            let pod = d
+                .spec
+                .clone()
+                .unwrap_or_default()
+                .template
+                .spec
+                .unwrap_or_default();
+            let c = &pod.containers[0];
+            let env: BTreeMap<String, String> = c
+                .env
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e.name == "REDIS_URL" || e.name.starts_with("KEYBRAKE_REDIS_"))
+                .filter_map(|e| Some((e.name, e.value?)))
+                .collect();
+            let mut mounts = c.volume_mounts.clone().unwrap_or_default();
+            mounts.sort_by(|a, b| a.name.cmp(&b.name));
+            let mut volumes = pod.volumes.unwrap_or_default();
+            volumes.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok((
+                name.clone(),
+                serde_json::json!({"env": env, "mounts": mounts, "volumes": volumes}),
+            ))
+        })
+        .collect()
+}
+
+/// A managed Redis over TLS, from the chart's values and from the kustomize components: no
+/// bundled Redis, egress to its addresses instead of the bundled pods, the CA and the client
+/// certificate mounted from Secrets; the two renderings alike.
+#[tokio::test]
+async fn an_external_tls_redis_gets_egress_rules_and_tls_files_in_both_renderings() -> Result<()> {
+    let chart = [
+        "template",
+        "keybrake",
+        "manifests/helm/keybrake",
+        "--namespace",
+        "keybrake-system",
+        "--set",
+        "redis.enabled=false",
+        "--set",
+        "redis.url=rediss://redis.example.com:6380/",
+    ];
+    let values = [
+        "--set",
+        "redis.external.cidrs={203.0.113.10/32}",
+        "--set",
+        "redis.external.ports={6380}",
+        "--set",
+        "redis.tls.caSecret=keybrake-redis-ca",
+        "--set",
+        "redis.tls.clientSecret=keybrake-redis-client",
+    ];
+    let helm = parse(&tool("helm", &[&chart[..], &values[..]].concat()).await?)?;
+    // An overlay of the components, as the kustomize docs show (kustomize takes only relative
+    // paths: up from the temporary folder to the root, then down to the workspace).
+    let overlay = tempfile::tempdir()?;
+    let up = "../".repeat(overlay.path().components().count() - 1);
+    let root = format!(
+        "{up}{}",
+        workspace_root()
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{root}/manifests]\ncomponents:\n\
+             - {root}/manifests/components/external-redis\n\
+             - {root}/manifests/components/redis-ca\n\
+             - {root}/manifests/components/redis-client-cert\n"
+        ),
+    )?;
+    let path = overlay.path().display().to_string();
+    let kustomized = parse(&tool("kubectl", &["kustomize", &path]).await?)?;
+
+    let expected = serde_json::json!({
+        "to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
+        "ports": [{"protocol": "TCP", "port": 6380}],
+    });
+    for (what, r) in [("helm", &helm), ("kustomize", &kustomized)] {
+        assert!(
+            !r.all.iter().any(|v| v["kind"] == "StatefulSet"),
+            "{what}: the bundled Redis is still there"
+        );
+        assert!(!r.netpols.contains_key("redis"), "{what}");
+        for (name, rules) in egress(r)? {
+            assert_eq!(rules[0], expected, "{what}: {name} egress");
+            assert!(
+                !rules.to_string().contains("keybrake-redis"),
+                "{what}: {name} still allows the bundled Redis: {rules}"
+            );
+        }
+        for (name, settings) in redis_settings(r)? {
+            let env = &settings["env"];
+            assert_eq!(
+                env["REDIS_URL"], "rediss://redis.example.com:6380/",
+                "{what}: {name}"
+            );
+            assert_eq!(
+                env["KEYBRAKE_REDIS_CA_FILE"],
+                "/etc/keybrake/redis-ca/ca.crt"
+            );
+            assert_eq!(
+                env["KEYBRAKE_REDIS_CLIENT_KEY_FILE"],
+                "/etc/keybrake/redis-client/tls.key"
+            );
+            let secrets: Vec<&str> = settings["volumes"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .filter_map(|v| v["secret"]["secretName"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(
+                secrets,
+                ["keybrake-redis-ca", "keybrake-redis-client"],
+                "{what}: {name}"
+            );
+            let mounts = settings["mounts"].as_array().cloned().unwrap_or_default();
+            assert_eq!(mounts.len(), 2, "{what}: {name}");
+            assert!(
+                mounts.iter().all(|m| m["readOnly"] == true),
+                "{what}: {name}: {mounts:?}"
+            );
+        }
+    }
+    assert_eq!(egress(&helm)?, egress(&kustomized)?);
+    assert_eq!(redis_settings(&helm)?, redis_settings(&kustomized)?);
+    let ids = |r: &Rendered| -> BTreeSet<String> {
+        r.all
+            .iter()
+            .map(id)
+            .filter(|i| !i.starts_with("Namespace/") && !i.starts_with("CustomResourceDefinition/"))
+            .collect()
+    };
+    assert_eq!(ids(&helm), ids(&kustomized));
+
+    // Without addresses the chart renders no Redis egress at all (and its notes warn).
+    let bare = parse(&tool("helm", &chart).await?)?;
+    for (name, rules) in egress(&bare)? {
+        assert_eq!(rules.as_array().map(Vec::len), Some(1), "{name}: {rules}");
+        assert!(!rules.to_string().contains("keybrake-redis"), "{name}");
+    }
+    Ok(())
+}
+
 #[test]
 fn the_dockerfile_builds_non_root_distroless_images_from_pinned_bases() -> Result<()> {
     let text = std::fs::read_to_string(workspace_root().join("Dockerfile"))?;

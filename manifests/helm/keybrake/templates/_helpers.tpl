@@ -23,6 +23,73 @@
 {{- end -}}
 {{- end -}}
 
+{{/* Egress from the proxy or the operator to Redis: the bundled pods, or the external CIDRs. */}}
+{{- define "keybrake.redisEgress" -}}
+{{- if .Values.redis.enabled }}
+- to:
+    - podSelector:
+        matchLabels:
+          app.kubernetes.io/name: keybrake-redis
+  ports:
+    - {protocol: TCP, port: 6379}
+{{- else if .Values.redis.external.cidrs }}
+# The external Redis (redis.external).
+- to:
+    {{- range .Values.redis.external.cidrs }}
+    - ipBlock: {cidr: {{ . }}}
+    {{- end }}
+  ports:
+    {{- range .Values.redis.external.ports }}
+    - {protocol: TCP, port: {{ . }}}
+    {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The Redis TLS files' variables, volume mounts and volumes (redis.tls). */}}
+{{- define "keybrake.redisTlsEnv" -}}
+{{- if .Values.redis.tls.caSecret }}
+- name: KEYBRAKE_REDIS_CA_FILE
+  value: /etc/keybrake/redis-ca/ca.crt
+{{- end }}
+{{- if .Values.redis.tls.clientSecret }}
+- name: KEYBRAKE_REDIS_CLIENT_CERT_FILE
+  value: /etc/keybrake/redis-client/tls.crt
+- name: KEYBRAKE_REDIS_CLIENT_KEY_FILE
+  value: /etc/keybrake/redis-client/tls.key
+{{- end }}
+{{- end -}}
+
+{{- define "keybrake.redisTlsMounts" -}}
+{{- if .Values.redis.tls.caSecret }}
+- name: redis-ca
+  mountPath: /etc/keybrake/redis-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.tls.clientSecret }}
+- name: redis-client
+  mountPath: /etc/keybrake/redis-client
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "keybrake.redisTlsVolumes" -}}
+{{- if .Values.redis.tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.redis.tls.caSecret }}
+    items:
+      - {key: ca.crt, path: ca.crt}
+{{- end }}
+{{- if .Values.redis.tls.clientSecret }}
+- name: redis-client
+  secret:
+    secretName: {{ .Values.redis.tls.clientSecret }}
+    items:
+      - {key: tls.crt, path: tls.crt}
+      - {key: tls.key, path: tls.key}
+{{- end }}
+{{- end -}}
+
 {{- define "keybrake.labels" -}}
 app.kubernetes.io/part-of: keybrake
 app.kubernetes.io/managed-by: {{ .Release.Service }}
