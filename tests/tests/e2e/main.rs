@@ -19,5 +19,6 @@ mod redis_cluster;
 mod redis_sentinel;
 mod redis_tls;
 mod sdk;
+mod upgrade;
 mod vendor_reading;
 mod workflows;

@@ -233,12 +233,19 @@ async fn a_reconcile_with_no_change_writes_nothing_and_a_restart_reissues_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_key_gets_a_condition_an_event_and_no_credential() -> Result<()> {
     let stack = stripe_stack().await?;
+    // Forty endpoints the policy does not allow: a message far over an Event's 1 KiB note.
+    let many: String = (0..40)
+        .map(|i| format!("    - POST /v1/transfers/tr_{i:04}/reversals\n"))
+        .collect();
     stack
         .cluster
         .apply(
             &example("stripe-run-key.yaml")
                 .replace("dailyUsdCap: 500", "dailyUsdCap: 6000")
-                .replace("POST /v1/payment_intents\n", "POST /v1/transfers\n"),
+                .replace(
+                    "    - POST /v1/payment_intents\n",
+                    &format!("    - POST /v1/transfers\n{many}"),
+                ),
         )
         .await?
         .ok()?;
@@ -272,6 +279,51 @@ async fn an_invalid_key_gets_a_condition_an_event_and_no_credential() -> Result<
     })
     .await?;
     assert!(described.contains("Warning"), "{described}");
+    // The condition keeps the whole message; the Event's note is cut to what a real API server
+    // accepts (it refuses an Event whose note is over 1 KiB, which left no Event at all).
+    assert!(ready.message.len() > 1024, "{}", ready.message.len());
+    let events: serde_json::Value = serde_json::from_str(
+        &stack
+            .cluster
+            .kubectl_ok(&["get", "events.events.k8s.io", "-n", "billing", "-o", "json"])
+            .await?,
+    )?;
+    let note = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["reason"] == "CapAboveLimit")
+        .and_then(|e| e["note"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        note.len() <= 1024 && note.ends_with('…') && note.contains("is above"),
+        "{note}"
+    );
+    stack.assert_deployables_never_refused()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_named_longer_than_a_label_gets_its_secret() -> Result<()> {
+    let stack = stripe_stack().await?;
+    // VaultKey names may be 253 characters; a label value only 63.
+    let name = format!("hatchet-billing-agent-run-{}", "7f3a9c2e".repeat(10));
+    stack
+        .cluster
+        .apply(&example("stripe-run-key.yaml").replace("billing-agent-run-7f3a", &name))
+        .await?
+        .ok()?;
+    key_in_phase(&stack, &name, KeyPhase::Active).await?;
+    let secret = Api::<Secret>::namespaced(stack.client.clone(), "billing")
+        .get(&name)
+        .await?;
+    assert_eq!(
+        secret.annotations().get("keybrake.com/vault-key"),
+        Some(&name)
+    );
+    assert!(!secret.labels().contains_key("keybrake.com/vault-key"));
+    stack.assert_deployables_never_refused()?;
     Ok(())
 }
 

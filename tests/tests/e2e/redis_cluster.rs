@@ -233,7 +233,14 @@ async fn a_slot_moved_under_load_loses_and_doubles_nothing() -> Result<()> {
         .iter()
         .find(|p| **p != from)
         .ok_or_else(|| anyhow::anyhow!("one node"))?;
-    let second = stack.start_proxy().await?;
+    // A slot in migration answers TRYAGAIN to a script whose keys are split between the two
+    // nodes, and the client retries until the slot has moved: give the proxies the time to
+    // follow it, so a refusal here can only be a redirect not followed (on a loaded 2-core
+    // machine the default 500 ms can run out, and then calls are refused, fail closed).
+    proxy.shutdown().await;
+    let patient = |c: &mut keybrake_proxy::Config| c.redis_timeout_ms = 3_000;
+    let proxy = stack.start_proxy_with(patient).await?;
+    let second = stack.start_proxy_with(patient).await?;
     let calls = spawn_charges(
         &[proxy.addr, second.addr],
         &bearer,
