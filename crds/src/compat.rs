@@ -33,6 +33,36 @@ pub fn missing_fields(
 }
 
 fn walk(path: &str, have: &Value, want: &Value, missing: &mut Vec<String>) {
+    // A schema that keeps unknown fields declares whatever is below it.
+    if have.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+        && have.get("properties").is_none()
+    {
+        return;
+    }
+    // The rules matter as much as the fields: a CRD without a rule this build relies on (say,
+    // `revoked` being one-way) is older too.
+    let rules = |v: &Value| -> Vec<String> {
+        v.get("x-kubernetes-validations")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(|r| r.get("rule").and_then(Value::as_str).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let installed = rules(have);
+    for rule in rules(want) {
+        if !installed.contains(&rule) {
+            let at = if path.is_empty() { "." } else { path };
+            missing.push(format!("the rule {rule:?} on {at}"));
+        }
+    }
+    for marker in ["x-kubernetes-list-type", "x-kubernetes-list-map-keys"] {
+        if want.get(marker).is_some() && want.get(marker) != have.get(marker) {
+            missing.push(format!("{marker} on {path}"));
+        }
+    }
     if let Some(props) = want.get("properties").and_then(Value::as_object) {
         for (name, sub) in props {
             let p = format!("{path}.{name}");
@@ -72,10 +102,22 @@ mod tests {
             .and_then(Value::as_object_mut)
             .unwrap();
         spend.remove("todayUsd");
+        let spec = older
+            .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec")
+            .unwrap();
+        let rules = spec["x-kubernetes-validations"].as_array_mut().unwrap();
+        rules.retain(|r| !r["rule"].as_str().unwrap().contains("oldSelf.revoked"));
         let older: CustomResourceDefinition = serde_json::from_value(older).unwrap();
         let mut missing = missing_fields(&older, &vk);
         missing.sort();
-        assert_eq!(missing, [".status.keyId", ".status.spend.todayUsd"]);
+        assert_eq!(missing.len(), 3, "{missing:?}");
+        assert_eq!(missing[0], ".status.keyId");
+        assert_eq!(missing[1], ".status.spend.todayUsd");
+        assert!(
+            missing[2].contains("oldSelf.revoked") && missing[2].ends_with("on .spec"),
+            "{}",
+            missing[2]
+        );
     }
 }
 

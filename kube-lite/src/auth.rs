@@ -36,11 +36,13 @@ pub fn authenticate(headers: &HeaderMap, tokens: &[StaticToken]) -> Result<Calle
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(Caller::Admin);
     };
+    // The scheme is case-insensitive, as the real server's bearer authenticator takes it.
     let token = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
         .ok_or_else(unauthorized)?;
     let found = tokens
         .iter()
@@ -66,8 +68,8 @@ fn unauthorized() -> ApiError {
 /// The RBAC verb of a resource request.
 pub fn verb(method: &Method, rp: &ResourcePath, query: &Query) -> &'static str {
     match (method, rp.name.is_some()) {
+        (&Method::GET, _) if query.watch => "watch",
         (&Method::GET, true) => "get",
-        (&Method::GET, false) if query.watch => "watch",
         (&Method::GET, false) => "list",
         (&Method::POST, _) => "create",
         (&Method::PUT, _) => "update",

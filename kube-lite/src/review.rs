@@ -245,14 +245,14 @@ pub(crate) fn authorize(state: &State, a: &Attributes) -> Option<String> {
     if a.groups.contains(&"system:masters") {
         return Some("the system:masters group may do anything".into());
     }
-    let subject = |s: &Value, binding_ns: &str| match text(s, "/kind") {
+    let subject = |s: &Value| match text(s, "/kind") {
         "User" => text(s, "/name") == a.user,
         "Group" => a.groups.contains(&text(s, "/name")),
+        // A ServiceAccount subject names its namespace (the real server requires it; an empty
+        // one matches nobody).
         "ServiceAccount" => {
-            let ns = Some(text(s, "/namespace"))
-                .filter(|n| !n.is_empty())
-                .unwrap_or(binding_ns);
-            a.user == format!("system:serviceaccount:{ns}:{}", text(s, "/name"))
+            let ns = text(s, "/namespace");
+            !ns.is_empty() && a.user == format!("system:serviceaccount:{ns}:{}", text(s, "/name"))
         }
         _ => false,
     };
@@ -284,7 +284,7 @@ pub(crate) fn authorize(state: &State, a: &Attributes) -> Option<String> {
         let matched = b
             .get("subjects")
             .and_then(Value::as_array)
-            .is_some_and(|subjects| subjects.iter().any(|s| subject(s, ns)));
+            .is_some_and(|subjects| subjects.iter().any(subject));
         let (role_kind, role_name) = (text(b, "/roleRef/kind"), text(b, "/roleRef/name"));
         if matched && role_allows(role_kind, ns, role_name) {
             let binding = if ns.is_empty() {
@@ -334,9 +334,10 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
     } else {
         let full = format!("{}/{}", a.resource, a.subresource);
         let any_sub = format!("*/{}", a.subresource);
+        // As RBAC matches: `*`, the exact `resource/sub`, or `*/sub` (there is no `resource/*`).
         resources
             .iter()
-            .any(|r| r == "*" || *r == full || *r == any_sub || *r == format!("{}/*", a.resource))
+            .any(|r| r == "*" || *r == full || *r == any_sub)
     };
     let names = strings(rule, "resourceNames");
     resource_ok && (names.is_empty() || (!a.name.is_empty() && names.iter().any(|n| n == a.name)))

@@ -4,7 +4,8 @@ reserve.lua: admits one call and reserves its estimated cost, all or nothing.
 Every key shares the policy's hash tag {prefix:tag}, so the script runs unchanged on Redis
 Cluster. Redis TIME is the clock for expiry and the UTC day.
 
-KEYS[1] key record    {P}:key:<key id>     hash written by the operator
+KEYS[1] key record    {P}:key:<key id>     hash written by the operator; `retired` = "1" is
+                                           set once by a revoke for good and never cleared
 KEYS[2] key spend     {P}:spend:<key id>   hash: day, today, total, calls, refused, last_call_ms
 KEYS[3] policy record {P}:policy           hash: daily_budget, total_budget (may be absent)
 KEYS[4] policy spend  {P}:pspend           hash: day, today, total
@@ -93,7 +94,9 @@ local function refuse(rule, limit, spent)
     r.vault_key or "", r.policy or ""}
 end
 
-if r.revoked == "1" then return refuse("revoked") end
+-- `retired` survives any rewrite of the record: a key revoked for good stays refused even if
+-- something rewrites it with revoked = "0".
+if r.revoked == "1" or r.retired == "1" then return refuse("revoked") end
 local expires = int(r.expires_at_ms)
 if expires and now_ms >= expires then return refuse("expired", expires, now_ms) end
 

@@ -160,6 +160,11 @@ pub enum ConnectError {
         /// The URL, without credentials.
         url: String,
     },
+    /// A `rediss://` URL asks for no certificate check (`#insecure`).
+    #[error(
+        "REDIS_URL asks for TLS without certificate checks (#insecure): remove it, and give the CA with KEYBRAKE_REDIS_CA_FILE"
+    )]
+    Insecure,
     /// `REDIS_URL` names no node.
     #[error("REDIS_URL is empty")]
     NoUrl,
@@ -203,6 +208,14 @@ fn parse(
         .into_iter()
         .map(IntoConnectionInfo::into_connection_info)
         .collect::<Result<Vec<_>, _>>()?;
+    // Certificate checks cannot be turned off: `#insecure` is refused whatever features a
+    // dependency enables in the redis crate.
+    if infos
+        .iter()
+        .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { insecure: true, .. }))
+    {
+        return Err(ConnectError::Insecure);
+    }
     let tls = infos.first().ok_or(ConnectError::NoUrl).map(is_tls)?;
     if infos.iter().any(|i| is_tls(i) != tls) {
         return Err(ConnectError::MixedSchemes);

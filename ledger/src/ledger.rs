@@ -554,14 +554,23 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
     }
 
     /// Whether the key record of `id` exists and names the VaultKey `vault_key`
-    /// (`namespace/name`): a key id read from a status is acted on only then, so a status written
-    /// by someone else cannot make the operator or the proxy revoke another key.
-    pub async fn key_belongs_to(&self, id: &KeyId, vault_key: &str) -> Result<bool> {
+    /// (`namespace/name`) with uid `uid`: a key id read from a status or a Secret is acted on
+    /// only then, so a status or Secret written by someone else cannot make the operator or the
+    /// proxy revoke or adopt another key, nor can an earlier object of the same name. (A record
+    /// written before uids were recorded matches on the name alone.)
+    pub async fn key_belongs_to(&self, id: &KeyId, vault_key: &str, uid: &str) -> Result<bool> {
         let mut conn = self.conn.clone();
-        let named: Option<String> = self
-            .timed(conn.hget(self.slot(id).key_record(id), "vault_key"))
+        let (named, owner): (Option<String>, Option<String>) = self
+            .timed(
+                redis::cmd("HMGET")
+                    .arg(self.slot(id).key_record(id))
+                    .arg("vault_key")
+                    .arg("vault_key_uid")
+                    .query_async(&mut conn),
+            )
             .await?;
-        Ok(named.as_deref() == Some(vault_key))
+        Ok(named.as_deref() == Some(vault_key)
+            && owner.as_deref().is_none_or(|o| o.is_empty() || o == uid))
     }
 
     /// Claims a policy's slot for `owner` (`namespace/name`), once and for good: the tag is a

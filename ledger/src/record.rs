@@ -11,6 +11,8 @@ pub struct KeyRecord {
     pub vendor: Vendor,
     /// `namespace/name` of the VaultKey.
     pub vault_key: String,
+    /// The VaultKey's uid: a later object of the same name is another key.
+    pub vault_key_uid: String,
     /// `namespace/name` of the SpendPolicy.
     pub policy: String,
     /// SHA-256 hex of the current secret.
@@ -49,6 +51,7 @@ impl KeyRecord {
         vec![
             ("vendor", self.vendor.to_string()),
             ("vault_key", self.vault_key.clone()),
+            ("vault_key_uid", self.vault_key_uid.clone()),
             ("policy", self.policy.clone()),
             ("secret_hash", self.secret_hash.clone()),
             ("prev_secret_hash", opt(&self.prev_secret_hash)),

@@ -14,6 +14,17 @@ use kube::{
 };
 use tracing::info;
 
+/// What one attempt on the Lease found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// This replica holds it now.
+    Held,
+    /// Another replica holds it and has renewed it in time.
+    HeldByAnother,
+    /// The API server failed or was too slow to answer.
+    Failed,
+}
+
 /// A Lease-based leader elector.
 pub struct Elector {
     api: Api<Lease>,
@@ -95,32 +106,52 @@ impl Elector {
         }
     }
 
-    /// Waits until this replica holds the Lease.
-    pub async fn acquire(&self) -> kube::Result<()> {
+    /// One attempt, given a third of the Lease at most: a slow API server must not keep a
+    /// replica waiting past the point where another may take over.
+    async fn attempt(&self) -> Attempt {
+        match tokio::time::timeout(self.duration / 3, self.try_acquire()).await {
+            Ok(Ok(true)) => Attempt::Held,
+            Ok(Ok(false)) => Attempt::HeldByAnother,
+            Ok(Err(e)) => {
+                tracing::warn!(lease = %self.name, error = %e, "a lease attempt failed");
+                Attempt::Failed
+            }
+            Err(_) => {
+                tracing::warn!(lease = %self.name, "a lease attempt timed out");
+                Attempt::Failed
+            }
+        }
+    }
+
+    /// Waits until this replica holds the Lease (retrying through API errors).
+    pub async fn acquire(&self) {
         loop {
-            if self.try_acquire().await? {
+            if self.attempt().await == Attempt::Held {
                 info!(lease = %self.name, identity = %self.identity, "became leader");
-                return Ok(());
+                return;
             }
             tokio::time::sleep(self.duration / 3).await;
         }
     }
 
-    /// Renews until a renewal fails for longer than the Lease lasts; then returns, and the
-    /// caller must stop acting as leader.
+    /// Renews until no renewal has succeeded for two thirds of the Lease (client-go's renew
+    /// deadline); then returns, and the caller must stop acting as leader. Stepping down a third
+    /// of the Lease before a standby may take over leaves room for clock skew and for the
+    /// renewal that was in flight.
     pub async fn hold(&self) {
+        let deadline = self.duration * 2 / 3;
         let mut last_ok = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(self.duration / 3).await;
-            match self.try_acquire().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "lease renewal failed");
-                    if last_ok.elapsed() >= self.duration {
-                        return;
-                    }
-                }
+            tokio::time::sleep(self.duration / 6).await;
+            // Never past the deadline, even while an attempt hangs: at most 5/6 of the Lease.
+            let left = deadline.saturating_sub(last_ok.elapsed());
+            if left.is_zero() {
+                return;
+            }
+            match tokio::time::timeout(left, self.attempt()).await {
+                Ok(Attempt::Held) => last_ok = tokio::time::Instant::now(),
+                Ok(Attempt::HeldByAnother) | Err(_) => return,
+                Ok(Attempt::Failed) => {}
             }
         }
     }

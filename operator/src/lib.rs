@@ -132,7 +132,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     if let Some(e) = &elector {
         tokio::select! {
-            acquired = e.acquire() => acquired?,
+            () = e.acquire() => {}
             _ = &mut shutdown => {
                 metrics_task.abort();
                 return Ok(());

@@ -168,7 +168,7 @@ impl Stack {
                 .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
             leader_election: false,
             lease_namespace: LEASE_NAMESPACE.into(),
-            lease_secs: 2,
+            lease_secs: 3,
             identity: "test".into(),
             call_timeout_secs: 5,
             issued_key_retention_secs: 86_400,

@@ -177,6 +177,7 @@ async fn known_key_id(
     ctx: &Context,
     vault_key: &str,
 ) -> Result<Option<KeyId>> {
+    let uid = vk.uid().unwrap_or_default();
     let from_status = vk
         .status
         .as_ref()
@@ -186,7 +187,7 @@ async fn known_key_id(
         .and_then(|s| s.annotations().get(secret::KEY_ID))
         .and_then(|k| KeyId::parse(k).ok());
     for id in [from_status, from_secret].into_iter().flatten() {
-        if ctx.ledger.key_belongs_to(&id, vault_key).await? {
+        if ctx.ledger.key_belongs_to(&id, vault_key, &uid).await? {
             return Ok(Some(id));
         }
         warn!(key_id = %id, vault_key, "a key id that names no record of this VaultKey; ignored");
@@ -220,9 +221,42 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     // One key id for the VaultKey's whole life (a key issued before ids were derived keeps the
     // one it was issued).
     let tag = PolicyTag::of(&ns, &policy_name);
-    let life_id = known
-        .clone()
-        .unwrap_or_else(|| KeyId::of_vault_key(&tag, &uid));
+    let derived = KeyId::of_vault_key(&tag, &uid);
+    let life_id = known.clone().unwrap_or_else(|| derived.clone());
+
+    let retired = ctx.ledger.is_retired(&life_id).await?;
+    // Before anything about the policy: a revoke holds even while the policy is missing.
+    if vk.spec.revoked || retired {
+        ctx.ledger.retire(&life_id).await?;
+        if derived != life_id {
+            ctx.ledger.retire(&derived).await?;
+        }
+        delete_secret(ctx, &secrets, existing.as_ref()).await?;
+        // `kubectl get vk` keeps showing what the key had.
+        if let Some(was) = vk.status.as_ref() {
+            report.cap = was.cap.clone();
+            report.vendor = was.vendor;
+            report.expires_at_ms = was.expires_at.as_ref().map(|t| t.0.as_millisecond());
+        }
+        report.phase = Some(KeyPhase::Revoked);
+        report.reason = "Revoked".into();
+        report.message = if vk.spec.revoked {
+            "revoked by spec.revoked; the key is refused and its Secret deleted".into()
+        } else {
+            "revoked for good: spec.revoked was set back to false, which cannot un-revoke a key; create a new VaultKey".into()
+        };
+        transition_event(
+            vk,
+            ctx,
+            KeyPhase::Revoked,
+            EventType::Normal,
+            "Revoked",
+            &report.message,
+        )
+        .await;
+        status::write(vk, &report, ctx, now_ms).await?;
+        return retire(vk, ctx, KeyPhase::Revoked, now_ms).await;
+    }
 
     let policies: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(policy) = ctx
@@ -267,35 +301,6 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         status::write(vk, &report, ctx, now_ms).await?;
         // A Secret the operator does not own raises no watch event: look again now and then.
         return Ok(Action::requeue(Duration::from_secs(60)));
-    }
-
-    let retired = ctx.ledger.is_retired(&life_id).await?;
-    if vk.spec.revoked || retired {
-        ctx.ledger.retire(&life_id).await?;
-        delete_secret(ctx, &secrets, existing.as_ref()).await?;
-        // `kubectl get vk` keeps showing what the key had.
-        if let Some(was) = vk.status.as_ref() {
-            report.cap = was.cap.clone();
-            report.expires_at_ms = was.expires_at.as_ref().map(|t| t.0.as_millisecond());
-        }
-        report.phase = Some(KeyPhase::Revoked);
-        report.reason = "Revoked".into();
-        report.message = if vk.spec.revoked {
-            "revoked by spec.revoked; the key is refused and its Secret deleted".into()
-        } else {
-            "revoked for good: spec.revoked was set back to false, which cannot un-revoke a key; create a new VaultKey".into()
-        };
-        transition_event(
-            vk,
-            ctx,
-            KeyPhase::Revoked,
-            EventType::Normal,
-            "Revoked",
-            &report.message,
-        )
-        .await;
-        status::write(vk, &report, ctx, now_ms).await?;
-        return retire(vk, ctx, KeyPhase::Revoked, now_ms).await;
     }
 
     let created = vk
@@ -364,18 +369,25 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     }
     let vendor = policy.spec.vendor;
     // The token lives only in the Secret; a plain re-reconcile or a restart reads it back.
+    // The token in the Secret is taken back only when it is this key's and Redis holds its hash
+    // for this VaultKey: whoever may write Secrets could otherwise plant a token under another
+    // key's id and have the operator write that key's record with their secret.
+    let stored = ctx.ledger.key_fields(&life_id).await?;
+    let vault_key = format!("{ns}/{name}");
     let current = existing.as_ref().and_then(|s| {
         let token = secret::token_from(vendor, &decoded(s))?;
-        let matches_known = known.as_ref().is_none_or(|k| *k == token.key_id);
-        (matches_known && token.key_id.tag() == tag).then(|| Credential {
-            token,
-            issued_at_ms: annotation(s, secret::ISSUED_AT).unwrap_or(now_ms),
-            rotations: annotation(s, secret::ROTATIONS).unwrap_or(0),
+        ownership::issued_here(&stored, &vault_key, &uid, &life_id, &token, now_ms).then(|| {
+            Credential {
+                token,
+                issued_at_ms: annotation(s, secret::ISSUED_AT).unwrap_or(now_ms),
+                rotations: annotation(s, secret::ROTATIONS).unwrap_or(0),
+            }
         })
     });
-    let stored = match &current {
-        Some(c) => ctx.ledger.key_fields(&c.token.key_id).await?,
-        None => Default::default(),
+    let stored = if current.is_some() {
+        stored
+    } else {
+        Default::default()
     };
     let (mut cred, issued) = match current {
         Some(c) => (c, false),
@@ -530,6 +542,7 @@ fn key_record(
     KeyRecord {
         vendor: eff.vendor,
         vault_key: format!("{ns}/{}", vk.name_any()),
+        vault_key_uid: vk.uid().unwrap_or_default(),
         policy: format!("{ns}/{policy}"),
         secret_hash: token.secret_hash(),
         prev_secret_hash: prev_hash,

@@ -3,7 +3,10 @@
 //! operator's. A `secretName` that names any other Secret (another key's, a policy's real
 //! credentials, anything a person made) is never adopted, overwritten or deleted.
 
+use std::collections::HashMap;
+
 use k8s_openapi::api::core::v1::Secret;
+use keybrake_ledger::{KeyId, Token};
 use kube::ResourceExt;
 
 use crate::context::MANAGER;
@@ -57,6 +60,31 @@ pub fn owner_of(secret: &Secret) -> String {
         }
         None => "not made by Keybrake (it has no owner)".into(),
     }
+}
+
+/// Whether `token`, read from the VaultKey's own Secret, is the one the operator issued it:
+/// under its key id, and held by the Redis record of this VaultKey (its name and uid) as the
+/// current secret, or as the previous one within a rotation overlap (a rotation interrupted
+/// between Redis and the Secret). A Secret anyone wrote otherwise is not trusted: the key gets
+/// a new token.
+pub fn issued_here(
+    stored: &HashMap<String, String>,
+    vault_key: &str,
+    uid: &str,
+    key_id: &KeyId,
+    token: &Token,
+    now_ms: i64,
+) -> bool {
+    let field = |f: &str| stored.get(f).map(String::as_str).unwrap_or("");
+    let hash = token.secret_hash();
+    let owner_uid = field("vault_key_uid");
+    let overlap = field("prev_valid_until_ms")
+        .parse::<i64>()
+        .is_ok_and(|until| until > now_ms);
+    token.key_id == *key_id
+        && field("vault_key") == vault_key
+        && (owner_uid.is_empty() || owner_uid == uid)
+        && (field("secret_hash") == hash || (overlap && field("prev_secret_hash") == hash))
 }
 
 #[cfg(test)]
@@ -117,5 +145,119 @@ mod tests {
             owner_of(&secret(None, false)),
             "not made by Keybrake (it has no owner)"
         );
+    }
+
+    fn record(
+        vault_key: &str,
+        uid: &str,
+        current: &Token,
+        prev: Option<(&Token, i64)>,
+    ) -> HashMap<String, String> {
+        let mut r: HashMap<String, String> = [
+            ("vault_key", vault_key.to_owned()),
+            ("vault_key_uid", uid.to_owned()),
+            ("secret_hash", current.secret_hash()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        if let Some((t, until)) = prev {
+            r.insert("prev_secret_hash".into(), t.secret_hash());
+            r.insert("prev_valid_until_ms".into(), until.to_string());
+        }
+        r
+    }
+
+    #[test]
+    fn a_secrets_token_is_trusted_only_when_redis_holds_it_for_this_key() {
+        use keybrake_crds::Vendor;
+        let tag = keybrake_ledger::PolicyTag::of("billing", "stripe");
+        let mine = KeyId::of_vault_key(&tag, "uid-mine");
+        let victim = KeyId::of_vault_key(&tag, "uid-victim");
+        let issued = Token::generate(Vendor::Stripe, mine.clone());
+        let stored = record("billing/mine", "uid-mine", &issued, None);
+        assert!(issued_here(
+            &stored,
+            "billing/mine",
+            "uid-mine",
+            &mine,
+            &issued,
+            0
+        ));
+        // A token someone wrote into the Secret: another secret, another key's id, another
+        // object of the same name.
+        let planted = Token::generate(Vendor::Stripe, mine.clone());
+        assert!(!issued_here(
+            &stored,
+            "billing/mine",
+            "uid-mine",
+            &mine,
+            &planted,
+            0
+        ));
+        let theirs = Token::generate(Vendor::Stripe, victim.clone());
+        let victims = record("billing/victim", "uid-victim", &theirs, None);
+        assert!(!issued_here(
+            &victims,
+            "billing/mine",
+            "uid-mine",
+            &mine,
+            &theirs,
+            0
+        ));
+        assert!(!issued_here(
+            &victims,
+            "billing/mine",
+            "uid-mine",
+            &victim,
+            &theirs,
+            0
+        ));
+        assert!(!issued_here(
+            &stored,
+            "billing/mine",
+            "uid-later",
+            &mine,
+            &issued,
+            0
+        ));
+        assert!(!issued_here(
+            &HashMap::new(),
+            "billing/mine",
+            "uid-mine",
+            &mine,
+            &issued,
+            0
+        ));
+        // A rotation cut between Redis and the Secret: the previous token, within its overlap.
+        let next = Token::generate(Vendor::Stripe, mine.clone());
+        let rotated = record("billing/mine", "uid-mine", &next, Some((&issued, 1_000)));
+        assert!(issued_here(
+            &rotated,
+            "billing/mine",
+            "uid-mine",
+            &mine,
+            &issued,
+            999
+        ));
+        assert!(!issued_here(
+            &rotated,
+            "billing/mine",
+            "uid-mine",
+            &mine,
+            &issued,
+            1_000
+        ));
+        // A record written before uids were recorded matches on the name.
+        let mut legacy = stored.clone();
+        legacy.remove("vault_key_uid");
+        assert!(issued_here(
+            &legacy,
+            "billing/mine",
+            "uid-mine",
+            &mine,
+            &issued,
+            0
+        ));
     }
 }

@@ -462,27 +462,34 @@ pub async fn revoke(
         user = caller.username,
         "vault key revoked through the API"
     );
+    // Revoked for good in Redis (the record's `retired` survives any rewrite): the key's own id
+    // (derived from its uid) and, for a key issued before ids were derived, the id in its
+    // status when its record names this very object.
     let vault_key = format!("{ns}/{name}");
-    let id = patched
+    let uid = patched.uid().unwrap_or_default();
+    let derived = KeyId::of_vault_key(&PolicyTag::of(ns, &patched.spec.policy_ref.name), &uid);
+    let from_status = patched
         .status
         .as_ref()
         .and_then(|s| s.key_id.as_deref())
-        .and_then(|k| KeyId::parse(k).ok());
-    if let Some(id) = &id {
-        let refused = async {
-            if app.ledger.key_belongs_to(id, &vault_key).await? {
-                app.ledger.revoke(id).await?;
-            }
-            Ok::<_, keybrake_ledger::LedgerError>(())
-        };
-        refused.await.map_err(|e| {
-            tracing::warn!(namespace = ns, name, error = %e, "could not revoke in Redis; spec.revoked is set");
-            ApiError::unavailable(
-                "spec.revoked is set and the operator will enforce it, but Redis could not be told at once (retry the DELETE to confirm)",
-                e,
-            )
-        })?;
-    }
+        .and_then(|k| KeyId::parse(k).ok())
+        .filter(|id| *id != derived);
+    let refused = async {
+        app.ledger.retire(&derived).await?;
+        if let Some(id) = &from_status
+            && app.ledger.key_belongs_to(id, &vault_key, &uid).await?
+        {
+            app.ledger.retire(id).await?;
+        }
+        Ok::<_, keybrake_ledger::LedgerError>(())
+    };
+    refused.await.map_err(|e| {
+        tracing::warn!(namespace = ns, name, error = %e, "could not revoke in Redis; spec.revoked is set");
+        ApiError::unavailable(
+            "spec.revoked is set and the operator will enforce it, but Redis could not be told at once (retry the DELETE to confirm)",
+            e,
+        )
+    })?;
     let spend = live_spend(app, &patched).await;
     Ok((StatusCode::OK, view::key(&patched, spend)))
 }

@@ -563,3 +563,67 @@ async fn token_and_access_reviews_follow_the_token_file_and_rbac() -> Result<()>
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_with_a_token_get_what_rbac_grants_and_nothing_more() -> Result<()> {
+    use keybrake_e2e::identities;
+    let c = Cluster::start().await?;
+    install_crds(&c).await?;
+    c.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
+        .await?
+        .ok()?;
+    c.apply(identities::RBAC).await?.ok()?;
+    c.apply(&run_key_in_default()?.replace("namespace: default", "namespace: billing"))
+        .await?
+        .ok()?;
+    // The reader may list and get keys in billing, and nothing else.
+    let reader = c.client_as(identities::BILLING_READER)?;
+    let keys: Api<VaultKey> = Api::namespaced(reader.clone(), "billing");
+    assert_eq!(keys.list(&ListParams::default()).await?.items.len(), 1);
+    keys.get("billing-agent-run-7f3a").await?;
+    let refused = keys
+        .delete("billing-agent-run-7f3a", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = refused else {
+        panic!("{refused}")
+    };
+    assert_eq!((status.code, status.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        status.message,
+        "vaultkeys.keybrake.com \"billing-agent-run-7f3a\" is forbidden: User \"system:serviceaccount:billing:reader\" cannot delete resource \"vaultkeys\" in API group \"keybrake.com\" in the namespace \"billing\""
+    );
+    let status_write = keys
+        .patch_status(
+            "billing-agent-run-7f3a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Active"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        status_write
+            .to_string()
+            .contains("cannot patch resource \"vaultkeys/status\""),
+        "{status_write}"
+    );
+    let everywhere = Api::<VaultKey>::all(reader)
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        everywhere.to_string().contains("at the cluster scope"),
+        "{everywhere}"
+    );
+    // An unknown token is not an anonymous administrator: 401.
+    let stranger = Api::<VaultKey>::namespaced(c.client_as("t-nobody")?, "billing")
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = stranger else {
+        panic!("{stranger}")
+    };
+    assert_eq!(status.code, 401);
+    assert_eq!(c.server().denials().len(), 3);
+    Ok(())
+}

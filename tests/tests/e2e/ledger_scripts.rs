@@ -42,6 +42,7 @@ fn record(token: &Token) -> KeyRecord {
     KeyRecord {
         vendor: Vendor::Stripe,
         vault_key: "billing/run-1".into(),
+        vault_key_uid: "uid-test".into(),
         policy: "billing/stripe".into(),
         secret_hash: token.secret_hash(),
         prev_secret_hash: None,
@@ -228,6 +229,15 @@ async fn authentication_rules<C: Conn>(fx: Fixture<C>) -> Result<()> {
     fx.ledger.revoke(key.id()).await?;
     assert_eq!(
         refused(&fx.reserve(&key, PI, usd("1")).await?),
+        Rule::Revoked
+    );
+    // Revoked for good: a rewrite of the record (revoked = "0") does not bring the key back.
+    let retired = fx.issue(|_| {}).await?;
+    fx.ledger.retire(retired.id()).await?;
+    fx.ledger.write_key(retired.id(), &retired.record).await?;
+    assert!(fx.ledger.is_retired(retired.id()).await?);
+    assert_eq!(
+        refused(&fx.reserve(&retired, PI, usd("1")).await?),
         Rule::Revoked
     );
     Ok(())

@@ -326,3 +326,88 @@ async fn a_forged_status_key_id_revokes_nothing_of_anothers() -> Result<()> {
     proxy.shutdown().await;
     Ok(())
 }
+
+/// A Secret planted before the operator's first reconcile, made to look like the operator's
+/// own (its label, and a controller owner reference to the new key), holding a token under the
+/// victim's key id: the operator does not trust it, writes nothing of the victim's, and revoking
+/// the attacker's key leaves the victim working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_token_under_anothers_key_id_takes_nothing_over() -> Result<()> {
+    let (mut stack, proxy, _upstream) = victim_stack().await?;
+    let victim_env = stack.active_key_env("billing", "billing-worker").await?;
+    let victim_id = victim_env["KEYBRAKE_KEY_ID"].clone();
+    let victim_bearer = format!("Bearer {}", victim_env["STRIPE_API_KEY"]);
+    let charge = |bearer: String| {
+        let addr = proxy.addr;
+        async move {
+            http(
+                addr,
+                "POST",
+                "/v1/payment_intents",
+                &[
+                    ("Authorization", bearer.as_str()),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                b"amount=100&currency=usd&confirm=true",
+            )
+            .await
+        }
+    };
+    assert_eq!(charge(victim_bearer.clone()).await?.status, 200);
+
+    // While the operator is away (a leader handover, a Redis blip), the attacker creates its
+    // key and, before any reconcile, the Secret the operator would write.
+    stack.stop_operator().await;
+    stack
+        .cluster
+        .apply(
+            "apiVersion: keybrake.com/v1alpha1\nkind: VaultKey\nmetadata: {name: evil, namespace: billing}\nspec:\n  policyRef: {name: stripe}\n  dailyUsdCap: 50\n  ttl: 1h\n",
+        )
+        .await?
+        .ok()?;
+    let evil = Api::<VaultKey>::namespaced(stack.client.clone(), "billing")
+        .get("evil")
+        .await?;
+    let planted = format!("kb_stripe_{victim_id}_{}", "a".repeat(64));
+    stack
+        .cluster
+        .apply(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: evil\n  namespace: billing\n  labels: {{app.kubernetes.io/managed-by: keybrake-operator}}\n  annotations: {{keybrake.com/key-id: {victim_id}}}\n  ownerReferences:\n  - {{apiVersion: keybrake.com/v1alpha1, kind: VaultKey, name: evil, uid: {}, controller: true}}\nstringData:\n  STRIPE_API_KEY: {planted}\n",
+            evil.uid().unwrap_or_default()
+        ))
+        .await?
+        .ok()?;
+    stack.start_operator().await?;
+    let evil_env = stack.active_key_env("billing", "evil").await?;
+    assert_ne!(
+        evil_env["KEYBRAKE_KEY_ID"], victim_id,
+        "the evil key took the victim's id"
+    );
+    assert_ne!(
+        evil_env["STRIPE_API_KEY"], planted,
+        "the planted token was adopted"
+    );
+    let r = charge(format!("Bearer {planted}")).await?;
+    assert_ne!(r.status, 200, "the planted token works: {}", r.body);
+    // Revoking the attacker's key (through the API, as its issuer may) leaves the victim alone.
+    let admin = format!("Bearer {}", identities::ADMIN);
+    let revoked = http(
+        proxy.addr,
+        "DELETE",
+        "/vault/keys/evil?namespace=billing",
+        &[("Authorization", admin.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    stack
+        .key_in_phase("billing", "evil", KeyPhase::Revoked)
+        .await?;
+    let r = charge(victim_bearer).await?;
+    assert_eq!(r.status, 200, "the victim was revoked: {}", r.body);
+    stack
+        .key_in_phase("billing", "billing-worker", KeyPhase::Active)
+        .await?;
+    proxy.shutdown().await;
+    Ok(())
+}

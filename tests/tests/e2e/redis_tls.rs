@@ -92,7 +92,11 @@ async fn a_charge_goes_through_the_proxy_on_a_tls_only_redis_and_nothing_falls_b
     operator.redis_ca_file = None;
     let (untrusted, operator, insecure) = tokio::join!(
         stack.start_proxy_with(|c| c.redis_ca_file = None),
-        keybrake_operator::run(stack.client.clone(), operator, std::future::pending()),
+        keybrake_operator::run(
+            stack.operator_client.clone(),
+            operator,
+            std::future::pending()
+        ),
         refused(&insecure)
     );
     for (what, result) in [
