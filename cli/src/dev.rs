@@ -196,6 +196,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
             uid: "keybrake-dev".into(),
             // Local use only: the dev account may do anything, like a kind cluster's admin.
             groups: vec!["system:serviceaccounts".into(), "system:masters".into()],
+            // Minted for the proxy, as a projected token would be: it opens the issuance and
+            // audit APIs, and is no credential for the API server itself.
+            audiences: vec!["keybrake".into()],
         }],
         ..Default::default()
     })
@@ -252,6 +255,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         identity: "keybrake-dev".into(),
         call_timeout_secs: 10,
         issued_key_retention_secs: 86_400,
+        proxy_ca_secret: None,
+        ca_mount_path: keybrake_ledger::secret_env::DEFAULT_MOUNT_PATH.into(),
     };
     let (stop_operator, operator_stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn(keybrake_operator::run(

@@ -44,9 +44,15 @@ pub fn authenticate(headers: &HeaderMap, tokens: &[StaticToken]) -> Result<Calle
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim())
         .ok_or_else(unauthorized)?;
+    // A token minted for another audience (a projected token for the proxy) is not valid here.
     let found = tokens
         .iter()
         .find(|t| t.token == token)
+        .filter(|t| {
+            t.audiences()
+                .iter()
+                .any(|a| a == crate::review::API_AUDIENCE)
+        })
         .ok_or_else(unauthorized)?;
     let mut groups = found.groups.clone();
     groups.push("system:authenticated".into());
@@ -150,6 +156,7 @@ mod tests {
             user: "system:serviceaccount:ns:sa".into(),
             uid: "u".into(),
             groups: vec!["system:serviceaccounts".into()],
+            audiences: Vec::new(),
         }
     }
 
@@ -167,6 +174,13 @@ mod tests {
         assert_eq!(authenticate(&h, &[token()]).unwrap_err().code, 401);
         h.insert(AUTHORIZATION, HeaderValue::from_static("Basic dTpw"));
         assert_eq!(authenticate(&h, &[token()]).unwrap_err().code, 401);
+        // A projected token for another audience is not a credential for the API server.
+        let projected = StaticToken {
+            audiences: vec!["keybrake".into()],
+            ..token()
+        };
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer t1"));
+        assert_eq!(authenticate(&h, &[projected]).unwrap_err().code, 401);
     }
 
     #[test]

@@ -24,6 +24,23 @@ pub struct StaticToken {
     pub uid: String,
     /// Groups besides `system:authenticated`.
     pub groups: Vec<String>,
+    /// What the token is valid for, like a projected token's `aud`; empty means the API
+    /// server itself ([`API_AUDIENCE`]), as a default ServiceAccount token or a token-file line.
+    pub audiences: Vec<String>,
+}
+
+/// The API server's own audience (`--api-audiences`): what a default token is for.
+pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+impl StaticToken {
+    /// The audiences the token is valid for.
+    pub fn audiences(&self) -> Vec<String> {
+        if self.audiences.is_empty() {
+            vec![API_AUDIENCE.to_owned()]
+        } else {
+            self.audiences.clone()
+        }
+    }
 }
 
 /// Why a token file could not be read.
@@ -79,6 +96,7 @@ pub fn parse_token_file(text: &str) -> Result<Vec<StaticToken>, TokenFileError> 
             user: field(1).to_owned(),
             uid: field(2).to_owned(),
             groups,
+            audiences: Vec::new(),
         });
     }
     Ok(tokens)
@@ -136,19 +154,37 @@ fn token_review(tokens: &[StaticToken], spec: &Value) -> Result<Value> {
             vec![Cause::required("spec.token")],
         ));
     }
-    let audiences = spec.get("audiences").cloned().unwrap_or(json!([]));
-    Ok(match tokens.iter().find(|t| t.token == token) {
-        Some(t) => {
-            let mut groups = t.groups.clone();
-            groups.push("system:authenticated".into());
-            json!({
-                "authenticated": true,
-                "user": {"username": t.user, "uid": t.uid, "groups": groups},
-                "audiences": audiences,
-            })
-        }
-        None => json!({"user": {}, "error": "invalid bearer token"}),
-    })
+    // As the real server: a review without audiences asks for the API server's own; the token
+    // is valid only where its audiences and the asked ones meet.
+    let asked: Vec<String> = spec
+        .get("audiences")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .filter(|a: &Vec<String>| !a.is_empty())
+        .unwrap_or_else(|| vec![API_AUDIENCE.to_owned()]);
+    let Some(t) = tokens.iter().find(|t| t.token == token) else {
+        return Ok(json!({"user": {}, "error": "invalid bearer token"}));
+    };
+    let theirs = t.audiences();
+    let common: Vec<&String> = asked.iter().filter(|a| theirs.contains(a)).collect();
+    if common.is_empty() {
+        return Ok(json!({
+            "user": {},
+            "error": format!("invalid bearer token, token audiences {theirs:?} is invalid for the target audiences {asked:?}"),
+        }));
+    }
+    let mut groups = t.groups.clone();
+    groups.push("system:authenticated".into());
+    Ok(json!({
+        "authenticated": true,
+        "user": {"username": t.user, "uid": t.uid, "groups": groups},
+        "audiences": common,
+    }))
 }
 
 /// What is asked: a verb on a resource (or a non-resource URL) by a user with groups.

@@ -9,6 +9,14 @@ pub struct Config {
     /// Public URL of the keybrake proxy, written into every credential Secret.
     #[arg(long, env = "KEYBRAKE_PROXY_URL")]
     pub proxy_url: String,
+    /// The Secret (`namespace/name`) whose `ca.crt` signs the proxy's certificate: copied into
+    /// every key's Secret with the variables the SDKs read, when the proxy serves TLS from a
+    /// private CA.
+    #[arg(long, env = "KEYBRAKE_PROXY_CA_SECRET")]
+    pub proxy_ca_secret: Option<String>,
+    /// Where workloads mount their key's Secret as files (for the CA bundle's path).
+    #[arg(long, env = "KEYBRAKE_CA_MOUNT_PATH", default_value = keybrake_ledger::secret_env::DEFAULT_MOUNT_PATH)]
+    pub ca_mount_path: String,
     /// Redis holding key records and spend: one URL, or (cluster mode) seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,

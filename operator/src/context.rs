@@ -30,6 +30,8 @@ pub struct Context {
     /// Every VaultKey, as the VaultKey controller sees them (for per-policy key counts
     /// without listing the API on each reconcile).
     pub keys: Store<VaultKey>,
+    /// The proxy's CA, for key Secrets (when configured).
+    pub proxy_ca: Arc<crate::proxy_ca::ProxyCaCache>,
 }
 
 impl Context {

@@ -10,6 +10,7 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod proxy_ca;
 pub mod spendpolicy;
 pub mod triggers;
 pub mod vaultkey;
@@ -141,10 +142,40 @@ pub async fn run(
     }
     metrics.set_leader(true);
 
+    // The proxy's CA, when it has a private one: read before the first key is written, then
+    // followed (a change rewrites every key's Secret).
+    let proxy_ca = Arc::new(proxy_ca::ProxyCaCache::default());
+    let ca_changes = match &config.proxy_ca_secret {
+        Some(secret) => {
+            let mut changes = proxy_ca::follow(
+                client.clone(),
+                secret,
+                config.ca_mount_path.clone(),
+                proxy_ca.clone(),
+            )
+            .boxed();
+            while proxy_ca.get().is_none() {
+                tracing::info!(
+                    secret,
+                    "waiting for the proxy's CA (ca.crt) before issuing keys"
+                );
+                tokio::select! {
+                    _ = changes.next() => {}
+                    _ = &mut shutdown => {
+                        metrics_task.abort();
+                        return Ok(());
+                    }
+                }
+            }
+            changes
+        }
+        None => futures::stream::pending().boxed(),
+    };
     let keys = Controller::new(
         Api::<VaultKey>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .reconcile_all_on(ca_changes);
     let key_store = keys.store();
     let recorder = Recorder::new(
         client.clone(),
@@ -160,6 +191,7 @@ pub async fn run(
         recorder,
         metrics: metrics.clone(),
         keys: key_store.clone(),
+        proxy_ca: proxy_ca.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -9,6 +9,18 @@ pub struct Config {
     /// Where workloads' SDKs connect.
     #[arg(long, env = "KEYBRAKE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// The Secret (`namespace/name`, cert-manager's shape: `tls.crt`, `tls.key`) whose
+    /// certificate both listeners serve; followed, so a renewal needs no restart.
+    #[arg(long, env = "KEYBRAKE_TLS_SECRET")]
+    pub tls_secret: Option<String>,
+    /// Serve plain HTTP when no TLS Secret is set. Off by default: vault tokens and
+    /// ServiceAccount tokens would cross the network in clear text.
+    #[arg(long, env = "KEYBRAKE_PLAINTEXT", default_value_t = false)]
+    pub plaintext: bool,
+    /// The audience a ServiceAccount token must be minted for to call the issuance and audit
+    /// APIs (a projected token; the default token is the API server's and is refused).
+    #[arg(long, env = "KEYBRAKE_TOKEN_AUDIENCE", default_value = "keybrake")]
+    pub token_audience: String,
     /// Redis holding key records and spend (shared with the operator): one URL, or (cluster
     /// mode) seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
@@ -106,6 +118,10 @@ impl Config {
     pub fn local(redis_url: &str, redis_prefix: &str) -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls_secret: None,
+            // Loopback only, in tests and `keybrake dev`.
+            plaintext: true,
+            token_audience: "keybrake".into(),
             redis_url: redis_url.into(),
             redis_mode: keybrake_ledger::connection::Mode::Single,
             redis_sentinel_master: "mymaster".into(),

@@ -20,6 +20,7 @@ pub mod refusal;
 pub mod server;
 pub mod settle;
 pub mod spend_writer;
+pub mod tls;
 pub mod upstream;
 pub mod vault_keys;
 
@@ -40,6 +41,14 @@ pub enum StartError {
     /// The CRDs are missing or older than this proxy.
     #[error(transparent)]
     Crds(#[from] keybrake_crds::compat::Incompatible),
+    /// The listeners' certificate cannot be served.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Neither a certificate nor plain HTTP was asked for.
+    #[error(
+        "no TLS certificate for the listeners: set KEYBRAKE_TLS_SECRET to the Secret holding the proxy's certificate (namespace/name, cert-manager's tls.crt and tls.key), or KEYBRAKE_PLAINTEXT=true to serve plain HTTP (vault and ServiceAccount tokens then cross the network in clear text)"
+    )]
+    NoTls,
     /// Redis could not be reached (or its TLS settings are unusable).
     #[error("cannot reach redis at {url}: {source}")]
     Redis {
@@ -170,6 +179,28 @@ pub async fn start(
             }
         })
     };
+    let (acceptor, tls_follower) = match (&config.tls_secret, config.plaintext) {
+        (Some(secret), _) => {
+            let certs = Arc::new(tls::load(&client, secret).await?);
+            let server_config =
+                tls::server_config(certs.clone()).map_err(|e| tls::TlsError::Invalid {
+                    secret: secret.clone(),
+                    reason: e.to_string(),
+                })?;
+            let follower = tokio::spawn(tls::follow(
+                client.clone(),
+                secret.clone(),
+                certs,
+                app.metrics.clone(),
+            ));
+            (
+                Some(tokio_rustls::TlsAcceptor::from(server_config)),
+                Some(follower),
+            )
+        }
+        (None, true) => (None, None),
+        (None, false) => return Err(StartError::NoTls),
+    };
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -182,9 +213,13 @@ pub async fn start(
             addr: admin,
             source,
         })?;
-    let admin_task = tokio::spawn(server::serve_admin(admin_listener, app.clone()));
+    let admin_task = tokio::spawn(server::serve_admin(
+        admin_listener,
+        app.clone(),
+        acceptor.clone(),
+    ));
     let (stop, mut stopped) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, app, async move {
+    let server = tokio::spawn(server::serve(listener, app, acceptor, async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
     tracing::info!(%addr, %admin_addr, "keybrake-proxy serving");
@@ -193,6 +228,9 @@ pub async fn start(
         admin_addr,
         stop,
         server,
-        background: vec![watcher, key_watcher, sweeper, admin_task, writer],
+        background: [watcher, key_watcher, sweeper, admin_task, writer]
+            .into_iter()
+            .chain(tls_follower)
+            .collect(),
     })
 }

@@ -117,6 +117,14 @@ pub struct Metrics {
     upstream_seconds: Family<VendorLabel, Histogram>,
     redis_seconds: Family<ScriptLabel, Histogram>,
     redis_errors: Counter,
+    tls_reloads: Family<ResultLabel, Counter>,
+}
+
+/// Labels: whether something worked.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `ok` or `error`.
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -166,6 +174,12 @@ impl Default for Metrics {
             "Redis calls that failed or timed out (calls refused: fail closed)",
             redis_errors.clone(),
         );
+        let tls_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Certificates read from the TLS Secret (error: the Secret changed into something unusable; the last good one is served)",
+            tls_reloads.clone(),
+        );
         let keys = KeySeries::default();
         registry.register(
             "key_spend_today_micros",
@@ -192,11 +206,21 @@ impl Default for Metrics {
             upstream_seconds,
             redis_seconds,
             redis_errors,
+            tls_reloads,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a read of the TLS Secret.
+    pub fn tls_reloaded(&self, ok: bool) {
+        self.tls_reloads
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
     /// Counts a forwarded call and its settled cost.
     pub fn forwarded(&self, vendor: Vendor, endpoint: String, outcome: Outcome, actual: Usd) {
         let outcome = format!("{outcome:?}").to_ascii_lowercase();

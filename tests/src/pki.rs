@@ -15,6 +15,7 @@ use tempfile::TempDir;
 /// The CA, server and client files, deleted on drop.
 pub struct TestPki {
     dir: TempDir,
+    ca: CertificateParams,
 }
 
 impl TestPki {
@@ -28,7 +29,8 @@ impl TestPki {
             .push(DnType::CommonName, "keybrake test CA");
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         std::fs::write(dir.path().join("ca.pem"), ca.self_signed(&ca_key)?.pem())?;
-        let issuer = Issuer::new(ca, ca_key);
+        std::fs::write(dir.path().join("ca-key.pem"), ca_key.serialize_pem())?;
+        let issuer = Issuer::new(ca.clone(), ca_key);
         // The server certificate is also the client certificate a sentinel or a replica shows
         // when it connects to another node (redis-server's default), hence both purposes.
         let leaves = [
@@ -61,7 +63,23 @@ impl TestPki {
                 key.serialize_pem(),
             )?;
         }
-        Ok(TestPki { dir })
+        Ok(TestPki { dir, ca })
+    }
+
+    /// Signs another server certificate for 127.0.0.1 and localhost with the same CA (a
+    /// renewal): `(certificate PEM, key PEM)`.
+    pub fn renew_server(&self) -> Result<(String, String)> {
+        let ca_key = KeyPair::from_pem(&std::fs::read_to_string(self.path("ca-key.pem"))?)?;
+        let issuer = Issuer::new(self.ca.clone(), ca_key);
+        let key = KeyPair::generate()?;
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "keybrake test server (renewed)");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
     }
 
     /// A file of the set: `ca.pem`, `server.pem`, `server-key.pem`, `client.pem`,

@@ -172,6 +172,8 @@ impl Stack {
             identity: "test".into(),
             call_timeout_secs: 5,
             issued_key_retention_secs: 86_400,
+            proxy_ca_secret: None,
+            ca_mount_path: keybrake_ledger::secret_env::DEFAULT_MOUNT_PATH.into(),
         }
     }
 

@@ -566,10 +566,12 @@ async fn write_secret(
     cred: &Credential,
     existing: Option<&Secret>,
 ) -> Result<()> {
-    let data: BTreeMap<String, ByteString> = secret::data(&cred.token, &ctx.config.proxy_url)
-        .into_iter()
-        .map(|(k, v)| (k, ByteString(v.into_bytes())))
-        .collect();
+    let ca = ctx.proxy_ca.get();
+    let data: BTreeMap<String, ByteString> =
+        secret::data_with_ca(&cred.token, &ctx.config.proxy_url, ca.as_ref())
+            .into_iter()
+            .map(|(k, v)| (k, ByteString(v.into_bytes())))
+            .collect();
     let annotations = BTreeMap::from([
         (secret::KEY_ID.to_owned(), cred.token.key_id.to_string()),
         (secret::ISSUED_AT.to_owned(), cred.issued_at_ms.to_string()),

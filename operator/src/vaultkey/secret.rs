@@ -1,7 +1,7 @@
 //! What a credential Secret holds: each SDK's own environment variables, so a pod uses it with
 //! `envFrom` and changes no code but the base URL.
 
-pub use keybrake_ledger::secret_env::{data, token_from};
+pub use keybrake_ledger::secret_env::{data_with_ca, token_from};
 
 /// Annotation: the key id of the token in the Secret.
 pub const KEY_ID: &str = "keybrake.com/key-id";

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use hyper::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use k8s_openapi::api::{
-    authentication::v1::{TokenReview, TokenReviewSpec},
+    authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus},
     authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
 };
 use kube::{Api, Client, api::PostParams};
@@ -79,13 +79,20 @@ fn bearer(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(token.to_owned())
 }
 
-/// Checks the bearer token with a TokenReview.
-pub async fn authenticate(client: &Client, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// Checks the bearer token with a TokenReview for `audience`: only a token minted for the
+/// proxy (a projected ServiceAccount token with that audience) is accepted, so a token seen on
+/// the way here cannot be replayed against the Kubernetes API, and the default token (the API
+/// server's audience) is refused.
+pub async fn authenticate(
+    client: &Client,
+    headers: &HeaderMap,
+    audience: &str,
+) -> Result<Caller, ApiError> {
     let token = bearer(headers)?;
     let review = TokenReview {
         spec: TokenReviewSpec {
             token: Some(token),
-            audiences: None,
+            audiences: Some(vec![audience.to_owned()]),
         },
         ..Default::default()
     };
@@ -98,10 +105,18 @@ pub async fn authenticate(client: &Client, headers: &HeaderMap) -> Result<Caller
                 e,
             )
         })?;
-    let status = answer.status.unwrap_or_default();
+    reviewed(answer.status.unwrap_or_default(), audience)
+}
+
+/// The caller a TokenReview's answer names, when it authenticated the token for `audience`.
+fn reviewed(status: TokenReviewStatus, audience: &str) -> Result<Caller, ApiError> {
+    let for_us = status
+        .audiences
+        .as_ref()
+        .is_some_and(|a| a.iter().any(|a| a == audience));
     let user = status.user.unwrap_or_default();
     match (status.authenticated, user.username) {
-        (Some(true), Some(username)) if !username.is_empty() => Ok(Caller {
+        (Some(true), Some(username)) if !username.is_empty() && for_us => Ok(Caller {
             username,
             uid: user.uid,
             groups: user.groups.unwrap_or_default(),
@@ -109,7 +124,9 @@ pub async fn authenticate(client: &Client, headers: &HeaderMap) -> Result<Caller
         }),
         _ => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "the bearer token is not valid (the Kubernetes API did not authenticate it)",
+            format!(
+                "the bearer token is not valid for audience {audience:?}: present a projected ServiceAccount token minted for it (a serviceAccountToken volume with audience: {audience}), not the pod's default token (docs/security.md)"
+            ),
         )),
     }
 }
@@ -203,5 +220,35 @@ mod tests {
         assert_eq!(bearer(&h).unwrap(), "abc");
         h.append(AUTHORIZATION, "Bearer def".parse().unwrap());
         assert!(bearer(&h).unwrap_err().message.contains("more than once"));
+    }
+
+    #[test]
+    fn only_a_token_for_our_audience_names_a_caller() {
+        use k8s_openapi::api::authentication::v1::UserInfo;
+        let status = |authenticated: bool, audiences: &[&str]| TokenReviewStatus {
+            authenticated: Some(authenticated),
+            audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
+            user: Some(UserInfo {
+                username: Some("system:serviceaccount:billing:worker".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(reviewed(status(true, &["keybrake"]), "keybrake").is_ok());
+        // The API server's audience (the default token), another audience, or none at all.
+        for wrong in [
+            &["https://kubernetes.default.svc.cluster.local"][..],
+            &["vault"],
+            &[],
+        ] {
+            let e = reviewed(status(true, wrong), "keybrake").unwrap_err();
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+            assert!(
+                e.message.contains("not valid for audience \"keybrake\""),
+                "{}",
+                e.message
+            );
+        }
+        assert!(reviewed(status(false, &["keybrake"]), "keybrake").is_err());
     }
 }

@@ -92,7 +92,7 @@ pub async fn authorize_audit(
     headers: &hyper::HeaderMap,
     query: &crate::audit::AuditQuery,
 ) -> Result<(), ApiError> {
-    let caller = caller::authenticate(&app.client, headers).await?;
+    let caller = caller::authenticate(&app.client, headers, &app.config.token_audience).await?;
     caller::authorize(
         &app.client,
         &caller,
@@ -153,7 +153,8 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<(StatusCode, Value),
             field: Some("key_id".into()),
         });
     }
-    let caller = caller::authenticate(&app.client, req.headers()).await?;
+    let caller =
+        caller::authenticate(&app.client, req.headers(), &app.config.token_audience).await?;
     let method = req.method().clone();
     match (method, key_id) {
         (Method::POST, None) => {

@@ -561,3 +561,51 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
     stack.assert_deployables_never_refused()?;
     Ok(())
 }
+
+/// The issuance API takes only tokens minted for its audience (a projected ServiceAccount
+/// token): a pod's default token, whose audience is the API server, is refused with a message
+/// naming the audience expected, so such a token seen on the way cannot be used here, and a
+/// token made for the proxy cannot be replayed against the Kubernetes API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_tokens_minted_for_the_keybrake_audience_are_accepted() -> Result<()> {
+    let (stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
+    let default_token = call(
+        proxy.addr,
+        "POST",
+        "/vault/keys",
+        Some(identities::BILLING_WORKER_DEFAULT),
+        &seed_request(),
+    )
+    .await?;
+    assert_eq!(default_token.status, 401, "{}", default_token.body);
+    assert!(
+        default_token
+            .body
+            .contains("not valid for audience \\\"keybrake\\\""),
+        "{}",
+        default_token.body
+    );
+    assert!(vault_keys(&stack, "billing").await?.is_empty());
+    let projected = call(
+        proxy.addr,
+        "POST",
+        "/vault/keys",
+        Some(identities::BILLING_WORKER),
+        &seed_request(),
+    )
+    .await?;
+    assert_eq!(projected.status, 201, "{}", projected.body);
+    // The same token is no credential for the API server.
+    let replayed = Api::<VaultKey>::namespaced(
+        stack.cluster.client_as(identities::BILLING_WORKER)?,
+        "billing",
+    )
+    .list(&ListParams::default())
+    .await;
+    assert!(
+        replayed.is_err(),
+        "a keybrake-audience token opened the Kubernetes API"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

@@ -475,11 +475,55 @@ async fn token_and_access_reviews_follow_the_token_file_and_rbac() -> Result<()>
         ..Default::default()
     };
     let ok = reviews
-        .create(&PostParams::default(), &review(identities::BILLING_WORKER))
+        .create(
+            &PostParams::default(),
+            &review(identities::BILLING_WORKER_DEFAULT),
+        )
         .await?
         .status
         .unwrap();
     assert_eq!(ok.authenticated, Some(true));
+    // Audiences, as the real server: a token is valid only for its own.
+    let for_audience = |token: &str, aud: &str| TokenReview {
+        spec: TokenReviewSpec {
+            token: Some(token.into()),
+            audiences: Some(vec![aud.into()]),
+        },
+        ..Default::default()
+    };
+    for (token, aud, valid) in [
+        (identities::BILLING_WORKER, identities::AUDIENCE, true),
+        (
+            identities::BILLING_WORKER_DEFAULT,
+            identities::AUDIENCE,
+            false,
+        ),
+        (identities::BILLING_WORKER, "vault", false),
+    ] {
+        let s = reviews
+            .create(&PostParams::default(), &for_audience(token, aud))
+            .await?
+            .status
+            .unwrap();
+        assert_eq!(
+            s.authenticated == Some(true),
+            valid,
+            "{token} for {aud}: {s:?}"
+        );
+        if valid {
+            assert_eq!(s.audiences, Some(vec![aud.to_owned()]));
+        }
+    }
+    let projected_alone = reviews
+        .create(&PostParams::default(), &review(identities::BILLING_WORKER))
+        .await?
+        .status
+        .unwrap();
+    assert_ne!(
+        projected_alone.authenticated,
+        Some(true),
+        "a keybrake token is not the API server's"
+    );
     let user = ok.user.unwrap();
     assert_eq!(
         user.username.as_deref(),
@@ -577,7 +621,7 @@ async fn requests_with_a_token_get_what_rbac_grants_and_nothing_more() -> Result
         .await?
         .ok()?;
     // The reader may list and get keys in billing, and nothing else.
-    let reader = c.client_as(identities::BILLING_READER)?;
+    let reader = c.client_as(identities::BILLING_READER_DEFAULT)?;
     let keys: Api<VaultKey> = Api::namespaced(reader.clone(), "billing");
     assert_eq!(keys.list(&ListParams::default()).await?.items.len(), 1);
     keys.get("billing-agent-run-7f3a").await?;
@@ -624,6 +668,16 @@ async fn requests_with_a_token_get_what_rbac_grants_and_nothing_more() -> Result
         panic!("{stranger}")
     };
     assert_eq!(status.code, 401);
+    // Nor is a token minted for another audience (the proxy's): it is no credential here.
+    let projected =
+        Api::<VaultKey>::namespaced(c.client_as(identities::BILLING_READER)?, "billing")
+            .list(&ListParams::default())
+            .await
+            .unwrap_err();
+    assert!(
+        projected.to_string().contains("401") || projected.to_string().contains("Unauthorized"),
+        "{projected}"
+    );
     assert_eq!(c.server().denials().len(), 3);
     Ok(())
 }

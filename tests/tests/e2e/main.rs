@@ -15,6 +15,7 @@ mod operator;
 mod ownership;
 mod packaging;
 mod proxy;
+mod proxy_tls;
 mod redis_cluster;
 mod redis_sentinel;
 mod redis_tls;
