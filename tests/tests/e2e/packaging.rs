@@ -126,6 +126,8 @@ fn parse(yaml: &str) -> Result<Rendered> {
                 );
             }
             "CustomResourceDefinition" => r.crds.push(typed(&v)?),
+            // cert-manager's kinds have no k8s-openapi type: checked by the TLS test below.
+            "Certificate" | "Issuer" if v["apiVersion"] == "cert-manager.io/v1" => {}
             other => bail!("unexpected kind {other} ({name})"),
         }
         r.all.push(v);
@@ -474,6 +476,74 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
             .and_then(|e| e.value.clone());
         assert_eq!(url.as_deref(), Some("rediss://redis.example:6380/"));
     }
+    // TLS: by default from the Secret keybrake-proxy-tls (probes over HTTPS, an https URL in
+    // key Secrets, its CA copied); with cert-manager, a Certificate for the Service's names;
+    // plain HTTP only when asked for by name.
+    let env_of = |r: &Rendered, who: &str| -> BTreeMap<String, String> {
+        r.pods
+            .iter()
+            .find(|(n, _)| n.contains(who))
+            .and_then(|(_, p)| p.containers[0].env.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect()
+    };
+    let default = parse(&tool("helm", &chart).await?)?;
+    assert_eq!(
+        env_of(&default, "keybrake-proxy")
+            .get("KEYBRAKE_TLS_SECRET")
+            .map(String::as_str),
+        Some("keybrake-system/keybrake-proxy-tls")
+    );
+    let operator_env = env_of(&default, "keybrake-operator");
+    assert_eq!(
+        operator_env.get("KEYBRAKE_PROXY_URL").map(String::as_str),
+        Some("https://keybrake-proxy.keybrake-system.svc:8080")
+    );
+    assert_eq!(
+        operator_env
+            .get("KEYBRAKE_PROXY_CA_SECRET")
+            .map(String::as_str),
+        Some("keybrake-system/keybrake-proxy-tls")
+    );
+    let with_cert_manager = tool(
+        "helm",
+        &[&chart[..], &["--set", "proxy.tls.mode=certManager"]].concat(),
+    )
+    .await?;
+    let issued = parse(&with_cert_manager)?;
+    let certificate = issued
+        .all
+        .iter()
+        .find(|v| v["kind"] == "Certificate" && v["metadata"]["name"] == "keybrake-proxy")
+        .ok_or_else(|| anyhow::anyhow!("no Certificate for the proxy"))?;
+    assert_eq!(certificate["spec"]["secretName"], "keybrake-proxy-tls");
+    assert!(
+        certificate["spec"]["dnsNames"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|n| n == "keybrake-proxy.keybrake-system.svc")),
+        "{certificate}"
+    );
+    let plaintext = parse(
+        &tool(
+            "helm",
+            &[&chart[..], &["--set", "proxy.tls.mode=plaintext"]].concat(),
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        env_of(&plaintext, "keybrake-proxy")
+            .get("KEYBRAKE_PLAINTEXT")
+            .map(String::as_str),
+        Some("true")
+    );
+    assert!(!env_of(&plaintext, "keybrake-operator").contains_key("KEYBRAKE_PROXY_CA_SECRET"));
+    // The kustomize component renders the same Certificate.
+    let component = std::fs::read_to_string(
+        workspace_root().join("manifests/components/proxy-cert-manager/certificates.yaml"),
+    )?;
+    assert!(component.contains("secretName: keybrake-proxy-tls"));
     // Digests: each image its own; one digest for both is refused.
     let (op, px) = (
         "sha256:".to_owned() + &"a".repeat(64),

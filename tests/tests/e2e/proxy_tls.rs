@@ -206,6 +206,58 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
     println!(
         "renewal mid-traffic: 40 calls, none failed, {served_by_new} served by the new certificate"
     );
+    // A Secret that stops parsing keeps the last good certificate, and says so in a metric.
+    secrets
+        .patch(
+            TLS_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"tls.key": "not a key"}})),
+        )
+        .await?;
+    let bad = eventually("the unusable Secret to be counted", 10, || async {
+        let (r, _) = https(proxy.admin_addr, &ca, "GET", "/metrics", &[], b"")
+            .await
+            .ok()?;
+        r.body
+            .contains("keybrake_proxy_tls_reloads_total{result=\"error\"} 1")
+            .then_some(())
+    })
+    .await;
+    bad?;
+    let (still, leaf) = https(
+        proxy.addr,
+        &ca,
+        "POST",
+        "/v1/payment_intents",
+        &[
+            ("Authorization", bearer.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"amount=100&currency=usd&payment_method=pm_card_visa&confirm=true",
+    )
+    .await?;
+    assert_eq!((still.status, leaf == renewed_der), (200, true));
+    // A new CA reaches every key's Secret.
+    let new_ca = renewed_crt.clone();
+    secrets
+        .patch(
+            TLS_SECRET,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"ca.crt": new_ca}})),
+        )
+        .await?;
+    for (ns, name) in [
+        ("billing", "billing-agent-run-7f3a"),
+        ("agents", "haystack-mailer-run-41"),
+    ] {
+        let keys = Api::<Secret>::namespaced(stack.client.clone(), ns);
+        eventually(&format!("{ns}/{name} to carry the new CA"), 15, || async {
+            let s = keys.get(name).await.ok()?;
+            let pem = s.data?.get("ca.crt")?.0.clone();
+            (pem == new_ca.as_bytes()).then_some(())
+        })
+        .await?;
+    }
     // And the admin port serves TLS too.
     let admin_addr = proxy.admin_addr;
     eventually("the admin port over TLS", 5, || async {

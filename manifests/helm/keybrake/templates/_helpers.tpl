@@ -110,3 +110,15 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{- define "keybrake.proxyTls" -}}
+{{- if not (has .Values.proxy.tls.mode (list "secret" "certManager" "plaintext")) -}}{{ fail "proxy.tls.mode must be secret, certManager or plaintext" }}
+{{- else -}}{{ ne .Values.proxy.tls.mode "plaintext" }}
+{{- end -}}
+{{- end -}}
+
+{{- define "keybrake.proxyUrl" -}}
+{{- if .Values.proxy.publicUrl -}}{{ .Values.proxy.publicUrl }}
+{{- else -}}{{ ternary "https" "http" (eq (include "keybrake.proxyTls" .) "true") }}://keybrake-proxy.{{ .Release.Namespace }}.svc:8080
+{{- end -}}
+{{- end -}}
