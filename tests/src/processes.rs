@@ -69,7 +69,9 @@ pub async fn proxy(stack: &Stack) -> Result<(Process, SocketAddr)> {
     let (port, admin) = (free_port()?, free_port()?);
     let mut cmd = std::process::Command::new(binary("keybrake-proxy")?);
     deployable_env(stack, crate::identities::PROXY, &mut cmd)?;
-    cmd.env("KEYBRAKE_LISTEN", format!("127.0.0.1:{port}"))
+    // Loopback only: plain HTTP, asked for by name (tests/tests/e2e/proxy_tls.rs covers TLS).
+    cmd.env("KEYBRAKE_PLAINTEXT", "true")
+        .env("KEYBRAKE_LISTEN", format!("127.0.0.1:{port}"))
         .env("KEYBRAKE_ADMIN_LISTEN", format!("127.0.0.1:{admin}"));
     let process = Process(cmd.spawn()?);
     let admin: SocketAddr = format!("127.0.0.1:{admin}").parse()?;

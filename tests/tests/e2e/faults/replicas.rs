@@ -44,7 +44,13 @@ async fn a_proxy_killed_with_calls_in_flight_loses_no_spend_and_another_replica_
         .local_addr()?
         .port();
     let mut doomed = std::process::Command::new(proxy_binary()?)
-        .env("KUBECONFIG", stack.cluster.kubeconfig())
+        .env(
+            "KUBECONFIG",
+            stack
+                .cluster
+                .kubeconfig_as(keybrake_e2e::identities::PROXY)?,
+        )
+        .env("KEYBRAKE_PLAINTEXT", "true")
         .env("REDIS_URL", stack.redis.url())
         .env("KEYBRAKE_REDIS_PREFIX", &stack.prefix)
         .env("KEYBRAKE_LISTEN", format!("127.0.0.1:{port}"))
