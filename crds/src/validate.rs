@@ -143,6 +143,19 @@ pub fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(label_ok)
 }
 
+/// A `namespace/name` reference to one object (a Secret the deployables follow): both parts
+/// must be present and valid, so a value can never mean "every namespace" to the API.
+pub fn namespaced_name(text: &str) -> Result<(String, String), String> {
+    match text.split_once('/') {
+        Some((ns, name)) if is_dns_label(ns) && is_dns_subdomain(name) => {
+            Ok((ns.to_owned(), name.to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?} is not namespace/name (a namespace and an object name, both required)"
+        )),
+    }
+}
+
 /// Checks a SpendPolicy's own spec.
 pub fn validate_policy(spec: &SpendPolicySpec) -> Result<(), Violations> {
     let mut check = Check::default();
@@ -482,6 +495,17 @@ pub fn resolve_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaced_names_need_both_parts() {
+        assert_eq!(
+            namespaced_name("keybrake-system/keybrake-proxy-tls").unwrap(),
+            ("keybrake-system".into(), "keybrake-proxy-tls".into())
+        );
+        for bad in ["keybrake-proxy-tls", "/x", "x/", "a/b/c", "A/b", ""] {
+            assert!(namespaced_name(bad).is_err(), "{bad}");
+        }
+    }
     use crate::{
         spend_policy::{PolicyLimits, SecretRef},
         vault_key::{PolicyRef, Rotation},

@@ -12,7 +12,7 @@ pub struct Config {
     /// The Secret (`namespace/name`) whose `ca.crt` signs the proxy's certificate: copied into
     /// every key's Secret with the variables the SDKs read, when the proxy serves TLS from a
     /// private CA.
-    #[arg(long, env = "KEYBRAKE_PROXY_CA_SECRET")]
+    #[arg(long, env = "KEYBRAKE_PROXY_CA_SECRET", value_parser = namespaced)]
     pub proxy_ca_secret: Option<String>,
     /// Where workloads mount their key's Secret as files (for the CA bundle's path).
     #[arg(long, env = "KEYBRAKE_CA_MOUNT_PATH", default_value = keybrake_ledger::secret_env::DEFAULT_MOUNT_PATH)]
@@ -72,6 +72,12 @@ pub struct Config {
         default_value_t = 86_400
     )]
     pub issued_key_retention_secs: u64,
+}
+
+/// `namespace/name`, both parts required (an empty namespace would follow every namespace's
+/// Secret of that name, so any tenant could choose the CA every key trusts).
+fn namespaced(text: &str) -> Result<String, String> {
+    keybrake_crds::validate::namespaced_name(text).map(|_| text.to_owned())
 }
 
 impl Config {

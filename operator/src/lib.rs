@@ -45,6 +45,9 @@ pub enum StartError {
         "the keybrake CRDs are not installed: run `kubectl apply -f manifests/crds/` (or `keybrake crds | kubectl apply -f -`)"
     )]
     CrdsMissing,
+    /// A setting is unusable.
+    #[error("{0}")]
+    Config(String),
     /// The installed CRDs are older than this operator.
     #[error("{0}")]
     CrdsOutdated(String),
@@ -119,37 +122,26 @@ pub async fn run(
     tracing::info!(addr = %listener.local_addr().map_err(|source| StartError::Metrics { addr: config.metrics_addr, source })?, "serving /metrics, /healthz, /readyz");
     let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone()));
 
-    // Serving: a standby waiting for the Lease is ready, so a rollout can replace the leader.
-    metrics.set_ready();
-    let elector = config.leader_election.then(|| {
-        leader::Elector::new(
-            client.clone(),
-            &config.lease_namespace,
-            "keybrake-operator",
-            &config.identity,
-            Duration::from_secs(config.lease_secs),
-        )
-    });
     tokio::pin!(shutdown);
-    if let Some(e) = &elector {
-        tokio::select! {
-            () = e.acquire() => {}
-            _ = &mut shutdown => {
-                metrics_task.abort();
-                return Ok(());
-            }
-        }
-    }
-    metrics.set_leader(true);
-
     // The proxy's CA, when it has a private one: read before the first key is written, then
-    // followed (a change rewrites every key's Secret).
+    // followed (a change rewrites every key's Secret). Waited for before the Lease (which is
+    // not renewed meanwhile) and before readiness, so a rollout whose CA never comes stalls
+    // where people look instead of idling.
     let proxy_ca = Arc::new(proxy_ca::ProxyCaCache::default());
     let ca_changes = match &config.proxy_ca_secret {
         Some(secret) => {
+            let named = keybrake_crds::validate::namespaced_name(secret)
+                .map_err(|e| StartError::Config(format!("KEYBRAKE_PROXY_CA_SECRET: {e}")))?;
+            // A CA is for a proxy serving TLS: an http:// URL would send tokens in clear text.
+            if !config.proxy_url.starts_with("https://") {
+                return Err(StartError::Config(format!(
+                    "KEYBRAKE_PROXY_URL {} is not https:// while KEYBRAKE_PROXY_CA_SECRET is set: key Secrets would send vault tokens to the proxy in clear text",
+                    config.proxy_url
+                )));
+            }
             let mut changes = proxy_ca::follow(
                 client.clone(),
-                secret,
+                named,
                 config.ca_mount_path.clone(),
                 proxy_ca.clone(),
             )
@@ -171,6 +163,28 @@ pub async fn run(
         }
         None => futures::stream::pending().boxed(),
     };
+    // Serving: a standby waiting for the Lease is ready, so a rollout can replace the leader.
+    metrics.set_ready();
+    let elector = config.leader_election.then(|| {
+        leader::Elector::new(
+            client.clone(),
+            &config.lease_namespace,
+            "keybrake-operator",
+            &config.identity,
+            Duration::from_secs(config.lease_secs),
+        )
+    });
+    if let Some(e) = &elector {
+        tokio::select! {
+            () = e.acquire() => {}
+            _ = &mut shutdown => {
+                metrics_task.abort();
+                return Ok(());
+            }
+        }
+    }
+    metrics.set_leader(true);
+
     let keys = Controller::new(
         Api::<VaultKey>::all(client.clone()),
         watcher::Config::default(),

@@ -43,19 +43,19 @@ pub fn ca_of(secret: &Secret) -> Option<String> {
     text.contains("-----BEGIN CERTIFICATE-----").then_some(text)
 }
 
-/// Follows `namespace/name` into `cache`; yields `()` each time the CA changes, to reconcile
-/// every key. Runs until dropped.
+/// Follows the Secret `name` in `namespace` into `cache`; yields `()` each time the CA changes,
+/// to reconcile every key. Runs until dropped.
 pub fn follow(
     client: Client,
-    secret: &str,
+    (namespace, name): (String, String),
     mount_path: String,
     cache: Arc<ProxyCaCache>,
 ) -> impl Stream<Item = ()> + Send + 'static {
-    let (ns, name) = secret.split_once('/').unwrap_or(("", secret));
-    let api = Api::<Secret>::namespaced(client, ns);
+    let api = Api::<Secret>::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let secret = secret.to_owned();
+    let secret = format!("{namespace}/{name}");
     watcher(api, config)
+        .default_backoff()
         .applied_objects()
         .filter_map(move |change| {
             let (cache, mount_path, secret) = (cache.clone(), mount_path.clone(), secret.clone());

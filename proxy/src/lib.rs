@@ -179,27 +179,38 @@ pub async fn start(
             }
         })
     };
-    let (acceptor, tls_follower) = match (&config.tls_secret, config.plaintext) {
-        (Some(secret), _) => {
+    let (acceptors, tls_follower) = match (&config.tls_secret, config.plaintext) {
+        (Some(secret), plaintext) => {
+            if plaintext {
+                tracing::warn!("KEYBRAKE_PLAINTEXT is ignored: KEYBRAKE_TLS_SECRET is set");
+            }
             let certs = Arc::new(tls::load(&client, secret).await?);
-            let server_config =
-                tls::server_config(certs.clone()).map_err(|e| tls::TlsError::Invalid {
-                    secret: secret.clone(),
-                    reason: e.to_string(),
-                })?;
+            let acceptor = |protocols| {
+                tls::server_config(certs.clone(), protocols)
+                    .map(tokio_rustls::TlsAcceptor::from)
+                    .map_err(|e| tls::TlsError::Invalid {
+                        secret: secret.clone(),
+                        reason: e.to_string(),
+                    })
+            };
+            let both = (
+                acceptor(tls::Protocols::Both)?,
+                acceptor(tls::Protocols::Http1)?,
+            );
             let follower = tokio::spawn(tls::follow(
                 client.clone(),
                 secret.clone(),
-                certs,
+                certs.clone(),
                 app.metrics.clone(),
             ));
-            (
-                Some(tokio_rustls::TlsAcceptor::from(server_config)),
-                Some(follower),
-            )
+            (Some(both), Some(follower))
         }
         (None, true) => (None, None),
         (None, false) => return Err(StartError::NoTls),
+    };
+    let (data_tls, admin_tls) = match acceptors {
+        Some((data, admin)) => (Some(data), Some(admin)),
+        None => (None, None),
     };
     let listener = bind(config.listen).await?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen {
@@ -213,13 +224,9 @@ pub async fn start(
             addr: admin,
             source,
         })?;
-    let admin_task = tokio::spawn(server::serve_admin(
-        admin_listener,
-        app.clone(),
-        acceptor.clone(),
-    ));
+    let admin_task = tokio::spawn(server::serve_admin(admin_listener, app.clone(), admin_tls));
     let (stop, mut stopped) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, app, acceptor, async move {
+    let server = tokio::spawn(server::serve(listener, app, data_tls, async move {
         let _ = stopped.wait_for(|s| *s).await;
     }));
     tracing::info!(%addr, %admin_addr, "keybrake-proxy serving");

@@ -105,24 +105,35 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-/// A rustls server configuration that asks `certs` at each handshake (HTTP/2 and HTTP/1.1).
-pub fn server_config(certs: Arc<Certificates>) -> Result<Arc<ServerConfig>, rustls::Error> {
+/// What a listener speaks, offered by ALPN: the data port both, the admin port HTTP/1.1 only
+/// (offering h2 there would have a probe or a scraper that prefers it get a closed connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// HTTP/2 and HTTP/1.1.
+    Both,
+    /// HTTP/1.1 only.
+    Http1,
+}
+
+/// A rustls server configuration that asks `certs` at each handshake.
+pub fn server_config(
+    certs: Arc<Certificates>,
+    protocols: Protocols,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(ring::default_provider().into())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = match protocols {
+        Protocols::Both => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        Protocols::Http1 => vec![b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(config))
 }
 
-/// `namespace/name` split.
+/// `namespace/name` split (both required: an empty namespace would watch every namespace).
 pub fn secret_ref(text: &str) -> Result<(String, String), TlsError> {
-    match text.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok((ns.to_owned(), name.to_owned()))
-        }
-        _ => Err(TlsError::Name(text.to_owned())),
-    }
+    keybrake_crds::validate::namespaced_name(text).map_err(|_| TlsError::Name(text.to_owned()))
 }
 
 /// Reads the Secret once (the start fails when it is missing or unusable).
@@ -176,7 +187,7 @@ mod tests {
             secret_ref("keybrake-system/keybrake-proxy-tls").unwrap(),
             ("keybrake-system".into(), "keybrake-proxy-tls".into())
         );
-        for bad in ["", "x", "/x", "x/", "a/b/c"] {
+        for bad in ["", "x", "/x", "x/", "a/b/c", "keybrake-proxy-tls"] {
             assert!(secret_ref(bad).is_err(), "{bad}");
         }
     }

@@ -450,7 +450,10 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     if !ctx.ledger.key_matches(&cred.token.key_id, &record).await? {
         ctx.ledger.write_key(&cred.token.key_id, &record).await?;
     }
-    write_secret(vk, ctx, &secrets, &secret_name, &cred, existing.as_ref()).await?;
+    let rewritten = write_secret(vk, ctx, &secrets, &secret_name, &cred, existing.as_ref()).await?;
+    // Pods read the Secret's variables at start: whatever changed them (a rotation, a reissued
+    // token, a new proxy URL or CA) rolls the targets that opted in.
+    let reissued = issued && report.key_id.is_some();
     if issued {
         info!(key_id = %cred.token.key_id, "issued a credential");
         let note = if report.key_id.is_some() {
@@ -473,6 +476,8 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
             &format!("rotation {} of key {}", cred.rotations, cred.token.key_id),
         )
         .await;
+    }
+    if rotated || rewritten || reissued {
         roll_targets(vk, ctx, &ns, now_ms).await;
     }
 
@@ -557,7 +562,9 @@ fn key_record(
     }
 }
 
-/// Applies the Secret unless it already holds exactly this credential.
+/// Applies the Secret unless it already holds exactly this credential; true when an existing
+/// Secret's contents changed (the token, the proxy URL or its CA), which running pods only see
+/// once restarted.
 async fn write_secret(
     vk: &VaultKey,
     ctx: &Context,
@@ -565,7 +572,7 @@ async fn write_secret(
     name: &str,
     cred: &Credential,
     existing: Option<&Secret>,
-) -> Result<()> {
+) -> Result<bool> {
     let ca = ctx.proxy_ca.get();
     let data: BTreeMap<String, ByteString> =
         secret::data_with_ca(&cred.token, &ctx.config.proxy_url, ca.as_ref())
@@ -589,8 +596,9 @@ async fn write_secret(
             && s.owner_references().iter().any(|o| o.uid == owner.uid)
     });
     if up_to_date {
-        return Ok(());
+        return Ok(false);
     }
+    let contents_changed = existing.is_some_and(|s| s.data.as_ref() != Some(&data));
     let mut labels = BTreeMap::from([(ownership::MANAGED_BY.to_owned(), MANAGER.to_owned())]);
     if let Some(name) = secret::vault_key_label(&vk.name_any()) {
         labels.insert(secret::VAULT_KEY.to_owned(), name);
@@ -617,7 +625,7 @@ async fn write_secret(
                 secrets.create(&PostParams::default(), &secret),
             )
             .await?;
-            Ok(())
+            Ok(false)
         }
         // Ours: changed only at the version that was read, so a Secret that changed hands in
         // between is not written.
@@ -636,7 +644,7 @@ async fn write_secret(
                 secrets.patch(name, &PatchParams::default(), &Patch::Merge(body)),
             )
             .await?;
-            Ok(())
+            Ok(contents_changed)
         }
     }
 }

@@ -539,6 +539,46 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
         Some("true")
     );
     assert!(!env_of(&plaintext, "keybrake-operator").contains_key("KEYBRAKE_PROXY_CA_SECRET"));
+    // A public URL is https:// while TLS is on, and its host is in the certificate.
+    let public = parse(
+        &tool(
+            "helm",
+            &[
+                &chart[..],
+                &[
+                    "--set",
+                    "proxy.tls.mode=certManager",
+                    "--set",
+                    "proxy.publicUrl=https://keybrake.example.com:8443",
+                ],
+            ]
+            .concat(),
+        )
+        .await?,
+    )?;
+    let names = public
+        .all
+        .iter()
+        .find(|v| v["kind"] == "Certificate" && v["metadata"]["name"] == "keybrake-proxy")
+        .map(|c| c["spec"]["dnsNames"].clone())
+        .unwrap_or_default();
+    assert!(
+        names
+            .as_array()
+            .is_some_and(|d| d.iter().any(|n| n == "keybrake.example.com")),
+        "{names}"
+    );
+    let clear = tool(
+        "helm",
+        &[
+            &chart[..],
+            &["--set", "proxy.publicUrl=http://keybrake.example.com:8080"],
+        ]
+        .concat(),
+    )
+    .await;
+    let err = clear.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("proxy.publicUrl must be https://"), "{err}");
     // The kustomize component renders the same Certificate.
     let component = std::fs::read_to_string(
         workspace_root().join("manifests/components/proxy-cert-manager/certificates.yaml"),

@@ -158,6 +158,30 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
         assert!(id.is_some(), "{who} did not get through the TLS proxy");
     }
 
+    // The issuance API over TLS, with a token minted for the keybrake audience: the caller needs
+    // the CA before it has a key (docs/security.md: publish it, e.g. with trust-manager).
+    stack
+        .cluster
+        .apply(keybrake_e2e::identities::RBAC)
+        .await?
+        .ok()?;
+    let worker = format!("Bearer {}", keybrake_e2e::identities::BILLING_WORKER);
+    let request = json!({"vendor": "stripe", "daily_usd_cap": 50, "allowed_endpoints": ["POST /v1/payment_intents"], "expires_in": "10m", "agent_run_label": "tls/run-1"}).to_string();
+    let (issued, _) = https(
+        proxy.addr,
+        &ca,
+        "POST",
+        "/vault/keys",
+        &[
+            ("Authorization", worker.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        request.as_bytes(),
+    )
+    .await?;
+    assert_eq!(issued.status, 201, "{}", issued.body);
+    assert!(issued.body.contains("kb_stripe_"), "{}", issued.body);
+
     // A renewal mid-traffic: calls every 20 ms, the Secret replaced after the tenth; every call
     // answered, and the later ones by the new certificate.
     let bearer = format!("Bearer {}", stripe["STRIPE_API_KEY"]);
@@ -237,7 +261,37 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
     )
     .await?;
     assert_eq!((still.status, leaf == renewed_der), (200, true));
-    // A new CA reaches every key's Secret.
+    // A new CA reaches every key's Secret, and rolls the key's restart targets (their pods read
+    // the variables at start).
+    stack
+        .cluster
+        .apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tls-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-agent-run-7f3a\nspec:\n  template:\n    metadata: {}\n")
+        .await?
+        .ok()?;
+    Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing")
+        .patch(
+            "billing-agent-run-7f3a",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"restartTargets": [{"kind": "Deployment", "name": "tls-worker"}]}}),
+            ),
+        )
+        .await?;
+    let deployments =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(stack.client.clone(), "billing");
+    let rolled = || async {
+        deployments
+            .get("tls-worker")
+            .await
+            .ok()
+            .and_then(|d| d.spec?.template.metadata?.annotations)
+            .is_some_and(|a| a.keys().any(|k| k.starts_with("keybrake.com/")))
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !rolled().await,
+        "a spec change that left the Secret alone rolled the target"
+    );
     let new_ca = renewed_crt.clone();
     secrets
         .patch(
@@ -258,6 +312,12 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
         })
         .await?;
     }
+    eventually(
+        "the restart target to be rolled for the new CA",
+        15,
+        || async { rolled().await.then_some(()) },
+    )
+    .await?;
     // And the admin port serves TLS too.
     let admin_addr = proxy.admin_addr;
     eventually("the admin port over TLS", 5, || async {

@@ -118,7 +118,8 @@ capabilities:
 {{- end -}}
 
 {{- define "keybrake.proxyUrl" -}}
-{{- if .Values.proxy.publicUrl -}}{{ .Values.proxy.publicUrl }}
+{{- if and .Values.proxy.publicUrl (eq (include "keybrake.proxyTls" .) "true") (not (hasPrefix "https://" .Values.proxy.publicUrl)) -}}{{ fail "proxy.publicUrl must be https:// while the proxy serves TLS (proxy.tls.mode): an http:// URL would send vault tokens in clear text" }}
+{{- else if .Values.proxy.publicUrl -}}{{ .Values.proxy.publicUrl }}
 {{- else -}}{{ ternary "https" "http" (eq (include "keybrake.proxyTls" .) "true") }}://keybrake-proxy.{{ .Release.Namespace }}.svc:8080
 {{- end -}}
 {{- end -}}
