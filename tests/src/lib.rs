@@ -368,6 +368,33 @@ pub async fn https(
     Ok((reply, leaf))
 }
 
+/// The protocol a TLS listener picks (ALPN) for a client offering `offered`, as a kubelet probe
+/// (which prefers h2) or a scraper would offer them.
+pub async fn tls_alpn(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    offered: &[&[u8]],
+) -> Result<Option<Vec<u8>>> {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = connector
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await?;
+    Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+}
+
 /// One HTTP/1.1 request on `stream`, and the whole reply.
 async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: S,

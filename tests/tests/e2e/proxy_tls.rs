@@ -318,6 +318,21 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
         || async { rolled().await.then_some(()) },
     )
     .await?;
+    // A client that prefers h2 (the kubelet's HTTPS probes do) gets HTTP/1.1 on the admin port,
+    // which speaks nothing else, and h2 on the data port.
+    let offered: [&[u8]; 2] = [b"h2", b"http/1.1"];
+    assert_eq!(
+        keybrake_e2e::tls_alpn(proxy.admin_addr, &ca, &offered)
+            .await?
+            .as_deref(),
+        Some(&b"http/1.1"[..])
+    );
+    assert_eq!(
+        keybrake_e2e::tls_alpn(proxy.addr, &ca, &offered)
+            .await?
+            .as_deref(),
+        Some(&b"h2"[..])
+    );
     // And the admin port serves TLS too.
     let admin_addr = proxy.admin_addr;
     eventually("the admin port over TLS", 5, || async {
