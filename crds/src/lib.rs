@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod events;
 pub mod manifests;
 pub mod money;
+pub mod names;
 pub mod spend_policy;
 pub mod status;
 pub mod validate;

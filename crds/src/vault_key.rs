@@ -95,7 +95,7 @@ pub struct VaultKeySpec {
     pub rotation: Option<Rotation>,
     /// Name of the Secret to write (default: the VaultKey's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = crate::validate::DNS_SUBDOMAIN_PATTERN))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = crate::names::DNS_SUBDOMAIN_PATTERN))]
     pub secret_name: Option<String>,
     /// Workloads (same namespace) that read the Secret as environment variables and must be
     /// rolled when the credential rotates. Each must opt in with the annotation

@@ -150,7 +150,7 @@ fn crd(res: &Resource, mut obj: Value) -> Result<Value> {
     let ts = obj
         .pointer("/metadata/creationTimestamp")
         .cloned()
-        .unwrap_or(json!(crate::write::now()));
+        .unwrap_or(json!(crate::clock::now()));
     obj["status"] = json!({
         "acceptedNames": accepted,
         "storedVersions": [served.version],

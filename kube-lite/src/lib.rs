@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod builtin;
+pub mod clock;
 pub mod discovery;
 pub mod error;
 pub mod meta;

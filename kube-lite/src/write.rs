@@ -24,13 +24,7 @@ pub enum Deleted {
     Pending(Arc<Value>),
 }
 
-/// RFC 3339 now, as the server stamps times.
-pub fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .unwrap_or(jiff::Timestamp::now())
-        .to_string()
-}
+pub use crate::clock::now;
 
 fn new_uid() -> String {
     let b: [u8; 16] = rand::random();

@@ -9,8 +9,8 @@ use keybrake_crds::Usd;
 use keybrake_ledger::{Admission, KeyId, Mode, Outcome, ReserveRequest, SettleRequest};
 
 use crate::{
+    app::{App, Body},
     forward::respond,
-    handler::{App, Body},
     refusal::{self, Kind, Refusal},
 };
 

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::{
     adapters::{Plan, Prefetch},
+    app::App,
     forward::{self, Outgoing, UpstreamError},
-    handler::App,
     policies::PolicyConfig,
     refusal::{self, Kind, Refusal},
 };

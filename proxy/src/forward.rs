@@ -10,7 +10,7 @@ use hyper::{
 };
 
 use crate::{
-    handler::{App, Body},
+    app::{App, Body},
     policies::{Credentials, PolicyConfig},
 };
 

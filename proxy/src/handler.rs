@@ -8,52 +8,22 @@
 use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::{HeaderMap, Request, Response, body::Incoming, header::AUTHORIZATION};
 use keybrake_crds::{Usd, Vendor};
-use keybrake_ledger::connection::Connection;
-use keybrake_ledger::{Ledger, Mode, ReserveRequest, Token};
+use keybrake_ledger::{Mode, ReserveRequest, Token};
 
+use crate::app::{App, Body};
 use crate::{
     adapters::{self, Call},
     admission::{self, Reserved},
-    auth,
-    config::Config,
-    cost,
+    auth, cost,
     forward::{self, Outgoing, UpstreamError, respond},
-    metrics::Metrics,
     path,
-    policies::{Policies, PolicyConfig, PolicyState},
+    policies::{PolicyConfig, PolicyState},
     refusal::{self, Kind, Refusal},
     settle,
-    spend_writer::SpendWriter,
-    upstream::Upstream,
 };
-
-/// What every request shares.
-pub struct App {
-    /// The Kubernetes API (the issuance API's reviews and VaultKeys).
-    pub client: kube::Client,
-    /// VaultKeys as the API server has them (revoked or deleted ones are refused).
-    pub keys: crate::vault_keys::KeyIndex,
-    /// Policies and their real credentials.
-    pub policies: Arc<Policies>,
-    /// The accounting.
-    pub ledger: Ledger<Connection>,
-    /// The vendors.
-    pub upstream: Upstream,
-    /// Limits and timeouts.
-    pub config: Config,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Keys whose status.spend needs writing.
-    pub spend: Arc<SpendWriter>,
-    /// Refuses at once for a moment after Redis fails.
-    pub redis_breaker: crate::breaker::Breaker,
-}
-
-/// Response bodies.
-pub type Body = Full<Bytes>;
 
 /// The vendor a request is for when its credential cannot tell (for the shape of the refusal).
 fn guess_vendor(raw_path: &str, headers: &HeaderMap) -> Vendor {
@@ -204,7 +174,16 @@ async fn still_standing(
 async fn policy_of(app: &App, token: &Token) -> Result<Arc<PolicyConfig>, Refusal> {
     let state = match app.policies.get(&token.key_id.tag()) {
         Some(state) => Some(state),
-        None => crate::policies::load_missing(app, &token.key_id).await,
+        None => {
+            crate::policies::load_missing(
+                &app.policies,
+                &app.client,
+                &app.ledger,
+                &app.config,
+                &token.key_id,
+            )
+            .await
+        }
     };
     match state {
         Some(PolicyState::Ready(p)) if p.vendor == token.vendor => Ok(p),

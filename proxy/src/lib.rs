@@ -5,6 +5,7 @@
 
 pub mod adapters;
 pub mod admission;
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod breaker;
@@ -33,7 +34,7 @@ use keybrake_ledger::{
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use crate::config::Config;
-use crate::{handler::App, metrics::Metrics, policies::Policies};
+use crate::{app::App, metrics::Metrics, policies::Policies};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

@@ -190,32 +190,37 @@ async fn credentials_secret(
 /// key may not have reached the watch yet; without this, that key's first calls would be
 /// refused as unknown. Keys without a record cost one Redis read and nothing else.
 pub async fn load_missing(
-    app: &crate::handler::App,
+    policies: &Policies,
+    client: &Client,
+    ledger: &keybrake_ledger::Ledger<keybrake_ledger::connection::Connection>,
+    config: &crate::Config,
     key: &keybrake_ledger::KeyId,
 ) -> Option<PolicyState> {
-    let record = app.ledger.key_fields(key).await.ok()?;
+    let record = ledger.key_fields(key).await.ok()?;
     let (ns, name) = record.get("policy")?.split_once('/')?;
-    load_named(app, ns, name).await
+    load_named(policies, client, config, ns, name).await
 }
 
 /// Loads one policy straight from the API server into the table (the watch may trail it).
-pub async fn load_named(app: &crate::handler::App, ns: &str, name: &str) -> Option<PolicyState> {
+pub async fn load_named(
+    policies: &Policies,
+    client: &Client,
+    config: &crate::Config,
+    ns: &str,
+    name: &str,
+) -> Option<PolicyState> {
     let timeout = Duration::from_secs(2);
     let policy = tokio::time::timeout(
         timeout,
-        Api::<SpendPolicy>::namespaced(app.client.clone(), ns).get_opt(name),
+        Api::<SpendPolicy>::namespaced(client.clone(), ns).get_opt(name),
     )
     .await
     .ok()?
     .ok()??;
-    let secret = credentials_secret(&app.client, &policy, timeout)
-        .await
-        .ok()?;
-    let state = state_of(&policy, secret.as_ref(), &|v| {
-        app.config.default_upstream(v)
-    });
+    let secret = credentials_secret(client, &policy, timeout).await.ok()?;
+    let state = state_of(&policy, secret.as_ref(), &|v| config.default_upstream(v));
     tracing::info!(policy = %format!("{ns}/{name}"), "loaded a policy ahead of the watch");
-    app.policies.insert(PolicyTag::of(ns, name), state.clone());
+    policies.insert(PolicyTag::of(ns, name), state.clone());
     Some(state)
 }
 

@@ -14,11 +14,7 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::{
-    audit,
-    handler::{self, App},
-    issuance,
-};
+use crate::{app::App, audit, handler, issuance};
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;

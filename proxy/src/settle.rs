@@ -7,8 +7,8 @@ use keybrake_ledger::{Outcome, SettleRequest, Settlement, StoredResponse, Token}
 
 use crate::{
     adapters::{self, Call, Settled},
+    app::App,
     forward::{Forwarded, UpstreamError},
-    handler::App,
     policies::PolicyConfig,
 };
 

@@ -24,7 +24,7 @@ use super::{
     request::{IssueRequest, violations_error},
     view,
 };
-use crate::{handler::App, policies::PolicyState};
+use crate::{app::App, policies::PolicyState};
 
 /// Annotation: the user who asked for the key.
 pub const REQUESTED_BY: &str = "keybrake.com/requested-by";
@@ -206,7 +206,10 @@ pub async fn issue(
     resolve_key(&object.spec, &policy_name, &policy.spec, now).map_err(|v| violations_error(&v))?;
     let loaded = match app.policies.get(&PolicyTag::of(ns, &policy_name)) {
         Some(state) => Some(state),
-        None => crate::policies::load_named(app, ns, &policy_name).await,
+        None => {
+            crate::policies::load_named(&app.policies, &app.client, &app.config, ns, &policy_name)
+                .await
+        }
     };
     match loaded {
         Some(PolicyState::Ready(_)) => {}

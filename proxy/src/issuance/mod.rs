@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 pub use caller::Caller;
 pub use request::IssueRequest;
 
-use crate::handler::App;
+use crate::app::App;
 
 /// Largest issuance request body.
 const MAX_BODY: usize = 64 * 1024;

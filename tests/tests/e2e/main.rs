@@ -10,6 +10,7 @@ mod kube_lite_api;
 mod kube_lite_controller;
 mod kube_lite_kubectl;
 mod kube_lite_watch;
+mod layout;
 mod ledger_scripts;
 mod operator;
 mod ownership;

@@ -899,7 +899,7 @@ async fn a_policy_the_watch_has_not_delivered_is_loaded_from_the_key_record() ->
     use std::sync::Arc;
 
     use keybrake_proxy::{
-        handler::App,
+        app::App,
         policies::{self, Policies, PolicyState},
     };
     let upstream = RecordingUpstream::start().await?;
@@ -931,7 +931,8 @@ async fn a_policy_the_watch_has_not_delivered_is_loaded_from_the_key_record() ->
         redis_breaker: keybrake_proxy::breaker::Breaker::new(std::time::Duration::from_millis(250)),
     };
     assert!(app.policies.get(&key.tag()).is_none());
-    let loaded = policies::load_missing(&app, &key).await;
+    let loaded =
+        policies::load_missing(&app.policies, &app.client, &app.ledger, &app.config, &key).await;
     let Some(PolicyState::Ready(policy)) = loaded else {
         panic!("the policy was not loaded: {loaded:?}");
     };
@@ -946,6 +947,16 @@ async fn a_policy_the_watch_has_not_delivered_is_loaded_from_the_key_record() ->
     // A key id with no record costs one Redis read and loads nothing.
     let stranger =
         keybrake_ledger::KeyId::generate(&keybrake_ledger::PolicyTag::of("billing", "nope"));
-    assert!(policies::load_missing(&app, &stranger).await.is_none());
+    assert!(
+        policies::load_missing(
+            &app.policies,
+            &app.client,
+            &app.ledger,
+            &app.config,
+            &stranger
+        )
+        .await
+        .is_none()
+    );
     Ok(())
 }
