@@ -29,6 +29,9 @@ pub enum LedgerError {
     /// An answer of the wrong shape.
     #[error("unexpected reply from a ledger script: {0}")]
     Reply(String),
+    /// A stored record that does not read back as its type.
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
 }
 
 /// Results of ledger calls.
@@ -430,13 +433,18 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .await
     }
 
-    /// A key record's fields as stored (empty when there is none).
-    pub async fn key_fields(
-        &self,
-        id: &KeyId,
-    ) -> Result<std::collections::HashMap<String, String>> {
+    /// A key's record as stored, read back strictly (a malformed record is an error, never a
+    /// default). `None` when there is none, or only the marks a revoke leaves on an id that
+    /// was never issued (`revoked`, `retired`).
+    pub async fn key_record(&self, id: &KeyId) -> Result<Option<KeyRecord>> {
         let mut conn = self.conn.clone();
-        self.timed(conn.hgetall(self.slot(id).key_record(id))).await
+        let fields: std::collections::HashMap<String, String> = self
+            .timed(conn.hgetall(self.slot(id).key_record(id)))
+            .await?;
+        if !fields.contains_key("vendor") {
+            return Ok(None);
+        }
+        Ok(Some(KeyRecord::from_fields(&fields)?))
     }
 
     /// What this key has counted so far for a vendor object (0 when nothing, or when it was
@@ -458,11 +466,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
 
     /// Whether the stored record already holds exactly `record`.
     pub async fn key_matches(&self, id: &KeyId, record: &KeyRecord) -> Result<bool> {
-        let stored = self.key_fields(id).await?;
-        Ok(record
-            .fields()
-            .iter()
-            .all(|(k, v)| stored.get(*k) == Some(v)))
+        Ok(self.key_record(id).await?.as_ref() == Some(record))
     }
 
     /// Marks a key revoked: every later reserve refuses it.

@@ -196,8 +196,8 @@ pub async fn load_missing(
     config: &crate::Config,
     key: &keybrake_ledger::KeyId,
 ) -> Option<PolicyState> {
-    let record = ledger.key_fields(key).await.ok()?;
-    let (ns, name) = record.get("policy")?.split_once('/')?;
+    let record = ledger.key_record(key).await.ok()??;
+    let (ns, name) = record.policy.split_once('/')?;
     load_named(policies, client, config, ns, name).await
 }
 

@@ -131,15 +131,16 @@ pub async fn run(
                     continue;
                 }
             };
-            if let Ok(record) = ledger.key_fields(&key).await {
-                let cap = |f: &str| record.get(f).and_then(|v| v.parse::<u64>().ok());
-                metrics.key_spend(
+            match ledger.key_record(&key).await {
+                Ok(Some(record)) => metrics.key_spend(
                     &touch.vault_key,
                     &touch.policy,
                     &spend,
-                    cap("daily_cap"),
-                    cap("total_cap"),
-                );
+                    record.daily_cap.map(|c| c.micros()),
+                    record.total_cap.map(|c| c.micros()),
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not read a key record for its metrics"),
             }
             let api: Api<VaultKey> = Api::namespaced(client.clone(), ns);
             let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend)}});

@@ -372,23 +372,20 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     // The token in the Secret is taken back only when it is this key's and Redis holds its hash
     // for this VaultKey: whoever may write Secrets could otherwise plant a token under another
     // key's id and have the operator write that key's record with their secret.
-    let stored = ctx.ledger.key_fields(&life_id).await?;
+    let stored = ctx.ledger.key_record(&life_id).await?;
     let vault_key = format!("{ns}/{name}");
     let current = existing.as_ref().and_then(|s| {
         let token = secret::token_from(vendor, &decoded(s))?;
-        ownership::issued_here(&stored, &vault_key, &uid, &life_id, &token, now_ms).then(|| {
-            Credential {
+        ownership::issued_here(stored.as_ref(), &vault_key, &uid, &life_id, &token, now_ms).then(
+            || Credential {
                 token,
                 issued_at_ms: annotation(s, secret::ISSUED_AT).unwrap_or(now_ms),
                 rotations: annotation(s, secret::ROTATIONS).unwrap_or(0),
-            }
-        })
+            },
+        )
     });
-    let stored = if current.is_some() {
-        stored
-    } else {
-        Default::default()
-    };
+    // A rotation overlap carries on only for the token that was taken back.
+    let stored = stored.filter(|_| current.is_some());
     let (mut cred, issued) = match current {
         Some(c) => (c, false),
         None => {
@@ -406,13 +403,8 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
             )
         }
     };
-    let mut prev_hash = stored
-        .get("prev_secret_hash")
-        .filter(|h| !h.is_empty())
-        .cloned();
-    let mut prev_until: Option<i64> = stored
-        .get("prev_valid_until_ms")
-        .and_then(|v| v.parse().ok());
+    let mut prev_hash = stored.as_ref().and_then(|r| r.prev_secret_hash.clone());
+    let mut prev_until = stored.as_ref().and_then(|r| r.prev_valid_until_ms);
 
     let mut rotated = false;
     let mut next_rotation_ms = None;

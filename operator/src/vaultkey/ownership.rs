@@ -3,10 +3,8 @@
 //! operator's. A `secretName` that names any other Secret (another key's, a policy's real
 //! credentials, anything a person made) is never adopted, overwritten or deleted.
 
-use std::collections::HashMap;
-
 use k8s_openapi::api::core::v1::Secret;
-use keybrake_ledger::{KeyId, Token};
+use keybrake_ledger::{KeyId, KeyRecord, Token};
 use kube::ResourceExt;
 
 use crate::context::MANAGER;
@@ -68,23 +66,22 @@ pub fn owner_of(secret: &Secret) -> String {
 /// between Redis and the Secret). A Secret anyone wrote otherwise is not trusted: the key gets
 /// a new token.
 pub fn issued_here(
-    stored: &HashMap<String, String>,
+    stored: Option<&KeyRecord>,
     vault_key: &str,
     uid: &str,
     key_id: &KeyId,
     token: &Token,
     now_ms: i64,
 ) -> bool {
-    let field = |f: &str| stored.get(f).map(String::as_str).unwrap_or("");
+    let Some(r) = stored else {
+        return false;
+    };
     let hash = token.secret_hash();
-    let owner_uid = field("vault_key_uid");
-    let overlap = field("prev_valid_until_ms")
-        .parse::<i64>()
-        .is_ok_and(|until| until > now_ms);
+    let overlap = r.prev_valid_until_ms.is_some_and(|until| until > now_ms);
     token.key_id == *key_id
-        && field("vault_key") == vault_key
-        && (owner_uid.is_empty() || owner_uid == uid)
-        && (field("secret_hash") == hash || (overlap && field("prev_secret_hash") == hash))
+        && r.vault_key == vault_key
+        && (r.vault_key_uid.is_empty() || r.vault_key_uid == uid)
+        && (r.secret_hash == hash || (overlap && r.prev_secret_hash.as_deref() == Some(&hash)))
 }
 
 #[cfg(test)]
@@ -152,20 +149,23 @@ mod tests {
         uid: &str,
         current: &Token,
         prev: Option<(&Token, i64)>,
-    ) -> HashMap<String, String> {
-        let mut r: HashMap<String, String> = [
-            ("vault_key", vault_key.to_owned()),
-            ("vault_key_uid", uid.to_owned()),
-            ("secret_hash", current.secret_hash()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        if let Some((t, until)) = prev {
-            r.insert("prev_secret_hash".into(), t.secret_hash());
-            r.insert("prev_valid_until_ms".into(), until.to_string());
+    ) -> KeyRecord {
+        KeyRecord {
+            vendor: keybrake_crds::Vendor::Stripe,
+            vault_key: vault_key.into(),
+            vault_key_uid: uid.into(),
+            policy: "billing/stripe".into(),
+            secret_hash: current.secret_hash(),
+            prev_secret_hash: prev.map(|(t, _)| t.secret_hash()),
+            prev_valid_until_ms: prev.map(|(_, until)| until),
+            revoked: false,
+            expires_at_ms: None,
+            daily_cap: None,
+            total_cap: None,
+            per_call_cap: None,
+            endpoints: Vec::new(),
+            run_label: String::new(),
         }
-        r
     }
 
     #[test]
@@ -177,7 +177,7 @@ mod tests {
         let issued = Token::generate(Vendor::Stripe, mine.clone());
         let stored = record("billing/mine", "uid-mine", &issued, None);
         assert!(issued_here(
-            &stored,
+            Some(&stored),
             "billing/mine",
             "uid-mine",
             &mine,
@@ -188,7 +188,7 @@ mod tests {
         // object of the same name.
         let planted = Token::generate(Vendor::Stripe, mine.clone());
         assert!(!issued_here(
-            &stored,
+            Some(&stored),
             "billing/mine",
             "uid-mine",
             &mine,
@@ -198,7 +198,7 @@ mod tests {
         let theirs = Token::generate(Vendor::Stripe, victim.clone());
         let victims = record("billing/victim", "uid-victim", &theirs, None);
         assert!(!issued_here(
-            &victims,
+            Some(&victims),
             "billing/mine",
             "uid-mine",
             &mine,
@@ -206,7 +206,7 @@ mod tests {
             0
         ));
         assert!(!issued_here(
-            &victims,
+            Some(&victims),
             "billing/mine",
             "uid-mine",
             &victim,
@@ -214,7 +214,7 @@ mod tests {
             0
         ));
         assert!(!issued_here(
-            &stored,
+            Some(&stored),
             "billing/mine",
             "uid-later",
             &mine,
@@ -222,7 +222,7 @@ mod tests {
             0
         ));
         assert!(!issued_here(
-            &HashMap::new(),
+            None,
             "billing/mine",
             "uid-mine",
             &mine,
@@ -233,7 +233,7 @@ mod tests {
         let next = Token::generate(Vendor::Stripe, mine.clone());
         let rotated = record("billing/mine", "uid-mine", &next, Some((&issued, 1_000)));
         assert!(issued_here(
-            &rotated,
+            Some(&rotated),
             "billing/mine",
             "uid-mine",
             &mine,
@@ -241,7 +241,7 @@ mod tests {
             999
         ));
         assert!(!issued_here(
-            &rotated,
+            Some(&rotated),
             "billing/mine",
             "uid-mine",
             &mine,
@@ -250,9 +250,9 @@ mod tests {
         ));
         // A record written before uids were recorded matches on the name.
         let mut legacy = stored.clone();
-        legacy.remove("vault_key_uid");
+        legacy.vault_key_uid.clear();
         assert!(issued_here(
-            &legacy,
+            Some(&legacy),
             "billing/mine",
             "uid-mine",
             &mine,
