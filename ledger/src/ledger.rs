@@ -287,8 +287,9 @@ impl Outcome {
 pub struct SettleRequest<'a> {
     /// The key.
     pub key_id: &'a KeyId,
-    /// Its vendor (for the audit entry).
-    pub vendor: Vendor,
+    /// Its vendor (for the audit entry); `None` when nobody knows any more (the sweeper closing
+    /// a reservation of a key whose record is gone): the entry says so, rather than guess.
+    pub vendor: Option<Vendor>,
     /// The reservation id from [`Admission::Granted`] or [`Admission::Reattempt`].
     pub reservation: &'a str,
     /// How it ended.
@@ -396,8 +397,22 @@ fn reply_int(v: Option<&String>, what: &str) -> Result<u64> {
         .ok_or_else(|| LedgerError::Reply(format!("{what} is not an integer")))
 }
 
-fn opt_int(v: Option<&String>) -> Option<u64> {
-    v.and_then(|s| s.parse().ok())
+/// An optional integer of a reply: `""` is none; anything else must parse.
+fn opt_int(v: Option<&String>, what: &str) -> Result<Option<u64>> {
+    match v.map(String::as_str) {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| LedgerError::Reply(format!("{what} {s:?} is not an integer"))),
+    }
+}
+
+/// A field the script always returns (possibly empty).
+fn present(text: &[String], i: usize, what: &str) -> Result<String> {
+    text.get(i)
+        .cloned()
+        .ok_or_else(|| LedgerError::Reply(format!("no {what} in the reply")))
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
@@ -613,19 +628,19 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
                 &["day", "today", "total", "calls", "refused", "last_call_ms"],
             ))
             .await?;
-        let n = |i: usize| {
-            v.get(i)
-                .cloned()
-                .flatten()
-                .and_then(|s| s.parse::<u64>().ok())
-        };
-        let same_day = n(0) == Some(today_day as u64);
+        // A counter not yet written is 0; one that does not parse is an error, not a 0.
+        const NAMES: [&str; 6] = ["day", "today", "total", "calls", "refused", "last_call_ms"];
+        let mut n = [None; 6];
+        for (i, name) in NAMES.iter().enumerate() {
+            n[i] = opt_int(v.get(i).and_then(Option::as_ref), name)?;
+        }
+        let same_day = n[0] == Some(today_day as u64);
         Ok(Spend {
-            today: if same_day { n(1).unwrap_or(0) } else { 0 },
-            total: n(2).unwrap_or(0),
-            calls: n(3).unwrap_or(0),
-            refused: n(4).unwrap_or(0),
-            last_call_ms: n(5).map(|x| x as i64),
+            today: if same_day { n[1].unwrap_or(0) } else { 0 },
+            total: n[2].unwrap_or(0),
+            calls: n[3].unwrap_or(0),
+            refused: n[4].unwrap_or(0),
+            last_call_ms: n[5].map(|x| x as i64),
         })
     }
 
@@ -752,7 +767,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .arg(body)
             .arg(self.config.idempotency_ttl.as_secs())
             .arg(self.config.audit_max_len)
-            .arg(req.vendor.as_str())
+            .arg(req.vendor.map_or("", Vendor::as_str))
             .arg(req.object.unwrap_or(""))
             .arg(self.config.objects_ttl.as_secs())
             .arg(if kept { "1" } else { "0" });
@@ -854,9 +869,12 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
                 let vendor: Option<String> = self
                     .timed(conn.hget(slot.key_record(&key_id), "vendor"))
                     .await?;
-                let vendor = vendor
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(Vendor::Stripe);
+                let vendor = match vendor {
+                    None => None,
+                    Some(v) => Some(v.parse::<Vendor>().map_err(|_| {
+                        LedgerError::Reply(format!("key record vendor {v:?}"))
+                    })?),
+                };
                 let idem = fields
                     .get(1)
                     .cloned()
@@ -897,8 +915,8 @@ fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
                 .ok_or_else(|| LedgerError::Reply("no reservation".into()))?,
             today: reply_int(text.get(2), "today")?,
             total: reply_int(text.get(3), "total")?,
-            vault_key: text.get(4).cloned().unwrap_or_default(),
-            policy: text.get(5).cloned().unwrap_or_default(),
+            vault_key: present(&text, 4, "VaultKey")?,
+            policy: present(&text, 5, "policy")?,
         }),
         Some("reattempt") => Ok(Admission::Reattempt {
             reservation: text
@@ -921,11 +939,12 @@ fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
                 .ok_or_else(|| LedgerError::Reply(format!("unknown rule {:?}", text.get(1))))?;
             Ok(Admission::Refused(Refusal {
                 rule,
-                limit: opt_int(text.get(2)),
-                spent: opt_int(text.get(3)),
+                limit: opt_int(text.get(2), "limit")?,
+                spent: opt_int(text.get(3), "spent")?,
                 estimate: reply_int(text.get(4), "estimate")?,
-                vault_key: text.get(5).cloned().unwrap_or_default(),
-                policy: text.get(6).cloned().unwrap_or_default(),
+                // Empty before authentication (an unknown key names nobody).
+                vault_key: present(&text, 5, "VaultKey")?,
+                policy: present(&text, 6, "policy")?,
             }))
         }
         Some("replay") => Ok(Admission::Replay(StoredResponse {
@@ -933,8 +952,11 @@ fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
                 .get(1)
                 .and_then(|s| s.parse().ok())
                 .ok_or_else(|| LedgerError::Reply("replay status".into()))?,
-            headers_json: text.get(2).cloned().unwrap_or_default(),
-            body: reply.get(3).cloned().unwrap_or_default(),
+            headers_json: present(&text, 2, "replay headers")?,
+            body: reply
+                .get(3)
+                .cloned()
+                .ok_or_else(|| LedgerError::Reply("no replay body in the reply".into()))?,
             kept: match text.get(4).map(String::as_str) {
                 Some("1") => true,
                 Some("0") => false,

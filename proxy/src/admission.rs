@@ -159,7 +159,7 @@ pub async fn release(
 ) {
     let release = SettleRequest {
         key_id,
-        vendor,
+        vendor: Some(vendor),
         reservation,
         outcome: Outcome::NotSent,
         actual: Usd::ZERO,

@@ -120,7 +120,7 @@ pub async fn settle(
     };
     let request = SettleRequest {
         key_id: &token.key_id,
-        vendor: call.vendor,
+        vendor: Some(call.vendor),
         reservation,
         outcome: ending.outcome,
         actual: ending.settled.usd,

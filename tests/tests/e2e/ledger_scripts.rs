@@ -123,7 +123,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
             .ledger
             .settle(&SettleRequest {
                 key_id: key.id(),
-                vendor: Vendor::Stripe,
+                vendor: Some(Vendor::Stripe),
                 reservation,
                 outcome,
                 actual,
@@ -755,7 +755,7 @@ async fn settle_object<C: Conn>(
         .ledger
         .settle(&SettleRequest {
             key_id: key.id(),
-            vendor: Vendor::Stripe,
+            vendor: Some(Vendor::Stripe),
             reservation,
             outcome: Outcome::Ok,
             actual,
