@@ -272,7 +272,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    /// The outcome as the settle script and the audit trail name it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::VendorError => "vendor_error",
@@ -871,9 +872,10 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
                     .await?;
                 let vendor = match vendor {
                     None => None,
-                    Some(v) => Some(v.parse::<Vendor>().map_err(|_| {
-                        LedgerError::Reply(format!("key record vendor {v:?}"))
-                    })?),
+                    Some(v) => Some(
+                        v.parse::<Vendor>()
+                            .map_err(|_| LedgerError::Reply(format!("key record vendor {v:?}")))?,
+                    ),
                 };
                 let idem = fields
                     .get(1)

@@ -56,32 +56,48 @@ fn refuse(app: &App, vendor: Vendor, r: &Refusal) -> Response<Body> {
     respond(status, headers, body)
 }
 
-/// Handles one request end to end.
+/// Handles one request end to end, in one span that ties its log lines together: the method
+/// and path at once, then the key id and vendor once authenticated, the endpoint once read,
+/// and the reservation once made.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    use tracing::Instrument;
     let guess = guess_vendor(req.uri().path(), req.headers());
+    let span = tracing::info_span!(
+        "call",
+        method = %req.method(),
+        path = %req.uri().path(),
+        key_id = tracing::field::Empty,
+        vendor = tracing::field::Empty,
+        endpoint = tracing::field::Empty,
+        reservation = tracing::field::Empty,
+    );
     // Detached: once a reservation exists, forward and settle run to the end even if the
     // caller hangs up and hyper drops this future.
     let task = tokio::spawn({
         let app = app.clone();
-        async move { admit_and_forward(&app, req).await }
+        async move { admit_and_forward(&app, req).await }.instrument(span.clone())
     });
-    match task.await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err((vendor, r))) => refuse(&app, vendor.unwrap_or(guess), &r),
-        Err(e) => {
-            tracing::error!(error = %e, "request task failed");
-            refuse(
-                &app,
-                guess,
-                &Refusal::new(
-                    Kind::Unavailable,
-                    "internal_error",
-                    "internal",
-                    "internal_error: the proxy failed while handling the call",
-                ),
-            )
+    async move {
+        match task.await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err((vendor, r))) => refuse(&app, vendor.unwrap_or(guess), &r),
+            Err(e) => {
+                tracing::error!(error = %e, "request task failed");
+                refuse(
+                    &app,
+                    guess,
+                    &Refusal::new(
+                        Kind::Unavailable,
+                        "internal_error",
+                        "internal",
+                        "internal_error: the proxy failed while handling the call",
+                    ),
+                )
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 type Refused = (Option<Vendor>, Refusal);
@@ -215,6 +231,9 @@ async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response
         )
     })?;
     let vendor = token.vendor;
+    let span = tracing::Span::current();
+    span.record("key_id", tracing::field::display(&token.key_id));
+    span.record("vendor", vendor.as_str());
     serve(app, &token, req).await.map_err(|r| (Some(vendor), r))
 }
 
@@ -333,6 +352,10 @@ async fn go(
     if request.estimate == Usd::ZERO {
         request.idempotency = None;
     }
+    tracing::Span::current().record(
+        "endpoint",
+        crate::metrics::endpoint_label(request.method, request.path).as_str(),
+    );
     let (reservation, vault_key, policy_name) = match admission::reserve(app, &request).await? {
         Reserved::Go {
             reservation,
@@ -341,6 +364,7 @@ async fn go(
         } => (reservation, vault_key, policy),
         Reserved::Answer(resp) => return Ok(resp),
     };
+    tracing::Span::current().record("reservation", reservation.as_str());
     let idempotency_key = request.idempotency.map(|(k, _)| k);
     if let Err(r) = same_policy(&policy_name, policy) {
         admission::release(

@@ -144,7 +144,12 @@ pub async fn settle(
     let settled = app.ledger.settle(&request).await;
     app.metrics.redis_latency("settle", started.elapsed());
     match settled {
-        Ok(Settlement::Settled { .. }) => {}
+        // In the call's span: the key id, vendor, endpoint and reservation are on the line.
+        Ok(Settlement::Settled { .. }) => tracing::debug!(
+            outcome = request.outcome.as_str(),
+            actual_micros = request.actual.micros(),
+            "settled"
+        ),
         Ok(Settlement::AlreadySettled) => {
             tracing::warn!(reservation, "reservation was already settled (swept?)")
         }

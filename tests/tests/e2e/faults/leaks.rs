@@ -159,6 +159,24 @@ async fn no_real_secret_or_vault_token_leaks_into_logs_metrics_status_events_or_
         "the scenario did not run: {}",
         places[0].1
     );
+    // One span per call ties its lines together: key id, vendor, endpoint and reservation.
+    let logs_text = &places.last().map(|p| p.1.clone()).unwrap_or_default();
+    let key_id = token.split('_').nth(2).unwrap_or("none");
+    assert!(
+        logs_text.lines().any(|l| l.contains("call{")
+            && l.contains(&format!("key_id={key_id}"))
+            && l.contains("vendor=\"stripe\"")
+            && l.contains("endpoint=")
+            && l.contains("reservation=")
+            && l.contains("settled")),
+        "no settled line in a call span: {}",
+        logs_text
+            .lines()
+            .filter(|l| l.contains("settled") || l.contains("call{"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     for (place, text) in &places {
         assert!(
             !text.contains(real_key),
