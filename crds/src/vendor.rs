@@ -41,14 +41,22 @@ impl Vendor {
         }
     }
 
-    /// The keys the credentials Secret must hold for this vendor.
+    /// The keys the credentials Secret must hold for this vendor: the one list the operator
+    /// checks and the proxy reads.
     pub fn credential_keys(self) -> &'static [&'static str] {
         match self {
-            Vendor::Stripe | Vendor::Resend => &["apiKey"],
-            Vendor::Twilio => &["accountSid", "authToken"],
+            Vendor::Stripe | Vendor::Resend => &[API_KEY],
+            Vendor::Twilio => &[ACCOUNT_SID, AUTH_TOKEN],
         }
     }
 }
+
+/// Credentials Secret key: the API key of Stripe or Resend.
+pub const API_KEY: &str = "apiKey";
+/// Credentials Secret key: the Twilio Account SID.
+pub const ACCOUNT_SID: &str = "accountSid";
+/// Credentials Secret key: the Twilio Auth Token.
+pub const AUTH_TOKEN: &str = "authToken";
 
 impl fmt::Display for Vendor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

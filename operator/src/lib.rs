@@ -249,8 +249,10 @@ pub async fn run(
     let policy_store = policies.store();
     let policy_store2 = policies.store();
     let policies = policies
+        // Metadata only, as `.owns` already does: the operator needs to know a credentials
+        // Secret changed, not to hold every Secret's data of the cluster in memory.
         .watches(
-            Api::<Secret>::all(client.clone()),
+            Api::<kube::core::PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default(),
             move |secret| {
                 // The credentials Secret appearing, changing or going re-checks its policies.

@@ -15,7 +15,9 @@ use std::{
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use keybrake_crds::{SpendPolicy, Vendor, spend_policy::Pricing, validate::validate_policy};
+use keybrake_crds::{
+    SpendPolicy, Vendor, spend_policy::Pricing, validate::validate_policy, vendor,
+};
 use keybrake_ledger::PolicyTag;
 use kube::{
     Api, Client, ResourceExt,
@@ -133,20 +135,20 @@ pub fn state_of(
         ))
     };
     let credentials = match policy.spec.vendor {
-        Vendor::Stripe | Vendor::Resend => match secret_value(secret, "apiKey") {
+        Vendor::Stripe | Vendor::Resend => match secret_value(secret, vendor::API_KEY) {
             Some(k) => Credentials::ApiKey(k),
-            None => return missing("apiKey"),
+            None => return missing(vendor::API_KEY),
         },
         Vendor::Twilio => match (
-            secret_value(secret, "accountSid"),
-            secret_value(secret, "authToken"),
+            secret_value(secret, vendor::ACCOUNT_SID),
+            secret_value(secret, vendor::AUTH_TOKEN),
         ) {
             (Some(account_sid), Some(auth_token)) => Credentials::Twilio {
                 account_sid,
                 auth_token,
             },
-            (None, _) => return missing("accountSid"),
-            (_, None) => return missing("authToken"),
+            (None, _) => return missing(vendor::ACCOUNT_SID),
+            (_, None) => return missing(vendor::AUTH_TOKEN),
         },
     };
     let upstream = policy
