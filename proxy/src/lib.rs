@@ -90,6 +90,18 @@ impl Running {
     }
 }
 
+/// Longest wait at start for the first full load of the policies; past it the proxy serves and
+/// refuses the calls of policies it has not loaded yet (readiness says so meanwhile).
+const POLICY_LOAD_WAIT: Duration = Duration::from_secs(10);
+/// Timeout of the API calls of the background tasks (policy reloads, spend write-back).
+const BACKGROUND_API_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long every call is refused at once after Redis fails (so a Redis outage costs one
+/// timeout, not one per call).
+const REDIS_BREAKER_OPEN: Duration = Duration::from_millis(250);
+/// How often abandoned reservations are looked for, and how many are closed per round.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+const SWEEP_BATCH: usize = 500;
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
@@ -131,13 +143,11 @@ pub async fn start(
     let watcher = tokio::spawn(policies::watch(
         client.clone(),
         policies.clone(),
-        Duration::from_secs(5),
+        BACKGROUND_API_TIMEOUT,
         config.clone(),
     ));
-    for _ in 0..200 {
-        if policies.synced() {
-            break;
-        }
+    let loading = tokio::time::Instant::now();
+    while !policies.synced() && loading.elapsed() < POLICY_LOAD_WAIT {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (keys, key_watch) = vault_keys::KeyIndex::start(client.clone());
@@ -150,7 +160,7 @@ pub async fn start(
         client.clone(),
         metrics.clone(),
         Duration::from_millis(config.spend_interval_ms),
-        Duration::from_secs(5),
+        BACKGROUND_API_TIMEOUT,
     ));
     let app = Arc::new(App {
         client: client.clone(),
@@ -161,15 +171,15 @@ pub async fn start(
         config: config.clone(),
         metrics,
         spend,
-        redis_breaker: breaker::Breaker::new(Duration::from_millis(250)),
+        redis_breaker: breaker::Breaker::new(REDIS_BREAKER_OPEN),
     });
 
     let sweeper = {
         let ledger = app.ledger.clone();
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                match ledger.sweep(500).await {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                match ledger.sweep(SWEEP_BATCH).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
                         closed = n,

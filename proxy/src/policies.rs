@@ -81,7 +81,21 @@ pub struct Policies {
 impl Policies {
     /// The policy of a tag.
     pub fn get(&self, tag: &PolicyTag) -> Option<PolicyState> {
-        self.map.read().ok()?.get(tag).cloned()
+        self.table().get(tag).cloned()
+    }
+
+    /// The table. A writer that panicked leaves it whole (it is replaced in one assignment or
+    /// changed by one insert), so a poisoned lock is read through, never taken for "no policy".
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PolicyTag, PolicyState>> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn table_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PolicyTag, PolicyState>> {
+        self.map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the first full load has happened (readiness).
@@ -91,16 +105,12 @@ impl Policies {
 
     /// Adds one policy found before the watch delivered it.
     pub fn insert(&self, tag: PolicyTag, state: PolicyState) {
-        if let Ok(mut map) = self.map.write() {
-            map.insert(tag, state);
-        }
+        self.table_mut().insert(tag, state);
     }
 
     /// Replaces the whole table.
     pub fn replace(&self, table: HashMap<PolicyTag, PolicyState>) {
-        if let Ok(mut map) = self.map.write() {
-            *map = table;
-        }
+        *self.table_mut() = table;
         self.synced.store(true, Ordering::Release);
     }
 }
