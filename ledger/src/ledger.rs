@@ -1,5 +1,7 @@
 //! Typed calls of the scripts and of the few plain commands around them. Every call runs under
-//! a timeout; a reply of an unexpected shape is an error, never a default.
+//! a timeout; a reply of an unexpected shape is an error, never a default. The types of what is
+//! asked and answered live beside it: `admission`, `settlement`, `rule`, `audit`, `error`; the
+//! sweeper in `sweep`.
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -7,35 +9,24 @@ use keybrake_crds::{Usd, Vendor};
 use redis::{AsyncCommands, Script, aio::ConnectionLike};
 
 use crate::{
+    admission::decode_admission,
+    error::{opt_int, reply_int},
     layout::{Keyspace, Slot},
     record::{KeyRecord, PolicyRecord, Spend},
     token::{KeyId, PolicyTag},
+};
+pub use crate::{
+    admission::{Admission, Mode, ReserveRequest, StoredResponse},
+    audit::AuditEntry,
+    error::{LedgerError, Result},
+    rule::{Refusal, Rule},
+    settlement::{Outcome, SettleRequest, Settlement},
 };
 
 static RESERVE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../lua/reserve.lua")));
 static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/settle.lua")));
 static UNLOCK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../lua/unlock.lua")));
-
-/// Errors talking to Redis.
-#[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    /// Redis refused or the connection failed.
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    /// No answer in time.
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    /// An answer of the wrong shape.
-    #[error("unexpected reply from a ledger script: {0}")]
-    Reply(String),
-    /// A stored record that does not read back as its type.
-    #[error(transparent)]
-    Record(#[from] crate::record::RecordError),
-}
-
-/// Results of ledger calls.
-pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 
 /// Tunables of the accounting.
 #[derive(Debug, Clone)]
@@ -75,345 +66,12 @@ impl Default for LedgerConfig {
     }
 }
 
-/// The rule that refused a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Rule {
-    /// No such key id.
-    UnknownKey,
-    /// The secret does not match.
-    BadSecret,
-    /// The key is revoked.
-    Revoked,
-    /// The key is past its expiry.
-    Expired,
-    /// The endpoint is not on the allowlist.
-    Endpoint,
-    /// An Idempotency-Key reused with another request.
-    IdempotencyMismatch,
-    /// The call costs more than the per-call cap.
-    PerCallCap,
-    /// The key's daily cap would be exceeded.
-    DailyCap,
-    /// The key's total cap would be exceeded.
-    TotalCap,
-    /// The policy's daily budget would be exceeded.
-    PolicyDailyBudget,
-    /// The policy's total budget would be exceeded.
-    PolicyTotalBudget,
-    /// An Idempotency-Key whose earlier outcome is unknown, on a vendor that does not
-    /// deduplicate on it (a second attempt could act twice).
-    IdempotencyOutcomeUnknown,
-}
-
-impl Rule {
-    /// The rule's name, as the scripts and the audit trail write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::UnknownKey => "unknown_key",
-            Rule::BadSecret => "bad_secret",
-            Rule::Revoked => "revoked",
-            Rule::Expired => "expired",
-            Rule::Endpoint => "endpoint",
-            Rule::IdempotencyMismatch => "idempotency_mismatch",
-            Rule::PerCallCap => "per_call_cap",
-            Rule::DailyCap => "daily_cap",
-            Rule::TotalCap => "total_cap",
-            Rule::PolicyDailyBudget => "policy_daily_budget",
-            Rule::PolicyTotalBudget => "policy_total_budget",
-            Rule::IdempotencyOutcomeUnknown => "idempotency_outcome_unknown",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Rule> {
-        use Rule::*;
-        [
-            UnknownKey,
-            BadSecret,
-            Revoked,
-            Expired,
-            Endpoint,
-            IdempotencyMismatch,
-            PerCallCap,
-            DailyCap,
-            TotalCap,
-            PolicyDailyBudget,
-            PolicyTotalBudget,
-            IdempotencyOutcomeUnknown,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-    }
-
-    /// Whether this rule is a spending cap (answered 429 `cap_exhausted`).
-    pub fn is_cap(self) -> bool {
-        matches!(
-            self,
-            Rule::PerCallCap
-                | Rule::DailyCap
-                | Rule::TotalCap
-                | Rule::PolicyDailyBudget
-                | Rule::PolicyTotalBudget
-        )
-    }
-}
-
-/// A refusal with the figures behind it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// Which rule.
-    pub rule: Rule,
-    /// The cap or budget, micro-dollars (for cap rules).
-    pub limit: Option<u64>,
-    /// Spent so far against it, micro-dollars.
-    pub spent: Option<u64>,
-    /// The call's estimate, micro-dollars.
-    pub estimate: u64,
-    /// `namespace/name` of the VaultKey (empty before authentication).
-    pub vault_key: String,
-    /// `namespace/name` of the SpendPolicy (empty before authentication).
-    pub policy: String,
-}
-
-/// A vendor response stored under an Idempotency-Key, replayed to repeats.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredResponse {
-    /// HTTP status.
-    pub status: u16,
-    /// Headers to replay, as a JSON object.
-    pub headers_json: String,
-    /// Body.
-    pub body: Vec<u8>,
-    /// False when the body was too large to keep: a repeat cannot be replayed.
-    pub kept: bool,
-}
-
-/// What reserve decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Forward; the estimate is counted under `reservation`.
-    Granted {
-        /// Reservation id to settle.
-        reservation: String,
-        /// Key spend today, with the estimate.
-        today: u64,
-        /// Key spend in total, with the estimate.
-        total: u64,
-        /// `namespace/name` of the VaultKey.
-        vault_key: String,
-        /// `namespace/name` of the SpendPolicy.
-        policy: String,
-    },
-    /// Forward again: an earlier attempt's outcome was unknown and is already counted.
-    Reattempt {
-        /// Reservation id to settle.
-        reservation: String,
-        /// `namespace/name` of the VaultKey.
-        vault_key: String,
-        /// `namespace/name` of the SpendPolicy.
-        policy: String,
-    },
-    /// Do not forward.
-    Refused(Refusal),
-    /// A repeat of a finished call: answer with the stored response.
-    Replay(StoredResponse),
-    /// A repeat of a call still in flight: wait and ask again.
-    InFlight,
-    /// Mode [`Mode::Check`]: the key may make this call; nothing was reserved.
-    Admitted {
-        /// `namespace/name` of the VaultKey.
-        vault_key: String,
-        /// `namespace/name` of the SpendPolicy.
-        policy: String,
-    },
-}
-
-/// What reserve does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Admit and reserve the estimate.
-    Reserve,
-    /// Only check the key, its secret, revocation, expiry and the allowlist (before the proxy
-    /// reads a vendor object to cost the call).
-    Check,
-}
-
-/// A call to admit.
-#[derive(Debug, Clone)]
-pub struct ReserveRequest<'a> {
-    /// The key.
-    pub key_id: &'a KeyId,
-    /// SHA-256 hex of the presented secret.
-    pub secret_hash: &'a str,
-    /// HTTP method, upper case.
-    pub method: &'a str,
-    /// Canonical path (no query, no empty or dot segments, no trailing slash).
-    pub path: &'a str,
-    /// Estimated cost.
-    pub estimate: Usd,
-    /// The Idempotency-Key and the request fingerprint it must keep matching (writes only).
-    pub idempotency: Option<(&'a str, &'a str)>,
-    /// A read (GET, HEAD): the only calls that pass a spent cap.
-    pub read: bool,
-    /// Reserve, or only check.
-    pub mode: Mode,
-}
-
-/// How a forwarded call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The vendor did it; the actual cost is known.
-    Ok,
-    /// The vendor refused it (4xx); nothing moved.
-    VendorError,
-    /// It never reached the vendor; nothing moved.
-    NotSent,
-    /// It may or may not have happened (timeout, reset, 5xx): the estimate stays counted.
-    Unknown,
-}
-
-impl Outcome {
-    /// The outcome as the settle script and the audit trail name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::VendorError => "vendor_error",
-            Outcome::NotSent => "not_sent",
-            Outcome::Unknown => "unknown",
-        }
-    }
-}
-
-/// A reservation to close.
-#[derive(Debug, Clone)]
-pub struct SettleRequest<'a> {
-    /// The key.
-    pub key_id: &'a KeyId,
-    /// Its vendor (for the audit entry); `None` when nobody knows any more (the sweeper closing
-    /// a reservation of a key whose record is gone): the entry says so, rather than guess.
-    pub vendor: Option<Vendor>,
-    /// The reservation id from [`Admission::Granted`] or [`Admission::Reattempt`].
-    pub reservation: &'a str,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// The actual cost (used for [`Outcome::Ok`]).
-    pub actual: Usd,
-    /// The vendor's HTTP status, if it answered.
-    pub status: Option<u16>,
-    /// The vendor's request id, if known.
-    pub request_id: &'a str,
-    /// The Idempotency-Key of the call, if any.
-    pub idempotency_key: Option<&'a str>,
-    /// What to replay to repeats of the call.
-    pub response: Option<&'a StoredResponse>,
-    /// The vendor object the call's money belongs to, if any (see [`Ledger::counted`]).
-    pub object: Option<&'a str>,
-}
-
-/// What settle did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settlement {
-    /// Closed now.
-    Settled {
-        /// Actual minus estimate, micro-dollars.
-        delta: i64,
-        /// Key spend today after.
-        today: u64,
-        /// Key spend in total after.
-        total: u64,
-    },
-    /// Someone (a sweeper, a duplicate) closed it before.
-    AlreadySettled,
-}
-
-/// One call in the audit trail.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct AuditEntry {
-    /// Stream id (time-ordered).
-    pub id: String,
-    /// Unix ms (Redis time).
-    pub ts_ms: i64,
-    /// Key id.
-    pub key: String,
-    /// `namespace/name` of the VaultKey.
-    pub vault_key: String,
-    /// Run label.
-    pub run_label: String,
-    /// Vendor.
-    pub vendor: String,
-    /// Method.
-    pub method: String,
-    /// Canonical path.
-    pub path: String,
-    /// Reserved estimate, micro-dollars.
-    pub estimate: u64,
-    /// Settled cost, micro-dollars.
-    pub actual: u64,
-    /// Vendor HTTP status ("" when none).
-    pub status: String,
-    /// Vendor request id or object id.
-    pub request_id: String,
-    /// `ok`, `vendor_error`, `not_sent`, `unknown` or `refused`.
-    pub outcome: String,
-    /// The refusing rule, for refusals.
-    pub rule: String,
-    /// How far the actual cost went above the reservation, micro-dollars (never clipped: the
-    /// whole actual is counted, and the key turns CapReached if that passes a cap).
-    pub overshoot: u64,
-}
-
-impl AuditEntry {
-    fn from_fields(id: String, f: &std::collections::HashMap<String, String>) -> AuditEntry {
-        let s = |k: &str| f.get(k).cloned().unwrap_or_default();
-        let n = |k: &str| f.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
-        AuditEntry {
-            id,
-            ts_ms: n("ts") as i64,
-            key: s("key"),
-            vault_key: s("vk"),
-            run_label: s("run"),
-            vendor: s("vendor"),
-            method: s("method"),
-            path: s("path"),
-            estimate: n("estimate"),
-            actual: n("actual"),
-            status: s("status"),
-            request_id: s("request_id"),
-            outcome: s("outcome"),
-            rule: s("rule"),
-            overshoot: n("overshoot"),
-        }
-    }
-}
-
 /// The accounting over one Redis (single node or cluster).
 #[derive(Clone)]
 pub struct Ledger<C> {
-    conn: C,
-    keys: Keyspace,
-    config: LedgerConfig,
-}
-
-fn reply_int(v: Option<&String>, what: &str) -> Result<u64> {
-    v.and_then(|s| s.parse().ok())
-        .ok_or_else(|| LedgerError::Reply(format!("{what} is not an integer")))
-}
-
-/// An optional integer of a reply: `""` is none; anything else must parse.
-fn opt_int(v: Option<&String>, what: &str) -> Result<Option<u64>> {
-    match v.map(String::as_str) {
-        None | Some("") => Ok(None),
-        Some(s) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| LedgerError::Reply(format!("{what} {s:?} is not an integer"))),
-    }
-}
-
-/// A field the script always returns (possibly empty).
-fn present(text: &[String], i: usize, what: &str) -> Result<String> {
-    text.get(i)
-        .cloned()
-        .ok_or_else(|| LedgerError::Reply(format!("no {what} in the reply")))
+    pub(crate) conn: C,
+    pub(crate) keys: Keyspace,
+    pub(crate) config: LedgerConfig,
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
@@ -427,7 +85,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         &self.keys
     }
 
-    async fn timed<T>(
+    pub(crate) async fn timed<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
@@ -437,7 +95,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         }
     }
 
-    fn slot(&self, id: &KeyId) -> Slot {
+    pub(crate) fn slot(&self, id: &KeyId) -> Slot {
         self.keys.policy(&id.tag())
     }
 
@@ -735,7 +393,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         self.settle_raw(req, &slot, idem_key).await
     }
 
-    async fn settle_raw(
+    pub(crate) async fn settle_raw(
         &self,
         req: &SettleRequest<'_>,
         slot: &Slot,
@@ -837,147 +495,6 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             })
             .collect())
     }
-
-    /// Settles reservations past their deadline as "unknown outcome" (their estimate stays
-    /// counted, the audit trail says so). Returns how many it closed.
-    pub async fn sweep(&self, batch: usize) -> Result<usize> {
-        let mut conn = self.conn.clone();
-        let (now_ms, _) = self.now().await?;
-        let tags: Vec<String> = self.timed(conn.smembers(self.keys.policy_index())).await?;
-        let mut closed = 0;
-        for tag in tags {
-            let slot = self.keys.policy(&PolicyTag::from_index(tag));
-            let due: Vec<String> = self
-                .timed(conn.zrangebyscore_limit(
-                    slot.reservations(),
-                    "-inf",
-                    now_ms,
-                    0,
-                    batch as isize,
-                ))
-                .await?;
-            for res_id in due {
-                let fields: Vec<Option<String>> = self
-                    .timed(conn.hmget(slot.reservation(&res_id), &["key", "idem"]))
-                    .await?;
-                let Some(Ok(key_id)) = fields.first().cloned().flatten().map(|k| KeyId::parse(&k))
-                else {
-                    // A zset entry without its reservation: drop the entry.
-                    self.timed(conn.zrem::<_, _, ()>(slot.reservations(), &res_id))
-                        .await?;
-                    continue;
-                };
-                let vendor: Option<String> = self
-                    .timed(conn.hget(slot.key_record(&key_id), "vendor"))
-                    .await?;
-                let vendor = match vendor {
-                    None => None,
-                    Some(v) => Some(
-                        v.parse::<Vendor>()
-                            .map_err(|_| LedgerError::Reply(format!("key record vendor {v:?}")))?,
-                    ),
-                };
-                let idem = fields
-                    .get(1)
-                    .cloned()
-                    .flatten()
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| slot.reservation(&res_id));
-                let req = SettleRequest {
-                    key_id: &key_id,
-                    vendor,
-                    reservation: &res_id,
-                    outcome: Outcome::Unknown,
-                    actual: Usd::ZERO,
-                    status: None,
-                    request_id: "",
-                    idempotency_key: None,
-                    response: None,
-                    object: None,
-                };
-                if let Settlement::Settled { .. } = self.settle_raw(&req, &slot, idem).await? {
-                    closed += 1;
-                }
-            }
-        }
-        Ok(closed)
-    }
-}
-
-fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {
-    let text: Vec<String> = reply
-        .iter()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .collect();
-    match text.first().map(String::as_str) {
-        Some("granted") => Ok(Admission::Granted {
-            reservation: text
-                .get(1)
-                .cloned()
-                .ok_or_else(|| LedgerError::Reply("no reservation".into()))?,
-            today: reply_int(text.get(2), "today")?,
-            total: reply_int(text.get(3), "total")?,
-            vault_key: present(&text, 4, "VaultKey")?,
-            policy: present(&text, 5, "policy")?,
-        }),
-        Some("reattempt") => Ok(Admission::Reattempt {
-            reservation: text
-                .get(1)
-                .cloned()
-                .ok_or_else(|| LedgerError::Reply("no reservation".into()))?,
-            vault_key: text
-                .get(2)
-                .cloned()
-                .ok_or_else(|| LedgerError::Reply("re-attempt without a VaultKey".into()))?,
-            policy: text
-                .get(3)
-                .cloned()
-                .ok_or_else(|| LedgerError::Reply("re-attempt without a policy".into()))?,
-        }),
-        Some("refused") => {
-            let rule = text
-                .get(1)
-                .and_then(|r| Rule::parse(r))
-                .ok_or_else(|| LedgerError::Reply(format!("unknown rule {:?}", text.get(1))))?;
-            Ok(Admission::Refused(Refusal {
-                rule,
-                limit: opt_int(text.get(2), "limit")?,
-                spent: opt_int(text.get(3), "spent")?,
-                estimate: reply_int(text.get(4), "estimate")?,
-                // Empty before authentication (an unknown key names nobody).
-                vault_key: present(&text, 5, "VaultKey")?,
-                policy: present(&text, 6, "policy")?,
-            }))
-        }
-        Some("replay") => Ok(Admission::Replay(StoredResponse {
-            status: text
-                .get(1)
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| LedgerError::Reply("replay status".into()))?,
-            headers_json: present(&text, 2, "replay headers")?,
-            body: reply
-                .get(3)
-                .cloned()
-                .ok_or_else(|| LedgerError::Reply("no replay body in the reply".into()))?,
-            kept: match text.get(4).map(String::as_str) {
-                Some("1") => true,
-                Some("0") => false,
-                other => return Err(LedgerError::Reply(format!("replay kept flag {other:?}"))),
-            },
-        })),
-        Some("admitted") => Ok(Admission::Admitted {
-            vault_key: text
-                .get(1)
-                .cloned()
-                .ok_or_else(|| LedgerError::Reply("admitted without a VaultKey".into()))?,
-            policy: text
-                .get(2)
-                .cloned()
-                .ok_or_else(|| LedgerError::Reply("admitted without a policy".into()))?,
-        }),
-        Some("in_flight") => Ok(Admission::InFlight),
-        other => Err(LedgerError::Reply(format!("reserve returned {other:?}"))),
-    }
 }
 
 #[cfg(test)]
@@ -1021,7 +538,8 @@ mod tests {
             })
         );
         assert_eq!(
-            decode_admission(r(&["refused", "revoked", "", "", "0"])).unwrap(),
+            // Before authentication the script names no VaultKey or policy: empty, but there.
+            decode_admission(r(&["refused", "revoked", "", "", "0", "", ""])).unwrap(),
             Admission::Refused(Refusal {
                 rule: Rule::Revoked,
                 limit: None,
@@ -1040,7 +558,9 @@ mod tests {
         );
         for bad in [
             &["granted"][..],
-            &["refused", "nope", "", "", "1"],
+            &["refused", "nope", "", "", "1", "", ""],
+            &["refused", "revoked", "", "", "0"],
+            &["refused", "daily_cap", "lots", "", "1", "", ""],
             &["what"],
             &[],
             &["granted", "a", "x", "1"],

@@ -3,11 +3,17 @@
 //! called by EVALSHA). The operator writes records; the proxy reserves and settles.
 #![forbid(unsafe_code)]
 
+pub mod admission;
+pub mod audit;
 pub mod connection;
+pub mod error;
 pub mod layout;
 pub mod ledger;
 pub mod record;
+pub mod rule;
 pub mod secret_env;
+pub mod settlement;
+mod sweep;
 pub mod tls;
 pub mod token;
 
