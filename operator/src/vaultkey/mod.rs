@@ -3,25 +3,23 @@
 //! finalizer, revokes in Redis before the object may go.
 
 pub mod ownership;
+pub mod plan;
 pub mod secret;
 mod status;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    ByteString,
-    api::{
-        apps::v1::{DaemonSet, Deployment, StatefulSet},
-        core::v1::Secret,
-    },
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
+    core::v1::Secret,
 };
 use keybrake_crds::{
     KeyPhase, SpendPolicy, VaultKey,
     status::READY,
-    validate::{EffectiveKey, resolve_key, validate_policy},
-    vault_key::{ISSUED_BY_API, ISSUED_BY_LABEL, RotationStatus, WorkloadKind},
+    validate::validate_policy,
+    vault_key::{ISSUED_BY_API, ISSUED_BY_LABEL, WorkloadKind},
 };
-use keybrake_ledger::{KeyId, KeyRecord, PolicyTag, Token};
+use keybrake_ledger::{KeyId, PolicyTag, Token};
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
@@ -148,26 +146,6 @@ pub fn error_policy(vk: Arc<VaultKey>, err: &Error, ctx: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(5))
 }
 
-/// The credential as the Secret holds it.
-struct Credential {
-    token: Token,
-    issued_at_ms: i64,
-    rotations: u32,
-}
-
-fn decoded(secret: &Secret) -> BTreeMap<String, String> {
-    secret
-        .data
-        .iter()
-        .flatten()
-        .filter_map(|(k, v)| String::from_utf8(v.0.clone()).ok().map(|s| (k.clone(), s)))
-        .collect()
-}
-
-fn annotation<T: std::str::FromStr>(secret: &Secret, key: &str) -> Option<T> {
-    secret.annotations().get(key).and_then(|v| v.parse().ok())
-}
-
 /// The key id this VaultKey was issued: from its status or its own Secret (never from a Secret
 /// it does not own), and only when the key record in Redis names this VaultKey, so a status
 /// written by someone else cannot make the operator revoke or delete another key.
@@ -195,6 +173,8 @@ async fn known_key_id(
     Ok(None)
 }
 
+/// One reconcile of a live key: read what the decision needs, decide ([`plan::plan`], pure),
+/// carry the plan out.
 async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let ns = vk
         .namespace()
@@ -208,349 +188,108 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         .timed("get secret", secrets.get_opt(&secret_name))
         .await?;
     let standing = ownership::standing(found.as_ref(), &uid);
-    let existing = match standing {
-        Standing::Ours(s) => Some(s.clone()),
-        Standing::Absent | Standing::Foreign => None,
+    let ours = match standing {
+        Standing::Ours(s) => Some(s),
+        Standing::Absent | Standing::Foreign(_) => None,
     };
-    let known = known_key_id(vk, existing.as_ref(), ctx, &format!("{ns}/{name}")).await?;
-    let mut report = Report {
-        key_id: known.as_ref().map(ToString::to_string),
-        ..Default::default()
-    };
+    let known = known_key_id(vk, ours, ctx, &format!("{ns}/{name}")).await?;
     let policy_name = vk.spec.policy_ref.name.clone();
     // One key id for the VaultKey's whole life (a key issued before ids were derived keeps the
     // one it was issued).
     let tag = PolicyTag::of(&ns, &policy_name);
     let derived = KeyId::of_vault_key(&tag, &uid);
     let life_id = known.clone().unwrap_or_else(|| derived.clone());
-
     let retired = ctx.ledger.is_retired(&life_id).await?;
-    // Before anything about the policy: a revoke holds even while the policy is missing.
-    if vk.spec.revoked || retired {
-        ctx.ledger.retire(&life_id).await?;
-        if derived != life_id {
-            ctx.ledger.retire(&derived).await?;
-        }
-        delete_secret(ctx, &secrets, existing.as_ref()).await?;
-        // `kubectl get vk` keeps showing what the key had.
-        if let Some(was) = vk.status.as_ref() {
-            report.cap = was.cap.clone();
-            report.vendor = was.vendor;
-            report.expires_at_ms = was.expires_at.as_ref().map(|t| t.0.as_millisecond());
-        }
-        report.phase = Some(KeyPhase::Revoked);
-        report.reason = "Revoked".into();
-        report.message = if vk.spec.revoked {
-            "revoked by spec.revoked; the key is refused and its Secret deleted".into()
-        } else {
-            "revoked for good: spec.revoked was set back to false, which cannot un-revoke a key; create a new VaultKey".into()
-        };
-        transition_event(
-            vk,
-            ctx,
-            KeyPhase::Revoked,
-            EventType::Normal,
-            "Revoked",
-            &report.message,
-        )
-        .await;
-        status::write(vk, &report, ctx, now_ms).await?;
-        return retire(vk, ctx, KeyPhase::Revoked, now_ms).await;
-    }
-
     let policies: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(policy) = ctx
-        .timed("get policy", policies.get_opt(&policy_name))
-        .await?
-    else {
-        report.phase = Some(KeyPhase::Pending);
-        report.reason = "PolicyNotFound".into();
-        report.message = format!(
-            "SpendPolicy {ns}/{policy_name} not found; create it or fix spec.policyRef.name"
-        );
-        status::write(vk, &report, ctx, now_ms).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    };
-    report.vendor = Some(policy.spec.vendor);
-    if let Err(v) = validate_policy(&policy.spec) {
-        report.phase = Some(KeyPhase::Pending);
-        report.reason = "PolicyInvalid".into();
-        report.message = format!("SpendPolicy {ns}/{policy_name} is invalid: {v}");
-        status::write(vk, &report, ctx, now_ms).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    }
-
-    if let (Standing::Foreign, Some(other)) = (standing, found.as_ref()) {
-        // Never adopted, overwritten or deleted; a token this key had is refused from now on.
-        ctx.ledger.revoke(&life_id).await?;
-        report.phase = Some(KeyPhase::Invalid);
-        report.reason = "SecretNotOwned".into();
-        report.message = format!(
-            "Secret {ns}/{secret_name} already exists and is {}; Keybrake writes only Secrets it creates for this VaultKey, so nothing was written: set spec.secretName to a free name",
-            ownership::owner_of(other)
-        );
-        transition_event(
-            vk,
-            ctx,
-            KeyPhase::Invalid,
-            EventType::Warning,
-            "SecretNotOwned",
-            &report.message,
-        )
-        .await;
-        status::write(vk, &report, ctx, now_ms).await?;
-        // A Secret the operator does not own raises no watch event: look again now and then.
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    }
-
-    let created = vk
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .ok_or(Error::MissingField("metadata.creationTimestamp"))?
-        .0;
-    let effective = match resolve_key(&vk.spec, &policy_name, &policy.spec, created) {
-        Ok(e) => e,
-        Err(v) => {
-            revoke(ctx, &life_id, &secrets, existing.as_ref()).await?;
-            report.phase = Some(KeyPhase::Invalid);
-            report.reason = v.reason().as_str().into();
-            report.message = v.to_string();
-            transition_event(
-                vk,
-                ctx,
-                KeyPhase::Invalid,
-                EventType::Warning,
-                v.reason().as_str(),
-                &report.message,
-            )
-            .await;
-            status::write(vk, &report, ctx, now_ms).await?;
-            return Ok(Action::await_change());
-        }
-    };
-    report.cap = Some(effective.cap_summary());
-    report.expires_at_ms = effective.expires_at.map(|t| t.as_millisecond());
-    report.secret_name = Some(secret_name.clone());
-
-    if report.expires_at_ms.is_some_and(|exp| exp <= now_ms) {
-        // Redis already refuses the key (its expiry is in the record); the Secret goes.
-        delete_secret(ctx, &secrets, existing.as_ref()).await?;
-        report.phase = Some(KeyPhase::Expired);
-        report.reason = "Expired".into();
-        report.message = "the key passed its expiry; it is refused and its Secret deleted".into();
-        transition_event(
-            vk,
-            ctx,
-            KeyPhase::Expired,
-            EventType::Normal,
-            "Expired",
-            &report.message,
-        )
-        .await;
-        status::write(vk, &report, ctx, now_ms).await?;
-        return retire(vk, ctx, KeyPhase::Expired, now_ms).await;
-    }
-
-    if let Some(other) = ctx
-        .ledger
-        .claim_tag(&tag, &format!("{ns}/{policy_name}"))
-        .await?
-    {
-        // Another policy's slot: a key record here would draw on its budget and records.
-        revoke(ctx, &life_id, &secrets, existing.as_ref()).await?;
-        report.phase = Some(KeyPhase::Invalid);
-        report.reason = "PolicySlotTaken".into();
-        report.message = format!(
-            "the Redis slot of SpendPolicy {ns}/{policy_name} belongs to SpendPolicy {other}; rename the policy"
-        );
-        status::write(vk, &report, ctx, now_ms).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    }
-    let vendor = policy.spec.vendor;
-    // The token lives only in the Secret; a plain re-reconcile or a restart reads it back.
-    // The token in the Secret is taken back only when it is this key's and Redis holds its hash
-    // for this VaultKey: whoever may write Secrets could otherwise plant a token under another
-    // key's id and have the operator write that key's record with their secret.
-    let stored = ctx.ledger.key_record(&life_id).await?;
-    let vault_key = format!("{ns}/{name}");
-    let current = existing.as_ref().and_then(|s| {
-        let token = secret::token_from(vendor, &decoded(s))?;
-        ownership::issued_here(stored.as_ref(), &vault_key, &uid, &life_id, &token, now_ms).then(
-            || Credential {
-                token,
-                issued_at_ms: annotation(s, secret::ISSUED_AT).unwrap_or(now_ms),
-                rotations: annotation(s, secret::ROTATIONS).unwrap_or(0),
-            },
-        )
-    });
-    // A rotation overlap carries on only for the token that was taken back.
-    let stored = stored.filter(|_| current.is_some());
-    let (mut cred, issued) = match current {
-        Some(c) => (c, false),
-        None => {
-            // A new secret under the same key id: a deleted or edited Secret cannot reset the
-            // spend counted against the caps, and the old token stops working at once (its
-            // hash leaves the record, and so does any rotation overlap).
-            let token = Token::generate(vendor, life_id.clone());
-            (
-                Credential {
-                    token,
-                    issued_at_ms: now_ms,
-                    rotations: 0,
-                },
-                true,
-            )
-        }
-    };
-    let mut prev_hash = stored.as_ref().and_then(|r| r.prev_secret_hash.clone());
-    let mut prev_until = stored.as_ref().and_then(|r| r.prev_valid_until_ms);
-
-    let mut rotated = false;
-    let mut next_rotation_ms = None;
-    if let Some(rot) = &vk.spec.rotation {
-        let period_ms = rot.period.as_secs() as i64 * 1000;
-        if !issued && now_ms >= cred.issued_at_ms + period_ms {
-            // Same key id, new secret: spend keeps counting against the same key.
-            let next = Token::generate(vendor, cred.token.key_id.clone());
-            prev_hash = Some(cred.token.secret_hash());
-            prev_until = Some(now_ms + rot.overlap.as_secs() as i64 * 1000);
-            cred = Credential {
-                token: next,
-                issued_at_ms: now_ms,
-                rotations: cred.rotations + 1,
-            };
-            rotated = true;
-        }
-        next_rotation_ms = Some(cred.issued_at_ms + period_ms);
-    }
-    if prev_until.is_some_and(|until| until <= now_ms) {
-        prev_hash = None;
-        prev_until = None;
-    }
-
-    let record = key_record(
-        vk,
-        &ns,
-        &policy_name,
-        &effective,
-        &cred.token,
-        prev_hash,
-        prev_until,
-    );
-    // Redis first: a Secret never holds a token the proxy does not know.
-    if !ctx.ledger.key_matches(&cred.token.key_id, &record).await? {
-        ctx.ledger.write_key(&cred.token.key_id, &record).await?;
-    }
-    let rewritten = write_secret(vk, ctx, &secrets, &secret_name, &cred, existing.as_ref()).await?;
-    // Pods read the Secret's variables at start: whatever changed them (a rotation, a reissued
-    // token, a new proxy URL or CA) rolls the targets that opted in.
-    let reissued = issued && report.key_id.is_some();
-    if issued {
-        info!(key_id = %cred.token.key_id, "issued a credential");
-        let note = if report.key_id.is_some() {
-            format!(
-                "reissued key {} into Secret {secret_name}: the Secret was missing or not Keybrake's token; spend carries on",
-                cred.token.key_id
-            )
-        } else {
-            format!("issued key {} into Secret {secret_name}", cred.token.key_id)
-        };
-        publish(ctx, vk, EventType::Normal, "Issued", &note).await;
-    }
-    if rotated {
-        info!(key_id = %cred.token.key_id, rotations = cred.rotations, "rotated the credential");
-        publish(
-            ctx,
-            vk,
-            EventType::Normal,
-            "Rotated",
-            &format!("rotation {} of key {}", cred.rotations, cred.token.key_id),
-        )
-        .await;
-    }
-    if rotated || rewritten || reissued {
-        roll_targets(vk, ctx, &ns, now_ms).await;
-    }
-
-    let spend = ctx.ledger.key_spend(&cred.token.key_id).await?;
-    let daily_hit = effective
-        .daily_cap
-        .is_some_and(|c| spend.today >= c.micros() && c.micros() > 0);
-    let total_hit = effective
-        .total_cap
-        .is_some_and(|c| spend.total >= c.micros() && c.micros() > 0);
-    report.key_id = Some(cred.token.key_id.to_string());
-    report.issued_at_ms = Some(cred.issued_at_ms);
-    report.rotation = vk.spec.rotation.as_ref().map(|_| RotationStatus {
-        rotations: cred.rotations,
-        next_rotation_at: next_rotation_ms.map(clock::time),
-        previous_valid_until: prev_until.map(clock::time),
-    });
-    (report.phase, report.reason, report.message) = if total_hit {
-        (
-            Some(KeyPhase::CapReached),
-            "TotalCapReached".into(),
-            "the total cap is spent; calls are refused for good".into(),
-        )
-    } else if daily_hit {
-        (
-            Some(KeyPhase::CapReached),
-            "DailyCapReached".into(),
-            "today's cap is spent; calls are refused until 00:00 UTC".into(),
-        )
+    let policy = if vk.spec.revoked || retired {
+        None
     } else {
-        (
-            Some(KeyPhase::Active),
-            "Issued".into(),
-            format!("credential in Secret {secret_name}"),
-        )
+        ctx.timed("get policy", policies.get_opt(&policy_name))
+            .await?
     };
-    metrics_phase(vk, ctx, report.phase);
-    status::write(vk, &report, ctx, now_ms).await?;
-
-    // Wake up for whatever comes first: expiry, the next rotation, the end of an overlap, or
-    // the UTC day turning over a spent daily cap.
-    let next_midnight = (now_ms / 86_400_000 + 1) * 86_400_000;
-    let wake = [
-        report.expires_at_ms,
-        next_rotation_ms,
-        prev_until,
-        daily_hit.then_some(next_midnight),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-    .map_or(Duration::from_secs(3600), |at| {
-        Duration::from_millis((at - now_ms).max(500) as u64)
-    });
-    Ok(Action::requeue(wake.min(Duration::from_secs(3600))))
+    // The slot is claimed for a policy that exists and is valid, as before it is written to.
+    let slot_owner = match &policy {
+        Some(p) if validate_policy(&p.spec).is_ok() => {
+            ctx.ledger
+                .claim_tag(&tag, &format!("{ns}/{policy_name}"))
+                .await?
+        }
+        _ => None,
+    };
+    let stored = ctx.ledger.key_record(&life_id).await?;
+    let spend = ctx.ledger.key_spend(&life_id).await?;
+    let ca = ctx.proxy_ca.get();
+    let vendor = policy
+        .as_ref()
+        .map_or(keybrake_crds::Vendor::Stripe, |p| p.spec.vendor);
+    let observed = plan::Observed {
+        vk,
+        now_ms,
+        secret: standing,
+        life_id: life_id.clone(),
+        derived,
+        known: known.is_some(),
+        retired,
+        policy: policy.as_ref(),
+        slot_owner,
+        stored,
+        spend,
+        // Used only when a token is issued or rotated, for the policy's vendor.
+        fresh: Token::generate(vendor, life_id),
+        proxy_url: &ctx.config.proxy_url,
+        ca: ca.as_ref(),
+    };
+    let decided = plan::plan(&observed).map_err(|e| Error::MissingField(e.0))?;
+    execute(vk, ctx, &secrets, &secret_name, ours, decided, &observed).await
 }
 
-fn key_record(
+/// Carries a plan out: Redis first (a Secret never holds a token the proxy does not know,
+/// and a refusal takes effect before the Secret goes), then the Secret, the Events, the
+/// rollout, the status, and what comes next.
+async fn execute(
     vk: &VaultKey,
-    ns: &str,
-    policy: &str,
-    eff: &EffectiveKey,
-    token: &Token,
-    prev_hash: Option<String>,
-    prev_until: Option<i64>,
-) -> KeyRecord {
-    KeyRecord {
-        vendor: eff.vendor,
-        vault_key: format!("{ns}/{}", vk.name_any()),
-        vault_key_uid: vk.uid().unwrap_or_default(),
-        policy: format!("{ns}/{policy}"),
-        secret_hash: token.secret_hash(),
-        prev_secret_hash: prev_hash,
-        prev_valid_until_ms: prev_until,
-        revoked: false,
-        expires_at_ms: eff.expires_at.map(|t| t.as_millisecond()),
-        daily_cap: eff.daily_cap,
-        total_cap: eff.total_cap,
-        per_call_cap: eff.per_call_cap,
-        endpoints: eff.endpoints.clone(),
-        run_label: vk.spec.run_label.clone().unwrap_or_default(),
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    secret_name: &str,
+    ours: Option<&Secret>,
+    plan: plan::Plan,
+    observed: &plan::Observed<'_>,
+) -> Result<Action> {
+    for step in &plan.ledger {
+        match step {
+            plan::LedgerStep::Retire(id) => ctx.ledger.retire(id).await?,
+            plan::LedgerStep::Revoke(id) => ctx.ledger.revoke(id).await?,
+            plan::LedgerStep::Write(id, record) => ctx.ledger.write_key(id, record).await?,
+        }
+    }
+    match &plan.secret {
+        plan::SecretStep::Keep => {}
+        plan::SecretStep::Delete => delete_secret(ctx, secrets, ours).await?,
+        plan::SecretStep::Write(cred) => {
+            write_secret(vk, ctx, secrets, secret_name, cred, ours, observed).await?;
+        }
+    }
+    for note in &plan.events {
+        match note.on_entering {
+            Some(phase) => {
+                transition_event(vk, ctx, phase, note.type_, &note.reason, &note.note).await
+            }
+            None => {
+                info!(reason = %note.reason, "{}", note.note);
+                publish(ctx, vk, note.type_, &note.reason, &note.note).await;
+            }
+        }
+    }
+    let ns = vk.namespace().unwrap_or_default();
+    if plan.roll {
+        roll_targets(vk, ctx, &ns, observed.now_ms).await;
+    }
+    metrics_phase(vk, ctx, plan.report.phase);
+    status::write(vk, &plan.report, ctx, observed.now_ms).await?;
+    match plan.next {
+        plan::Next::Retire(phase) => retire(vk, ctx, phase, observed.now_ms).await,
+        plan::Next::Requeue(after) => Ok(Action::requeue(after)),
+        plan::Next::AwaitChange => Ok(Action::await_change()),
     }
 }
 
@@ -562,15 +301,11 @@ async fn write_secret(
     ctx: &Context,
     secrets: &Api<Secret>,
     name: &str,
-    cred: &Credential,
+    cred: &plan::Credential,
     existing: Option<&Secret>,
+    observed: &plan::Observed<'_>,
 ) -> Result<bool> {
-    let ca = ctx.proxy_ca.get();
-    let data: BTreeMap<String, ByteString> =
-        secret::data_with_ca(&cred.token, &ctx.config.proxy_url, ca.as_ref())
-            .into_iter()
-            .map(|(k, v)| (k, ByteString(v.into_bytes())))
-            .collect();
+    let data = plan::secret_data(cred, observed);
     let annotations = BTreeMap::from([
         (secret::KEY_ID.to_owned(), cred.token.key_id.to_string()),
         (secret::ISSUED_AT.to_owned(), cred.issued_at_ms.to_string()),
@@ -663,17 +398,6 @@ async fn delete_secret(ctx: &Context, secrets: &Api<Secret>, ours: Option<&Secre
     }
 }
 
-/// Revokes in Redis first (the proxy refuses at once), then removes the VaultKey's own Secret.
-async fn revoke(
-    ctx: &Context,
-    key: &KeyId,
-    secrets: &Api<Secret>,
-    ours: Option<&Secret>,
-) -> Result<()> {
-    ctx.ledger.revoke(key).await?;
-    delete_secret(ctx, secrets, ours).await
-}
-
 /// Deleting a VaultKey: revoke and forget the key in Redis, then delete its Secret.
 async fn cleanup(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let ns = vk
@@ -687,7 +411,7 @@ async fn cleanup(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let uid = vk.uid().unwrap_or_default();
     let ours = match ownership::standing(found.as_ref(), &uid) {
         Standing::Ours(s) => Some(s),
-        Standing::Absent | Standing::Foreign => None,
+        Standing::Absent | Standing::Foreign(_) => None,
     };
     let vault_key = format!("{ns}/{}", vk.name_any());
     let derived = KeyId::of_vault_key(&PolicyTag::of(&ns, &vk.spec.policy_ref.name), &uid);

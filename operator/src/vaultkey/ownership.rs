@@ -20,7 +20,7 @@ pub enum Standing<'a> {
     /// Created by the operator for this VaultKey (its uid).
     Ours(&'a Secret),
     /// Anything else: left alone.
-    Foreign,
+    Foreign(&'a Secret),
 }
 
 /// The Secret's standing for the VaultKey with `uid`.
@@ -36,7 +36,7 @@ pub fn standing<'a>(secret: Option<&'a Secret>, uid: &str) -> Standing<'a> {
     if controlled && labelled {
         Standing::Ours(s)
     } else {
-        Standing::Foreign
+        Standing::Foreign(s)
     }
 }
 
@@ -126,7 +126,7 @@ mod tests {
         ] {
             assert_eq!(
                 standing(Some(&foreign), "u1"),
-                Standing::Foreign,
+                Standing::Foreign(&foreign),
                 "{foreign:?}"
             );
         }

@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// What the operator reports about a key.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     /// The phase.
     pub phase: Option<KeyPhase>,
