@@ -123,7 +123,8 @@ impl Check {
     }
 }
 
-/// Checks a SpendPolicy's own spec.
+/// Checks a SpendPolicy's own spec: one check per field, in the order of the spec, so every
+/// violation is reported at once.
 pub fn validate_policy(spec: &SpendPolicySpec) -> Result<(), Violations> {
     let mut check = Check::default();
     if !is_dns_subdomain(&spec.credentials_secret_ref.name) {
@@ -339,7 +340,8 @@ impl EffectiveKey {
 
 /// Checks a VaultKey against its own rules and its policy's limits, and computes what it may do.
 /// `created` is the VaultKey's creation time, the start of a `ttl` (so re-checking later gives
-/// the same answer).
+/// the same answer). One check per rule, in the order of the spec, so every violation is
+/// reported at once.
 pub fn resolve_key(
     key: &VaultKeySpec,
     policy_name: &str,

@@ -84,7 +84,9 @@ pub async fn check_crds(client: &Client) -> Result<(), StartError> {
     }
 }
 
-/// Runs both controllers until `shutdown` resolves (or leadership is lost).
+/// Runs both controllers until `shutdown` resolves (or leadership is lost). One long function on
+/// purpose: it is the start-up sequence (CRDs, Redis, metrics, the proxy's CA, readiness, the
+/// Lease, the two controllers and their triggers) in the order it must happen, read top to bottom.
 pub async fn run(
     client: Client,
     config: Config,

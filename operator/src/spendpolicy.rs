@@ -141,6 +141,8 @@ async fn redis_failed(policy: &SpendPolicy, ctx: &Context, cause: &keybrake_ledg
     }
 }
 
+/// One policy's reconcile: its credentials, its record and slot in Redis, its key count and
+/// status. Long but linear; the VaultKey reconcile is the one split into plan and executor.
 async fn reconcile_policy(policy: &SpendPolicy, ctx: &Context) -> Result<Action> {
     let ns = policy
         .namespace()

@@ -315,7 +315,9 @@ async fn serve(
     result
 }
 
-/// Admits, costs, forwards and settles one call already read and planned.
+/// Admits, costs, forwards and settles one call already read and planned. Long on purpose: each
+/// stage hands the next what it decided (the reservation, the outcome), and the order is the
+/// guarantee (nothing forwarded unreserved, nothing reserved left unsettled).
 async fn go(
     app: &App,
     token: &Token,

@@ -109,7 +109,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
 }
 
 /// Starts the proxy: checks the installed CRDs, connects to Redis, loads the policies (waiting
-/// up to 10 seconds for the first load), and serves the data path and the admin port.
+/// up to 10 seconds for the first load), and serves the data path and the admin port. One long
+/// function on purpose: the start-up sequence, in the order it must happen.
 pub async fn start(
     client: kube::Client,
     config: Config,

@@ -91,7 +91,8 @@ fn transient(result: &Result<Result<(), kube::Error>, tokio::time::error::Elapse
     }
 }
 
-/// Writes dirty keys every `interval` until the task is dropped.
+/// Writes dirty keys every `interval` until the task is dropped. One loop: the key writes, their
+/// cap Events and the policies they touched are one round, retried together.
 pub async fn run(
     writer: Arc<SpendWriter>,
     ledger: Ledger<Connection>,
