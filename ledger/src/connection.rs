@@ -83,27 +83,50 @@ pub struct Sentinelled {
     sentinel: tokio::sync::Mutex<SentinelClient>,
     timeout: Duration,
     current: Mutex<Option<MultiplexedConnection>>,
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl Sentinelled {
-    async fn primary(&self) -> redis::RedisResult<MultiplexedConnection> {
-        if let Some(c) = self
-            .current
+    fn cached(&self) -> Option<MultiplexedConnection> {
+        self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-        {
+    }
+
+    /// The primary's connection: the cached one, or a new one found through the sentinels. The
+    /// new one is made in a task of its own, so a caller that gives up (the ledger's per-call
+    /// timeout) does not cancel it: on a loaded machine, finding and connecting to a new primary
+    /// can take longer than one call may wait, and each attempt must still end with a
+    /// connection for the next call, not start again from nothing.
+    async fn primary(this: &Arc<Sentinelled>) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = this.cached() {
             return Ok(c);
         }
-        let client = self.sentinel.lock().await.async_get_client().await?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-        Ok(conn)
+        let me = this.clone();
+        let connecting = tokio::spawn(async move {
+            // One connect at a time; whoever waited finds the connection made.
+            let _one = me.connecting.lock().await;
+            if let Some(c) = me.cached() {
+                return Ok(c);
+            }
+            let client = me.sentinel.lock().await.async_get_client().await?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(me.timeout))
+                .set_response_timeout(Some(me.timeout));
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            *me.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+            Ok(conn)
+        });
+        connecting.await.map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "connecting to the primary",
+                e.to_string(),
+            ))
+        })?
     }
 
     fn forget(&self) {
@@ -295,10 +318,12 @@ pub async fn connect(config: &ConnectConfig) -> Result<Connection, ConnectError>
                 sentinel: tokio::sync::Mutex::new(client),
                 timeout,
                 current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
             };
             // Fail at start, not on the first call, when no sentinel names a primary.
-            sentinelled.primary().await?;
-            Ok(Connection::Sentinel(Arc::new(sentinelled)))
+            let sentinelled = Arc::new(sentinelled);
+            Sentinelled::primary(&sentinelled).await?;
+            Ok(Connection::Sentinel(sentinelled))
         }
         Mode::Single => {
             let manager = ConnectionManagerConfig::new()
@@ -361,7 +386,7 @@ impl ConnectionLike for Connection {
             Connection::Sentinel(s) => {
                 let s = s.clone();
                 Box::pin(async move {
-                    let mut conn = s.primary().await?;
+                    let mut conn = Sentinelled::primary(&s).await?;
                     let reply = conn.req_packed_command(cmd).await;
                     if reply.is_err() {
                         s.forget();
@@ -384,7 +409,7 @@ impl ConnectionLike for Connection {
             Connection::Sentinel(s) => {
                 let s = s.clone();
                 Box::pin(async move {
-                    let mut conn = s.primary().await?;
+                    let mut conn = Sentinelled::primary(&s).await?;
                     let reply = conn.req_packed_commands(pipeline, offset, count).await;
                     if reply.is_err() {
                         s.forget();

@@ -36,11 +36,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use crate::redis_server::free_port;
 
 /// The environment of a deployable: its ServiceAccount's credentials, Redis, and quiet logs.
 fn deployable_env(stack: &Stack, token: &str, cmd: &mut std::process::Command) -> Result<()> {

@@ -13,11 +13,19 @@ use tempfile::TempDir;
 
 use crate::pki::TestPki;
 
-fn free_port() -> Result<u16> {
-    // The port is free now; redis-server binds it a moment later (a small, accepted race).
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// A free port below the kernel's ephemeral range (32768 and up), so no client connection of
+/// the tests can take it between now and the server binding it; tried at random until one
+/// binds. Its cluster bus port (10000 above, what a cluster node binds too) is free and below
+/// that range as well.
+pub fn free_port() -> Result<u16> {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for _ in 0..1000 {
+        let port = rand::random_range(10_000..22_000);
+        if free(port) && free(port + 10_000) {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between 10000 and 22000 (with its cluster bus port)")
 }
 
 fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Result<Child> {
@@ -62,7 +70,8 @@ fn client_of(port: u16, tls: Option<&TlsCertificates>) -> Result<redis::Client> 
 
 async fn wait_ready(port: u16, tls: Option<&TlsCertificates>) -> Result<()> {
     let client = client_of(port, tls)?;
-    for _ in 0..200 {
+    // Up to 20 s: on a loaded 2-core machine a server can take seconds to answer.
+    for _ in 0..800 {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await
             && redis::cmd("PING")
                 .query_async::<String>(&mut c)
