@@ -83,7 +83,7 @@ pub struct Sentinelled {
     sentinel: tokio::sync::Mutex<SentinelClient>,
     timeout: Duration,
     current: Mutex<Option<MultiplexedConnection>>,
-    connecting: tokio::sync::Mutex<()>,
+    connecting: std::sync::atomic::AtomicBool,
 }
 
 impl Sentinelled {
@@ -103,22 +103,50 @@ impl Sentinelled {
         if let Some(c) = this.cached() {
             return Ok(c);
         }
+        use std::sync::atomic::Ordering;
+        // One connect at a time; a call that finds one under way is refused at once (it fails
+        // closed) instead of queueing behind it.
+        if this
+            .connecting
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "a connection to the primary is being made",
+            )));
+        }
         let me = this.clone();
         let connecting = tokio::spawn(async move {
-            // One connect at a time; whoever waited finds the connection made.
-            let _one = me.connecting.lock().await;
-            if let Some(c) = me.cached() {
-                return Ok(c);
+            // Clears the flag however the task ends.
+            struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
             }
-            let client = me.sentinel.lock().await.async_get_client().await?;
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(me.timeout))
-                .set_response_timeout(Some(me.timeout));
-            let conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            *me.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
-            Ok(conn)
+            let _done = Done(&me.connecting);
+            // Bounded, so a sentinel that never answers cannot hold the connect for good.
+            let made = tokio::time::timeout(me.timeout * 20, async {
+                let client = me.sentinel.lock().await.async_get_client().await?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(me.timeout))
+                    .set_response_timeout(Some(me.timeout));
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "finding and connecting to the primary timed out",
+                )))
+            });
+            if let Ok(conn) = &made {
+                *me.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.clone());
+            }
+            made
         });
         connecting.await.map_err(|e| {
             redis::RedisError::from((
@@ -318,7 +346,7 @@ pub async fn connect(config: &ConnectConfig) -> Result<Connection, ConnectError>
                 sentinel: tokio::sync::Mutex::new(client),
                 timeout,
                 current: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
+                connecting: std::sync::atomic::AtomicBool::new(false),
             };
             // Fail at start, not on the first call, when no sentinel names a primary.
             let sentinelled = Arc::new(sentinelled);
