@@ -341,22 +341,7 @@ pub async fn https(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(Reply, Vec<u8>)> {
-    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(
-        rustls::crypto::ring::default_provider().into(),
-    )
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let tls = connector
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await?;
+    let tls = tls_connect(addr, ca_pem, &[]).await?;
     let leaf = tls
         .get_ref()
         .1
@@ -375,6 +360,16 @@ pub async fn tls_alpn(
     ca_pem: &str,
     offered: &[&[u8]],
 ) -> Result<Option<Vec<u8>>> {
+    let tls = tls_connect(addr, ca_pem, offered).await?;
+    Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+}
+
+/// A TLS connection to `addr` trusting only the CA(s) in `ca_pem`, offering `alpn`.
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -386,13 +381,12 @@ pub async fn tls_alpn(
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let tls = connector
+    Ok(connector
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await?;
-    Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+        .await?)
 }
 
 /// One HTTP/1.1 request on `stream`, and the whole reply.

@@ -28,6 +28,11 @@ pub fn free_port() -> Result<u16> {
     bail!("no free port between 10000 and 22000 (with its cluster bus port)")
 }
 
+/// A free loopback address, from [`free_port`].
+pub fn free_addr() -> Result<std::net::SocketAddr> {
+    Ok(std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+}
+
 fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Result<Child> {
     Command::new("redis-server")
         .args([

@@ -622,10 +622,7 @@ async fn a_missing_credentials_secret_is_a_condition_not_a_crash() -> Result<()>
 }
 
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    keybrake_e2e::redis_server::free_addr().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

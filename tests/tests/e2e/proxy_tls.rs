@@ -185,6 +185,20 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
     // A renewal mid-traffic: calls every 20 ms, the Secret replaced after the tenth; every call
     // answered, and the later ones by the new certificate.
     let bearer = format!("Bearer {}", stripe["STRIPE_API_KEY"]);
+    let charge = || async {
+        https(
+            proxy.addr,
+            &ca,
+            "POST",
+            "/v1/payment_intents",
+            &[
+                ("Authorization", bearer.as_str()),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            b"amount=100&currency=usd&payment_method=pm_card_visa&confirm=true",
+        )
+        .await
+    };
     let (renewed_crt, renewed_key) = pki.renew_server()?;
     let renewed_der = {
         use rustls_pki_types::pem::PemObject;
@@ -203,18 +217,7 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
                 )
                 .await?;
         }
-        let (reply, leaf) = https(
-            proxy.addr,
-            &ca,
-            "POST",
-            "/v1/payment_intents",
-            &[
-                ("Authorization", bearer.as_str()),
-                ("Content-Type", "application/x-www-form-urlencoded"),
-            ],
-            b"amount=100&currency=usd&payment_method=pm_card_visa&confirm=true",
-        )
-        .await?;
+        let (reply, leaf) = charge().await?;
         assert_eq!(
             reply.status, 200,
             "call {i} during the renewal: {}",
@@ -248,18 +251,7 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
     })
     .await;
     bad?;
-    let (still, leaf) = https(
-        proxy.addr,
-        &ca,
-        "POST",
-        "/v1/payment_intents",
-        &[
-            ("Authorization", bearer.as_str()),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        b"amount=100&currency=usd&payment_method=pm_card_visa&confirm=true",
-    )
-    .await?;
+    let (still, leaf) = charge().await?;
     assert_eq!((still.status, leaf == renewed_der), (200, true));
     // A new CA reaches every key's Secret, and rolls the key's restart targets (their pods read
     // the variables at start).

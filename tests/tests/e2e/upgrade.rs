@@ -20,11 +20,8 @@ use keybrake_e2e::{
 use keybrake_ledger::KeyId;
 use kube::{Api, ResourceExt};
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+fn free_addr() -> std::net::SocketAddr {
+    keybrake_e2e::redis_server::free_addr().unwrap()
 }
 
 /// Waits until an operator replica's /readyz answers 200: what a rollout waits for.
