@@ -221,9 +221,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
     }
 
+    let redis = keybrake_ledger::flags::RedisFlags {
+        mode: args.redis_mode,
+        sentinel_master: args.redis_sentinel_master.clone(),
+        ..keybrake_ledger::flags::RedisFlags::single(&redis_url, "kb")
+    };
     let mut proxy_config = keybrake_proxy::Config::local(&redis_url, "kb");
-    proxy_config.redis_mode = args.redis_mode;
-    proxy_config.redis_sentinel_master = args.redis_sentinel_master.clone();
+    proxy_config.redis = redis.clone();
     proxy_config.listen = SocketAddr::from(([127, 0, 0, 1], args.proxy_port));
     proxy_config.default_upstreams = default_upstreams.clone();
     let proxy = keybrake_proxy::start(
@@ -241,13 +245,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     };
     let operator_config = keybrake_operator::Config {
         proxy_url: proxy_url.clone(),
-        redis_url: redis_url.clone(),
-        redis_mode: args.redis_mode,
-        redis_sentinel_master: args.redis_sentinel_master.clone(),
-        redis_ca_file: None,
-        redis_client_cert_file: None,
-        redis_client_key_file: None,
-        redis_prefix: "kb".into(),
+        redis,
         metrics_addr: operator_metrics,
         leader_election: false,
         lease_namespace: "default".into(),

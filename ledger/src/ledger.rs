@@ -573,14 +573,12 @@ mod tests {
 
     #[test]
     fn rules_round_trip() {
-        for rule in [
-            Rule::UnknownKey,
-            Rule::DailyCap,
-            Rule::PolicyTotalBudget,
-            Rule::IdempotencyMismatch,
-        ] {
+        for &rule in Rule::ALL {
             assert_eq!(Rule::parse(rule.as_str()), Some(rule));
         }
+        let names: std::collections::HashSet<_> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Rule::ALL.len(), "two rules share a name");
+        assert_eq!(Rule::parse("nope"), None);
         assert!(Rule::DailyCap.is_cap() && !Rule::Revoked.is_cap());
     }
 }

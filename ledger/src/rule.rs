@@ -1,72 +1,61 @@
 //! The rules a call can be refused by, and a refusal with the figures behind it.
 
-/// The rule that refused a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Rule {
+/// Declares [`Rule`] with each rule's name as the scripts and the audit trail write it, so the
+/// enum, its names and [`Rule::ALL`] are one list.
+macro_rules! rules {
+    ($($(#[doc = $doc:literal])* $rule:ident => $name:literal,)*) => {
+        /// The rule that refused a call.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Rule {
+            $($(#[doc = $doc])* $rule,)*
+        }
+
+        impl Rule {
+            /// Every rule, in declaration order.
+            pub const ALL: &'static [Rule] = &[$(Rule::$rule,)*];
+
+            /// The rule's name, as the scripts and the audit trail write it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Rule::$rule => $name,)*
+                }
+            }
+        }
+    };
+}
+
+rules! {
     /// No such key id.
-    UnknownKey,
+    UnknownKey => "unknown_key",
     /// The secret does not match.
-    BadSecret,
+    BadSecret => "bad_secret",
     /// The key is revoked.
-    Revoked,
+    Revoked => "revoked",
     /// The key is past its expiry.
-    Expired,
+    Expired => "expired",
     /// The endpoint is not on the allowlist.
-    Endpoint,
+    Endpoint => "endpoint",
     /// An Idempotency-Key reused with another request.
-    IdempotencyMismatch,
+    IdempotencyMismatch => "idempotency_mismatch",
     /// The call costs more than the per-call cap.
-    PerCallCap,
+    PerCallCap => "per_call_cap",
     /// The key's daily cap would be exceeded.
-    DailyCap,
+    DailyCap => "daily_cap",
     /// The key's total cap would be exceeded.
-    TotalCap,
+    TotalCap => "total_cap",
     /// The policy's daily budget would be exceeded.
-    PolicyDailyBudget,
+    PolicyDailyBudget => "policy_daily_budget",
     /// The policy's total budget would be exceeded.
-    PolicyTotalBudget,
+    PolicyTotalBudget => "policy_total_budget",
     /// An Idempotency-Key whose earlier outcome is unknown, on a vendor that does not
     /// deduplicate on it (a second attempt could act twice).
-    IdempotencyOutcomeUnknown,
+    IdempotencyOutcomeUnknown => "idempotency_outcome_unknown",
 }
 
 impl Rule {
-    /// The rule's name, as the scripts and the audit trail write it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::UnknownKey => "unknown_key",
-            Rule::BadSecret => "bad_secret",
-            Rule::Revoked => "revoked",
-            Rule::Expired => "expired",
-            Rule::Endpoint => "endpoint",
-            Rule::IdempotencyMismatch => "idempotency_mismatch",
-            Rule::PerCallCap => "per_call_cap",
-            Rule::DailyCap => "daily_cap",
-            Rule::TotalCap => "total_cap",
-            Rule::PolicyDailyBudget => "policy_daily_budget",
-            Rule::PolicyTotalBudget => "policy_total_budget",
-            Rule::IdempotencyOutcomeUnknown => "idempotency_outcome_unknown",
-        }
-    }
-
+    /// The rule a script or an audit entry names.
     pub(crate) fn parse(s: &str) -> Option<Rule> {
-        use Rule::*;
-        [
-            UnknownKey,
-            BadSecret,
-            Revoked,
-            Expired,
-            Endpoint,
-            IdempotencyMismatch,
-            PerCallCap,
-            DailyCap,
-            TotalCap,
-            PolicyDailyBudget,
-            PolicyTotalBudget,
-            IdempotencyOutcomeUnknown,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        Rule::ALL.iter().copied().find(|r| r.as_str() == s)
     }
 
     /// Whether this rule is a spending cap (answered 429 `cap_exhausted`).

@@ -1,6 +1,6 @@
 //! Operator configuration: flags with environment fallbacks.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 /// keybrake-operator: reconciles VaultKeys and SpendPolicies into scoped credentials.
 #[derive(Debug, Clone, clap::Parser)]
@@ -17,33 +17,9 @@ pub struct Config {
     /// Where workloads mount their key's Secret as files (for the CA bundle's path).
     #[arg(long, env = "KEYBRAKE_CA_MOUNT_PATH", default_value = keybrake_ledger::secret_env::DEFAULT_MOUNT_PATH)]
     pub ca_mount_path: String,
-    /// Redis holding key records and spend: one URL, or (cluster mode) seed nodes, comma-separated.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    pub redis_url: String,
-    /// `single` (one primary), `cluster` (Redis Cluster) or `sentinel` (a primary and replicas
-    /// managed by Redis Sentinel; `REDIS_URL` then lists the sentinels).
-    #[arg(long, env = "KEYBRAKE_REDIS_MODE", default_value = "single")]
-    pub redis_mode: keybrake_ledger::connection::Mode,
-    /// The name of the Sentinel-managed set (`sentinel` mode only).
-    #[arg(
-        long,
-        env = "KEYBRAKE_REDIS_SENTINEL_MASTER",
-        default_value = "mymaster"
-    )]
-    pub redis_sentinel_master: String,
-    /// PEM certificate(s) of a private CA that signs the Redis servers' certificates, trusted
-    /// instead of the webpki roots (`rediss://` URLs only).
-    #[arg(long, env = "KEYBRAKE_REDIS_CA_FILE")]
-    pub redis_ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain) presented to Redis for mutual TLS (with its key).
-    #[arg(long, env = "KEYBRAKE_REDIS_CLIENT_CERT_FILE")]
-    pub redis_client_cert_file: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[arg(long, env = "KEYBRAKE_REDIS_CLIENT_KEY_FILE")]
-    pub redis_client_key_file: Option<PathBuf>,
-    /// Prefix of every Redis key (share it with the proxy).
-    #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
-    pub redis_prefix: String,
+    /// Where Redis is and how to reach it.
+    #[command(flatten)]
+    pub redis: keybrake_ledger::flags::RedisFlags,
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "KEYBRAKE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -81,14 +57,6 @@ fn namespaced(text: &str) -> Result<String, String> {
 }
 
 impl Config {
-    /// The Redis TLS files.
-    pub fn redis_tls(&self) -> keybrake_ledger::connection::TlsFiles {
-        keybrake_ledger::connection::TlsFiles {
-            ca_file: self.redis_ca_file.clone(),
-            client_cert_file: self.redis_client_cert_file.clone(),
-            client_key_file: self.redis_client_key_file.clone(),
-        }
-    }
     /// The per-call timeout.
     pub fn call_timeout(&self) -> Duration {
         Duration::from_secs(self.call_timeout_secs)

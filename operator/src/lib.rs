@@ -20,10 +20,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{SpendPolicy, VaultKey};
-use keybrake_ledger::{
-    Keyspace, Ledger, LedgerConfig,
-    connection::{self, ConnectConfig},
-};
+use keybrake_ledger::{Ledger, LedgerConfig, connection};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -93,21 +90,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     check_crds(&client).await?;
-    let conn = keybrake_ledger::connection::connect(&ConnectConfig {
-        mode: config.redis_mode,
-        urls: config.redis_url.clone(),
-        sentinel_master: config.redis_sentinel_master.clone(),
-        timeout: config.call_timeout(),
-        tls: config.redis_tls(),
-    })
-    .await
-    .map_err(|source| StartError::Redis {
-        url: connection::redacted(&config.redis_url),
-        source,
-    })?;
+    let conn =
+        keybrake_ledger::connection::connect(&config.redis.connect_config(config.call_timeout()))
+            .await
+            .map_err(|source| StartError::Redis {
+                url: connection::redacted(&config.redis.url),
+                source,
+            })?;
     let ledger = Ledger::new(
         conn,
-        Keyspace::new(&config.redis_prefix),
+        config.redis.keyspace(),
         LedgerConfig {
             timeout: config.call_timeout(),
             ..Default::default()

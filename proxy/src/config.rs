@@ -1,6 +1,6 @@
 //! Proxy configuration: flags with environment fallbacks.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 /// keybrake-proxy: the metered data path to Stripe, Twilio and Resend.
 #[derive(Debug, Clone, clap::Parser)]
@@ -21,31 +21,9 @@ pub struct Config {
     /// APIs (a projected token; the default token is the API server's and is refused).
     #[arg(long, env = "KEYBRAKE_TOKEN_AUDIENCE", default_value = "keybrake")]
     pub token_audience: String,
-    /// Redis holding key records and spend (shared with the operator): one URL, or (cluster
-    /// mode) seed nodes, comma-separated.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
-    pub redis_url: String,
-    /// `single` (one primary), `cluster` (Redis Cluster) or `sentinel` (a primary and replicas
-    /// managed by Redis Sentinel; `REDIS_URL` then lists the sentinels).
-    #[arg(long, env = "KEYBRAKE_REDIS_MODE", default_value = "single")]
-    pub redis_mode: keybrake_ledger::connection::Mode,
-    /// The name of the Sentinel-managed set (`sentinel` mode only).
-    #[arg(
-        long,
-        env = "KEYBRAKE_REDIS_SENTINEL_MASTER",
-        default_value = "mymaster"
-    )]
-    pub redis_sentinel_master: String,
-    /// PEM certificate(s) of a private CA that signs the Redis servers' certificates, trusted
-    /// instead of the webpki roots (`rediss://` URLs only).
-    #[arg(long, env = "KEYBRAKE_REDIS_CA_FILE")]
-    pub redis_ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain) presented to Redis for mutual TLS (with its key).
-    #[arg(long, env = "KEYBRAKE_REDIS_CLIENT_CERT_FILE")]
-    pub redis_client_cert_file: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[arg(long, env = "KEYBRAKE_REDIS_CLIENT_KEY_FILE")]
-    pub redis_client_key_file: Option<PathBuf>,
+    /// Where Redis is and how to reach it.
+    #[command(flatten)]
+    pub redis: keybrake_ledger::flags::RedisFlags,
     /// Replicas that must have a reservation before its call is forwarded (Redis `WAIT`): with
     /// 1, a primary that fails over right after a reserve cannot take counted money with it.
     /// 0 forwards on the primary's word alone.
@@ -58,9 +36,6 @@ pub struct Config {
         default_value_t = 100
     )]
     pub redis_replica_ack_timeout_ms: u64,
-    /// Prefix of every Redis key (the operator's).
-    #[arg(long, env = "KEYBRAKE_REDIS_PREFIX", default_value = "kb")]
-    pub redis_prefix: String,
     /// Longest wait for Redis, in milliseconds; past it the call is refused (fail closed).
     #[arg(long, env = "KEYBRAKE_REDIS_TIMEOUT_MS", default_value_t = 500)]
     pub redis_timeout_ms: u64,
@@ -106,14 +81,6 @@ pub struct Config {
 }
 
 impl Config {
-    /// The Redis TLS files.
-    pub fn redis_tls(&self) -> keybrake_ledger::connection::TlsFiles {
-        keybrake_ledger::connection::TlsFiles {
-            ca_file: self.redis_ca_file.clone(),
-            client_cert_file: self.redis_client_cert_file.clone(),
-            client_key_file: self.redis_client_key_file.clone(),
-        }
-    }
     /// A configuration for tests and embedding: loopback, any free port.
     pub fn local(redis_url: &str, redis_prefix: &str) -> Config {
         Config {
@@ -122,15 +89,9 @@ impl Config {
             // Loopback only, in tests and `keybrake dev`.
             plaintext: true,
             token_audience: "keybrake".into(),
-            redis_url: redis_url.into(),
-            redis_mode: keybrake_ledger::connection::Mode::Single,
-            redis_sentinel_master: "mymaster".into(),
-            redis_ca_file: None,
-            redis_client_cert_file: None,
-            redis_client_key_file: None,
+            redis: keybrake_ledger::flags::RedisFlags::single(redis_url, redis_prefix),
             redis_replica_acks: 0,
             redis_replica_ack_timeout_ms: 100,
-            redis_prefix: redis_prefix.into(),
             redis_timeout_ms: 500,
             upstream_timeout_secs: 30,
             max_body_bytes: 1024 * 1024,

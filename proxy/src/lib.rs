@@ -27,10 +27,7 @@ pub mod vault_keys;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use keybrake_ledger::{
-    Keyspace, Ledger, LedgerConfig,
-    connection::{self, ConnectConfig},
-};
+use keybrake_ledger::{Ledger, LedgerConfig, connection};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use crate::config::Config;
@@ -117,21 +114,19 @@ pub async fn start(
     admin: SocketAddr,
 ) -> Result<Running, StartError> {
     keybrake_crds::compat::check(&client).await?;
-    let conn = keybrake_ledger::connection::connect(&ConnectConfig {
-        mode: config.redis_mode,
-        urls: config.redis_url.clone(),
-        sentinel_master: config.redis_sentinel_master.clone(),
-        timeout: Duration::from_millis(config.redis_timeout_ms.max(100)),
-        tls: config.redis_tls(),
-    })
+    let conn = keybrake_ledger::connection::connect(
+        &config
+            .redis
+            .connect_config(Duration::from_millis(config.redis_timeout_ms.max(100))),
+    )
     .await
     .map_err(|source| StartError::Redis {
-        url: connection::redacted(&config.redis_url),
+        url: connection::redacted(&config.redis.url),
         source,
     })?;
     let ledger = Ledger::new(
         conn,
-        Keyspace::new(&config.redis_prefix),
+        config.redis.keyspace(),
         LedgerConfig {
             timeout: Duration::from_millis(config.redis_timeout_ms),
             reservation_deadline: config.upstream_timeout() * 2

@@ -156,13 +156,7 @@ impl Stack {
     pub fn operator_config(&self) -> keybrake_operator::Config {
         keybrake_operator::Config {
             proxy_url: self.proxy_url.clone(),
-            redis_url: self.redis_url(),
-            redis_mode: self.redis_mode(),
-            redis_sentinel_master: SENTINEL_MASTER.into(),
-            redis_ca_file: self.redis_tls.ca_file.clone(),
-            redis_client_cert_file: self.redis_tls.client_cert_file.clone(),
-            redis_client_key_file: self.redis_tls.client_key_file.clone(),
-            redis_prefix: self.prefix.clone(),
+            redis: self.redis_flags(),
             metrics_addr: "127.0.0.1:0"
                 .parse()
                 .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -174,6 +168,18 @@ impl Stack {
             issued_key_retention_secs: 86_400,
             proxy_ca_secret: None,
             ca_mount_path: keybrake_ledger::secret_env::DEFAULT_MOUNT_PATH.into(),
+        }
+    }
+
+    /// How the operator and the proxy reach this stack's Redis.
+    pub fn redis_flags(&self) -> keybrake_ledger::flags::RedisFlags {
+        keybrake_ledger::flags::RedisFlags {
+            mode: self.redis_mode(),
+            sentinel_master: SENTINEL_MASTER.into(),
+            ca_file: self.redis_tls.ca_file.clone(),
+            client_cert_file: self.redis_tls.client_cert_file.clone(),
+            client_key_file: self.redis_tls.client_key_file.clone(),
+            ..keybrake_ledger::flags::RedisFlags::single(&self.redis_url(), &self.prefix)
         }
     }
 
@@ -226,11 +232,7 @@ impl Stack {
         edit: impl FnOnce(&mut keybrake_proxy::Config),
     ) -> Result<keybrake_proxy::Running> {
         let mut config = keybrake_proxy::Config::local(&self.redis_url(), &self.prefix);
-        config.redis_mode = self.redis_mode();
-        config.redis_sentinel_master = SENTINEL_MASTER.into();
-        config.redis_ca_file = self.redis_tls.ca_file.clone();
-        config.redis_client_cert_file = self.redis_tls.client_cert_file.clone();
-        config.redis_client_key_file = self.redis_tls.client_key_file.clone();
+        config.redis = self.redis_flags();
         edit(&mut config);
         Ok(
             keybrake_proxy::start(self.proxy_client.clone(), config, "127.0.0.1:0".parse()?)

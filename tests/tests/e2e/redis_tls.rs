@@ -89,9 +89,9 @@ async fn a_charge_goes_through_the_proxy_on_a_tls_only_redis_and_nothing_falls_b
     let insecure_url = format!("rediss://127.0.0.1:{port}/#insecure");
     let insecure = config(Mode::Single, &insecure_url, TlsFiles::default());
     let mut operator = stack.operator_config();
-    operator.redis_ca_file = None;
+    operator.redis.ca_file = None;
     let (untrusted, operator, insecure) = tokio::join!(
-        stack.start_proxy_with(|c| c.redis_ca_file = None),
+        stack.start_proxy_with(|c| c.redis.ca_file = None),
         keybrake_operator::run(
             stack.operator_client.clone(),
             operator,
@@ -114,7 +114,7 @@ async fn a_charge_goes_through_the_proxy_on_a_tls_only_redis_and_nothing_falls_b
     assert!(insecure.contains("insecure"), "{insecure}");
     // TLS files with a plain URL stop the start, naming the problem.
     let mismatch = stack
-        .start_proxy_with(|c| c.redis_url = format!("redis://127.0.0.1:{port}/"))
+        .start_proxy_with(|c| c.redis.url = format!("redis://127.0.0.1:{port}/"))
         .await
         .err()
         .map(|e| e.to_string())
