@@ -172,7 +172,8 @@ fn dev_token(dir: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// Runs the stack until SIGINT or SIGTERM.
+/// Runs the stack until SIGINT or SIGTERM. One function: the local start-up sequence (Redis,
+/// kube-lite, sandboxes, proxy, operator, env file) in the order it must happen.
 pub async fn run(args: DevArgs) -> Result<()> {
     let overrides = parse_upstreams(&args.upstreams)?;
     let dir = args.state_dir.clone();

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 /// One request as received.
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    /// Method.
+    /// HTTP method, as sent.
     pub method: String,
     /// Path and query.
     pub uri: String,
@@ -36,7 +36,7 @@ pub struct Recorded {
     pub accept_encoding: Option<String>,
     /// Every header, lower-case names.
     pub headers: Vec<(String, String)>,
-    /// Body.
+    /// The body as received (UTF-8, lossy).
     pub body: String,
 }
 
@@ -142,6 +142,8 @@ impl State {
         }
     }
 
+    /// Answers a Stripe call as Stripe would. One match over the endpoints the sandbox serves,
+    /// so what each one moves is read in one place.
     fn stripe(&mut self, method: &str, path: &str, p: &[(String, String)]) -> (u16, Value) {
         let what = format!("{method} {path}");
         let amount = |name: &str| get(p, name).and_then(|a| a.parse::<u64>().ok());
@@ -438,7 +440,7 @@ impl Sandbox {
         Sandbox::start_on("127.0.0.1:0".parse()?).await
     }
 
-    /// Starts on `addr`.
+    /// Starts on `addr`. One function: the accept loop and the request reading it needs.
     pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Sandbox> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;

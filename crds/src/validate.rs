@@ -124,7 +124,7 @@ impl Check {
 }
 
 /// Checks a SpendPolicy's own spec: one check per field, in the order of the spec, so every
-/// violation is reported at once.
+/// violation is reported at once (and the function is as long as the spec).
 pub fn validate_policy(spec: &SpendPolicySpec) -> Result<(), Violations> {
     let mut check = Check::default();
     if !is_dns_subdomain(&spec.credentials_secret_ref.name) {

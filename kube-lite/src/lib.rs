@@ -80,7 +80,7 @@ pub enum StartError {
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// Why.
+        /// The bind failure (in use, not permitted).
         source: std::io::Error,
     },
     /// The state file could not be loaded.

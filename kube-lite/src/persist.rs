@@ -18,7 +18,7 @@ pub enum PersistError {
     Io {
         /// The file.
         path: String,
-        /// Why.
+        /// The I/O failure reading or writing it.
         source: std::io::Error,
     },
     /// The file is not a kube-lite state file.
@@ -26,7 +26,7 @@ pub enum PersistError {
     Format {
         /// The file.
         path: String,
-        /// Why.
+        /// What in its content is wrong.
         why: String,
     },
 }

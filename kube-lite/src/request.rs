@@ -32,7 +32,7 @@ pub enum Route {
 pub struct ResourcePath {
     /// API group (`""` for core).
     pub group: String,
-    /// Version.
+    /// API version (`v1`, `v1alpha1`).
     pub version: String,
     /// Namespace from the path; `None` for cluster-scoped or all-namespaces requests.
     pub namespace: Option<String>,

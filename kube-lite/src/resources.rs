@@ -156,7 +156,7 @@ impl ResourceKey {
     }
 }
 
-/// The built-in kinds the project needs.
+/// The built-in kinds the project needs: a table, as long as the list of kinds.
 pub fn builtins() -> Vec<Resource> {
     let event_fields = [
         "involvedObject.kind",

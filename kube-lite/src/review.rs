@@ -51,7 +51,7 @@ pub enum TokenFileError {
     Read {
         /// The file.
         path: String,
-        /// Why.
+        /// The failure reading it.
         source: std::io::Error,
     },
     /// A line is malformed.

@@ -263,7 +263,8 @@ fn check_object_fields(
     }
 }
 
-/// The structural checks of one value against its schema.
+/// The structural checks of one value against its schema: one block per OpenAPI keyword the
+/// API server checks, in its order, so the function is as long as that list.
 fn check(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
     if v.is_null() {
         return; // pruning kept only nulls the schema allows

@@ -209,6 +209,8 @@ async fn dispatch(shared: &Shared, req: Request<Incoming>) -> Result<Response<Bo
     }
 }
 
+/// Serves one request to a resource path. One function: authorization, then one arm per verb,
+/// each a few lines calling the store; splitting it would pass the parsed request around.
 async fn resource(
     shared: &Shared,
     req: Request<Incoming>,

@@ -59,7 +59,8 @@ fn bookmark(res: &Resource, rv: u64, initial_end: bool) -> Bytes {
 }
 
 /// Starts a watch and streams it into `tx` until the timeout, the client leaves, the client
-/// lags behind (410), or the server shuts down.
+/// lags behind (410), or the server shuts down. One loop: the initial events, bookmarks and the
+/// end conditions share the stream's state.
 #[allow(clippy::too_many_arguments)] // the parts of one watch request
 pub async fn run(
     store: Arc<Store>,

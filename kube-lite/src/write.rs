@@ -307,7 +307,8 @@ impl State {
     }
 
     /// The common tail of update, patch and apply: keeps what the request may not change,
-    /// applies the generation and finalizer rules, skips no-op writes.
+    /// applies the generation and finalizer rules, skips no-op writes. One function: those rules
+    /// read and write the same old and new object, in the API server's order.
     #[allow(clippy::too_many_arguments)]
     fn replace(
         &mut self,

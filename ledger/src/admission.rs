@@ -16,7 +16,7 @@ pub struct StoredResponse {
     pub status: u16,
     /// Headers to replay, as a JSON object.
     pub headers_json: String,
-    /// Body.
+    /// Response body to replay, as the vendor sent it.
     pub body: Vec<u8>,
     /// False when the body was too large to keep: a repeat cannot be replayed.
     pub kept: bool,

@@ -13,9 +13,9 @@ pub struct AuditEntry {
     pub vault_key: String,
     /// Run label.
     pub run_label: String,
-    /// Vendor.
+    /// Vendor name (`stripe`, `twilio`, `resend`).
     pub vendor: String,
-    /// Method.
+    /// HTTP method of the call.
     pub method: String,
     /// Canonical path.
     pub path: String,

@@ -30,9 +30,9 @@ pub enum TlsError {
     Read {
         /// Which file (and its variable).
         what: &'static str,
-        /// Where.
+        /// The path it was read from.
         path: PathBuf,
-        /// Why.
+        /// The failure reading it.
         source: std::io::Error,
     },
     /// The file is not what it should be.
@@ -40,9 +40,9 @@ pub enum TlsError {
     Invalid {
         /// Which file (and its variable).
         what: &'static str,
-        /// Where.
+        /// The path it was read from.
         path: PathBuf,
-        /// Why.
+        /// What in its content cannot be used.
         reason: String,
     },
     /// Only one of the client certificate and its key is set.
@@ -57,7 +57,7 @@ pub enum TlsError {
         cert: PathBuf,
         /// The key file.
         key: PathBuf,
-        /// Why.
+        /// Why the two do not form a usable pair.
         reason: String,
     },
 }

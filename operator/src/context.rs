@@ -21,11 +21,11 @@ pub struct Context {
     pub client: Client,
     /// Key records and spend in Redis; Redis' clock is the operator's clock.
     pub ledger: Ledger<Connection>,
-    /// Configuration.
+    /// The flags the operator started with.
     pub config: Config,
     /// Events on VaultKeys and SpendPolicies.
     pub recorder: Recorder,
-    /// Counters.
+    /// The operator's Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Every VaultKey, as the VaultKey controller sees them (for per-policy key counts
     /// without listing the API on each reconcile).

@@ -56,15 +56,15 @@ pub enum StartError {
     Redis {
         /// Where (without credentials).
         url: String,
-        /// Why.
+        /// The connection or TLS failure.
         source: keybrake_ledger::connection::ConnectError,
     },
     /// The metrics address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Metrics {
-        /// Where.
+        /// The metrics address asked for.
         addr: std::net::SocketAddr,
-        /// Why.
+        /// The bind failure.
         source: std::io::Error,
     },
 }

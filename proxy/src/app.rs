@@ -28,7 +28,7 @@ pub struct App {
     pub upstream: Upstream,
     /// Limits and timeouts.
     pub config: Config,
-    /// Counters.
+    /// The proxy's Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Keys whose status.spend needs writing.
     pub spend: Arc<SpendWriter>,

@@ -43,7 +43,7 @@ pub type Forwarded = (u16, Vec<(String, String)>, Bytes);
 
 /// What to send upstream.
 pub struct Outgoing<'a> {
-    /// Method.
+    /// HTTP method, as the caller sent it.
     pub method: &'a str,
     /// Upstream path (Twilio's account SID already the real one).
     pub path: &'a str,

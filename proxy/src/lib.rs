@@ -52,15 +52,15 @@ pub enum StartError {
     Redis {
         /// Where (without credentials).
         url: String,
-        /// Why.
+        /// The connection or TLS failure.
         source: keybrake_ledger::connection::ConnectError,
     },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        /// Where.
+        /// The address asked for.
         addr: SocketAddr,
-        /// Why.
+        /// The bind failure.
         source: std::io::Error,
     },
 }

@@ -18,7 +18,7 @@ use prometheus_client::{
 /// Labels: vendor, endpoint and outcome.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Forwarded {
-    /// Vendor.
+    /// Vendor name (label `vendor`).
     pub vendor: String,
     /// Method and path with ids folded to `*` (`POST /v1/payment_intents/*/confirm`).
     pub endpoint: String,
@@ -59,23 +59,23 @@ pub fn endpoint_label(method: &str, path: &str) -> String {
 /// Labels: vendor and refusing rule.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Refused {
-    /// Vendor.
+    /// Vendor name (label `vendor`).
     pub vendor: String,
-    /// Rule.
+    /// The refusing rule's name (label `rule`).
     pub rule: String,
 }
 
 /// Labels: vendor.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VendorLabel {
-    /// Vendor.
+    /// Vendor name (label `vendor`).
     pub vendor: String,
 }
 
 /// Labels: one VaultKey (`namespace`, `vaultkey`) and its policy.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyLabels {
-    /// Namespace.
+    /// The VaultKey's namespace (label `namespace`).
     pub namespace: String,
     /// VaultKey name.
     pub vaultkey: String,
@@ -86,7 +86,7 @@ pub struct KeyLabels {
 /// Labels: one cap window (`daily` or `total`) of a VaultKey.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CapLabels {
-    /// Namespace.
+    /// The VaultKey's namespace (label `namespace`).
     pub namespace: String,
     /// VaultKey name.
     pub vaultkey: String,
@@ -128,6 +128,7 @@ pub struct ResultLabel {
 }
 
 impl Default for Metrics {
+    /// Registers every metric with its help text: as long as the list of metrics.
     fn default() -> Metrics {
         let mut registry = Registry::with_prefix("keybrake_proxy");
         let forwarded = Family::<Forwarded, Counter>::default();

@@ -48,11 +48,11 @@ impl fmt::Debug for Credentials {
 /// Everything the data path needs of one policy.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
-    /// Namespace.
+    /// The SpendPolicy's namespace.
     pub namespace: String,
-    /// Name.
+    /// The SpendPolicy's name.
     pub name: String,
-    /// Vendor.
+    /// The vendor whose real secret it holds.
     pub vendor: Vendor,
     /// Upstream base URL, without a trailing slash.
     pub upstream: String,
@@ -65,7 +65,7 @@ pub struct PolicyConfig {
 /// A policy as the proxy sees it.
 #[derive(Debug, Clone)]
 pub enum PolicyState {
-    /// Usable.
+    /// Loaded, with its credentials: calls may be forwarded.
     Ready(Arc<PolicyConfig>),
     /// Present but unusable, with the reason (missing Secret, invalid spec).
     Unusable(String),

@@ -35,7 +35,7 @@ pub enum TlsError {
     Invalid {
         /// `namespace/name`.
         secret: String,
-        /// Why.
+        /// What is wrong with its certificate or key.
         reason: String,
     },
     /// The API server could not be asked.

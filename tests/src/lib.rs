@@ -6,6 +6,7 @@ pub mod identities;
 pub mod pki;
 pub mod processes;
 pub mod redis_server;
+pub mod refusals;
 pub mod sdk;
 pub mod stack;
 pub mod upstream;
@@ -180,7 +181,7 @@ impl Cluster {
                 Ok::<_, anyhow::Error>(rbac_documents(&all))
             })
             .await?;
-        self.apply(rbac).await?.ok()?;
+        self.apply_ok(rbac).await?;
         Ok(())
     }
 
@@ -221,6 +222,11 @@ impl Cluster {
     /// `kubectl apply -f -` of a manifest.
     pub async fn apply(&self, manifest: &str) -> Result<Output> {
         self.kubectl(&["apply", "-f", "-"], Some(manifest)).await
+    }
+
+    /// `kubectl apply -f -` of a manifest that must succeed; its output.
+    pub async fn apply_ok(&self, manifest: &str) -> Result<String> {
+        self.apply(manifest).await?.ok()
     }
 
     /// A kube-rs client for this server.

@@ -51,90 +51,110 @@ pub struct Stack {
     pub proxy_url: String,
 }
 
-impl Stack {
-    /// Starts everything and installs the CRDs and the `billing` namespace.
-    pub async fn start() -> Result<Stack> {
-        Stack::start_inner(false).await.map(|(s, _)| s)
+/// Which Redis a stack runs on.
+enum RedisChoice {
+    /// A fresh single node.
+    Plain,
+    /// A single node with AOF on, that tests can kill and restart.
+    Durable,
+    /// A given node (TLS-only, say) and the files the deployables are given to reach it.
+    Given(Box<(RedisServer, TlsFiles)>),
+    /// A Sentinel-managed primary and replica.
+    Sentinel,
+    /// A three-primary Redis Cluster with this many replicas per primary.
+    Cluster(usize),
+}
+
+/// How a [`Stack`] is made: `Stack::builder().durable_redis().start_with_proxy()`.
+pub struct StackBuilder {
+    persistent_api: bool,
+    redis: RedisChoice,
+}
+
+impl StackBuilder {
+    /// An API server with a state file that tests can restart (`stack.cluster.restart()`).
+    pub fn persistent_api(mut self) -> StackBuilder {
+        self.persistent_api = true;
+        self
     }
 
-    /// Like [`Stack::start`], with a proxy started before the operator, so the Secrets the
-    /// operator writes carry the proxy's real URL (what a pod would use).
-    pub async fn start_with_proxy() -> Result<(Stack, keybrake_proxy::Running)> {
-        let (stack, proxy) = Stack::start_inner(true).await?;
+    /// A Redis with AOF on, that tests can kill and restart.
+    pub fn durable_redis(mut self) -> StackBuilder {
+        self.redis = RedisChoice::Durable;
+        self
+    }
+
+    /// `redis` (a TLS-only server, say), the operator and the proxy given `tls`.
+    pub fn tls_redis(mut self, redis: RedisServer, tls: TlsFiles) -> StackBuilder {
+        self.redis = RedisChoice::Given(Box::new((redis, tls)));
+        self
+    }
+
+    /// A Sentinel-managed primary and replica.
+    pub fn redis_sentinel(mut self) -> StackBuilder {
+        self.redis = RedisChoice::Sentinel;
+        self
+    }
+
+    /// A three-primary Redis Cluster with `replicas` replicas per primary.
+    pub fn redis_cluster(mut self, replicas: usize) -> StackBuilder {
+        self.redis = RedisChoice::Cluster(replicas);
+        self
+    }
+
+    /// Starts the API server, Redis and the operator.
+    pub async fn start(self) -> Result<Stack> {
+        Ok(self.start_inner(false).await?.0)
+    }
+
+    /// Starts a proxy before the operator, so the Secrets the operator writes carry the proxy's
+    /// real URL (what a pod would use).
+    pub async fn start_with_proxy(self) -> Result<(Stack, keybrake_proxy::Running)> {
+        let (stack, proxy) = self.start_inner(true).await?;
         Ok((stack, proxy.context("no proxy")?))
     }
 
-    /// Like [`Stack::start_with_proxy`], on a Redis with AOF on that tests can kill and restart.
-    pub async fn start_with_proxy_on_durable_redis() -> Result<(Stack, keybrake_proxy::Running)> {
-        let (stack, proxy) = Stack::start_on(RedisServer::start_durable().await?, true).await?;
-        Ok((stack, proxy.context("no proxy")?))
-    }
-
-    /// Like [`Stack::start_with_proxy`], on an API server with a state file that tests can
-    /// restart (`stack.cluster.restart()`).
-    pub async fn start_with_proxy_on_persistent_api() -> Result<(Stack, keybrake_proxy::Running)> {
-        let cluster = Cluster::start_persistent().await?;
-        let (stack, proxy) =
-            Stack::start_on_cluster(cluster, RedisServer::start().await?, true).await?;
-        Ok((stack, proxy.context("no proxy")?))
-    }
-
-    async fn start_inner(with_proxy: bool) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
-        Stack::start_on(RedisServer::start().await?, with_proxy).await
-    }
-
-    async fn start_on(
-        redis: RedisServer,
+    async fn start_inner(
+        self,
         with_proxy: bool,
     ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
-        Stack::start_on_cluster(Cluster::start().await?, redis, with_proxy).await
-    }
-
-    /// Like [`Stack::start_with_proxy`], on `redis` (a TLS-only server, say), the operator and
-    /// the proxy given `tls`.
-    pub async fn start_with_proxy_on_tls_redis(
-        redis: RedisServer,
-        tls: TlsFiles,
-    ) -> Result<(Stack, keybrake_proxy::Running)> {
-        let (stack, proxy) =
-            Stack::start_on_cluster_with(Cluster::start().await?, redis, tls, true).await?;
-        Ok((stack, proxy.context("no proxy")?))
-    }
-
-    async fn start_on_cluster(
-        cluster: Cluster,
-        redis: RedisServer,
-        with_proxy: bool,
-    ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
-        Stack::start_on_cluster_with(cluster, redis, TlsFiles::default(), with_proxy).await
-    }
-
-    async fn start_on_cluster_with(
-        cluster: Cluster,
-        redis: RedisServer,
-        redis_tls: TlsFiles,
-        with_proxy: bool,
-    ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
+        let cluster = if self.persistent_api {
+            Cluster::start_persistent().await?
+        } else {
+            Cluster::start().await?
+        };
+        let (mut redis_cluster, mut redis_sentinel) = (None, None);
+        let (redis, redis_tls) = match self.redis {
+            RedisChoice::Durable => (RedisServer::start_durable().await?, TlsFiles::default()),
+            RedisChoice::Given(given) => *given,
+            RedisChoice::Plain => (RedisServer::start().await?, TlsFiles::default()),
+            RedisChoice::Sentinel => {
+                redis_sentinel = Some(RedisSentinelSet::start(SENTINEL_MASTER).await?);
+                (RedisServer::start().await?, TlsFiles::default())
+            }
+            RedisChoice::Cluster(replicas) => {
+                redis_cluster = Some(RedisCluster::start_with_replicas(replicas).await?);
+                (RedisServer::start().await?, TlsFiles::default())
+            }
+        };
         let crds = workspace_root().join("manifests/crds");
         cluster
             .kubectl_ok(&["apply", "-f", crds.to_str().unwrap_or_default()])
             .await?;
         cluster
-            .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
-            .await?
-            .ok()?;
+            .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
+            .await?;
         cluster.install_shipped_rbac().await?;
         let client = Client::try_from(Config::new(cluster.url().parse()?))?;
         let operator_client = cluster.client_as(crate::identities::OPERATOR)?;
         let proxy_client = cluster.client_as(crate::identities::PROXY)?;
-        let prefix = format!("op{}", rand_suffix());
         let mut stack = Stack {
             cluster,
             redis,
-            redis_cluster: None,
-            redis_sentinel: None,
+            redis_cluster,
+            redis_sentinel,
             redis_tls,
-            prefix,
+            prefix: format!("op{}", rand_suffix()),
             client,
             operator_client,
             proxy_client,
@@ -150,6 +170,26 @@ impl Stack {
         };
         stack.start_operator().await?;
         Ok((stack, proxy))
+    }
+}
+
+impl Stack {
+    /// A stack on a fresh API server and Redis, to be changed before it starts.
+    pub fn builder() -> StackBuilder {
+        StackBuilder {
+            persistent_api: false,
+            redis: RedisChoice::Plain,
+        }
+    }
+
+    /// Starts everything and installs the CRDs and the `billing` namespace.
+    pub async fn start() -> Result<Stack> {
+        Stack::builder().start().await
+    }
+
+    /// Like [`Stack::start`], with a proxy started before the operator.
+    pub async fn start_with_proxy() -> Result<(Stack, keybrake_proxy::Running)> {
+        Stack::builder().start_with_proxy().await
     }
 
     /// The operator's configuration in this stack.
@@ -259,35 +299,6 @@ impl Stack {
         }
     }
 
-    /// Like [`Stack::start_with_proxy`], on a Sentinel-managed primary and replica.
-    pub async fn start_with_proxy_on_redis_sentinel() -> Result<(Stack, keybrake_proxy::Running)> {
-        let (mut stack, _) =
-            Stack::start_on_cluster(Cluster::start().await?, RedisServer::start().await?, false)
-                .await?;
-        stack.stop_operator().await;
-        stack.redis_sentinel = Some(RedisSentinelSet::start(SENTINEL_MASTER).await?);
-        let proxy = stack.start_proxy().await?;
-        stack.proxy_url = format!("http://{}", proxy.addr);
-        stack.start_operator().await?;
-        Ok((stack, proxy))
-    }
-
-    /// Like [`Stack::start_with_proxy`], on a three-primary Redis Cluster with `replicas`
-    /// replicas per primary.
-    pub async fn start_with_proxy_on_redis_cluster(
-        replicas: usize,
-    ) -> Result<(Stack, keybrake_proxy::Running)> {
-        let (mut stack, _) =
-            Stack::start_on_cluster(Cluster::start().await?, RedisServer::start().await?, false)
-                .await?;
-        stack.stop_operator().await;
-        stack.redis_cluster = Some(RedisCluster::start_with_replicas(replicas).await?);
-        let proxy = stack.start_proxy().await?;
-        stack.proxy_url = format!("http://{}", proxy.addr);
-        stack.start_operator().await?;
-        Ok((stack, proxy))
-    }
-
     /// Fails if the API server refused the operator or the proxy anything: a refusal the code
     /// only logs (an Event, a status write) would otherwise pass unseen.
     pub fn assert_deployables_never_refused(&self) -> Result<()> {
@@ -378,23 +389,20 @@ impl Stack {
         let in_ns = |yaml: &str| yaml.replace("namespace: billing", &format!("namespace: {ns}"));
         if ns != "billing" {
             self.cluster
-                .apply(&format!(
+                .apply_ok(&format!(
                     "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
                 ))
-                .await?
-                .ok()?;
+                .await?;
         }
         self.cluster
-            .apply(&in_ns(&crate::with_upstream(
+            .apply_ok(&in_ns(&crate::with_upstream(
                 &crate::example("stripe-policy.yaml"),
                 upstream_url,
             )))
-            .await?
-            .ok()?;
+            .await?;
         self.cluster
-            .apply(&in_ns(&crate::example("stripe-run-key.yaml")))
-            .await?
-            .ok()?;
+            .apply_ok(&in_ns(&crate::example("stripe-run-key.yaml")))
+            .await?;
         self.active_key_env(ns, "billing-agent-run-7f3a").await
     }
 

@@ -142,7 +142,8 @@ fn content_type(headers: &HeaderMap) -> Result<Option<String>, BadRequest> {
     Ok(Some(essence))
 }
 
-/// Reads a request as `vendor` will. `path` is already canonical.
+/// Reads a request as `vendor` will. `path` is already canonical. One function: every refusal
+/// of a request shape the vendors read differently is in one place, in the order they apply.
 pub fn read(
     vendor: Vendor,
     method: &str,

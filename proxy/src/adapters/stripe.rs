@@ -421,7 +421,8 @@ fn in_currency_of(obj: &Value, amount: u64, pricing: &Pricing) -> Result<Usd, Ba
     money::minor_to_usd(amount, currency, pricing)
 }
 
-/// Costs a Stripe write under its table entry.
+/// Costs a Stripe write under its table entry: one arm per costed endpoint, so the cost of each
+/// is read beside the others.
 pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let segs = call.segments();
     let id = || segs.get(2).copied().unwrap_or_default().to_owned();
@@ -652,6 +653,8 @@ enum Item {
     Inline(u64, String, u64),
 }
 
+/// Costs a subscription's first invoice. One function: the items, their prices and quantities
+/// and the refusal of every shape Stripe reads another way are one reading of the form.
 fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let mut items: std::collections::BTreeMap<u64, Vec<(&str, &str)>> = Default::default();
     for (k, v) in call.pairs() {

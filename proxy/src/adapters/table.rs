@@ -36,7 +36,7 @@ impl Rule {
 /// One endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    /// Method.
+    /// HTTP method the entry matches.
     pub method: &'static str,
     /// Path, `{id}` standing for one object id.
     pub path: &'static str,

@@ -21,7 +21,7 @@ pub struct Caller {
     pub username: String,
     /// User uid.
     pub uid: Option<String>,
-    /// Groups.
+    /// The groups the API server put the caller in.
     pub groups: Vec<String>,
     /// Extra attributes from the authenticator, passed on to authorization.
     pub extra: BTreeMap<String, Vec<String>>,

@@ -173,7 +173,8 @@ fn settled(vk: Option<&VaultKey>) -> bool {
         .is_some_and(|p| p != KeyPhase::Pending)
 }
 
-/// Issues a key and returns it with its token, once the key works.
+/// Issues a key and returns it with its token, once the key works. One function: choosing the
+/// policy, creating the VaultKey and waiting for it are one request's steps, in order.
 pub async fn issue(
     app: &App,
     caller: &Caller,

@@ -43,7 +43,7 @@ pub struct IssueRequest {
     pub per_call_usd_cap: Option<Usd>,
     /// Allowed endpoints (default: the policy's).
     pub allowed_endpoints: Option<Vec<EndpointPattern>>,
-    /// Lifetime.
+    /// How long the key lives (`expiresIn`); default: the policy's.
     pub expires_in: Option<KubeDuration>,
     /// Absolute expiry.
     pub expires_at: Option<Timestamp>,
@@ -89,7 +89,8 @@ fn usd(obj: &Map<String, Value>, field: &str) -> Result<Option<Usd>, ApiError> {
 }
 
 impl IssueRequest {
-    /// Parses and checks a request body.
+    /// Parses and checks a request body: one check per field, in the order of the API, so the
+    /// function is as long as the request.
     pub fn parse(body: &[u8]) -> Result<IssueRequest, ApiError> {
         if body.is_empty() {
             return Err(ApiError::new(

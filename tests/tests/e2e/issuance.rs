@@ -22,15 +22,14 @@ async fn stack_with_policy(upstream: &str) -> Result<(Stack, keybrake_proxy::Run
     let (stack, proxy) = Stack::start_with_proxy().await?;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &with_upstream(&example("stripe-policy.yaml"), upstream).replace(
                 "sk_test_replace_me_with_the_real_secret_key",
                 "sk_test_localstripe",
             ),
         )
-        .await?
-        .ok()?;
-    stack.cluster.apply(identities::RBAC).await?.ok()?;
+        .await?;
+    stack.cluster.apply_ok(identities::RBAC).await?;
     Ok((stack, proxy))
 }
 
@@ -240,9 +239,8 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
     // Reading and revoking across namespaces is refused too, before anything is looked up.
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     let env = stack
         .active_key_env("billing", "billing-agent-run-7f3a")
         .await?;
@@ -407,9 +405,8 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
     // Two policies for the vendor: the request must name one.
     stack
         .cluster
-        .apply(&example("stripe-policy.yaml").replace("name: stripe\n", "name: stripe-eu\n"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-policy.yaml").replace("name: stripe\n", "name: stripe-eu\n"))
+        .await?;
     let reply = call(
         addr,
         "POST",
@@ -505,9 +502,8 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
         .to_owned();
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     stack
         .active_key_env("billing", "billing-agent-run-7f3a")
         .await?;

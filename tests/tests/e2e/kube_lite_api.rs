@@ -53,7 +53,7 @@ async fn objects_survive_a_restart_with_a_state_file() -> Result<()> {
     let first = Cluster::start_with(opts.clone()).await?;
     install_crds(&first).await?;
     let key = run_key_in_default()?;
-    first.apply(&key).await?.ok()?;
+    first.apply_ok(&key).await?;
     let cms: Api<ConfigMap> = Api::namespaced(client(&first)?, "default");
     let before = cms.create(&PostParams::default(), &cm("kept")).await?;
     let rv_before: u64 = before.resource_version().unwrap().parse()?;
@@ -260,7 +260,7 @@ async fn recorder_events_show_in_kubectl_describe() -> Result<()> {
     let c = Cluster::start().await?;
     install_crds(&c).await?;
     let key = run_key_in_default()?;
-    c.apply(&key).await?.ok()?;
+    c.apply_ok(&key).await?;
     let client = client(&c)?;
     let vk = Api::<VaultKey>::namespaced(client.clone(), "default")
         .get("billing-agent-run-7f3a")
@@ -306,7 +306,7 @@ async fn deleting_a_crd_removes_its_objects_and_stops_serving_it() -> Result<()>
     let c = Cluster::start().await?;
     install_crds(&c).await?;
     let key = run_key_in_default()?;
-    c.apply(&key).await?.ok()?;
+    c.apply_ok(&key).await?;
     let client = client(&c)?;
     let vks: Api<VaultKey> = Api::namespaced(client.clone(), "default");
     let stream = vks.watch(&WatchParams::default(), "0").await?;
@@ -385,7 +385,7 @@ async fn bad_requests_get_status_errors() -> Result<()> {
 async fn resource_versions_guard_updates_patches_and_deletes() -> Result<()> {
     let c = Cluster::start().await?;
     install_crds(&c).await?;
-    c.apply(&run_key_in_default()?).await?.ok()?;
+    c.apply_ok(&run_key_in_default()?).await?;
     let vks: Api<VaultKey> = Api::namespaced(client(&c)?, "default");
     let current = vks.get("billing-agent-run-7f3a").await?;
     let code = |e: kube::Error| match e {
@@ -462,10 +462,9 @@ async fn token_and_access_reviews_follow_the_token_file_and_rbac() -> Result<()>
     use keybrake_e2e::identities;
     let c = Cluster::start().await?;
     let client = client(&c)?;
-    c.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
-        .await?
-        .ok()?;
-    c.apply(identities::RBAC).await?.ok()?;
+    c.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
+        .await?;
+    c.apply_ok(identities::RBAC).await?;
     let reviews: Api<TokenReview> = Api::all(client.clone());
     let review = |token: &str| TokenReview {
         spec: TokenReviewSpec {
@@ -613,13 +612,11 @@ async fn requests_with_a_token_get_what_rbac_grants_and_nothing_more() -> Result
     use keybrake_e2e::identities;
     let c = Cluster::start().await?;
     install_crds(&c).await?;
-    c.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
-        .await?
-        .ok()?;
-    c.apply(identities::RBAC).await?.ok()?;
-    c.apply(&run_key_in_default()?.replace("namespace: default", "namespace: billing"))
-        .await?
-        .ok()?;
+    c.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
+        .await?;
+    c.apply_ok(identities::RBAC).await?;
+    c.apply_ok(&run_key_in_default()?.replace("namespace: default", "namespace: billing"))
+        .await?;
     // The reader may list and get keys in billing, and nothing else.
     let reader = c.client_as(identities::BILLING_READER_DEFAULT)?;
     let keys: Api<VaultKey> = Api::namespaced(reader.clone(), "billing");

@@ -11,10 +11,9 @@ async fn billing_cluster() -> Result<Cluster> {
     let crds = workspace_root().join("manifests/crds");
     c.kubectl_ok(&["apply", "-f", crds.to_str().unwrap()])
         .await?;
-    c.apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
-        .await?
-        .ok()?;
-    c.apply(&example("stripe-policy.yaml")).await?.ok()?;
+    c.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
+        .await?;
+    c.apply_ok(&example("stripe-policy.yaml")).await?;
     Ok(c)
 }
 
@@ -45,17 +44,16 @@ fn jsonpath(field: &str) -> String {
 async fn apply_creates_then_configures_then_leaves_unchanged() -> Result<()> {
     let c = billing_cluster().await?;
     let key = example("stripe-run-key.yaml");
-    let created = c.apply(&key).await?.ok()?;
+    let created = c.apply_ok(&key).await?;
     assert!(
         created.contains("vaultkey.keybrake.com/billing-agent-run-7f3a created"),
         "{created}"
     );
-    let unchanged = c.apply(&key).await?.ok()?;
+    let unchanged = c.apply_ok(&key).await?;
     assert!(unchanged.contains("unchanged"), "{unchanged}");
     let changed = c
-        .apply(&key.replace("dailyUsdCap: 500", "dailyUsdCap: 450"))
-        .await?
-        .ok()?;
+        .apply_ok(&key.replace("dailyUsdCap: 500", "dailyUsdCap: 450"))
+        .await?;
     assert!(changed.contains("configured"), "{changed}");
     let got = c
         .kubectl_ok(&[
@@ -87,7 +85,7 @@ async fn apply_creates_then_configures_then_leaves_unchanged() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_prints_the_printer_columns_yaml_and_wide() -> Result<()> {
     let c = billing_cluster().await?;
-    c.apply(&example("stripe-run-key.yaml")).await?.ok()?;
+    c.apply_ok(&example("stripe-run-key.yaml")).await?;
     let status = r#"{"status":{"phase":"Active","vendor":"stripe","cap":"500.00/day","expiresAt":"2030-01-01T00:00:00Z","spend":{"totalUsd":"12.50","todayUsd":"2.50"}}}"#;
     merge_patch_run_key(&c, true, status).await?;
     let table = c.kubectl_ok(&["get", "vk", "-n", "billing"]).await?;
@@ -156,7 +154,7 @@ async fn get_prints_the_printer_columns_yaml_and_wide() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_watch_streams_changes() -> Result<()> {
     let c = billing_cluster().await?;
-    c.apply(&example("stripe-run-key.yaml")).await?.ok()?;
+    c.apply_ok(&example("stripe-run-key.yaml")).await?;
     let mut cmd = tokio::process::Command::new(keybrake_e2e::kubectl_path()?);
     cmd.args([
         "get",
@@ -205,7 +203,7 @@ async fn get_watch_streams_changes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn describe_shows_spec_status_and_events() -> Result<()> {
     let c = billing_cluster().await?;
-    c.apply(&example("stripe-run-key.yaml")).await?.ok()?;
+    c.apply_ok(&example("stripe-run-key.yaml")).await?;
     let uid = c
         .kubectl_ok(&[
             "get",
@@ -223,7 +221,7 @@ async fn describe_shows_spec_status_and_events() -> Result<()> {
          type: Warning\nreason: CapReached\nmessage: daily cap 500.00 reached\nsource:\n  component: keybrake-proxy\n\
          firstTimestamp: \"2026-11-22T10:00:00Z\"\nlastTimestamp: \"2026-11-22T10:00:00Z\"\ncount: 1\n"
     );
-    c.apply(&event).await?.ok()?;
+    c.apply_ok(&event).await?;
     let described = c
         .kubectl_ok(&["describe", "vk", "-n", "billing", "billing-agent-run-7f3a"])
         .await?;
@@ -241,7 +239,7 @@ async fn describe_shows_spec_status_and_events() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_merge_and_status_subresource() -> Result<()> {
     let c = billing_cluster().await?;
-    c.apply(&example("stripe-run-key.yaml")).await?.ok()?;
+    c.apply_ok(&example("stripe-run-key.yaml")).await?;
     let get = |field: &'static str| {
         let c = &c;
         async move {
@@ -301,8 +299,8 @@ async fn patch_merge_and_status_subresource() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_without_and_with_a_pending_finalizer() -> Result<()> {
     let c = billing_cluster().await?;
-    c.apply(&example("stripe-run-key.yaml")).await?.ok()?;
-    c.apply(&example("stripe-worker-key.yaml")).await?.ok()?;
+    c.apply_ok(&example("stripe-run-key.yaml")).await?;
+    c.apply_ok(&example("stripe-worker-key.yaml")).await?;
     let out = c
         .kubectl_ok(&["delete", "vk", "-n", "billing", "billing-worker"])
         .await?;
@@ -485,7 +483,7 @@ async fn secrets_apply_with_strategic_merge_and_fold_string_data() -> Result<()>
         "sk_test_replace_me_with_the_real_secret_key",
         "sk_test_rotated",
     );
-    let out = c.apply(&rotated).await?.ok()?;
+    let out = c.apply_ok(&rotated).await?;
     assert!(
         out.contains("secret/stripe-credentials configured"),
         "{out}"
@@ -513,7 +511,7 @@ async fn namespaces_must_exist_and_deleting_one_empties_it() -> Result<()> {
         out.stderr.contains("namespaces \"agents\" not found"),
         "{out:?}"
     );
-    c.apply(&example("stripe-run-key.yaml")).await?.ok()?;
+    c.apply_ok(&example("stripe-run-key.yaml")).await?;
     c.kubectl_ok(&["delete", "namespace", "billing"]).await?;
     let left = c.kubectl_ok(&["get", "vk", "-A", "-o", "name"]).await?;
     assert_eq!(left, "");

@@ -23,18 +23,16 @@ async fn victim_stack() -> Result<(Stack, keybrake_proxy::Running, RecordingUpst
     let (stack, proxy) = Stack::start_with_proxy().await?;
     stack
         .cluster
-        .apply(&with_upstream(
+        .apply_ok(&with_upstream(
             &example("stripe-policy.yaml"),
             &upstream.url(),
         ))
-        .await?
-        .ok()?;
-    stack.cluster.apply(identities::RBAC).await?.ok()?;
+        .await?;
+    stack.cluster.apply_ok(identities::RBAC).await?;
     stack
         .cluster
-        .apply(&example("stripe-worker-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-worker-key.yaml"))
+        .await?;
     stack.active_key_env("billing", "billing-worker").await?;
     Ok((stack, proxy, upstream))
 }
@@ -130,14 +128,12 @@ async fn a_vaultkey_naming_anothers_secret_is_invalid_and_touches_nothing() -> R
     };
     stack
         .cluster
-        .apply(&hijack("hijack-worker", "billing-worker-stripe"))
-        .await?
-        .ok()?;
+        .apply_ok(&hijack("hijack-worker", "billing-worker-stripe"))
+        .await?;
     stack
         .cluster
-        .apply(&hijack("hijack-credentials", "stripe-credentials"))
-        .await?
-        .ok()?;
+        .apply_ok(&hijack("hijack-credentials", "stripe-credentials"))
+        .await?;
     stack.start_operator().await?;
     for (name, secret, owner) in [
         (
@@ -234,9 +230,8 @@ async fn a_vaultkey_recreated_under_the_same_name_is_a_new_key() -> Result<()> {
     );
     stack
         .cluster
-        .apply(&example("stripe-worker-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-worker-key.yaml"))
+        .await?;
     let env = stack.active_key_env("billing", "billing-worker").await?;
     let new = keys.get("billing-worker").await?;
     assert_ne!(new.uid(), old.uid());
@@ -279,11 +274,9 @@ async fn a_forged_status_key_id_revokes_nothing_of_anothers() -> Result<()> {
     let victim_env = stack.active_key_env("billing", "billing-worker").await?;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             "apiVersion: keybrake.com/v1alpha1\nkind: VaultKey\nmetadata: {name: forger, namespace: billing}\nspec:\n  policyRef: {name: stripe}\n  dailyUsdCap: 5\n  ttl: 1h\n",
-        )
-        .await?
-        .ok()?;
+        ).await?;
     stack.active_key_env("billing", "forger").await?;
     stack.stop_operator().await;
     let patch = json!({"status": {"keyId": victim_id}}).to_string();
@@ -360,23 +353,19 @@ async fn a_planted_token_under_anothers_key_id_takes_nothing_over() -> Result<()
     stack.stop_operator().await;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             "apiVersion: keybrake.com/v1alpha1\nkind: VaultKey\nmetadata: {name: evil, namespace: billing}\nspec:\n  policyRef: {name: stripe}\n  dailyUsdCap: 50\n  ttl: 1h\n",
-        )
-        .await?
-        .ok()?;
+        ).await?;
     let evil = Api::<VaultKey>::namespaced(stack.client.clone(), "billing")
         .get("evil")
         .await?;
     let planted = format!("kb_stripe_{victim_id}_{}", "a".repeat(64));
     stack
         .cluster
-        .apply(&format!(
+        .apply_ok(&format!(
             "apiVersion: v1\nkind: Secret\nmetadata:\n  name: evil\n  namespace: billing\n  labels: {{app.kubernetes.io/managed-by: keybrake-operator}}\n  annotations: {{keybrake.com/key-id: {victim_id}}}\n  ownerReferences:\n  - {{apiVersion: keybrake.com/v1alpha1, kind: VaultKey, name: evil, uid: {}, controller: true}}\nstringData:\n  STRIPE_API_KEY: {planted}\n",
             evil.uid().unwrap_or_default()
-        ))
-        .await?
-        .ok()?;
+        )).await?;
     stack.start_operator().await?;
     let evil_env = stack.active_key_env("billing", "evil").await?;
     assert_ne!(

@@ -100,26 +100,23 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
         "sk_test_replace_me_with_the_real_secret_key",
         "sk_test_localstripe_key",
     );
-    stack.cluster.apply(&policy).await?.ok()?;
+    stack.cluster.apply_ok(&policy).await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     stack
         .cluster
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?
-        .ok()?;
+        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
+        .await?;
     for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
         stack
             .cluster
-            .apply(&with_upstream(&example(policy), &upstream.url()))
-            .await?
-            .ok()?;
+            .apply_ok(&with_upstream(&example(policy), &upstream.url()))
+            .await?;
     }
     for key in ["twilio-sms-key.yaml", "resend-email-key.yaml"] {
-        stack.cluster.apply(&example(key)).await?.ok()?;
+        stack.cluster.apply_ok(&example(key)).await?;
     }
     let stripe = stack
         .active_key_env("billing", "billing-agent-run-7f3a")
@@ -162,9 +159,8 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
     // the CA before it has a key (docs/security.md: publish it, e.g. with trust-manager).
     stack
         .cluster
-        .apply(keybrake_e2e::identities::RBAC)
-        .await?
-        .ok()?;
+        .apply_ok(keybrake_e2e::identities::RBAC)
+        .await?;
     let worker = format!("Bearer {}", keybrake_e2e::identities::BILLING_WORKER);
     let request = json!({"vendor": "stripe", "daily_usd_cap": 50, "allowed_endpoints": ["POST /v1/payment_intents"], "expires_in": "10m", "agent_run_label": "tls/run-1"}).to_string();
     let (issued, _) = https(
@@ -257,9 +253,7 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
     // the variables at start).
     stack
         .cluster
-        .apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tls-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-agent-run-7f3a\nspec:\n  template:\n    metadata: {}\n")
-        .await?
-        .ok()?;
+        .apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tls-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-agent-run-7f3a\nspec:\n  template:\n    metadata: {}\n").await?;
     Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing")
         .patch(
             "billing-agent-run-7f3a",

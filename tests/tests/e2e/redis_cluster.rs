@@ -17,7 +17,7 @@ const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded")
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
-    let (mut stack, proxy) = Stack::start_with_proxy_on_redis_cluster(0).await?;
+    let (mut stack, proxy) = Stack::builder().redis_cluster(0).start_with_proxy().await?;
     // The real operator binary, configured by its environment as in a Deployment.
     stack.stop_operator().await;
     let _operator = keybrake_e2e::processes::operator(&stack)?;
@@ -184,7 +184,7 @@ async fn load_with_a_primary_killed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_under_load_loses_no_counted_money_with_replica_acks() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
-    let (mut stack, proxy) = Stack::start_with_proxy_on_redis_cluster(1).await?;
+    let (mut stack, proxy) = Stack::builder().redis_cluster(1).start_with_proxy().await?;
     proxy.shutdown().await;
     let (moved, recorded, refused, p50) =
         load_with_a_primary_killed(&mut stack, &upstream, "noacks", 0).await?;
@@ -216,7 +216,7 @@ async fn a_primary_killed_under_load_loses_no_counted_money_with_replica_acks() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_moved_under_load_loses_and_doubles_nothing() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
-    let (stack, proxy) = Stack::start_with_proxy_on_redis_cluster(0).await?;
+    let (stack, proxy) = Stack::builder().redis_cluster(0).start_with_proxy().await?;
     let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;

@@ -126,7 +126,7 @@ async fn load_with_the_primary_killed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_under_load_is_fail_closed_and_loses_nothing_with_acks() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
-    let (mut stack, proxy) = Stack::start_with_proxy_on_redis_sentinel().await?;
+    let (mut stack, proxy) = Stack::builder().redis_sentinel().start_with_proxy().await?;
     proxy.shutdown().await;
     let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);

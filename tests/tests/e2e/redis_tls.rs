@@ -60,7 +60,10 @@ async fn a_charge_goes_through_the_proxy_on_a_tls_only_redis_and_nothing_falls_b
     let redis = RedisServer::start_tls(&pki, false).await?;
     let port = redis.port;
     let upstream = RecordingUpstream::start().await?;
-    let (stack, proxy) = Stack::start_with_proxy_on_tls_redis(redis, pki.files(false)).await?;
+    let (stack, proxy) = Stack::builder()
+        .tls_redis(redis, pki.files(false))
+        .start_with_proxy()
+        .await?;
     assert!(stack.redis_url().starts_with("rediss://"));
     let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);

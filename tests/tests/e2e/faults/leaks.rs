@@ -47,17 +47,15 @@ async fn no_real_secret_or_vault_token_leaks_into_logs_metrics_status_events_or_
     let real_key = "sk_test_leakcheck_0123456789abcdef";
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &with_upstream(&example("stripe-policy.yaml"), &upstream.url())
                 .replace("sk_test_replace_me_with_the_real_secret_key", real_key),
         )
-        .await?
-        .ok()?;
+        .await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     let env = stack
         .active_key_env("billing", "billing-agent-run-7f3a")
         .await?;

@@ -13,7 +13,7 @@ use super::FORM;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
-    let (mut stack, proxy) = Stack::start_with_proxy_on_durable_redis().await?;
+    let (mut stack, proxy) = Stack::builder().durable_redis().start_with_proxy().await?;
     let env = stack.apply_stripe_run_key(&upstream.url()).await?;
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let charge = || {
@@ -52,12 +52,11 @@ async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact()
     // A key the operator cannot reconcile says so on the object, not only in the log.
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &keybrake_e2e::example("stripe-run-key.yaml")
                 .replace("billing-agent-run-7f3a", "while-redis-is-down"),
         )
-        .await?
-        .ok()?;
+        .await?;
     let keys = kube::Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing");
     let ready = eventually("the key to show the Redis failure", 20, || async {
         let vk = keys.get("while-redis-is-down").await.ok()?;

@@ -18,9 +18,8 @@ async fn a_revoke_or_a_delete_while_the_operator_is_down_is_refused_at_once() ->
     // A second key, to be deleted outright.
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml").replace("billing-agent-run-7f3a", "second-run"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml").replace("billing-agent-run-7f3a", "second-run"))
+        .await?;
     let second = stack.active_key_env("billing", "second-run").await?;
     let charge = |key: String| async move {
         let bearer = format!("Bearer {key}");
@@ -139,25 +138,21 @@ async fn an_api_server_restart_reissues_nothing_rolls_nothing_and_keys_keep_work
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::Api;
     let upstream = RecordingUpstream::start().await?;
-    let (mut stack, proxy) = Stack::start_with_proxy_on_persistent_api().await?;
+    let (mut stack, proxy) = Stack::builder().persistent_api().start_with_proxy().await?;
     stack
         .cluster
-        .apply(&with_upstream(
+        .apply_ok(&with_upstream(
             &example("stripe-policy.yaml"),
             &upstream.url(),
         ))
-        .await?
-        .ok()?;
+        .await?;
     stack
         .cluster
-        .apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n")
-        .await?
-        .ok()?;
+        .apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?;
     stack
         .cluster
-        .apply(&example("stripe-worker-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-worker-key.yaml"))
+        .await?;
     stack
         .key_in_phase("billing", "billing-worker", keybrake_crds::KeyPhase::Active)
         .await?;

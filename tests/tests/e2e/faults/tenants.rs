@@ -25,21 +25,19 @@ async fn tenants_stay_apart_policies_secrets_and_connected_accounts() -> Result<
         );
     stack
         .cluster
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n")
-        .await?
-        .ok()?;
-    stack.cluster.apply(&other).await?.ok()?;
+        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n")
+        .await?;
+    stack.cluster.apply_ok(&other).await?;
 
     // A VaultKey in billing naming other's policy: references stay in their namespace.
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &example("stripe-run-key.yaml")
                 .replace("billing-agent-run-7f3a", "borrowing-run")
                 .replace("name: stripe\n", "name: other-stripe\n"),
         )
-        .await?
-        .ok()?;
+        .await?;
     let vk = eventually("the borrowing key to be refused its policy", 15, || async {
         let out = stack
             .cluster
@@ -75,10 +73,8 @@ async fn tenants_stay_apart_policies_secrets_and_connected_accounts() -> Result<
         .replace("name: stripe-credentials", "name: only-in-other");
     stack
         .cluster
-        .apply("apiVersion: v1\nkind: Secret\nmetadata:\n  name: only-in-other\n  namespace: other\nstringData:\n  apiKey: sk_test_other_only\n")
-        .await?
-        .ok()?;
-    stack.cluster.apply(&borrowed_secret).await?.ok()?;
+        .apply_ok("apiVersion: v1\nkind: Secret\nmetadata:\n  name: only-in-other\n  namespace: other\nstringData:\n  apiKey: sk_test_other_only\n").await?;
+    stack.cluster.apply_ok(&borrowed_secret).await?;
     let policy = eventually(
         "the borrowing policy to report its Secret missing",
         15,

@@ -108,11 +108,11 @@ async fn upstream_failures_settle_by_what_the_vendor_may_have_done() -> Result<(
     ] {
         let policy = with_upstream(&example("stripe-policy.yaml"), &url)
             .replace("  name: stripe\n", &format!("  name: {name}\n"));
-        stack.cluster.apply(&policy).await?.ok()?;
+        stack.cluster.apply_ok(&policy).await?;
         let key = example("stripe-run-key.yaml")
             .replace("billing-agent-run-7f3a", &format!("{name}-run"))
             .replace("    name: stripe\n", &format!("    name: {name}\n"));
-        stack.cluster.apply(&key).await?.ok()?;
+        stack.cluster.apply_ok(&key).await?;
         let token = stack
             .active_key_env("billing", &format!("{name}-run"))
             .await?["STRIPE_API_KEY"]

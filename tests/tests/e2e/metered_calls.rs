@@ -4,7 +4,9 @@
 use anyhow::Result;
 use keybrake_crds::KeyPhase;
 use keybrake_e2e::{
-    example, http, spawn_charges,
+    example, http,
+    refusals::{check_all, refusal},
+    spawn_charges,
     stack::{Stack, eventually},
     upstream::{Mode, RecordingUpstream},
     with_upstream,
@@ -126,103 +128,90 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
         "Bearer {}",
         keybrake_ledger::Token::generate(real.vendor, real.key_id.clone()).bearer()
     );
-    let r = http(
+    let pay = b"amount=100&currency=usd&confirm=true";
+    let huge = vec![b'a'; 2 * 1024 * 1024];
+    check_all(
         s.proxy.addr,
-        "POST",
-        "/v1/payment_intents/pi_1/confirm",
-        &[("Authorization", forged.as_str()), FORM],
-        b"",
+        &[],
+        &[
+            refusal(
+                "the right key id with a forged secret",
+                "POST",
+                "/v1/payment_intents/pi_1/confirm",
+                vec![("Authorization", forged.as_str()), FORM],
+                "",
+                401,
+            ),
+            refusal(
+                "an endpoint off the allowlist",
+                "POST",
+                "/v1/refunds",
+                vec![auth, FORM],
+                "payment_intent=pi_1",
+                403,
+            )
+            .saying("POST /v1/refunds is not in the allowedEndpoints"),
+            refusal(
+                "over the per-call cap of $250",
+                "POST",
+                "/v1/payment_intents",
+                vec![auth, FORM],
+                "amount=30000&currency=usd&confirm=true",
+                429,
+            ),
+            refusal(
+                "a parameter sent twice",
+                "POST",
+                "/v1/payment_intents",
+                vec![auth, FORM],
+                "amount=1&amount=99999&currency=usd&confirm=true",
+                400,
+            )
+            .saying("amount is sent more than once"),
+            refusal(
+                "a currency without a rate",
+                "POST",
+                "/v1/payment_intents",
+                vec![auth, FORM],
+                "amount=100&currency=chf",
+                400,
+            )
+            .saying("no exchange rate for currency \\\"chf\\\""),
+            refusal(
+                "a dot segment in the path",
+                "POST",
+                "/v1/../v1/payment_intents",
+                vec![auth, FORM],
+                pay,
+                400,
+            ),
+            refusal(
+                "the real vendor key instead of a vault token",
+                "POST",
+                "/v1/payment_intents",
+                vec![("Authorization", "Bearer sk_live_the_real_key"), FORM],
+                pay,
+                401,
+            ),
+            refusal(
+                "a duplicated Authorization",
+                "POST",
+                "/v1/payment_intents",
+                vec![auth, auth, FORM],
+                pay,
+                401,
+            ),
+            refusal(
+                "a body over the limit",
+                "POST",
+                "/v1/payment_intents",
+                vec![auth, FORM],
+                huge,
+                413,
+            ),
+        ],
     )
     .await?;
-    assert_eq!(r.status, 401);
-    let r = http(
-        s.proxy.addr,
-        "POST",
-        "/v1/refunds",
-        &[auth, FORM],
-        b"payment_intent=pi_1",
-    )
-    .await?;
-    assert_eq!(r.status, 403);
-    assert!(
-        r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("POST /v1/refunds is not in the allowedEndpoints")
-    );
-    let r = http(
-        s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, FORM],
-        b"amount=30000&currency=usd&confirm=true",
-    )
-    .await?;
-    assert_eq!(r.status, 429, "per-call cap of $250");
-    let r = http(
-        s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, FORM],
-        b"amount=1&amount=99999&currency=usd&confirm=true",
-    )
-    .await?;
-    assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("amount is sent more than once"),
-        "{}",
-        r.body
-    );
-    let r = http(
-        s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, FORM],
-        b"amount=100&currency=chf",
-    )
-    .await?;
-    assert_eq!(r.status, 400);
-    assert!(
-        r.body.contains("no exchange rate for currency \\\"chf\\\""),
-        "{}",
-        r.body
-    );
-    let r = http(
-        s.proxy.addr,
-        "POST",
-        "/v1/../v1/payment_intents",
-        &[auth, FORM],
-        b"amount=100&currency=usd&confirm=true",
-    )
-    .await?;
-    assert_eq!(r.status, 400);
-    let r = http(
-        s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[("Authorization", "Bearer sk_live_the_real_key"), FORM],
-        b"amount=100&currency=usd&confirm=true",
-    )
-    .await?;
-    assert_eq!(r.status, 401);
-    let r = http(
-        s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, auth, FORM],
-        b"amount=100&currency=usd&confirm=true",
-    )
-    .await?;
-    assert_eq!(r.status, 401, "duplicated Authorization");
-    let r = http(
-        s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, FORM],
-        &vec![b'a'; 2 * 1024 * 1024],
-    )
-    .await?;
-    assert_eq!(r.status, 413);
     assert_eq!(
         s.upstream.requests().len(),
         0,
@@ -380,30 +369,25 @@ async fn twilio_and_resend_keys_are_costed_and_shaped_their_way() -> Result<()> 
     let stack = Stack::start().await?;
     stack
         .cluster
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?
-        .ok()?;
+        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
+        .await?;
     let upstream = RecordingUpstream::start().await?;
     stack
         .cluster
-        .apply(&pointed_at("twilio-policy.yaml", &upstream))
-        .await?
-        .ok()?;
+        .apply_ok(&pointed_at("twilio-policy.yaml", &upstream))
+        .await?;
     stack
         .cluster
-        .apply(&pointed_at("resend-policy.yaml", &upstream))
-        .await?
-        .ok()?;
+        .apply_ok(&pointed_at("resend-policy.yaml", &upstream))
+        .await?;
     stack
         .cluster
-        .apply(&example("twilio-sms-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("twilio-sms-key.yaml"))
+        .await?;
     stack
         .cluster
-        .apply(&example("resend-email-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("resend-email-key.yaml"))
+        .await?;
     active(&stack, "agents", "haystack-notifier-run-41").await?;
     active(&stack, "agents", "haystack-mailer-run-41").await?;
     let proxy = stack.start_proxy().await?;
@@ -677,9 +661,8 @@ async fn the_audit_trail_lists_calls_with_costs_request_ids_and_run_totals() -> 
     assert_eq!(unbound.status, 403, "no RoleBinding yet: {}", unbound.body);
     s.stack
         .cluster
-        .apply(keybrake_e2e::identities::RBAC)
-        .await?
-        .ok()?;
+        .apply_ok(keybrake_e2e::identities::RBAC)
+        .await?;
     let everywhere = http(
         s.proxy.admin_addr,
         "GET",
@@ -790,7 +773,7 @@ async fn h2c_credential_refresh_and_metrics() -> Result<()> {
         "sk_test_replace_me_with_the_real_secret_key",
         "sk_test_rotated_by_the_platform_team",
     );
-    s.stack.cluster.apply(&rotated).await?.ok()?;
+    s.stack.cluster.apply_ok(&rotated).await?;
     let auth = ("Authorization", s.bearer.as_str());
     eventually("the proxy to use the new credential", 15, || async {
         http(

@@ -28,7 +28,7 @@ async fn hatchet_fan_out_of_fifty_children_stops_at_the_cap_and_a_retried_run_ch
 /// The seed's Hatchet fan-out, unchanged, with the deployables on a three-primary Redis Cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hatchet_fan_out_on_a_redis_cluster() -> Result<()> {
-    let (stack, proxy) = Stack::start_with_proxy_on_redis_cluster(0).await?;
+    let (stack, proxy) = Stack::builder().redis_cluster(0).start_with_proxy().await?;
     hatchet_fan_out(stack, proxy).await
 }
 
@@ -36,19 +36,17 @@ async fn hatchet_fan_out(stack: Stack, proxy: keybrake_proxy::Running) -> Result
     let localstripe = LocalStripe::start().await?;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &with_upstream(&example("stripe-policy.yaml"), &localstripe.url()).replace(
                 "sk_test_replace_me_with_the_real_secret_key",
                 "sk_test_localstripe",
             ),
         )
-        .await?
-        .ok()?;
+        .await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     let env = env_of(&stack, "billing", "billing-agent-run-7f3a").await?;
 
     // 50 children x 3 customers x $20 = $3000 wanted; the run's key allows $500 a day.
@@ -91,29 +89,27 @@ async fn haystack_agent_loop_is_capped_per_tool() -> Result<()> {
     let (stack, proxy) = Stack::start_with_proxy().await?;
     stack
         .cluster
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?
-        .ok()?;
+        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
+        .await?;
     for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
         stack
             .cluster
-            .apply(&with_upstream(&example(policy), &upstream.url()))
-            .await?
-            .ok()?;
+            .apply_ok(&with_upstream(&example(policy), &upstream.url()))
+            .await?;
     }
     // $0.05 of texts (4 one-segment texts at $0.0113) and $0.003 of email (3 at $0.0009).
     stack
         .cluster
-        .apply(&example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""))
-        .await?
-        .ok()?;
+        .apply_ok(
+            &example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""),
+        )
+        .await?;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &example("resend-email-key.yaml").replace("dailyUsdCap: 10", "dailyUsdCap: \"0.003\""),
         )
-        .await?
-        .ok()?;
+        .await?;
     let mut env = env_of(&stack, "agents", "haystack-notifier-run-41").await?;
     env.extend(env_of(&stack, "agents", "haystack-mailer-run-41").await?);
     let log = run("haystack_agent.py", &["8"], &env).await?;
@@ -144,9 +140,8 @@ async fn revocation_by_kubectl_patch_and_delete_refuses_the_next_call() -> Resul
     let run_key = stack.apply_stripe_run_key(&upstream.url()).await?["STRIPE_API_KEY"].clone();
     stack
         .cluster
-        .apply(&example("stripe-worker-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-worker-key.yaml"))
+        .await?;
     let worker_key = env_of(&stack, "billing", "billing-worker").await?["STRIPE_API_KEY"].clone();
     let refused_after = |key: String, started: std::time::Instant| {
         let addr = proxy.addr;

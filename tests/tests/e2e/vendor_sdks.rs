@@ -25,7 +25,7 @@ async fn stripe_stack() -> Result<(Stack, keybrake_proxy::Running, LocalStripe)>
         "sk_test_replace_me_with_the_real_secret_key",
         "sk_test_localstripe_key",
     );
-    stack.cluster.apply(&policy).await?.ok()?;
+    stack.cluster.apply_ok(&policy).await?;
     Ok((stack, proxy, localstripe))
 }
 
@@ -39,7 +39,7 @@ fn key(name: &str, daily: u32) -> String {
 async fn the_stripe_sdk_charges_then_raises_rate_limit_error_with_cap_exhausted_and_does_not_retry()
 -> Result<()> {
     let (stack, proxy, _localstripe) = stripe_stack().await?;
-    stack.cluster.apply(&key("run-a", 500)).await?.ok()?;
+    stack.cluster.apply_ok(&key("run-a", 500)).await?;
     let env = secret_env(&stack, "run-a").await?;
     assert_eq!(env["STRIPE_API_BASE"], format!("http://{}", proxy.addr));
     let out = run("stripe_run.py", &["global", "3", "20000"], &env).await?;
@@ -71,7 +71,7 @@ async fn the_stripe_sdk_charges_then_raises_rate_limit_error_with_cap_exhausted_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_step_with_the_same_idempotency_keys_is_not_charged_twice() -> Result<()> {
     let (stack, proxy, _localstripe) = stripe_stack().await?;
-    stack.cluster.apply(&key("run-b", 500)).await?.ok()?;
+    stack.cluster.apply_ok(&key("run-b", 500)).await?;
     let env = secret_env(&stack, "run-b").await?;
     let first = run(
         "stripe_run.py",
@@ -103,7 +103,7 @@ async fn a_retried_step_with_the_same_idempotency_keys_is_not_charged_twice() ->
 async fn revoked_keys_raise_authentication_error_and_other_endpoints_permission_error() -> Result<()>
 {
     let (stack, proxy, _localstripe) = stripe_stack().await?;
-    stack.cluster.apply(&key("run-c", 500)).await?.ok()?;
+    stack.cluster.apply_ok(&key("run-c", 500)).await?;
     let env = secret_env(&stack, "run-c").await?;
     let denied = run("stripe_run.py", &["customer", "0", "0"], &env).await?;
     assert_eq!(denied[0]["http_status"], 403, "{denied}");
@@ -142,12 +142,11 @@ async fn agents_stack() -> Result<(
     let (stack, proxy) = Stack::start_with_proxy().await?;
     stack
         .cluster
-        .apply("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?
-        .ok()?;
+        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
+        .await?;
     for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
         let yaml = with_upstream(&example(policy), &upstream.url());
-        stack.cluster.apply(&yaml).await?.ok()?;
+        stack.cluster.apply_ok(&yaml).await?;
     }
     Ok((stack, proxy, upstream))
 }
@@ -162,9 +161,10 @@ async fn the_twilio_sdk_sends_then_raises_twilio_rest_exception_429_at_the_cap()
     // $0.05 a day: two 2-segment texts at $0.0113 a segment fit, a third does not.
     stack
         .cluster
-        .apply(&example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""))
-        .await?
-        .ok()?;
+        .apply_ok(
+            &example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""),
+        )
+        .await?;
     let env = agents_env(&stack, "haystack-notifier-run-41").await?;
     let out = run("twilio_run.py", &["3", "200"], &env).await?;
     let r = out.as_array().unwrap();
@@ -195,11 +195,10 @@ async fn the_resend_sdk_sends_then_raises_rate_limit_error_at_the_cap() -> Resul
     // Three recipients at $0.0009: $0.005 allows one email, not two.
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &example("resend-email-key.yaml").replace("dailyUsdCap: 10", "dailyUsdCap: \"0.005\""),
         )
-        .await?
-        .ok()?;
+        .await?;
     let env = agents_env(&stack, "haystack-mailer-run-41").await?;
     assert_eq!(env["RESEND_API_URL"], format!("http://{}", proxy.addr));
     let out = run("resend_run.py", &["2", "3"], &env).await?;
@@ -222,7 +221,7 @@ async fn the_resend_sdk_sends_then_raises_rate_limit_error_at_the_cap() -> Resul
 async fn the_node_sdks_raise_their_own_errors_at_the_cap() -> Result<()> {
     use keybrake_e2e::sdk::run_node;
     let (stack, proxy, _localstripe) = stripe_stack().await?;
-    stack.cluster.apply(&key("run-node", 500)).await?.ok()?;
+    stack.cluster.apply_ok(&key("run-node", 500)).await?;
     let env = secret_env(&stack, "run-node").await?;
     let out = run_node(&["stripe", "3", "20000"], &env).await?;
     let r = out.as_array().unwrap();
@@ -259,16 +258,16 @@ async fn the_node_sdks_raise_their_own_errors_at_the_cap() -> Result<()> {
     let (stack, proxy, _upstream) = agents_stack().await?;
     stack
         .cluster
-        .apply(&example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""))
-        .await?
-        .ok()?;
+        .apply_ok(
+            &example("twilio-sms-key.yaml").replace("dailyUsdCap: 50", "dailyUsdCap: \"0.05\""),
+        )
+        .await?;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &example("resend-email-key.yaml").replace("dailyUsdCap: 10", "dailyUsdCap: \"0.005\""),
         )
-        .await?
-        .ok()?;
+        .await?;
     let env = agents_env(&stack, "haystack-notifier-run-41").await?;
     let out = run_node(&["twilio", "3", "200"], &env).await?;
     let r = out.as_array().unwrap();
@@ -301,9 +300,8 @@ async fn an_expired_key_raises_authentication_error() -> Result<()> {
     let (stack, proxy, _localstripe) = stripe_stack().await?;
     stack
         .cluster
-        .apply(&key("run-d", 500).replace("ttl: 2h", "ttl: 3s"))
-        .await?
-        .ok()?;
+        .apply_ok(&key("run-d", 500).replace("ttl: 2h", "ttl: 3s"))
+        .await?;
     let env = secret_env(&stack, "run-d").await?;
     let expired = eventually("the key to expire", 15, || async {
         let out = run("stripe_run.py", &["client", "1", "100"], &env)
@@ -334,7 +332,7 @@ async fn payment_intents_cost_their_amount_once_created_or_confirmed() -> Result
             "    - POST /v1/payment_intents\n",
             "    - POST /v1/payment_intents\n    - POST /v1/payment_intents/*/confirm\n",
         );
-    stack.cluster.apply(&key).await?.ok()?;
+    stack.cluster.apply_ok(&key).await?;
     let env = secret_env(&stack, "run-confirm").await?;
     // A PaymentIntent costs its amount when it is created, confirmed or not (it could be
     // confirmed client-side, without the proxy); confirming it through the same key then costs

@@ -27,23 +27,21 @@ async fn billing_stack() -> Result<(
     let (stack, proxy) = Stack::start_with_proxy().await?;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &with_upstream(&example("stripe-policy.yaml"), &localstripe.url()).replace(
                 "sk_test_replace_me_with_the_real_secret_key",
                 "sk_test_localstripe",
             ),
         )
-        .await?
-        .ok()?;
+        .await?;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &with_upstream(&example("twilio-policy.yaml"), &sandbox.url())
                 .replace("namespace: agents", "namespace: billing"),
         )
-        .await?
-        .ok()?;
-    stack.cluster.apply(identities::RBAC).await?.ok()?;
+        .await?;
+    stack.cluster.apply_ok(identities::RBAC).await?;
     let env = BTreeMap::from([
         ("KEYBRAKE_URL".to_owned(), format!("http://{}", proxy.addr)),
         ("KEYBRAKE_API_KEY".to_owned(), BILLING_WORKER.to_owned()),

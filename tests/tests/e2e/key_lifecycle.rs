@@ -83,9 +83,8 @@ async fn stripe_stack() -> Result<Stack> {
     let stack = Stack::start().await?;
     stack
         .cluster
-        .apply(&example("stripe-policy.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-policy.yaml"))
+        .await?;
     Ok(stack)
 }
 
@@ -94,9 +93,8 @@ async fn issues_a_credential_into_redis_and_a_secret() -> Result<()> {
     let stack = stripe_stack().await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     let vk = key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
     let status = vk.status.clone().unwrap();
     assert_eq!(status.vendor, Some(Vendor::Stripe));
@@ -166,10 +164,9 @@ async fn a_reconcile_with_no_change_writes_nothing_and_a_restart_reissues_nothin
     let mut stack = stripe_stack().await?;
     stack
         .cluster
-        .apply(&example("stripe-worker-key.yaml").replace("period: 6h", "period: 24h"))
-        .await?
-        .ok()?;
-    stack.cluster.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?.ok()?;
+        .apply_ok(&example("stripe-worker-key.yaml").replace("period: 6h", "period: 24h"))
+        .await?;
+    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?;
     key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
     let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
     let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), "billing");
@@ -239,7 +236,7 @@ async fn an_invalid_key_gets_a_condition_an_event_and_no_credential() -> Result<
         .collect();
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &example("stripe-run-key.yaml")
                 .replace("dailyUsdCap: 500", "dailyUsdCap: 6000")
                 .replace(
@@ -247,8 +244,7 @@ async fn an_invalid_key_gets_a_condition_an_event_and_no_credential() -> Result<
                     &format!("    - POST /v1/transfers\n{many}"),
                 ),
         )
-        .await?
-        .ok()?;
+        .await?;
     let vk = key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Invalid).await?;
     let ready = &vk.status.as_ref().unwrap().conditions[0];
     assert_eq!(
@@ -311,9 +307,8 @@ async fn a_key_named_longer_than_a_label_gets_its_secret() -> Result<()> {
     let name = format!("hatchet-billing-agent-run-{}", "7f3a9c2e".repeat(10));
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml").replace("billing-agent-run-7f3a", &name))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml").replace("billing-agent-run-7f3a", &name))
+        .await?;
     key_in_phase(&stack, &name, KeyPhase::Active).await?;
     let secret = Api::<Secret>::namespaced(stack.client.clone(), "billing")
         .get(&name)
@@ -332,16 +327,14 @@ async fn a_policy_change_that_invalidates_a_key_revokes_it() -> Result<()> {
     let stack = stripe_stack().await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
     let token = token_of(&stack, "billing-agent-run-7f3a").await?;
     stack
         .cluster
-        .apply(&example("stripe-policy.yaml").replace("maxDailyUsd: 5000", "maxDailyUsd: 100"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-policy.yaml").replace("maxDailyUsd: 5000", "maxDailyUsd: 100"))
+        .await?;
     let vk = key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Invalid).await?;
     assert!(
         vk.status.unwrap().conditions[0]
@@ -367,9 +360,8 @@ async fn a_key_expires_in_redis_then_in_kubernetes() -> Result<()> {
     let stack = stripe_stack().await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml").replace("ttl: 2h", "ttl: 2s"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml").replace("ttl: 2h", "ttl: 2s"))
+        .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
     let token = token_of(&stack, "billing-agent-run-7f3a").await?;
     let ledger = stack.ledger().await?;
@@ -392,11 +384,11 @@ async fn a_key_expires_in_redis_then_in_kubernetes() -> Result<()> {
 async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> Result<()> {
     let stack = stripe_stack().await?;
     // The worker opts in to be rolled by its key; a bystander the key also names does not.
-    stack.cluster.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  template:\n    metadata: {}\n").await?.ok()?;
-    stack.cluster.apply("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bystander\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?.ok()?;
+    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  template:\n    metadata: {}\n").await?;
+    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bystander\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?;
     stack
         .cluster
-        .apply(
+        .apply_ok(
             &example("stripe-worker-key.yaml")
                 .replace("period: 6h", "period: 6s")
                 .replace("overlap: 10m", "overlap: 4s")
@@ -405,8 +397,7 @@ async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> 
                     "      name: billing-worker\n    - kind: Deployment\n      name: bystander\n",
                 ),
         )
-        .await?
-        .ok()?;
+        .await?;
     key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
     let first = token_of(&stack, "billing-worker-stripe").await?;
     let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
@@ -500,14 +491,12 @@ async fn revocation_by_flag_and_by_delete_is_enforced_in_redis() -> Result<()> {
     let stack = stripe_stack().await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     stack
         .cluster
-        .apply(&example("stripe-worker-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-worker-key.yaml"))
+        .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
     key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
     let by_flag = token_of(&stack, "billing-agent-run-7f3a").await?;
@@ -586,7 +575,7 @@ async fn a_missing_credentials_secret_is_a_condition_not_a_crash() -> Result<()>
     let stack = Stack::start().await?;
     let policy = example("stripe-policy.yaml");
     let sp_only = policy.split("---").nth(1).unwrap();
-    stack.cluster.apply(sp_only).await?.ok()?;
+    stack.cluster.apply_ok(sp_only).await?;
     let api: Api<SpendPolicy> = Api::namespaced(stack.client.clone(), "billing");
     let sp = eventually("the policy's condition", 10, || async {
         api.get("stripe").await.ok().filter(|p| p.status.is_some())
@@ -607,9 +596,8 @@ async fn a_missing_credentials_secret_is_a_condition_not_a_crash() -> Result<()>
     // Creating the Secret turns the policy Ready (the Secret watch re-checks it).
     stack
         .cluster
-        .apply(policy.split("---").next().unwrap())
-        .await?
-        .ok()?;
+        .apply_ok(policy.split("---").next().unwrap())
+        .await?;
     eventually("the policy to turn Ready", 10, || async {
         api.get("stripe").await.ok().filter(|p| {
             p.status
@@ -673,9 +661,8 @@ async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
     assert_eq!(leading(addr_b).await, Some(false), "replica-b stands by");
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
     assert_eq!(
         holder().await.as_deref(),
@@ -709,9 +696,8 @@ async fn metrics_and_health_endpoints_answer() -> Result<()> {
     stack.start_operator_with(config).await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
     let (code, _) = keybrake_e2e::raw_http(addr, "GET", "/healthz", &[], b"").await?;
     assert_eq!(code, 200);
@@ -753,12 +739,11 @@ async fn binaries_newer_than_their_crds_refuse_to_start_and_name_the_fields() ->
         .and_then(serde_json::Value::as_object_mut)
         .and_then(|p| p.remove("keyId"))
         .ok_or_else(|| anyhow::anyhow!("no status.keyId in the CRD"))?;
-    stack.cluster.apply(&older.to_string()).await?.ok()?;
+    stack.cluster.apply_ok(&older.to_string()).await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     // What a real API server answers the operator's status apply (and why it must not try).
     let keys: Api<VaultKey> = Api::namespaced(stack.operator_client.clone(), "billing");
     let refused = keys
@@ -816,9 +801,8 @@ async fn spend_written_by_the_proxy_survives_operator_status_writes_and_a_spent_
     let stack = stripe_stack().await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
     let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
     // The proxy's write, under its own field manager.
@@ -862,9 +846,8 @@ async fn spec_changes_reach_redis_at_once_without_a_new_token() -> Result<()> {
     let stack = stripe_stack().await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     key_in_phase(&stack, "billing-agent-run-7f3a", KeyPhase::Active).await?;
     let token = token_of(&stack, "billing-agent-run-7f3a").await?;
     let ledger = stack.ledger().await?;
@@ -879,7 +862,7 @@ async fn spec_changes_reach_redis_at_once_without_a_new_token() -> Result<()> {
             "    - POST /v1/payment_intents\n",
             "    - POST /v1/payment_intents\n    - GET /v1/customers/*\n",
         );
-    stack.cluster.apply(&changed).await?.ok()?;
+    stack.cluster.apply_ok(&changed).await?;
     let refused = eventually("the lower cap to be enforced", 10, || async {
         refusal(&charge(&ledger, &token, 1).await.ok()?).filter(|r| *r == Rule::DailyCap)
     })
@@ -913,9 +896,8 @@ async fn deleting_the_secret_or_unrevoking_cannot_reset_a_keys_spend() -> Result
     let stack = stripe_stack().await?;
     stack
         .cluster
-        .apply(&example("stripe-run-key.yaml"))
-        .await?
-        .ok()?;
+        .apply_ok(&example("stripe-run-key.yaml"))
+        .await?;
     let name = "billing-agent-run-7f3a";
     let first = key_in_phase(&stack, name, KeyPhase::Active).await?;
     let id = first.status.and_then(|s| s.key_id).unwrap_or_default();
@@ -1009,7 +991,7 @@ async fn deleting_the_secret_or_unrevoking_cannot_reset_a_keys_spend() -> Result
     rules.retain(|r| !r["message"].as_str().unwrap_or("").contains("one-way"));
     assert_eq!(rules.len(), before - 1);
     let without_rule = older.to_string();
-    stack.cluster.apply(&without_rule).await?.ok()?;
+    stack.cluster.apply_ok(&without_rule).await?;
     stack
         .cluster
         .kubectl_ok(&[
