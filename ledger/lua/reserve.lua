@@ -31,6 +31,9 @@ ARGV[13] "1" when the call is a read (GET, HEAD): only reads pass a spent cap
 ARGV[14] longest age of a re-attempt, ms after the first attempt (the vendor's own idempotency
          window, less a margin: after it, the vendor would run the call again as a new one)
 
+Each step is marked `-- model: reserve.<step>`: the step of the same name in ledger-model/
+(src/steps.rs), which checks the protocol over every interleaving. Change both together.
+
 Returns one of
   {"granted", res id, today after, total after, vault key, policy}
   {"admitted", vault key, policy}      (mode "check" only)
@@ -65,6 +68,7 @@ local day = math.floor(tonumber(t[1]) / 86400)
 
 local rec = redis.call("HGETALL", KEYS[1])
 if #rec == 0 then
+  -- model: reserve.unknown_key
   return {"refused", "unknown_key", "", "", fmt(estimate), "", ""}
 end
 local r = {}
@@ -77,6 +81,7 @@ if not secret_ok and r.prev_secret_hash and r.prev_secret_hash ~= "" then
   secret_ok = ARGV[1] == r.prev_secret_hash and until_ms ~= nil and now_ms < until_ms
 end
 if not secret_ok then
+  -- model: reserve.bad_secret
   return {"refused", "bad_secret", "", "", fmt(estimate), "", ""}
 end
 
@@ -96,8 +101,10 @@ end
 
 -- `retired` survives any rewrite of the record: a key revoked for good stays refused even if
 -- something rewrites it with revoked = "0".
+-- model: reserve.revoked
 if r.revoked == "1" or r.retired == "1" then return refuse("revoked") end
 local expires = int(r.expires_at_ms)
+-- model: reserve.expired
 if expires and now_ms >= expires then return refuse("expired", expires, now_ms) end
 
 -- `*` in an allowlist stands for one object id of the key's vendor, never for a word of the
@@ -145,6 +152,7 @@ for line in string.gmatch(r.endpoints or "", "[^\n]+") do
     end
   end
 end
+-- model: reserve.endpoint
 if not allowed then return refuse("endpoint") end
 
 local per_call = int(r.per_call_cap)
@@ -156,6 +164,7 @@ local total = int(s[3]) or 0
 -- A check comes before the proxy reads a vendor object with the real key: a write with a spent
 -- cap cannot go anyway, so nothing is read for it.
 if ARGV[12] == "check" then
+  -- model: reserve.check
   if not read and daily_cap and today >= daily_cap then return refuse("daily_cap", daily_cap, today) end
   if not read and total_cap and total >= total_cap then return refuse("total_cap", total_cap, total) end
   return {"admitted", r.vault_key or "", r.policy or ""}
@@ -167,23 +176,29 @@ if ARGV[7] == "1" then
   if #idem > 0 then
     local d = {}
     for i = 1, #idem, 2 do d[idem[i]] = idem[i + 1] end
+    -- model: reserve.idem_mismatch
     if d.fingerprint ~= ARGV[8] then return refuse("idempotency_mismatch") end
+    -- model: reserve.idem_replay
     if d.state == "done" then
       return {"replay", d.status or "", d.headers or "", d.body or "", d.kept or "1"}
     end
+    -- model: reserve.idem_in_flight
     if d.state == "pending" then return {"in_flight"} end
     -- state "unknown": the money is already counted. Forward again only where the vendor itself
     -- deduplicates on the key (Twilio does not: a second send would be a second message), and
     -- only while the key still holds that money within its caps (they may have been lowered).
+    -- model: reserve.idem_unknown_refused
     if r.vendor == "twilio" then return refuse("idempotency_outcome_unknown") end
     local first = int(d.first_ms)
     if not first or now_ms - first > int(ARGV[14]) then return refuse("idempotency_outcome_unknown") end
     local amount = int(d.amount) or 0
+    -- model: reserve.idem_reattempt_caps
     if per_call and amount > per_call then return refuse("per_call_cap", per_call, 0) end
     if daily_cap and today > daily_cap then return refuse("daily_cap", daily_cap, today) end
     if total_cap and total > total_cap then return refuse("total_cap", total_cap, total) end
     -- "floor": the first attempt may have moved this money, so no answer to the re-attempt (a 4xx,
     -- not sent) may take it back off the counters.
+    -- model: reserve.idem_reattempt
     redis.call("HSET", KEYS[6], "key", ARGV[11], "amount", fmt(amount), "day", d.day or fmt(day),
       "created_ms", fmt(now_ms), "method", ARGV[2], "path", ARGV[3], "idem", KEYS[7], "floor", "1")
     redis.call("ZADD", KEYS[5], now_ms + int(ARGV[6]), ARGV[5])
@@ -199,10 +214,13 @@ local function over(spent, cap)
   if estimate > 0 and spent + estimate > cap then return true end
   return (not read) and spent >= cap
 end
+-- model: reserve.per_call_cap
 if per_call and estimate > per_call then return refuse("per_call_cap", per_call, 0) end
+-- model: reserve.key_caps
 if over(today, daily_cap) then return refuse("daily_cap", daily_cap, today) end
 if over(total, total_cap) then return refuse("total_cap", total_cap, total) end
 
+-- model: reserve.policy_budgets
 local p = redis.call("HMGET", KEYS[3], "daily_budget", "total_budget")
 local ps = redis.call("HMGET", KEYS[4], "day", "today", "total")
 local p_today = (int(ps[1]) == day) and (int(ps[2]) or 0) or 0
@@ -212,6 +230,7 @@ if over(p_today, daily_budget) then return refuse("policy_daily_budget", daily_b
 local total_budget = int(p[2])
 if over(p_total, total_budget) then return refuse("policy_total_budget", total_budget, p_total) end
 
+-- model: reserve.grant
 -- Admitted: count the estimate now; settle replaces it with the actual cost.
 redis.call("HSET", KEYS[2], "day", fmt(day), "today", fmt(today + estimate), "total", fmt(total + estimate))
 redis.call("HSET", KEYS[4], "day", fmt(day), "today", fmt(p_today + estimate), "total", fmt(p_total + estimate))

@@ -29,6 +29,8 @@ ARGV[12] objects hash lifetime, seconds
 ARGV[13] "1" when ARGV[7] is the whole response, "0" when it was too large to keep (a repeat of
          the Idempotency-Key is then refused, not replayed)
 
+Each step is marked `-- model: settle.<step>`, as in reserve.lua.
+
 Returns {"settled", delta, today after, total after} or {"already_settled"}. An actual above the
 estimate is counted in full (never clipped to a cap) and written as `overshoot` in the audit entry.
 
@@ -50,10 +52,12 @@ assert(outcome == "ok" or outcome == "vendor_error" or outcome == "not_sent" or 
   "outcome must be ok, vendor_error, not_sent or unknown")
 
 local res = redis.call("HGETALL", KEYS[1])
+-- model: settle.already_settled
 if #res == 0 then return {"already_settled"} end
 local r = {}
 for i = 1, #res, 2 do r[res[i]] = res[i + 1] end
 
+-- model: settle.actual
 local amount = int(r.amount) or 0
 local actual
 if outcome == "unknown" then
@@ -65,12 +69,14 @@ else
   assert(actual and actual >= 0 and actual <= 1e15, "actual must be an integer in [0, 1e15]")
 end
 -- A re-attempt of a call whose first outcome was unknown never settles below what it carried.
+-- model: settle.floor
 if r.floor == "1" and actual < amount then actual = amount end
 local delta = actual - amount
 
 local t = redis.call("TIME")
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- model: settle.adjust
 -- The daily counter only moves if the reservation's day is still the counter's day.
 local function adjust(key)
   local s = redis.call("HMGET", key, "day", "today", "total")
@@ -93,6 +99,7 @@ if outcome ~= "not_sent" then
   redis.call("HSET", KEYS[2], "last_call_ms", fmt(now_ms))
 end
 
+-- model: settle.objects
 if ARGV[11] ~= "" and actual > 0 then
   redis.call("HINCRBY", KEYS[8], ARGV[11], actual)
   redis.call("EXPIRE", KEYS[8], ARGV[12])
@@ -100,16 +107,20 @@ end
 
 if r.idem and r.idem ~= "" then
   if outcome == "vendor_error" and r.floor ~= "1" then
+    -- model: settle.idem_forget_refused
     -- Nothing moved: a retry goes to the vendor again (which replays its own answer), and no
     -- refused call leaves a day-long record behind.
     redis.call("DEL", KEYS[5])
   elseif outcome == "ok" or outcome == "vendor_error" then
+    -- model: settle.idem_done
     redis.call("HSET", KEYS[5], "state", "done", "status", ARGV[4], "headers", ARGV[6], "body", ARGV[7],
       "kept", ARGV[13], "amount", fmt(actual))
     redis.call("EXPIRE", KEYS[5], ARGV[8])
   elseif outcome == "not_sent" and r.floor ~= "1" then
+    -- model: settle.idem_forget_not_sent
     redis.call("DEL", KEYS[5]) -- nothing happened: a retry starts afresh
   else
+    -- model: settle.idem_unknown
     -- The lifetime set at the first attempt stands: re-attempts never extend it.
     redis.call("HSET", KEYS[5], "state", "unknown", "amount", fmt(amount))
   end
@@ -122,6 +133,7 @@ redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
   "status", ARGV[4], "request_id", ARGV[5], "outcome", outcome, "rule", "",
   "overshoot", fmt(math.max(0, actual - amount)))
 
+-- model: settle.close
 redis.call("DEL", KEYS[1])
 redis.call("ZREM", KEYS[4], ARGV[1])
 return {"settled", fmt(delta), fmt(today), fmt(total)}

@@ -11,6 +11,7 @@ Example: after `SET {kb:t}:lock:k1:pi_1 abc NX PX 60000`, unlock with ARGV[1] = 
 with "xyz" it returns 0 and the lock stays.
 ]]
 
+-- model: unlock.release
 if redis.call("GET", KEYS[1]) == ARGV[1] then
   return redis.call("DEL", KEYS[1])
 end

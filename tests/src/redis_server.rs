@@ -96,7 +96,8 @@ pub struct RedisServer {
     /// Its port.
     pub port: u16,
     dir: TempDir,
-    durable: bool,
+    /// Persistence flags, given again on a restart.
+    persistence: Vec<String>,
     tls: Option<ServerTls>,
 }
 
@@ -120,15 +121,56 @@ impl RedisServer {
         RedisServer::start_with(true).await
     }
 
+    /// Starts a server with the persistence flags of the shipped Redis StatefulSet
+    /// (`manifests/deploy/redis.yaml`, without its `--dir`), for tests of what it keeps.
+    pub async fn start_shipped() -> Result<RedisServer> {
+        let manifest =
+            std::fs::read_to_string(crate::workspace_root().join("manifests/deploy/redis.yaml"))?;
+        let mut persistence = Vec::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&manifest) {
+            let v = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)?;
+            let args = &v["spec"]["template"]["spec"]["containers"][0]["args"];
+            if let Some(args) = args.as_sequence() {
+                let args: Vec<String> = args
+                    .iter()
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect();
+                let mut i = 0;
+                while i < args.len() {
+                    if args[i] == "--dir" {
+                        i += 2;
+                        continue;
+                    }
+                    persistence.push(args[i].clone());
+                    i += 1;
+                }
+            }
+        }
+        anyhow::ensure!(
+            !persistence.is_empty(),
+            "no redis args in manifests/deploy/redis.yaml"
+        );
+        RedisServer::start_persisting(persistence).await
+    }
+
     async fn start_with(durable: bool) -> Result<RedisServer> {
+        let persistence = if durable {
+            DURABLE.iter().map(|s| s.to_string()).collect()
+        } else {
+            Vec::new()
+        };
+        RedisServer::start_persisting(persistence).await
+    }
+
+    async fn start_persisting(persistence: Vec<String>) -> Result<RedisServer> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
-        let child = spawn(dir.path(), port, if durable { &DURABLE[..] } else { &[] })?;
+        let child = spawn(dir.path(), port, &strs(&persistence))?;
         let server = RedisServer {
             child,
             port,
             dir,
-            durable,
+            persistence,
             tls: None,
         };
         wait_ready(port, None).await?;
@@ -148,7 +190,7 @@ impl RedisServer {
             child: spawn(dir.path(), port, &strs(&tls.args))?,
             port,
             dir,
-            durable: false,
+            persistence: Vec::new(),
             tls: Some(tls),
         };
         wait_ready(port, server.certs()).await?;
@@ -160,11 +202,7 @@ impl RedisServer {
     }
 
     fn args(&self) -> Vec<&str> {
-        let mut args: Vec<&str> = if self.durable {
-            DURABLE.to_vec()
-        } else {
-            Vec::new()
-        };
+        let mut args: Vec<&str> = strs(&self.persistence);
         args.extend(self.tls.iter().flat_map(|t| strs(&t.args)));
         args
     }
@@ -544,7 +582,7 @@ impl RedisSentinelSet {
             )?,
             port: primary_port,
             dir: tempfile::tempdir()?,
-            durable: false,
+            persistence: Vec::new(),
             tls: None,
         };
         wait_ready(primary_port, None).await?;
@@ -563,7 +601,7 @@ impl RedisSentinelSet {
             )?,
             port: replica_port,
             dir: tempfile::tempdir()?,
-            durable: false,
+            persistence: Vec::new(),
             tls: None,
         };
         wait_ready(replica_port, None).await?;

@@ -105,6 +105,7 @@ fn no_crate_has_a_module_cycle() -> Result<()> {
     let crates = [
         "crds",
         "ledger",
+        "ledger-model",
         "operator",
         "proxy",
         "kube-lite",
