@@ -4,8 +4,8 @@
 //! Actors: proxy replicas that check, reserve, forward and settle attempts of calls (a retry with
 //! the same Idempotency-Key lands on the other replica, while the first may still be running);
 //! the sweeper, which may close any open reservation at any time (a replica stalled past the
-//! deadline is allowed for); the operator, which revokes, lowers caps, rotates and rewrites key
-//! records; the clock (expiry, the UTC day, the re-attempt window); Redis, which may restart from
+//! deadline is allowed for); the operator, which revokes, lowers caps and rotates key records; the
+//! clock (expiry, the UTC day, the re-attempt window); Redis, which may restart from
 //! its last fsync; and the vendor, which acts or not, answers or times out, and deduplicates on
 //! the Idempotency-Key (Stripe, Resend) or not (Twilio).
 //!
