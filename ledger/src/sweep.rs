@@ -5,7 +5,7 @@ use keybrake_crds::{Usd, Vendor};
 use redis::{AsyncCommands, aio::ConnectionLike};
 
 use crate::{
-    error::{LedgerError, Result},
+    error::Result,
     ledger::Ledger,
     settlement::{Outcome, SettleRequest, Settlement},
     token::{KeyId, PolicyTag},
@@ -44,13 +44,10 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
                 let vendor: Option<String> = self
                     .timed(conn.hget(slot.key_record(&key_id), "vendor"))
                     .await?;
-                let vendor = match vendor {
-                    None => None,
-                    Some(v) => Some(
-                        v.parse::<Vendor>()
-                            .map_err(|_| LedgerError::Reply(format!("key record vendor {v:?}")))?,
-                    ),
-                };
+                // The vendor only names the audit entry. A record whose vendor does not parse
+                // must not stop the sweep: its reservation would come first in every round and
+                // no reservation of any policy would ever be closed again.
+                let vendor = vendor.and_then(|v| v.parse::<Vendor>().ok());
                 let idem = fields
                     .get(1)
                     .cloned()

@@ -187,6 +187,7 @@ on_single_node_and_cluster! {
     script_settle_exactly_once => settle_replaces_the_estimate_exactly_once(LedgerConfig::default());
     script_idempotency => idempotency_keys_count_once_and_replay(LedgerConfig::default());
     script_sweeper => the_sweeper_settles_abandoned_reservations_as_unknown(swept_at_once());
+    script_sweeper_past_a_bad_record => a_bad_key_record_does_not_stop_the_sweeper(swept_at_once());
     script_check_mode => a_check_admits_or_refuses_and_reserves_nothing(LedgerConfig::default());
     script_counted_objects => what_a_key_counted_for_an_object_adds_up(LedgerConfig::default());
     script_overshoot => an_actual_above_the_estimate_is_counted_in_full(LedgerConfig::default());
@@ -628,6 +629,27 @@ async fn idempotency_keys_count_once_and_replay<C: Conn>(fx: Fixture<C>) -> Resu
         7_000_000,
         "still counted once"
     );
+    Ok(())
+}
+
+/// A review of the ledger model found that one key record whose vendor did not parse stopped
+/// the whole sweep, in every round, for every policy.
+async fn a_bad_key_record_does_not_stop_the_sweeper<C: Conn>(fx: Fixture<C>) -> Result<()> {
+    let bad = fx.issue(|_| {}).await?;
+    let good = fx.issue(|_| {}).await?;
+    granted(&fx.reserve(&bad, PI, usd("2")).await?);
+    granted(&fx.reserve(&good, PI, usd("3")).await?);
+    let mut conn = fx.conn.clone();
+    let _: () = conn
+        .hset(
+            fx.ledger.key_record_name(bad.id()),
+            "vendor",
+            "not-a-vendor",
+        )
+        .await?;
+    assert_eq!(fx.ledger.sweep(100).await?, 2, "both reservations closed");
+    assert_eq!(fx.ledger.key_spend(good.id()).await?.total, 3_000_000);
+    assert_eq!(fx.ledger.key_spend(bad.id()).await?.total, 2_000_000);
     Ok(())
 }
 
