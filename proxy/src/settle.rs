@@ -1,6 +1,8 @@
 //! The settle stage: what the vendor's answer says the call cost, closed exactly once in Redis.
 //! The decision ([`outcome`]) is pure; [`settle`] writes it.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use keybrake_crds::Usd;
 use keybrake_ledger::{Outcome, SettleRequest, Settlement, StoredResponse, Token};
@@ -140,9 +142,7 @@ pub async fn settle(
             "the vendor's answer shows more than was reserved; counted in full"
         );
     }
-    let started = std::time::Instant::now();
-    let settled = app.ledger.settle(&request).await;
-    app.metrics.redis_latency("settle", started.elapsed());
+    let settled = settle_with_retries(app, &request).await;
     match settled {
         // In the call's span: the key id, vendor, endpoint and reservation are on the line.
         Ok(Settlement::Settled { .. }) => tracing::debug!(
@@ -156,8 +156,43 @@ pub async fn settle(
         // The vendor has acted: the caller gets its answer; the sweeper closes the reservation
         // later, keeping its estimate counted.
         Err(e) => {
-            app.metrics.redis_error();
             tracing::error!(error = %e, reservation, "could not settle; the sweeper will keep the estimate counted");
+        }
+    }
+}
+
+/// How long a failing settle is retried. Settling is exactly once (a retry after a lost reply
+/// finds the reservation gone), so retrying is safe; giving up hands the reservation to the
+/// sweeper, which keeps only the estimate: money the vendor's answer showed above it would be
+/// lost from the counters. Well inside the reservation's deadline (twice the upstream timeout
+/// plus the grace), so the sweeper does not race the retries.
+const SETTLE_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// The first wait between settle attempts; it doubles after each.
+const SETTLE_FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+async fn settle_with_retries(
+    app: &App,
+    request: &SettleRequest<'_>,
+) -> Result<Settlement, keybrake_ledger::LedgerError> {
+    let first = std::time::Instant::now();
+    let mut backoff = SETTLE_FIRST_BACKOFF;
+    loop {
+        let started = std::time::Instant::now();
+        let settled = app.ledger.settle(request).await;
+        app.metrics.redis_latency("settle", started.elapsed());
+        match settled {
+            Err(e) if first.elapsed() + backoff < SETTLE_RETRY_FOR => {
+                app.metrics.redis_error();
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "settle failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => {
+                app.metrics.redis_error();
+                return Err(e);
+            }
+            done => return done,
         }
     }
 }

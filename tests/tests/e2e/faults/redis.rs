@@ -4,7 +4,7 @@ use anyhow::Result;
 use keybrake_e2e::{
     http,
     stack::{Stack, eventually},
-    upstream::RecordingUpstream,
+    upstream::{Mode, RecordingUpstream},
 };
 use keybrake_ledger::PolicyTag;
 
@@ -197,6 +197,58 @@ async fn a_stalled_redis_turns_calls_into_refusals_not_unaccounted_forwards() ->
         100_000_000
     );
     assert_eq!(upstream.requests().len(), 1);
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A settle that fails is retried, not left to the sweeper: the sweeper keeps only the estimate,
+/// so money the vendor's answer showed above it would be lost from the counters (a review of the
+/// ledger model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_during_a_redis_stall_is_retried_until_it_lands() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    upstream.set_mode(Mode::Slow(std::time::Duration::from_millis(1500)));
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
+    let call = tokio::spawn({
+        let addr = proxy.addr;
+        async move {
+            http(
+                addr,
+                "POST",
+                "/v1/payment_intents",
+                &[("Authorization", bearer.as_str()), FORM],
+                b"amount=10000&currency=usd&confirm=true",
+            )
+            .await
+        }
+    });
+    // The call is at the vendor; Redis stalls past the vendor's answer, so the first settle
+    // times out (500 ms) and only a retry can land.
+    eventually("the call to reach the vendor", 10, || async {
+        (!upstream.requests().is_empty()).then_some(())
+    })
+    .await?;
+    let mut conn = stack.redis.connect().await?;
+    let stall = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("2.5")
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    let r = call.await??;
+    let _ = stall.await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ledger = stack.ledger().await?;
+    let tag = PolicyTag::of("billing", "stripe");
+    let open: u64 = redis::cmd("ZCARD")
+        .arg(ledger.keys().policy(&tag).reservations())
+        .query_async(&mut stack.redis.connect().await?)
+        .await?;
+    assert_eq!(open, 0, "the reservation was left to the sweeper");
+    assert_eq!(ledger.policy_spend(&tag).await?.total, 100_000_000);
     proxy.shutdown().await;
     Ok(())
 }
