@@ -9,18 +9,16 @@ use crate::{Call, Durability, Faults, KEYS, Ledger, Phase, State, Vendor};
 /// The properties every scenario must keep.
 pub fn properties() -> Vec<Property<Ledger>> {
     vec![
-        Property::always("money moved never exceeds the caps", |m, s| {
-            within_caps(m, s)
-        }),
-        Property::always("money moved is always recorded", |_, s: &State| recorded(s)),
+        Property::always("money moved never exceeds the caps", within_caps),
+        Property::always("money moved is always recorded", recorded),
         Property::always("no call is counted twice", counted_once),
         Property::always(
             "no call granted after a revoke is acknowledged is forwarded",
             |_, s: &State| !s.forwarded_after_revoke,
         ),
         Property::always(
-            "a re-attempt is never admitted over a cap",
-            |_, s: &State| !s.reattempt_over_cap,
+            "the vendor acts at most once per Idempotency-Key",
+            acts_once,
         ),
         Property::eventually("every reservation is closed", |_, s: &State| {
             s.redis.reservations.is_empty()
@@ -37,14 +35,21 @@ pub fn properties() -> Vec<Property<Ledger>> {
     ]
 }
 
-/// Per key and per day, and per policy: what the vendor moved is within the caps and budgets.
+/// Per key and per day, and per policy, what the vendor moved is within the caps and budgets the
+/// model was given (not the records the scripts read), beyond only what the vendor charged over
+/// its own estimates (counted in full, by design). No call over the per-call cap goes out, and
+/// after the caps are lowered a key moves at most the lowered cap or what it had counted then.
 fn within_caps(m: &Ledger, s: &State) -> bool {
     let mut policy_days = [0u16; 2];
+    let over: u16 = s.overshot.iter().map(|o| u16::from(*o)).sum();
     for k in 0..KEYS {
         let (_, daily, total) = m.caps[k];
-        let moved = s.moved[k];
-        if moved.iter().any(|d| *d > daily)
-            || u16::from(moved[0]) + u16::from(moved[1]) > u16::from(total)
+        let (moved, extra) = (s.moved[k], u16::from(s.overshot[k]));
+        let sum = u16::from(moved[0]) + u16::from(moved[1]);
+        if moved
+            .iter()
+            .any(|d| u16::from(*d) > u16::from(daily) + extra)
+            || sum > u16::from(total) + extra
         {
             return false;
         }
@@ -52,12 +57,29 @@ fn within_caps(m: &Ledger, s: &State) -> bool {
             *day += u16::from(moved[d]);
         }
     }
-    policy_days.iter().all(|d| *d <= u16::from(m.budget.0))
-        && policy_days.iter().sum::<u16>() <= u16::from(m.budget.1)
+    let lowered_held = s.total_at_lowering.is_none_or(|at| {
+        let moved = u16::from(s.moved[0][0]) + u16::from(s.moved[0][1]);
+        moved <= u16::from(m.lowered.2.max(at)) + u16::from(s.overshot[0])
+    });
+    !s.forwarded_over_per_call
+        && lowered_held
+        && policy_days
+            .iter()
+            .all(|d| *d <= u16::from(m.budget.0) + over)
+        && policy_days.iter().sum::<u16>() <= u16::from(m.budget.1) + over
 }
 
-/// What the vendor moved for a key is at most what its counters hold, and the policy's too.
-fn recorded(s: &State) -> bool {
+/// What the vendor moved for a key is at most what its counters hold, and the policy's too:
+/// always, and with a vendor that charges above its estimate, once no attempt is between its
+/// forward and its settle (the excess is known only from the answer).
+fn recorded(m: &Ledger, s: &State) -> bool {
+    if m.overshoot
+        && s.attempts
+            .iter()
+            .any(|p| matches!(p, Phase::Reserved { .. } | Phase::Sent { .. }))
+    {
+        return true;
+    }
     let mut all = 0u16;
     for k in 0..KEYS {
         let moved = u16::from(s.moved[k][0]) + u16::from(s.moved[k][1]);
@@ -69,14 +91,15 @@ fn recorded(s: &State) -> bool {
     all <= u16::from(s.redis.policy.total)
 }
 
-/// A call with an Idempotency-Key holds at most its amount in the counters, and the counters hold
-/// exactly what the calls do (nothing counted that belongs to no call).
+/// A call with an Idempotency-Key holds at most its amount in the counters (and what the vendor
+/// showed above it), and the key and policy counters hold exactly what the calls do.
 fn counted_once(m: &Ledger, s: &State) -> bool {
+    let slack = u8::from(m.overshoot);
     let once = m
         .calls
         .iter()
         .zip(&s.redis.counted)
-        .all(|(c, n)| c.idem.is_none() || *n <= c.amount);
+        .all(|(c, n)| c.idem.is_none() || *n <= c.amount + slack);
     let per_key = (0..KEYS).all(|k| {
         let calls: u16 = m
             .calls
@@ -87,7 +110,19 @@ fn counted_once(m: &Ledger, s: &State) -> bool {
             .sum();
         calls == u16::from(s.redis.spend[k].total)
     });
-    once && per_key
+    let policy: u16 = s.redis.counted.iter().map(|n| u16::from(*n)).sum();
+    once && per_key && policy == u16::from(s.redis.policy.total)
+}
+
+/// What the vendor moved for a call with an Idempotency-Key, over all its attempts, is one
+/// call's charge: a re-attempt never makes the vendor act twice (Twilio, which would, is refused
+/// one).
+fn acts_once(m: &Ledger, s: &State) -> bool {
+    let slack = u8::from(m.overshoot);
+    m.calls
+        .iter()
+        .zip(&s.moved_by_call)
+        .all(|(c, moved)| c.idem.is_none() || *moved <= c.amount + slack)
 }
 
 const NONE: Faults = Faults {
@@ -134,6 +169,8 @@ fn ledger(calls: Vec<Call>, faults: Faults) -> Ledger {
         lowered: (2, 1, 1),
         budget: (3, 3),
         present: [true; KEYS],
+        overshoot: false,
+        late_settle: true,
         durability: Durability::Always,
         faults,
     }
@@ -168,6 +205,25 @@ pub fn scenarios() -> Vec<(&'static str, Ledger)> {
                 caps: [(2, 4, 4), (2, 2, 2)],
                 ..ledger(vec![STRIPE_IDEM, STRIPE_PLAIN], NONE)
             },
+        ),
+        (
+            "a daily cap below the total, the day rolling over between reserve and settle",
+            Ledger {
+                caps: [(2, 2, 4), (2, 2, 2)],
+                budget: (3, 6),
+                ..ledger(
+                    vec![STRIPE_IDEM, STRIPE_PLAIN],
+                    Faults {
+                        crashes: true,
+                        time: true,
+                        ..NONE
+                    },
+                )
+            },
+        ),
+        (
+            "a vendor that charges more than estimated, a stalled replica swept",
+            overcharged(true),
         ),
         (
             "revocation and lowered caps, with replica crashes",
@@ -223,6 +279,17 @@ pub fn scenarios() -> Vec<(&'static str, Ledger)> {
             },
         ),
     ]
+}
+
+/// The vendor charges one unit more than estimated, and the sweeper may close a stalled
+/// replica's reservation before its settle. `late_settle` false is settle.lua before
+/// `settle.late`: the checker's second counterexample.
+pub fn overcharged(late_settle: bool) -> Ledger {
+    Ledger {
+        overshoot: true,
+        late_settle,
+        ..ledger(vec![STRIPE_IDEM, TWILIO_IDEM], NONE)
+    }
 }
 
 /// What the checker does with the scenario that loses the last second of writes.

@@ -98,6 +98,11 @@ pub struct Ledger {
     pub budget: (u8, u8),
     /// Which keys have a record (a deleted key has none).
     pub present: [bool; KEYS],
+    /// The vendor may charge one unit more than the estimate (its answer shows it).
+    pub overshoot: bool,
+    /// settle.lua counts a late "ok" over a reservation closed as unknown (`settle.late`);
+    /// false models the script before that step, to keep its counterexample.
+    pub late_settle: bool,
     /// Redis durability.
     pub durability: Durability,
     /// The faults explored.
@@ -175,6 +180,23 @@ pub struct IdemRecord {
     pub day: u8,
     /// Its re-attempt window has passed.
     pub aged: bool,
+    /// The reservation of its latest attempt.
+    pub res: u8,
+}
+
+/// A reservation closed as unknown, kept for a late settle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Closed {
+    /// The key.
+    pub key: usize,
+    /// What stayed counted.
+    pub amount: u8,
+    /// The day it counts on.
+    pub day: u8,
+    /// Its Idempotency-Key record, if any.
+    pub idem: Option<u8>,
+    /// Ghost: the call.
+    pub call: usize,
 }
 
 /// Everything Redis holds for one policy.
@@ -192,6 +214,9 @@ pub struct Redis {
     pub reservations: BTreeMap<u8, Reservation>,
     /// Idempotency records by key.
     pub idem: BTreeMap<u8, IdemRecord>,
+    /// Reservations closed as unknown, by id: key, amount, day, and (ghost) the call
+    /// (`settle.tombstone`).
+    pub closed_unknown: BTreeMap<u8, Closed>,
     /// Ghost: what the counters hold for each call (for "counted once").
     pub counted: Vec<u8>,
 }
@@ -207,15 +232,19 @@ pub enum Phase {
     Reserved {
         /// The reservation.
         res: u8,
+        /// The day its money counts on.
+        day: u8,
         /// Ghost: granted after the key's revoke was acknowledged.
         after_revoke: bool,
     },
-    /// Forwarded; the proxy saw `outcome` and is about to settle.
+    /// Forwarded; the proxy saw `outcome` with cost `actual` and is about to settle.
     Sent {
         /// The reservation.
         res: u8,
         /// What the proxy saw.
         outcome: Outcome,
+        /// The cost the vendor's answer shows.
+        actual: u8,
     },
     /// Finished (answered, refused or replayed).
     Done,
@@ -241,6 +270,8 @@ pub enum Outcome {
 pub enum VendorDoes {
     /// Acts and answers.
     ActsAndAnswers,
+    /// Acts, charges one unit more than the estimate, and answers so.
+    ActsMore,
     /// Refuses (4xx).
     Refuses,
     /// Acts, but the answer is lost (timeout after acting).
@@ -262,6 +293,14 @@ pub struct State {
     pub attempts: Vec<Phase>,
     /// What the vendor moved, per key and per day the money was counted on.
     pub moved: [[u8; 2]; KEYS],
+    /// Ghost: what the vendor moved for each call, all attempts together.
+    pub moved_by_call: Vec<u8>,
+    /// Ghost: what the vendor charged beyond the estimates, per key.
+    pub overshot: [u8; KEYS],
+    /// Ghost: key 0's counted total when the operator lowered its caps.
+    pub total_at_lowering: Option<u8>,
+    /// Ghost: a forward of a call over the per-call cap.
+    pub forwarded_over_per_call: bool,
     /// Idempotency-Keys the vendor has acted on (for deduplicating vendors).
     pub vendor_seen: Vec<u8>,
     /// The user set `spec.revoked` on key 0 (the proxies' watch may see it).
@@ -278,8 +317,6 @@ pub struct State {
     pub next_res: u8,
     /// Ghost: an attempt granted after the revoke was acknowledged was forwarded.
     pub forwarded_after_revoke: bool,
-    /// Ghost: a re-attempt was admitted over a cap.
-    pub reattempt_over_cap: bool,
 }
 
 /// A transition.
@@ -414,6 +451,7 @@ impl Ledger {
             );
             if let Some(rec) = r.idem.get_mut(&idem) {
                 rec.state = IdemState::Pending;
+                rec.res = next_res;
             }
             return Reply::Reattempt(next_res);
         }
@@ -465,6 +503,7 @@ impl Ledger {
                     amount: estimate,
                     day: r.day,
                     aged: false,
+                    res: next_res,
                 },
             );
         }
@@ -474,10 +513,42 @@ impl Ledger {
     /// settle.lua, step for step. `actual` is the vendor's cost for `Outcome::Ok`.
     fn settle(&self, r: &mut Redis, res: u8, outcome: Outcome, actual: u8) {
         let Some(v) = r.reservations.get(&res).copied() else {
+            take(Step::SettleLate);
+            if self.late_settle
+                && outcome == Outcome::Ok
+                && let Some(c) = r.closed_unknown.remove(&res)
+            {
+                // What is counted for the call now: the estimate kept, or what its record holds.
+                let record = c.idem.and_then(|i| r.idem.get_mut(&i));
+                let held = record.as_ref().map_or(c.amount, |d| d.amount);
+                if actual > held {
+                    let excess = actual - held;
+                    // A re-attempt in flight or to come carries the whole actual.
+                    if let Some(d) = record {
+                        d.amount = actual;
+                    }
+                    for s in [&mut r.spend[c.key], &mut r.policy] {
+                        s.total += excess;
+                        if s.day == c.day {
+                            s.today += excess;
+                        }
+                    }
+                    r.counted[c.call] += excess;
+                    return;
+                }
+            }
             take(Step::SettleAlreadySettled);
             return;
         };
         take(Step::SettleActual);
+        let mut v = v;
+        if v.floor
+            && let Some(d) = v.idem.and_then(|i| r.idem.get(&i))
+            && d.res == res
+            && d.amount > v.amount
+        {
+            v.amount = d.amount;
+        }
         let mut actual = match outcome {
             Outcome::Unknown => v.amount,
             Outcome::NotSent | Outcome::VendorError => 0,
@@ -527,6 +598,19 @@ impl Ledger {
                 }
             }
         }
+        take(Step::SettleTombstone);
+        if outcome == Outcome::Unknown {
+            r.closed_unknown.insert(
+                res,
+                Closed {
+                    key: v.key,
+                    amount: actual,
+                    day: v.day,
+                    idem: v.idem,
+                    call: v.call,
+                },
+            );
+        }
         take(Step::SettleClose);
         r.reservations.remove(&res);
     }
@@ -559,6 +643,7 @@ impl Ledger {
             policy: Spend::default(),
             reservations: BTreeMap::new(),
             idem: BTreeMap::new(),
+            closed_unknown: BTreeMap::new(),
             counted: vec![0; self.calls.len()],
         }
     }
@@ -579,6 +664,10 @@ impl Model for Ledger {
             redis,
             attempts: vec![Phase::Idle; self.calls.len() * ATTEMPTS],
             moved: [[0; 2]; KEYS],
+            moved_by_call: vec![0; self.calls.len()],
+            overshot: [0; KEYS],
+            total_at_lowering: None,
+            forwarded_over_per_call: false,
             vendor_seen: Vec::new(),
             spec_revoked: false,
             revoke_acked: false,
@@ -587,7 +676,6 @@ impl Model for Ledger {
             restarted: false,
             next_res: 0,
             forwarded_after_revoke: false,
-            reattempt_over_cap: false,
         }]
     }
 
@@ -612,6 +700,9 @@ impl Model for Ledger {
                         VendorDoes::Unreachable,
                     ] {
                         actions.push(Action::Forward(a, does));
+                    }
+                    if self.overshoot {
+                        actions.push(Action::Forward(a, VendorDoes::ActsMore));
                     }
                     if s.spec_revoked && call.key == 0 {
                         actions.push(Action::Release(a));
@@ -678,8 +769,6 @@ impl Model for Ledger {
                 } else {
                     Phase::Done
                 };
-                // The object lock held while costing is released by its holder.
-                take(Step::UnlockRelease);
             }
             Action::Reserve(a) => {
                 let call = *self.call_of(a);
@@ -688,40 +777,47 @@ impl Model for Ledger {
                     Reply::Granted(res) | Reply::Reattempt(res) => {
                         s.next_res += 1;
                         let after_revoke = s.revoke_acked && call.key == 0;
-                        if let Reply::Reattempt(_) = reply {
-                            let rec = s.redis.keys[call.key];
-                            let sp = s.redis.spend[call.key];
-                            let today = if sp.day == s.redis.day { sp.today } else { 0 };
-                            if today > rec.caps.1 || sp.total > rec.caps.2 {
-                                s.reattempt_over_cap = true;
-                            }
-                        }
-                        s.attempts[a] = Phase::Reserved { res, after_revoke };
+                        let day = s.redis.reservations.get(&res).map_or(0, |r| r.day);
+                        s.attempts[a] = Phase::Reserved {
+                            res,
+                            day,
+                            after_revoke,
+                        };
                     }
                     _ => s.attempts[a] = Phase::Done,
                 }
                 self.written(&mut s);
             }
             Action::Forward(a, does) => {
-                let Phase::Reserved { res, after_revoke } = s.attempts[a] else {
+                let Phase::Reserved {
+                    res,
+                    day,
+                    after_revoke,
+                } = s.attempts[a]
+                else {
                     return None;
                 };
                 let call = *self.call_of(a);
                 if after_revoke {
                     s.forwarded_after_revoke = true;
                 }
-                // The day the money counts on is its reservation's (a reattempt's is the first
-                // attempt's); a swept reservation's is gone, so use today's.
-                let day = s
-                    .redis
-                    .reservations
-                    .get(&res)
-                    .map_or(s.redis.day, |r| r.day);
+                if call.amount > self.caps[call.key].0 {
+                    s.forwarded_over_per_call = true;
+                }
                 let replayed = call.vendor == Vendor::Dedup
                     && call.idem.is_some_and(|i| s.vendor_seen.contains(&i));
-                let acts = matches!(does, VendorDoes::ActsAndAnswers | VendorDoes::ActsSilently);
+                let charged = match does {
+                    VendorDoes::ActsMore => call.amount + 1,
+                    _ => call.amount,
+                };
+                let acts = matches!(
+                    does,
+                    VendorDoes::ActsAndAnswers | VendorDoes::ActsMore | VendorDoes::ActsSilently
+                );
                 if acts && !replayed {
-                    s.moved[call.key][usize::from(day)] += call.amount;
+                    s.moved[call.key][usize::from(day)] += charged;
+                    s.moved_by_call[a / ATTEMPTS] += charged;
+                    s.overshot[call.key] += charged - call.amount;
                     if let Some(i) = call.idem
                         && call.vendor == Vendor::Dedup
                     {
@@ -730,13 +826,17 @@ impl Model for Ledger {
                     }
                 }
                 let outcome = match does {
-                    VendorDoes::ActsAndAnswers => Outcome::Ok,
+                    VendorDoes::ActsAndAnswers | VendorDoes::ActsMore => Outcome::Ok,
                     VendorDoes::Refuses if replayed => Outcome::Ok,
                     VendorDoes::Refuses => Outcome::VendorError,
                     VendorDoes::ActsSilently | VendorDoes::LosesIt => Outcome::Unknown,
                     VendorDoes::Unreachable => Outcome::NotSent,
                 };
-                s.attempts[a] = Phase::Sent { res, outcome };
+                s.attempts[a] = Phase::Sent {
+                    res,
+                    outcome,
+                    actual: charged,
+                };
             }
             Action::Release(a) => {
                 let Phase::Reserved { res, .. } = s.attempts[a] else {
@@ -747,11 +847,15 @@ impl Model for Ledger {
                 self.written(&mut s);
             }
             Action::Settle(a) => {
-                let Phase::Sent { res, outcome } = s.attempts[a] else {
+                let Phase::Sent {
+                    res,
+                    outcome,
+                    actual,
+                } = s.attempts[a]
+                else {
                     return None;
                 };
-                let amount = self.call_of(a).amount;
-                self.settle(&mut s.redis, res, outcome, amount);
+                self.settle(&mut s.redis, res, outcome, actual);
                 s.attempts[a] = Phase::Done;
                 self.written(&mut s);
             }
@@ -781,6 +885,7 @@ impl Model for Ledger {
             }
             Action::LowerCaps => {
                 s.done[0] = true;
+                s.total_at_lowering = Some(s.redis.spend[0].total);
                 s.redis.keys[0].caps = self.lowered;
                 self.written(&mut s);
             }
@@ -839,6 +944,10 @@ mod tests {
         ("unlock", include_str!("../../ledger/lua/unlock.lua")),
     ];
 
+    /// Steps the model names but does not take: object locks are not modelled yet.
+    const NAMED_ONLY: &[Step] = &[Step::UnlockRelease];
+
+    /// One test, so the steps taken are this test's alone (the record is per process).
     #[test]
     fn every_interleaving_keeps_the_promises() {
         println!(
@@ -860,21 +969,39 @@ mod tests {
         let taken = steps::taken();
         let missed: Vec<_> = Step::ALL
             .iter()
-            .filter(|s| !taken.contains(s))
+            .filter(|s| !taken.contains(s) && !NAMED_ONLY.contains(s))
             .map(|s| s.name())
             .collect();
         assert!(missed.is_empty(), "steps no scenario takes: {missed:?}");
-    }
 
-    #[test]
-    fn everysec_loses_counted_money_and_revokes_on_a_restart() {
-        let run = check::run(check::everysec());
-        let failed: Vec<_> = run.failed.iter().map(|(n, _)| *n).collect();
-        for (name, path) in &run.failed {
-            println!("appendfsync everysec: {name}:\n  {path}");
+        // The counterexamples found on the way stay found: the model still sees what the fixes
+        // are for.
+        for (what, model, broken) in [
+            (
+                "appendfsync everysec",
+                check::everysec(),
+                &[
+                    "money moved is always recorded",
+                    "no call granted after a revoke is acknowledged is forwarded",
+                ][..],
+            ),
+            (
+                "settle.lua without settle.late",
+                check::overcharged(false),
+                &["money moved is always recorded"][..],
+            ),
+        ] {
+            let run = check::run(model);
+            for (name, path) in &run.failed {
+                println!("{what}: {name}:\n  {path}");
+            }
+            for b in broken {
+                assert!(
+                    run.failed.iter().any(|(n, _)| n == b),
+                    "{what}: no counterexample to {b:?} any more"
+                );
+            }
         }
-        assert!(failed.contains(&"money moved is always recorded"));
-        assert!(failed.contains(&"no call granted after a revoke is acknowledged is forwarded"));
     }
 
     #[test]

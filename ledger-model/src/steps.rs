@@ -61,6 +61,8 @@ steps! {
     ReservePolicyBudgets => "reserve.policy_budgets",
     /// Granted: the estimate is counted and a reservation opened.
     ReserveGrant => "reserve.grant",
+    /// The reservation was closed as unknown: a late "ok" counts what it shows above the estimate.
+    SettleLate => "settle.late",
     /// The reservation is gone: nothing is counted again.
     SettleAlreadySettled => "settle.already_settled",
     /// The actual cost from the outcome (unknown keeps the estimate, not sent and refused are 0).
@@ -79,6 +81,8 @@ steps! {
     SettleIdemForgetNotSent => "settle.idem_forget_not_sent",
     /// Unknown: the record says so, with the amount counted.
     SettleIdemUnknown => "settle.idem_unknown",
+    /// Closed as unknown: its amount and day are kept for a late settle.
+    SettleTombstone => "settle.tombstone",
     /// The reservation is closed.
     SettleClose => "settle.close",
     /// An object lock is released only by its holder.

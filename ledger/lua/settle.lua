@@ -11,6 +11,10 @@ KEYS[6] audit         {P}:audit
 KEYS[7] key record    {P}:key:<key id>       (read for the audit entry)
 KEYS[8] objects       {P}:objects:<key id>   hash: vendor object id -> micro-dollars this key
                                              has counted for it (only touched with ARGV[11])
+KEYS[9] closed unknown {P}:unknown:<res id>  hash: key, amount, day, idem of one closed as
+                                             "unknown" (the sweeper's way), kept ARGV[8] seconds
+                                             so the replica's own late settle can still count
+                                             what the vendor's answer showed above the estimate
 
 ARGV[1]  reservation id
 ARGV[2]  actual cost, integer micro-dollars >= 0 (ignored for "unknown": the estimate stays)
@@ -31,7 +35,8 @@ ARGV[13] "1" when ARGV[7] is the whole response, "0" when it was too large to ke
 
 Each step is marked `-- model: settle.<step>`, as in reserve.lua.
 
-Returns {"settled", delta, today after, total after} or {"already_settled"}. An actual above the
+Returns {"settled", delta, today after, total after} or {"already_settled"}. A late "ok" settle of
+a reservation closed as unknown counts only the excess of its actual over the estimate kept. An actual above the
 estimate is counted in full (never clipped to a cap) and written as `overshoot` in the audit entry.
 
 Example: a reservation of 12500000 settled "ok" with actual 12500000 returns a delta of 0; settled
@@ -51,14 +56,75 @@ local outcome = ARGV[3]
 assert(outcome == "ok" or outcome == "vendor_error" or outcome == "not_sent" or outcome == "unknown",
   "outcome must be ok, vendor_error, not_sent or unknown")
 
+-- The daily counter only moves if the reservation's day is still the counter's day.
+local function adjust(key, delta, day)
+  local s = redis.call("HMGET", key, "day", "today", "total")
+  local today = int(s[2]) or 0
+  local total = math.max(0, (int(s[3]) or 0) + delta)
+  if s[1] == day then today = math.max(0, today + delta) end
+  redis.call("HSET", key, "today", fmt(today), "total", fmt(total))
+  return today, total
+end
+
+local t = redis.call("TIME")
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
 local res = redis.call("HGETALL", KEYS[1])
--- model: settle.already_settled
-if #res == 0 then return {"already_settled"} end
+if #res == 0 then
+  -- model: settle.late
+  -- Closed as unknown (a stalled replica swept): the estimate stayed counted. The vendor's answer
+  -- arriving now can only add what it shows above that estimate; less is not taken back.
+  local tomb = redis.call("HGETALL", KEYS[9])
+  if #tomb > 0 and outcome == "ok" then
+    local d = {}
+    for i = 1, #tomb, 2 do d[tomb[i]] = tomb[i + 1] end
+    redis.call("DEL", KEYS[9])
+    local actual = int(ARGV[2])
+    assert(actual and actual >= 0 and actual <= 1e15, "actual must be an integer in [0, 1e15]")
+    -- What is counted for the call now: the estimate kept, or, with an Idempotency-Key, what its
+    -- record holds (a re-attempt since may have settled more, or be carrying the money now).
+    local held = int(d.amount) or 0
+    if d.idem == "1" then
+      local recorded = redis.call("HGET", KEYS[5], "amount")
+      if recorded then held = int(recorded) or held end
+    end
+    local excess = actual - held
+    local counts = excess > 0
+    -- A re-attempt in flight or to come must carry the whole actual, not count it again.
+    if counts and d.idem == "1" and redis.call("EXISTS", KEYS[5]) == 1 then
+      redis.call("HSET", KEYS[5], "amount", fmt(actual))
+    end
+    if counts then
+      local today, total = adjust(KEYS[2], excess, d.day)
+      adjust(KEYS[3], excess, d.day)
+      if ARGV[11] ~= "" then
+        redis.call("HINCRBY", KEYS[8], ARGV[11], actual)
+        redis.call("EXPIRE", KEYS[8], ARGV[12])
+      end
+      local k = redis.call("HMGET", KEYS[7], "vault_key", "run_label")
+      redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
+        "ts", fmt(now_ms), "key", d.key or "", "vk", k[1] or "", "run", k[2] or "",
+        "vendor", ARGV[10], "method", "", "path", "", "estimate", "0", "actual", fmt(excess),
+        "status", ARGV[4], "request_id", ARGV[5], "outcome", "ok", "rule", "",
+        "overshoot", fmt(excess))
+      return {"settled", fmt(excess), fmt(today), fmt(total)}
+    end
+  end
+  -- model: settle.already_settled
+  return {"already_settled"}
+end
 local r = {}
 for i = 1, #res, 2 do r[res[i]] = res[i + 1] end
 
 -- model: settle.actual
 local amount = int(r.amount) or 0
+-- A re-attempt carries what its record holds, which a late settle of the first attempt may have
+-- raised (and counted) since the re-attempt was reserved.
+if r.floor == "1" and r.idem and r.idem ~= "" then
+  local rec = redis.call("HMGET", KEYS[5], "res", "amount")
+  local held = int(rec[2])
+  if rec[1] == ARGV[1] and held and held > amount then amount = held end
+end
 local actual
 if outcome == "unknown" then
   actual = amount -- never under-count what may have happened
@@ -73,23 +139,11 @@ end
 if r.floor == "1" and actual < amount then actual = amount end
 local delta = actual - amount
 
-local t = redis.call("TIME")
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
 -- model: settle.adjust
--- The daily counter only moves if the reservation's day is still the counter's day.
-local function adjust(key)
-  local s = redis.call("HMGET", key, "day", "today", "total")
-  local today = int(s[2]) or 0
-  local total = math.max(0, (int(s[3]) or 0) + delta)
-  if s[1] == r.day then today = math.max(0, today + delta) end
-  redis.call("HSET", key, "today", fmt(today), "total", fmt(total))
-  return today, total
-end
 local today, total = 0, 0
 if delta ~= 0 then
-  today, total = adjust(KEYS[2])
-  adjust(KEYS[3])
+  today, total = adjust(KEYS[2], delta, r.day)
+  adjust(KEYS[3], delta, r.day)
 else
   local s = redis.call("HMGET", KEYS[2], "today", "total")
   today, total = int(s[1]) or 0, int(s[2]) or 0
@@ -132,6 +186,13 @@ redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
   "method", r.method or "", "path", r.path or "", "estimate", fmt(amount), "actual", fmt(actual),
   "status", ARGV[4], "request_id", ARGV[5], "outcome", outcome, "rule", "",
   "overshoot", fmt(math.max(0, actual - amount)))
+
+-- model: settle.tombstone
+if outcome == "unknown" then
+  redis.call("HSET", KEYS[9], "key", r.key or "", "amount", fmt(actual), "day", r.day or "",
+    "idem", (r.idem and r.idem ~= "") and "1" or "0")
+  redis.call("EXPIRE", KEYS[9], ARGV[8])
+end
 
 -- model: settle.close
 redis.call("DEL", KEYS[1])

@@ -76,6 +76,12 @@ impl Slot {
         format!("{}:res:{res_id}", self.base)
     }
 
+    /// Hash: a reservation closed as "unknown" (key, amount, day), kept for a while so the
+    /// replica's late settle can count what the vendor showed above the estimate.
+    pub fn closed_unknown(&self, res_id: &str) -> String {
+        format!("{}:unknown:{res_id}", self.base)
+    }
+
     /// Hash: the outcome stored under an Idempotency-Key (hashed, so no caller text becomes a
     /// key name).
     pub fn idempotency(&self, id: &KeyId, idempotency_key: &str) -> String {

@@ -417,6 +417,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .key(slot.audit())
             .key(slot.key_record(req.key_id))
             .key(slot.objects(req.key_id))
+            .key(slot.closed_unknown(req.reservation))
             .arg(req.reservation)
             .arg(req.actual.micros())
             .arg(req.outcome.as_str())

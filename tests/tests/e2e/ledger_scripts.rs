@@ -188,6 +188,8 @@ on_single_node_and_cluster! {
     script_idempotency => idempotency_keys_count_once_and_replay(LedgerConfig::default());
     script_sweeper => the_sweeper_settles_abandoned_reservations_as_unknown(swept_at_once());
     script_sweeper_past_a_bad_record => a_bad_key_record_does_not_stop_the_sweeper(swept_at_once());
+    script_late_settle => a_late_settle_counts_what_the_vendor_showed_above_a_swept_estimate(swept_at_once());
+    script_late_settle_and_reattempt => a_late_settle_and_a_reattempt_count_the_excess_once(swept_at_once());
     script_check_mode => a_check_admits_or_refuses_and_reserves_nothing(LedgerConfig::default());
     script_counted_objects => what_a_key_counted_for_an_object_adds_up(LedgerConfig::default());
     script_overshoot => an_actual_above_the_estimate_is_counted_in_full(LedgerConfig::default());
@@ -629,6 +631,97 @@ async fn idempotency_keys_count_once_and_replay<C: Conn>(fx: Fixture<C>) -> Resu
         7_000_000,
         "still counted once"
     );
+    Ok(())
+}
+
+/// The ledger model's counterexample (scenario "a vendor that charges more than estimated"): a
+/// replica stalled past its reservation's deadline is swept (the estimate stays counted), then
+/// the vendor's answer shows more. Its late settle must count the excess, once.
+async fn a_late_settle_counts_what_the_vendor_showed_above_a_swept_estimate<C: Conn>(
+    fx: Fixture<C>,
+) -> Result<()> {
+    let key = fx.issue(|_| {}).await?;
+    let stalled = granted(&fx.reserve(&key, PI, usd("4")).await?);
+    let cheaper = granted(&fx.reserve(&key, PI, usd("2")).await?);
+    assert_eq!(fx.ledger.sweep(100).await?, 2);
+    assert_eq!(fx.ledger.key_spend(key.id()).await?.total, 6_000_000);
+    assert!(matches!(
+        fx.settle(&key, &stalled, Outcome::Ok, usd("6"), None, None)
+            .await?,
+        Settlement::Settled {
+            delta: 2_000_000,
+            ..
+        }
+    ));
+    assert_eq!(fx.ledger.key_spend(key.id()).await?.total, 8_000_000);
+    assert_eq!(
+        fx.settle(&key, &stalled, Outcome::Ok, usd("6"), None, None)
+            .await?,
+        Settlement::AlreadySettled,
+        "the excess is counted once"
+    );
+    // Less than the estimate kept: nothing is taken back (the sweep could not know).
+    assert_eq!(
+        fx.settle(&key, &cheaper, Outcome::Ok, usd("1"), None, None)
+            .await?,
+        Settlement::AlreadySettled
+    );
+    let spend = fx.ledger.key_spend(key.id()).await?;
+    assert_eq!((spend.today, spend.total), (8_000_000, 8_000_000));
+    assert_eq!(
+        fx.ledger.policy_spend(&fx.tag).await?.total,
+        8_000_000,
+        "the policy counts the excess too"
+    );
+    Ok(())
+}
+
+/// The ledger model's counterexamples while `settle.late` was built: a late settle and a
+/// re-attempt of the same Idempotency-Key each counted the excess (twice), or neither did (a
+/// re-attempt never sent settles at its floor). The re-attempt now carries what the record holds.
+async fn a_late_settle_and_a_reattempt_count_the_excess_once<C: Conn>(
+    fx: Fixture<C>,
+) -> Result<()> {
+    let h = |k: &Issued| k.token.secret_hash();
+    for (reattempt_outcome, actual) in [(Outcome::NotSent, "0"), (Outcome::Ok, "6")] {
+        let key = fx.issue(|_| {}).await?;
+        let idem = Some(("k", "fp"));
+        let first = granted(
+            &fx.reserve_with(&key, &h(&key), "POST", PI, usd("4"), idem)
+                .await?,
+        );
+        assert_eq!(fx.ledger.sweep(100).await?, 1);
+        let again = match fx
+            .reserve_with(&key, &h(&key), "POST", PI, usd("4"), idem)
+            .await?
+        {
+            Admission::Reattempt { reservation, .. } => reservation,
+            other => panic!("{other:?}"),
+        };
+        // The stalled first attempt's answer arrives: $6, not $4.
+        assert!(matches!(
+            fx.settle(&key, &first, Outcome::Ok, usd("6"), Some("k"), None)
+                .await?,
+            Settlement::Settled {
+                delta: 2_000_000,
+                ..
+            }
+        ));
+        fx.settle(
+            &key,
+            &again,
+            reattempt_outcome,
+            usd(actual),
+            Some("k"),
+            None,
+        )
+        .await?;
+        assert_eq!(
+            fx.ledger.key_spend(key.id()).await?.total,
+            6_000_000,
+            "re-attempt {reattempt_outcome:?}: the $2 excess counted once"
+        );
+    }
     Ok(())
 }
 
