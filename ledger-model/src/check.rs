@@ -20,6 +20,16 @@ pub fn properties() -> Vec<Property<Ledger>> {
             "the vendor acts at most once per Idempotency-Key",
             acts_once,
         ),
+        Property::always(
+            "a vendor object never holds more than the vendor moved for it",
+            |_, s: &State| {
+                s.redis
+                    .objects
+                    .iter()
+                    .zip(&s.moved_by_call)
+                    .all(|(counted, moved)| counted <= moved)
+            },
+        ),
         Property::eventually("every reservation is closed", |_, s: &State| {
             s.redis.reservations.is_empty()
         }),

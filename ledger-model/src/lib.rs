@@ -182,6 +182,8 @@ pub struct IdemRecord {
     pub aged: bool,
     /// The reservation of its latest attempt.
     pub res: u8,
+    /// What a late settle counted and added to the vendor object (`late`).
+    pub late: u8,
 }
 
 /// A reservation closed as unknown, kept for a late settle.
@@ -219,6 +221,9 @@ pub struct Redis {
     pub closed_unknown: BTreeMap<u8, Closed>,
     /// Ghost: what the counters hold for each call (for "counted once").
     pub counted: Vec<u8>,
+    /// What the key has counted for each call's vendor object (`objects`, which discounts later
+    /// calls on the same object).
+    pub objects: Vec<u8>,
 }
 
 /// Where one attempt is.
@@ -302,7 +307,7 @@ pub struct State {
     /// Ghost: a forward of a call over the per-call cap.
     pub forwarded_over_per_call: bool,
     /// Idempotency-Keys the vendor has acted on (for deduplicating vendors).
-    pub vendor_seen: Vec<u8>,
+    pub vendor_seen: Vec<(u8, u8)>,
     /// The user set `spec.revoked` on key 0 (the proxies' watch may see it).
     pub spec_revoked: bool,
     /// The operator acknowledged the revoke (status Revoked), after writing it to Redis.
@@ -504,6 +509,7 @@ impl Ledger {
                     day: r.day,
                     aged: false,
                     res: next_res,
+                    late: 0,
                 },
             );
         }
@@ -511,7 +517,8 @@ impl Ledger {
     }
 
     /// settle.lua, step for step. `actual` is the vendor's cost for `Outcome::Ok`.
-    fn settle(&self, r: &mut Redis, res: u8, outcome: Outcome, actual: u8) {
+    /// `swept`: the sweeper closes it (only then can a late settle follow).
+    fn settle(&self, r: &mut Redis, res: u8, outcome: Outcome, actual: u8, swept: bool) {
         let Some(v) = r.reservations.get(&res).copied() else {
             take(Step::SettleLate);
             if self.late_settle
@@ -523,10 +530,13 @@ impl Ledger {
                 let held = record.as_ref().map_or(c.amount, |d| d.amount);
                 if actual > held {
                     let excess = actual - held;
-                    // A re-attempt in flight or to come carries the whole actual.
+                    // A re-attempt in flight or to come carries the whole actual, and does not add
+                    // to the object what this settle adds.
                     if let Some(d) = record {
                         d.amount = actual;
+                        d.late = actual;
                     }
+                    r.objects[c.call] += actual;
                     for s in [&mut r.spend[c.key], &mut r.policy] {
                         s.total += excess;
                         if s.day == c.day {
@@ -542,12 +552,13 @@ impl Ledger {
         };
         take(Step::SettleActual);
         let mut v = v;
+        let mut added_late = 0;
         if v.floor
             && let Some(d) = v.idem.and_then(|i| r.idem.get(&i))
             && d.res == res
-            && d.amount > v.amount
         {
-            v.amount = d.amount;
+            v.amount = v.amount.max(d.amount);
+            added_late = d.late;
         }
         let mut actual = match outcome {
             Outcome::Unknown => v.amount,
@@ -569,8 +580,10 @@ impl Ledger {
         adjust(&mut r.spend[v.key]);
         adjust(&mut r.policy);
         r.counted[v.call] = clamp(i16::from(r.counted[v.call]) + delta);
-        if actual > 0 {
-            take(Step::SettleObjects);
+        take(Step::SettleObjects);
+        // The proxy names the object only for an answer it costed ("ok").
+        if outcome == Outcome::Ok && actual > added_late {
+            r.objects[v.call] += actual - added_late;
         }
         if let Some(idem) = v.idem {
             match outcome {
@@ -599,7 +612,7 @@ impl Ledger {
             }
         }
         take(Step::SettleTombstone);
-        if outcome == Outcome::Unknown {
+        if outcome == Outcome::Unknown && swept {
             r.closed_unknown.insert(
                 res,
                 Closed {
@@ -645,6 +658,7 @@ impl Ledger {
             idem: BTreeMap::new(),
             closed_unknown: BTreeMap::new(),
             counted: vec![0; self.calls.len()],
+            objects: vec![0; self.calls.len()],
         }
     }
 }
@@ -804,11 +818,16 @@ impl Model for Ledger {
                 if call.amount > self.caps[call.key].0 {
                     s.forwarded_over_per_call = true;
                 }
-                let replayed = call.vendor == Vendor::Dedup
-                    && call.idem.is_some_and(|i| s.vendor_seen.contains(&i));
-                let charged = match does {
-                    VendorDoes::ActsMore => call.amount + 1,
-                    _ => call.amount,
+                // A deduplicating vendor answers a repeated key with its first answer.
+                let first = call
+                    .idem
+                    .filter(|_| call.vendor == Vendor::Dedup)
+                    .and_then(|i| s.vendor_seen.iter().find(|(k, _)| *k == i).map(|(_, c)| *c));
+                let replayed = first.is_some();
+                let charged = match (first, does) {
+                    (Some(c), _) => c,
+                    (None, VendorDoes::ActsMore) => call.amount + 1,
+                    (None, _) => call.amount,
                 };
                 let acts = matches!(
                     does,
@@ -821,7 +840,7 @@ impl Model for Ledger {
                     if let Some(i) = call.idem
                         && call.vendor == Vendor::Dedup
                     {
-                        s.vendor_seen.push(i);
+                        s.vendor_seen.push((i, charged));
                         s.vendor_seen.sort_unstable();
                     }
                 }
@@ -842,7 +861,7 @@ impl Model for Ledger {
                 let Phase::Reserved { res, .. } = s.attempts[a] else {
                     return None;
                 };
-                self.settle(&mut s.redis, res, Outcome::NotSent, 0);
+                self.settle(&mut s.redis, res, Outcome::NotSent, 0, false);
                 s.attempts[a] = Phase::Done;
                 self.written(&mut s);
             }
@@ -855,12 +874,12 @@ impl Model for Ledger {
                 else {
                     return None;
                 };
-                self.settle(&mut s.redis, res, outcome, actual);
+                self.settle(&mut s.redis, res, outcome, actual, false);
                 s.attempts[a] = Phase::Done;
                 self.written(&mut s);
             }
             Action::Sweep(res) => {
-                self.settle(&mut s.redis, res, Outcome::Unknown, 0);
+                self.settle(&mut s.redis, res, Outcome::Unknown, 0, true);
                 self.written(&mut s);
             }
             Action::Crash(p) => {

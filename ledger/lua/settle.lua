@@ -11,8 +11,8 @@ KEYS[6] audit         {P}:audit
 KEYS[7] key record    {P}:key:<key id>       (read for the audit entry)
 KEYS[8] objects       {P}:objects:<key id>   hash: vendor object id -> micro-dollars this key
                                              has counted for it (only touched with ARGV[11])
-KEYS[9] closed unknown {P}:unknown:<res id>  hash: key, amount, day, idem of one closed as
-                                             "unknown" (the sweeper's way), kept ARGV[8] seconds
+KEYS[9] closed unknown {P}:unknown:<res id>  hash: key, amount, day, idem of one the sweeper
+                                             closed as "unknown" (ARGV[14]), kept ARGV[8] seconds
                                              so the replica's own late settle can still count
                                              what the vendor's answer showed above the estimate
 
@@ -32,6 +32,8 @@ ARGV[11] vendor object the money of this call belongs to ("" when none): what is
 ARGV[12] objects hash lifetime, seconds
 ARGV[13] "1" when ARGV[7] is the whole response, "0" when it was too large to keep (a repeat of
          the Idempotency-Key is then refused, not replayed)
+ARGV[14] "1" when the sweeper closes the reservation (a replica stalled past its deadline may
+         still settle it late), "0" from the replica's own settle
 
 Each step is marked `-- model: settle.<step>`, as in reserve.lua.
 
@@ -90,9 +92,10 @@ if #res == 0 then
     end
     local excess = actual - held
     local counts = excess > 0
-    -- A re-attempt in flight or to come must carry the whole actual, not count it again.
+    -- A re-attempt in flight or to come must carry the whole actual, not count it again, and
+    -- must not add to the vendor object what this settle adds (`late`).
     if counts and d.idem == "1" and redis.call("EXISTS", KEYS[5]) == 1 then
-      redis.call("HSET", KEYS[5], "amount", fmt(actual))
+      redis.call("HSET", KEYS[5], "amount", fmt(actual), "late", fmt(actual))
     end
     if counts then
       local today, total = adjust(KEYS[2], excess, d.day)
@@ -119,11 +122,15 @@ for i = 1, #res, 2 do r[res[i]] = res[i + 1] end
 -- model: settle.actual
 local amount = int(r.amount) or 0
 -- A re-attempt carries what its record holds, which a late settle of the first attempt may have
--- raised (and counted) since the re-attempt was reserved.
+-- raised (and counted, and added to the vendor object) since the re-attempt was reserved.
+local added_late = 0
 if r.floor == "1" and r.idem and r.idem ~= "" then
-  local rec = redis.call("HMGET", KEYS[5], "res", "amount")
+  local rec = redis.call("HMGET", KEYS[5], "res", "amount", "late")
   local held = int(rec[2])
-  if rec[1] == ARGV[1] and held and held > amount then amount = held end
+  if rec[1] == ARGV[1] then
+    if held and held > amount then amount = held end
+    added_late = int(rec[3]) or 0
+  end
 end
 local actual
 if outcome == "unknown" then
@@ -154,8 +161,8 @@ if outcome ~= "not_sent" then
 end
 
 -- model: settle.objects
-if ARGV[11] ~= "" and actual > 0 then
-  redis.call("HINCRBY", KEYS[8], ARGV[11], actual)
+if ARGV[11] ~= "" and actual > added_late then
+  redis.call("HINCRBY", KEYS[8], ARGV[11], actual - added_late)
   redis.call("EXPIRE", KEYS[8], ARGV[12])
 end
 
@@ -188,7 +195,7 @@ redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
   "overshoot", fmt(math.max(0, actual - amount)))
 
 -- model: settle.tombstone
-if outcome == "unknown" then
+if outcome == "unknown" and ARGV[14] == "1" then
   redis.call("HSET", KEYS[9], "key", r.key or "", "amount", fmt(actual), "day", r.day or "",
     "idem", (r.idem and r.idem ~= "") and "1" or "0")
   redis.call("EXPIRE", KEYS[9], ARGV[8])

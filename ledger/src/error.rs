@@ -20,6 +20,31 @@ pub enum LedgerError {
     Record(#[from] crate::record::RecordError),
 }
 
+impl LedgerError {
+    /// Whether the same call may succeed if tried again: a timeout, a dropped or refused
+    /// connection, or a cluster or failover state that passes. A script error or a malformed
+    /// reply fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind::*};
+        match self {
+            LedgerError::Timeout(_) => true,
+            LedgerError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || matches!(
+                        e.kind(),
+                        ErrorKind::Server(
+                            TryAgain | ClusterDown | MasterDown | BusyLoading | ReadOnly
+                        ) | ErrorKind::ClusterConnectionNotFound
+                    )
+            }
+            LedgerError::Reply(_) | LedgerError::Record(_) => false,
+        }
+    }
+}
+
 /// Results of ledger calls.
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 

@@ -127,6 +127,8 @@ mod tests {
             slot.reservation("r1"),
             slot.idempotency(&id, "any\nthing"),
             slot.audit(),
+            slot.objects(&id),
+            slot.closed_unknown("r1"),
         ] {
             assert!(k.starts_with(&hash_tag), "{k}");
             assert!(!k.contains('\n'));

@@ -390,14 +390,17 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             Some(k) => slot.idempotency(req.key_id, k),
             None => slot.reservation(req.reservation),
         };
-        self.settle_raw(req, &slot, idem_key).await
+        self.settle_raw(req, &slot, idem_key, false).await
     }
 
+    /// `swept`: closed by the sweeper, the one closing a late settle can follow (see
+    /// `settle.tombstone`).
     pub(crate) async fn settle_raw(
         &self,
         req: &SettleRequest<'_>,
         slot: &Slot,
         idem_key: String,
+        swept: bool,
     ) -> Result<Settlement> {
         let empty = StoredResponse {
             status: 0,
@@ -430,7 +433,8 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .arg(req.vendor.map_or("", Vendor::as_str))
             .arg(req.object.unwrap_or(""))
             .arg(self.config.objects_ttl.as_secs())
-            .arg(if kept { "1" } else { "0" });
+            .arg(if kept { "1" } else { "0" })
+            .arg(if swept { "1" } else { "0" });
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.timed(inv.invoke_async(&mut conn)).await?;
         match reply.first().map(String::as_str) {

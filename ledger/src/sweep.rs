@@ -66,7 +66,8 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
                     response: None,
                     object: None,
                 };
-                if let Settlement::Settled { .. } = self.settle_raw(&req, &slot, idem).await? {
+                if let Settlement::Settled { .. } = self.settle_raw(&req, &slot, idem, true).await?
+                {
                     closed += 1;
                 }
             }

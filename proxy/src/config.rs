@@ -73,6 +73,9 @@ pub struct Config {
     pub body_timeout_secs: u64,
     /// How long past twice the upstream timeout a reservation may stay open before any replica's
     /// sweeper closes it as "unknown" (estimate kept): the replica that made it has died.
+    /// Keep it above 5 s, the longest a failing settle is retried: a sweep that overtakes a
+    /// retrying settle keeps the money right (the late settle counts any excess), but the call's
+    /// audit entry then says "unknown".
     #[arg(long, env = "KEYBRAKE_SWEEP_GRACE_SECS", default_value_t = 30)]
     pub sweep_grace_secs: u64,
     /// Longest `POST /vault/keys` waits for the operator to make a new key work, in seconds.

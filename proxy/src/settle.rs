@@ -182,7 +182,7 @@ async fn settle_with_retries(
         let settled = app.ledger.settle(request).await;
         app.metrics.redis_latency("settle", started.elapsed());
         match settled {
-            Err(e) if first.elapsed() + backoff < SETTLE_RETRY_FOR => {
+            Err(e) if e.is_transient() && first.elapsed() + backoff < SETTLE_RETRY_FOR => {
                 app.metrics.redis_error();
                 tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "settle failed; retrying");
                 tokio::time::sleep(backoff).await;

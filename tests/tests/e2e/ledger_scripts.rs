@@ -119,6 +119,21 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
         idem: Option<&str>,
         response: Option<&StoredResponse>,
     ) -> Result<Settlement> {
+        self.settle_object(key, reservation, outcome, actual, idem, response, None)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)] // a settle request's parts, as the tests vary them
+    async fn settle_object(
+        &self,
+        key: &Issued,
+        reservation: &str,
+        outcome: Outcome,
+        actual: Usd,
+        idem: Option<&str>,
+        response: Option<&StoredResponse>,
+        object: Option<&str>,
+    ) -> Result<Settlement> {
         Ok(self
             .ledger
             .settle(&SettleRequest {
@@ -131,7 +146,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
                 request_id: "req_123",
                 idempotency_key: idem,
                 response,
-                object: None,
+                object,
             })
             .await?)
     }
@@ -698,28 +713,45 @@ async fn a_late_settle_and_a_reattempt_count_the_excess_once<C: Conn>(
             Admission::Reattempt { reservation, .. } => reservation,
             other => panic!("{other:?}"),
         };
-        // The stalled first attempt's answer arrives: $6, not $4.
+        // The stalled first attempt's answer arrives: $6, not $4, on PaymentIntent pi_x.
         assert!(matches!(
-            fx.settle(&key, &first, Outcome::Ok, usd("6"), Some("k"), None)
-                .await?,
+            fx.settle_object(
+                &key,
+                &first,
+                Outcome::Ok,
+                usd("6"),
+                Some("k"),
+                None,
+                Some("pi_x")
+            )
+            .await?,
             Settlement::Settled {
                 delta: 2_000_000,
                 ..
             }
         ));
-        fx.settle(
+        let object = (reattempt_outcome == Outcome::Ok).then_some("pi_x");
+        fx.settle_object(
             &key,
             &again,
             reattempt_outcome,
             usd(actual),
             Some("k"),
             None,
+            object,
         )
         .await?;
         assert_eq!(
             fx.ledger.key_spend(key.id()).await?.total,
             6_000_000,
             "re-attempt {reattempt_outcome:?}: the $2 excess counted once"
+        );
+        // What the key counted for the PaymentIntent discounts later calls on it (a raise, a
+        // confirm): counting it twice would let $6 more move for free (an attacker review).
+        assert_eq!(
+            fx.ledger.counted(key.id(), "pi_x").await?,
+            usd("6"),
+            "re-attempt {reattempt_outcome:?}: the object counted once"
         );
     }
     Ok(())
