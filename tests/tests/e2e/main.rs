@@ -4,6 +4,7 @@
 
 mod cap_under_attack;
 mod faults;
+mod gitops_health;
 mod issuance;
 mod key_lifecycle;
 mod kube_lite_api;
