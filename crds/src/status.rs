@@ -28,6 +28,14 @@ pub struct SpendStatus {
     /// When the last call was made.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_call_at: Option<Time>,
+    /// When these counters were read from Redis (Redis time). A proxy writes them about every
+    /// 2 s while the key is used: a number observed long after `lastCallAt` is a quiet key; calls
+    /// seen failing while this stays old is a stale number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
+    /// The proxy replica that read and wrote them (its pod name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_by: Option<String>,
 }
 
 /// kstatus's abnormal-true condition: the controller makes no progress until the spec (or an

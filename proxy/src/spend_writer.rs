@@ -62,17 +62,31 @@ impl SpendWriter {
 }
 
 /// The `status.spend` form of ledger counters.
-pub fn status_of(s: &Spend) -> SpendStatus {
+pub fn status_of(s: &Spend, observed_ms: Option<i64>, replica: &str) -> SpendStatus {
+    SpendStatus {
+        observed_at: observed_ms.and_then(time),
+        observed_by: Some(replica.to_owned()),
+        ..counters_of(s)
+    }
+}
+
+/// The counters alone, as the status shows them.
+pub fn counters_of(s: &Spend) -> SpendStatus {
     SpendStatus {
         today_usd: Usd::saturating_from_micros(s.today),
         total_usd: Usd::saturating_from_micros(s.total),
         calls: s.calls,
         refused: s.refused,
-        last_call_at: s
-            .last_call_ms
-            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
-            .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+        last_call_at: s.last_call_ms.and_then(time),
+        observed_at: None,
+        observed_by: None,
     }
+}
+
+fn time(ms: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+    jiff::Timestamp::from_millisecond(ms)
+        .ok()
+        .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
 }
 
 fn split(ns_name: &str) -> Option<(&str, &str)> {
@@ -108,6 +122,8 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    // Which replica wrote a number (`status.spend.observedBy`): the pod's name, as in Events.
+    let replica = std::env::var("POD_NAME").unwrap_or_else(|_| MANAGER.to_owned());
     let mut evented: HashMap<KeyId, i64> = HashMap::new();
     // Policies whose last write failed for a reason that passes: written again next round.
     let mut retry_policies: HashSet<String> = HashSet::new();
@@ -144,7 +160,8 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "could not read a key record for its metrics"),
             }
             let api: Api<VaultKey> = Api::namespaced(client.clone(), ns);
-            let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend)}});
+            let observed = ledger.now().await.ok().map(|(ms, _)| ms);
+            let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend, observed, &replica)}});
             let params = PatchParams::apply(MANAGER).force();
             let written = tokio::time::timeout(
                 timeout,
@@ -190,7 +207,8 @@ pub async fn run(
                 continue;
             };
             let api: Api<SpendPolicy> = Api::namespaced(client.clone(), ns);
-            let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": {"spend": status_of(&spend)}});
+            let observed = ledger.now().await.ok().map(|(ms, _)| ms);
+            let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": {"spend": status_of(&spend, observed, &replica)}});
             let written = tokio::time::timeout(
                 timeout,
                 api.patch_status(

@@ -29,7 +29,7 @@ pub fn key(vk: &VaultKey, spend: Option<Spend>) -> Value {
     let status = vk.status.clone().unwrap_or_default();
     // Live ledger counters when known, else what the proxy last wrote to the status.
     let spend = spend
-        .map(|s| crate::spend_writer::status_of(&s))
+        .map(|s| crate::spend_writer::counters_of(&s))
         .or(status.spend.clone())
         .map_or(Value::Null, |s| {
             json!({"today_usd": s.today_usd.to_string(), "total_usd": s.total_usd.to_string(), "calls": s.calls, "refused": s.refused})

@@ -625,6 +625,21 @@ async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> 
         0,
         "the failed writes were not retried"
     );
+    // Freshness: the number says when it was read from Redis and by which replica, no earlier
+    // than the last call it includes.
+    let vk = kube::Api::<keybrake_crds::VaultKey>::namespaced(s.stack.client.clone(), "billing")
+        .get("billing-agent-run-7f3a")
+        .await?;
+    let spend = vk.status.and_then(|st| st.spend).expect("status.spend");
+    let (observed, last) = (
+        spend.observed_at.expect("observedAt"),
+        spend.last_call_at.expect("lastCallAt"),
+    );
+    assert!(
+        observed.0 >= last.0,
+        "observed {observed:?} before the last call {last:?}"
+    );
+    assert_eq!(spend.observed_by.as_deref(), Some("keybrake-proxy"));
     s.proxy.shutdown().await;
     s.stack.assert_deployables_never_refused()?;
     Ok(())
