@@ -513,6 +513,7 @@ mod tests {
             rotation: None,
             secret_name: None,
             restart_targets: vec![],
+            restart_debounce: None,
         }
     }
 

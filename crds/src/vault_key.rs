@@ -56,7 +56,8 @@ pub const ISSUED_BY_API: &str = "issuance-api";
     validation = Rule::new("has(self.dailyUsdCap) || has(self.totalUsdCap)").message("set dailyUsdCap or totalUsdCap (or both): a VaultKey without a daily or total cap could spend without limit"),
     validation = Rule::new("!(has(self.ttl) && has(self.expiresAt))").message("set ttl or expiresAt, not both"),
     validation = Rule::new("self.policyRef.name == oldSelf.policyRef.name").message("policyRef is immutable; create a new VaultKey to draw on another SpendPolicy"),
-    validation = Rule::new("!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)").message("revoked is one-way: a revoked VaultKey stays revoked; create a new VaultKey")
+    validation = Rule::new("!has(oldSelf.revoked) || !oldSelf.revoked || (has(self.revoked) && self.revoked)").message("revoked is one-way: a revoked VaultKey stays revoked; create a new VaultKey"),
+    validation = Rule::new("!has(self.restartDebounce) || !has(self.rotation) || duration(self.restartDebounce) < duration(self.rotation.overlap)").message("restartDebounce must be shorter than rotation.overlap: pods still on the previous token must be rolled before it stops working")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VaultKeySpec {
@@ -103,6 +104,11 @@ pub struct VaultKeySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub restart_targets: Vec<RestartTarget>,
+    /// How long to wait after a credential change before rolling the restart targets, like
+    /// `30s`: every change within that window (a burst of rotations or reissues) causes one
+    /// rollout. Default: roll at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_debounce: Option<KubeDuration>,
 }
 
 /// A reference to a SpendPolicy in the same namespace.
@@ -196,6 +202,9 @@ pub struct VaultKeyStatus {
     /// Rotation progress, when `spec.rotation` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationStatus>,
+    /// Rollouts of the restart targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartStatus>,
     /// Spend counters (written by the proxy only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend: Option<SpendStatus>,
@@ -218,4 +227,23 @@ pub struct RotationStatus {
     /// Until when the previous token keeps working.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_valid_until: Option<Time>,
+}
+
+/// Rollouts of the restart targets after credential changes.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartStatus {
+    /// Rollouts so far.
+    #[serde(default)]
+    pub rolls: u32,
+    /// When the targets were last rolled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rolled_at: Option<Time>,
+    /// Since when a change waits for its rollout (`spec.restartDebounce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<Time>,
+    /// A digest of the Secret's contents the targets were last rolled for (or first given):
+    /// contents that differ need a rollout, whatever write of the operator was interrupted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_for: Option<String>,
 }

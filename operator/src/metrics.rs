@@ -44,6 +44,17 @@ pub struct PhaseLabel {
     pub phase: String,
 }
 
+/// Labels: one workload restart the operator attempted on a rotation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestartLabels {
+    /// The VaultKey's namespace.
+    pub namespace: String,
+    /// `Deployment`, `StatefulSet` or `DaemonSet`.
+    pub workload_kind: String,
+    /// `rolled`, `not_opted_in` or `failed`.
+    pub result: String,
+}
+
 /// Everything the operator counts.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +63,7 @@ pub struct Metrics {
     /// Reconciles failed, by reason.
     pub failures: Family<FailureLabels, Counter>,
     keys: Family<PhaseLabel, Gauge>,
+    restarts: Family<RestartLabels, Counter>,
     phases: Mutex<BTreeMap<String, KeyPhase>>,
     leader: Gauge,
     ready: AtomicBool,
@@ -70,6 +82,12 @@ impl Default for Metrics {
             failures.clone(),
         );
         registry.register("vaultkeys", "VaultKeys by phase", keys.clone());
+        let restarts = Family::<RestartLabels, Counter>::default();
+        registry.register(
+            "workload_restarts",
+            "Restart targets rolled (or not) because a key's credential changed, by result",
+            restarts.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -81,6 +99,7 @@ impl Default for Metrics {
             reconciles,
             failures,
             keys,
+            restarts,
             phases: Mutex::default(),
             leader,
             ready: AtomicBool::new(false),
@@ -93,6 +112,17 @@ impl Metrics {
     pub fn reconciled(&self, kind: &str) {
         self.reconciles
             .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    /// Counts a restart target's roll: `rolled`, `not_opted_in` or `failed`.
+    pub fn restart(&self, namespace: &str, workload_kind: &str, result: &str) {
+        self.restarts
+            .get_or_create(&RestartLabels {
+                namespace: namespace.into(),
+                workload_kind: workload_kind.into(),
+                result: result.into(),
+            })
             .inc();
     }
 

@@ -522,6 +522,8 @@ async fn roll_targets(vk: &VaultKey, ctx: &Context, ns: &str, now_ms: i64) {
         match opted_in(ctx, ns, target, &vk.name_any()).await {
             Ok(true) => {}
             Ok(false) => {
+                ctx.metrics
+                    .restart(ns, &format!("{:?}", target.kind), "not_opted_in");
                 let note = format!(
                     "{:?} {} was not rolled: it does not opt in (annotate it {RESTART_OPT_IN}={} or *)",
                     target.kind,
@@ -533,6 +535,8 @@ async fn roll_targets(vk: &VaultKey, ctx: &Context, ns: &str, now_ms: i64) {
                 continue;
             }
             Err(e) => {
+                ctx.metrics
+                    .restart(ns, &format!("{:?}", target.kind), "failed");
                 let note = format!("could not roll {:?} {}: {e}", target.kind, target.name);
                 warn!("{note}");
                 publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
@@ -554,10 +558,15 @@ async fn roll_targets(vk: &VaultKey, ctx: &Context, ns: &str, now_ms: i64) {
                 .await
                 .map(drop),
         };
-        if let Err(e) = result {
-            let note = format!("could not roll {:?} {}: {e}", target.kind, target.name);
-            warn!("{note}");
-            publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
+        let kind = format!("{:?}", target.kind);
+        match result {
+            Ok(()) => ctx.metrics.restart(ns, &kind, "rolled"),
+            Err(e) => {
+                ctx.metrics.restart(ns, &kind, "failed");
+                let note = format!("could not roll {:?} {}: {e}", target.kind, target.name);
+                warn!("{note}");
+                publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
+            }
         }
     }
 }

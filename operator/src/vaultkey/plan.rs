@@ -8,7 +8,7 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use keybrake_crds::{
     KeyPhase, SpendPolicy, VaultKey,
     validate::{EffectiveKey, resolve_key, validate_policy},
-    vault_key::RotationStatus,
+    vault_key::{RestartStatus, RotationStatus},
 };
 use keybrake_ledger::{KeyId, KeyRecord, Spend, Token, secret_env::ProxyCa};
 use kube::{ResourceExt, runtime::events::EventType};
@@ -478,6 +478,15 @@ fn issue(
     let data = secret_data(&cred, o);
     let rewritten = ours.is_some_and(|s| s.data.as_ref() != Some(&data));
     let reissued = issued && o.known;
+    // Pods read the Secret's variables at start: whatever changed them (a rotation, a reissued
+    // token, a new proxy URL or CA) rolls the targets that opted in, once per debounce window.
+    let (roll, restart, roll_due) = restart(
+        vk,
+        &digest(&data),
+        rotated || rewritten || reissued,
+        o.now_ms,
+    );
+    report.restart = restart;
     let mut events = Vec::new();
     if issued {
         let note = if o.known {
@@ -545,6 +554,7 @@ fn issue(
         next_rotation_ms,
         prev_until,
         daily_hit.then_some(next_midnight),
+        roll_due,
     ]
     .into_iter()
     .flatten()
@@ -558,11 +568,79 @@ fn issue(
         // owner): the executor compares before it writes.
         secret: SecretStep::Write(Box::new(cred)),
         events,
-        // Pods read the Secret's variables at start: whatever changed them (a rotation, a
-        // reissued token, a new proxy URL or CA) rolls the targets that opted in.
-        roll: rotated || rewritten || reissued,
+        roll,
         report,
         next: Next::Requeue(wake.min(HEARTBEAT)),
+    }
+}
+
+/// A digest of a Secret's contents (names and values, in order).
+fn digest(data: &BTreeMap<String, ByteString>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(&v.0);
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Whether to roll the restart targets now, the restart status to write, and when to look
+/// again. The targets are rolled once the Secret's contents (`digest`) differ from what they
+/// were last rolled for and `spec.restartDebounce` has passed since the first such change: a
+/// burst of changes causes one rollout. Recording the contents rather than the change makes an
+/// interrupted reconcile (the Secret written, the status not) roll on the next one. A key's first
+/// contents are recorded without a rollout: nothing ran with the key yet.
+fn restart(
+    vk: &VaultKey,
+    digest: &str,
+    changed: bool,
+    now_ms: i64,
+) -> (bool, Option<RestartStatus>, Option<i64>) {
+    if vk.spec.restart_targets.is_empty() {
+        return (false, None, None);
+    }
+    let prev = vk
+        .status
+        .as_ref()
+        .and_then(|s| s.restart.clone())
+        .unwrap_or_default();
+    let settled = RestartStatus {
+        pending_since: None,
+        rolled_for: Some(digest.to_owned()),
+        ..prev.clone()
+    };
+    match prev.rolled_for.as_deref() {
+        // First contents (or a status from before this field): only a change now rolls.
+        None if !changed && prev.pending_since.is_none() => return (false, Some(settled), None),
+        Some(d) if d == digest => return (false, Some(settled), None),
+        _ => {}
+    }
+    let since = prev
+        .pending_since
+        .as_ref()
+        .map_or(now_ms, |t| t.0.as_millisecond());
+    let debounce = vk
+        .spec
+        .restart_debounce
+        .as_ref()
+        .map_or(0, |d| d.as_secs() as i64 * 1000);
+    let due = since + debounce;
+    if now_ms >= due {
+        let rolled = RestartStatus {
+            rolls: prev.rolls + 1,
+            last_rolled_at: Some(clock::time(now_ms)),
+            ..settled
+        };
+        (true, Some(rolled), None)
+    } else {
+        let pending = RestartStatus {
+            pending_since: Some(clock::time(since)),
+            ..prev
+        };
+        (false, Some(pending), Some(due))
     }
 }
 
@@ -917,5 +995,95 @@ mod tests {
         let p = w.plan();
         assert_eq!(phase(&p), (Some(KeyPhase::Invalid), "PolicySlotTaken"));
         assert_eq!(p.ledger, vec![LedgerStep::Revoke(life_id())]);
+    }
+
+    /// A key with a restart target, a debounce, and the restart status it had.
+    fn restarting(debounce: Option<&str>, status: Option<serde_json::Value>) -> VaultKey {
+        let mut vk = key(json!({
+            "restartTargets": [{"kind": "Deployment", "name": "billing-worker"}],
+            "restartDebounce": debounce,
+        }));
+        vk.status = status.map(|r| serde_json::from_value(json!({"restart": r})).unwrap());
+        vk
+    }
+
+    fn at(ms: i64) -> String {
+        jiff::Timestamp::from_millisecond(ms).unwrap().to_string()
+    }
+
+    #[test]
+    fn restarts_roll_once_per_change_and_once_per_debounce_window() {
+        // No targets: nothing to roll or record.
+        assert_eq!(
+            restart(&key(json!({})), "a", true, NOW),
+            (false, None, None)
+        );
+        // A key's first contents are recorded, not rolled: nothing ran with it yet.
+        let (roll, status, due) = restart(&restarting(None, None), "a", false, NOW);
+        assert!(!roll && due.is_none());
+        assert_eq!(status.as_ref().unwrap().rolled_for.as_deref(), Some("a"));
+        // Unchanged contents: nothing.
+        let rolled_for_a = json!({"rolls": 1, "rolledFor": "a"});
+        let (roll, _, _) = restart(
+            &restarting(None, Some(rolled_for_a.clone())),
+            "a",
+            false,
+            NOW,
+        );
+        assert!(!roll);
+        // Without a debounce a change rolls at once.
+        let (roll, status, due) = restart(
+            &restarting(None, Some(rolled_for_a.clone())),
+            "b",
+            true,
+            NOW,
+        );
+        let status = status.unwrap();
+        assert!(roll && due.is_none());
+        assert_eq!((status.rolls, status.rolled_for.as_deref()), (2, Some("b")));
+        assert!(status.pending_since.is_none());
+        // With 30s: the first change waits for 30s...
+        let (roll, status, due) = restart(
+            &restarting(Some("30s"), Some(rolled_for_a.clone())),
+            "b",
+            true,
+            NOW,
+        );
+        assert!(!roll);
+        assert_eq!(due, Some(NOW + 30_000));
+        let pending = serde_json::to_value(status.unwrap()).unwrap();
+        assert_eq!(pending["pendingSince"], at(NOW));
+        // ...a second change 10s later does not push it back...
+        let (roll, _, due) = restart(
+            &restarting(Some("30s"), Some(pending.clone())),
+            "c",
+            true,
+            NOW + 10_000,
+        );
+        assert!(!roll);
+        assert_eq!(due, Some(NOW + 30_000));
+        // ...and at 30s the burst rolls once, for the contents of that moment.
+        let (roll, status, due) = restart(
+            &restarting(Some("30s"), Some(pending.clone())),
+            "c",
+            false,
+            NOW + 30_000,
+        );
+        let status = status.unwrap();
+        assert!(roll && due.is_none());
+        assert_eq!((status.rolls, status.rolled_for.as_deref()), (2, Some("c")));
+        assert!(status.pending_since.is_none());
+        // A change the last reconcile wrote but could not record (its status write failed) is
+        // still seen: the contents differ from what was rolled for.
+        let (roll, _, _) = restart(&restarting(None, Some(rolled_for_a)), "b", false, NOW);
+        assert!(roll);
+        // A pending change from before this status field is kept, not forgotten.
+        let (roll, _, due) = restart(
+            &restarting(Some("30s"), Some(json!({"pendingSince": at(NOW)}))),
+            "b",
+            false,
+            NOW + 1_000,
+        );
+        assert!(!roll && due == Some(NOW + 30_000));
     }
 }

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use keybrake_crds::{
     KeyPhase, VaultKey, VaultKeyStatus, Vendor,
     status::{READY, RECONCILING, STALLED, condition},
-    vault_key::RotationStatus,
+    vault_key::{RestartStatus, RotationStatus},
 };
 use kube::{
     Api, ResourceExt,
@@ -42,6 +42,8 @@ pub struct Report {
     pub issued_at_ms: Option<i64>,
     /// Rotation progress.
     pub rotation: Option<RotationStatus>,
+    /// Rollouts of the restart targets.
+    pub restart: Option<RestartStatus>,
     /// The operator could not finish the reconcile (Redis unreachable): `Ready` is False
     /// whatever the phase, with the reason and message above.
     pub failing: bool,
@@ -62,6 +64,7 @@ impl Report {
             expires_at_ms: s.expires_at.map(|t| t.0.as_millisecond()),
             issued_at_ms: s.issued_at.map(|t| t.0.as_millisecond()),
             rotation: s.rotation,
+            restart: s.restart,
             failing: true,
         }
     }
@@ -85,6 +88,7 @@ fn desired(vk: &VaultKey, report: &Report, now: Time) -> VaultKeyStatus {
         expires_at: report.expires_at_ms.map(clock::time),
         issued_at: report.issued_at_ms.map(clock::time),
         rotation: report.rotation.clone(),
+        restart: report.restart.clone(),
         spend: None,
         conditions: [Some(READY), kstatus(report)]
             .into_iter()

@@ -148,6 +148,7 @@ fn key_object(name: &str, caller: &Caller, policy: &str, req: &IssueRequest) -> 
         rotation: None,
         secret_name: None,
         restart_targets: Vec::new(),
+        restart_debounce: None,
     };
     VaultKey {
         metadata: ObjectMeta {

@@ -382,7 +382,12 @@ async fn a_key_expires_in_redis_then_in_kubernetes() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> Result<()> {
-    let stack = stripe_stack().await?;
+    let mut stack = stripe_stack().await?;
+    stack.stop_operator().await;
+    let mut config = stack.operator_config();
+    config.metrics_addr = free_addr();
+    let metrics = config.metrics_addr;
+    stack.start_operator_with(config).await?;
     // The worker opts in to be rolled by its key; a bystander the key also names does not.
     stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  template:\n    metadata: {}\n").await?;
     stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bystander\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?;
@@ -462,6 +467,14 @@ async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> 
         rolled.contains_key("keybrake.com/rotated-at"),
         "the Deployment was not rolled"
     );
+    // The restart metric counts both: the roll, and the target that did not opt in.
+    let text = metrics_text(metrics).await?;
+    for result in ["rolled", "not_opted_in"] {
+        assert!(
+            text.contains(&format!("keybrake_operator_workload_restarts_total{{namespace=\"billing\",workload_kind=\"Deployment\",result=\"{result}\"}}")),
+            "{text}"
+        );
+    }
     let bystander = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
         .get("bystander")
         .await?;
@@ -686,6 +699,106 @@ async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
     Ok(())
 }
 
+/// Rollouts are debounced: three reissued credentials (the Secret deleted three times) within
+/// `restartDebounce` roll the opted-in Deployment once, after the window, and the status and the
+/// restart metric say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_credential_changes_rolls_the_targets_once() -> Result<()> {
+    let mut stack = stripe_stack().await?;
+    stack.stop_operator().await;
+    let mut config = stack.operator_config();
+    config.metrics_addr = free_addr();
+    let metrics = config.metrics_addr;
+    stack.start_operator_with(config).await?;
+    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  template:\n    metadata: {}\n").await?;
+    stack
+        .cluster
+        .apply_ok(&example("stripe-worker-key.yaml").replace(
+            "  restartTargets:\n",
+            "  restartDebounce: 8s\n  restartTargets:\n",
+        ))
+        .await?;
+    key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
+    // A debounce past the overlap would roll pods after their previous token stopped working.
+    let refused = stack
+        .cluster
+        .apply(&example("stripe-worker-key.yaml").replace(
+            "  restartTargets:\n",
+            "  restartDebounce: 20m\n  restartTargets:\n",
+        ))
+        .await?;
+    assert!(
+        refused
+            .stderr
+            .contains("restartDebounce must be shorter than rotation.overlap"),
+        "{}",
+        refused.stderr
+    );
+    let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
+    let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), "billing");
+    let restart = |vk: &VaultKey| vk.status.as_ref().and_then(|s| s.restart.clone());
+    let first = eventually("the first contents to be recorded", 20, || async {
+        restart(&keys.get("billing-worker").await.ok()?).filter(|r| r.rolled_for.is_some())
+    })
+    .await?;
+    assert_eq!(first.rolls, 0, "nothing ran with the key yet");
+    let mut token = token_of(&stack, "billing-worker-stripe").await?;
+    for _ in 0..3 {
+        secrets
+            .delete("billing-worker-stripe", &Default::default())
+            .await?;
+        token = eventually("the credential to be reissued", 20, || {
+            let before = token.clone();
+            let stack = &stack;
+            async move {
+                let now = token_of(stack, "billing-worker-stripe").await.ok()?;
+                (now != before).then_some(now)
+            }
+        })
+        .await?;
+    }
+    let pending = restart(&keys.get("billing-worker").await?).unwrap_or_default();
+    let rolled = eventually("one rollout after the window", 30, || async {
+        restart(&keys.get("billing-worker").await.ok()?).filter(|r| r.rolls > 0)
+    })
+    .await?;
+    assert_eq!(rolled.rolls, 1, "three changes, one rollout: {rolled:?}");
+    assert!(
+        pending.pending_since.is_some() || pending.rolls == 1,
+        "{pending:?}"
+    );
+    assert!(rolled.pending_since.is_none());
+    let deploy = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
+        .get("billing-worker")
+        .await?;
+    assert!(
+        deploy
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .is_some_and(|a| a.contains_key("keybrake.com/rotated-at")),
+        "the Deployment was not rolled"
+    );
+    let text = metrics_text(metrics).await?;
+    assert!(
+        text.contains("keybrake_operator_workload_restarts_total{namespace=\"billing\",workload_kind=\"Deployment\",result=\"rolled\"} 1\n"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// The operator's /metrics text (it has braces of its own, so it is read raw rather than
+/// through raw_http).
+async fn metrics_text(addr: std::net::SocketAddr) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    Ok(buf)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints_answer() -> Result<()> {
     let mut stack = stripe_stack().await?;
@@ -703,16 +816,7 @@ async fn metrics_and_health_endpoints_answer() -> Result<()> {
     assert_eq!(code, 200);
     let (code, _) = keybrake_e2e::raw_http(addr, "GET", "/readyz", &[], b"").await?;
     assert_eq!(code, 200);
-    // The metrics text has braces of its own, so read it raw rather than through raw_http.
-    let body = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await?;
-        buf
-    };
+    let body = metrics_text(addr).await?;
     assert!(
         body.contains("keybrake_operator_reconciles_total{kind=\"vaultkey\"}"),
         "{body}"
