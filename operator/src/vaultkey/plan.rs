@@ -599,8 +599,9 @@ fn restart(
     changed: bool,
     now_ms: i64,
 ) -> (bool, Option<RestartStatus>, Option<i64>) {
+    // Nothing to roll: the executor has no target to patch, and there is no status to keep.
     if vk.spec.restart_targets.is_empty() {
-        return (false, None, None);
+        return (changed, None, None);
     }
     let prev = vk
         .status
@@ -1013,11 +1014,8 @@ mod tests {
 
     #[test]
     fn restarts_roll_once_per_change_and_once_per_debounce_window() {
-        // No targets: nothing to roll or record.
-        assert_eq!(
-            restart(&key(json!({})), "a", true, NOW),
-            (false, None, None)
-        );
+        // No targets: nothing to record (the executor has nothing to roll).
+        assert_eq!(restart(&key(json!({})), "a", true, NOW), (true, None, None));
         // A key's first contents are recorded, not rolled: nothing ran with it yet.
         let (roll, status, due) = restart(&restarting(None, None), "a", false, NOW);
         assert!(!roll && due.is_none());
