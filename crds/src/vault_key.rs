@@ -2,7 +2,7 @@
 // Repeated `printcolumn(type_ = ...)` arguments are separate columns, not duplicates.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -131,15 +131,21 @@ pub struct Rotation {
     pub overlap: KubeDuration,
 }
 
-/// A workload to roll when the credential rotates.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+/// A workload, or the workloads a label selector chooses, to roll when the credential changes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.name) != has(self.selector)").message("a restart target sets name (one workload) or selector (every workload of its kind with those labels), not both"))]
 #[serde(rename_all = "camelCase")]
 pub struct RestartTarget {
     /// Deployment, StatefulSet or DaemonSet.
     pub kind: WorkloadKind,
     /// Name of the workload in the VaultKey's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub name: String,
+    pub name: Option<String>,
+    /// Every workload of `kind` in the VaultKey's namespace with these labels. Each must still
+    /// opt in with the annotation `keybrake.com/restart-on-rotation`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
 }
 
 /// Kinds of workload that can be rolled.

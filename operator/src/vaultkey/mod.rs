@@ -471,11 +471,13 @@ async fn transition_event(
 }
 
 /// Whether the workload opts in to be rolled by this key: a JSON Patch that only tests the
-/// annotation (the operator needs no `get` on workloads, and a test that holds changes nothing).
+/// annotation (a test that holds changes nothing, and it holds the annotation the roll relies on
+/// at the moment of the patch, not at a read before it).
 async fn opted_in(
     ctx: &Context,
     ns: &str,
-    target: &keybrake_crds::vault_key::RestartTarget,
+    kind: WorkloadKind,
+    name: &str,
     key: &str,
 ) -> Result<bool> {
     let path = format!(
@@ -486,23 +488,7 @@ async fn opted_in(
         let test: json_patch::Patch =
             serde_json::from_value(json!([{"op": "test", "path": path, "value": value}]))
                 .map_err(|_| Error::MissingField("a JSON Patch"))?;
-        let params = PatchParams::default();
-        let patch = Patch::<()>::Json(test);
-        let result = match target.kind {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-                .patch(&target.name, &params, &patch)
-                .await
-                .map(drop),
-            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-                .patch(&target.name, &params, &patch)
-                .await
-                .map(drop),
-            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-                .patch(&target.name, &params, &patch)
-                .await
-                .map(drop),
-        };
-        match result {
+        match patch_workload(ctx, ns, kind, name, &Patch::Json(test)).await {
             Ok(()) => return Ok(true),
             Err(kube::Error::Api(e)) if e.code == 422 => continue,
             Err(e) => return Err(Error::Kube(e)),
@@ -511,61 +497,111 @@ async fn opted_in(
     Ok(false)
 }
 
-/// Rolls each restart target that opts in, once for this rotation: a pod-template annotation
-/// with a nanosecond timestamp, so two rotations within one second both roll.
+async fn patch_workload(
+    ctx: &Context,
+    ns: &str,
+    kind: WorkloadKind,
+    name: &str,
+    patch: &Patch<serde_json::Value>,
+) -> std::result::Result<(), kube::Error> {
+    let params = PatchParams::default();
+    match kind {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+            .patch(name, &params, patch)
+            .await
+            .map(drop),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+            .patch(name, &params, patch)
+            .await
+            .map(drop),
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+            .patch(name, &params, patch)
+            .await
+            .map(drop),
+    }
+}
+
+/// The workloads a restart target names: its one name, or every workload of its kind in the
+/// namespace that its label selector chooses (listed now, so a workload added since is rolled).
+async fn workloads_of(
+    ctx: &Context,
+    ns: &str,
+    target: &keybrake_crds::vault_key::RestartTarget,
+) -> std::result::Result<Vec<String>, String> {
+    if let Some(name) = &target.name {
+        return Ok(vec![name.clone()]);
+    }
+    let Some(selector) = &target.selector else {
+        return Ok(Vec::new());
+    };
+    let selector = kube::core::Selector::try_from(selector.clone())
+        .map_err(|e| format!("its selector cannot be used: {e}"))?;
+    let params = kube::api::ListParams::default().labels_from(&selector);
+    let names = match target.kind {
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+            .list_metadata(&params)
+            .await
+            .map(|l| l.items.iter().map(ResourceExt::name_any).collect()),
+        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
+            .list_metadata(&params)
+            .await
+            .map(|l| l.items.iter().map(ResourceExt::name_any).collect()),
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
+            .list_metadata(&params)
+            .await
+            .map(|l| l.items.iter().map(ResourceExt::name_any).collect()),
+    };
+    names.map_err(|e| format!("could not list them: {e}"))
+}
+
+/// Rolls each restart target that opts in, once for this change: a pod-template annotation
+/// with a nanosecond timestamp, so two changes within one second both roll.
 async fn roll_targets(vk: &VaultKey, ctx: &Context, ns: &str, now_ms: i64) {
     let stamp = jiff::Timestamp::now()
         .max(jiff::Timestamp::from_millisecond(now_ms).unwrap_or_default())
         .to_string();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {ROTATED_AT: stamp}}}}});
     for target in &vk.spec.restart_targets {
-        match opted_in(ctx, ns, target, &vk.name_any()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                ctx.metrics
-                    .restart(ns, &format!("{:?}", target.kind), "not_opted_in");
-                let note = format!(
-                    "{:?} {} was not rolled: it does not opt in (annotate it {RESTART_OPT_IN}={} or *)",
-                    target.kind,
-                    target.name,
-                    vk.name_any()
-                );
-                warn!("{note}");
-                publish(ctx, vk, EventType::Warning, "RestartNotAllowed", &note).await;
-                continue;
-            }
-            Err(e) => {
-                ctx.metrics
-                    .restart(ns, &format!("{:?}", target.kind), "failed");
-                let note = format!("could not roll {:?} {}: {e}", target.kind, target.name);
-                warn!("{note}");
-                publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
-                continue;
-            }
-        }
-        let params = PatchParams::default();
-        let result = match target.kind {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-                .patch(&target.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(drop),
-            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-                .patch(&target.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(drop),
-            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-                .patch(&target.name, &params, &Patch::Merge(&patch))
-                .await
-                .map(drop),
-        };
         let kind = format!("{:?}", target.kind);
-        match result {
-            Ok(()) => ctx.metrics.restart(ns, &kind, "rolled"),
-            Err(e) => {
+        let names = match workloads_of(ctx, ns, target).await {
+            Ok(names) => names,
+            Err(why) => {
                 ctx.metrics.restart(ns, &kind, "failed");
-                let note = format!("could not roll {:?} {}: {e}", target.kind, target.name);
+                let note = format!("could not roll the {kind}s a restart target selects: {why}");
                 warn!("{note}");
                 publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
+                continue;
+            }
+        };
+        for name in names {
+            match opted_in(ctx, ns, target.kind, &name, &vk.name_any()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    ctx.metrics.restart(ns, &kind, "not_opted_in");
+                    let note = format!(
+                        "{kind} {name} was not rolled: it does not opt in (annotate it {RESTART_OPT_IN}={} or *)",
+                        vk.name_any()
+                    );
+                    warn!("{note}");
+                    publish(ctx, vk, EventType::Warning, "RestartNotAllowed", &note).await;
+                    continue;
+                }
+                Err(e) => {
+                    ctx.metrics.restart(ns, &kind, "failed");
+                    let note = format!("could not roll {kind} {name}: {e}");
+                    warn!("{note}");
+                    publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
+                    continue;
+                }
+            }
+            match patch_workload(ctx, ns, target.kind, &name, &Patch::Merge(patch.clone())).await {
+                Ok(()) => ctx.metrics.restart(ns, &kind, "rolled"),
+                Err(e) => {
+                    ctx.metrics.restart(ns, &kind, "failed");
+                    let note = format!("could not roll {kind} {name}: {e}");
+                    warn!("{note}");
+                    publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
+                }
             }
         }
     }

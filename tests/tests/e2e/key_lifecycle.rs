@@ -787,6 +787,77 @@ async fn a_burst_of_credential_changes_rolls_the_targets_once() -> Result<()> {
     Ok(())
 }
 
+/// A restart target with a label selector rolls every workload of its kind with those labels
+/// that opts in, and leaves the rest; name and selector together are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_targets_chosen_by_labels_roll_every_opted_in_match() -> Result<()> {
+    let stack = stripe_stack().await?;
+    let deployment = |name: &str, team: &str, opt_in: bool| {
+        let annotation = if opt_in {
+            "  annotations:\n    keybrake.com/restart-on-rotation: \"*\"\n"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: billing\n  labels:\n    team: {team}\n{annotation}spec:\n  template:\n    metadata: {{}}\n"
+        )
+    };
+    for (name, team, opt_in) in [
+        ("worker-a", "billing", true),
+        ("worker-b", "billing", false),
+        ("ops-tool", "ops", true),
+    ] {
+        stack
+            .cluster
+            .apply_ok(&deployment(name, team, opt_in))
+            .await?;
+    }
+    let by_labels = "  restartTargets:\n    - kind: Deployment\n      selector:\n        matchLabels:\n          team: billing\n";
+    let key = example("stripe-worker-key.yaml");
+    let key = &key[..key.find("  # The Deployment opts in").unwrap()];
+    let both = format!(
+        "{key}  restartTargets:\n    - kind: Deployment\n      name: worker-a\n      selector:\n        matchLabels:\n          team: billing\n"
+    );
+    let refused = stack.cluster.apply(&both).await?;
+    assert!(
+        refused
+            .stderr
+            .contains("sets name (one workload) or selector"),
+        "{}",
+        refused.stderr
+    );
+    stack.cluster.apply_ok(&format!("{key}{by_labels}")).await?;
+    key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
+    // A reissued credential rolls the targets.
+    let before = token_of(&stack, "billing-worker-stripe").await?;
+    Api::<Secret>::namespaced(stack.client.clone(), "billing")
+        .delete("billing-worker-stripe", &Default::default())
+        .await?;
+    let deployments = Api::<Deployment>::namespaced(stack.client.clone(), "billing");
+    let rolled = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .is_some_and(|a| a.contains_key("keybrake.com/rotated-at"))
+    };
+    eventually("worker-a to be rolled", 20, || async {
+        rolled(&deployments.get("worker-a").await.ok()?).then_some(())
+    })
+    .await?;
+    assert_ne!(token_of(&stack, "billing-worker-stripe").await?, before);
+    assert!(
+        !rolled(&deployments.get("worker-b").await?),
+        "worker-b did not opt in"
+    );
+    assert!(
+        !rolled(&deployments.get("ops-tool").await?),
+        "ops-tool is not selected"
+    );
+    stack.assert_deployables_never_refused()?;
+    Ok(())
+}
+
 /// The operator's /metrics text (it has braces of its own, so it is read raw rather than
 /// through raw_http).
 async fn metrics_text(addr: std::net::SocketAddr) -> Result<String> {
