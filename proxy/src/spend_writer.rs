@@ -160,7 +160,9 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "could not read a key record for its metrics"),
             }
             let api: Api<VaultKey> = Api::namespaced(client.clone(), ns);
-            let observed = ledger.now().await.ok().map(|(ms, _)| ms);
+            // Redis time of this read: the status' observedAt, and the day of a cap-hit Event.
+            let now = ledger.now().await.ok();
+            let observed = now.map(|(ms, _)| ms);
             let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend, observed, &replica)}});
             let params = PatchParams::apply(MANAGER).force();
             let written = tokio::time::timeout(
@@ -171,7 +173,7 @@ pub async fn run(
             match written {
                 Ok(Ok(vk)) => {
                     if let Some(message) = touch.cap_hit {
-                        let day = ledger.now().await.map(|(_, d)| d).unwrap_or_default();
+                        let day = now.map(|(_, d)| d).unwrap_or_default();
                         if evented.get(&key) != Some(&day) {
                             evented.insert(key.clone(), day);
                             let event = Event {

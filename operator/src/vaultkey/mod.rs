@@ -22,7 +22,10 @@ use keybrake_crds::{
 use keybrake_ledger::{KeyId, PolicyTag, Token};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    api::{
+        ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+        Preconditions,
+    },
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -470,16 +473,20 @@ async fn transition_event(
     publish(ctx, vk, type_, reason, note).await;
 }
 
+/// The API of one workload kind: every kind is patched and listed the same way, by path.
+fn workloads(ctx: &Context, ns: &str, kind: WorkloadKind) -> Api<DynamicObject> {
+    let resource = match kind {
+        WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+        WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+        WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+    };
+    Api::namespaced_with(ctx.client.clone(), ns, &resource)
+}
+
 /// Whether the workload opts in to be rolled by this key: a JSON Patch that only tests the
 /// annotation (a test that holds changes nothing, and it holds the annotation the roll relies on
 /// at the moment of the patch, not at a read before it).
-async fn opted_in(
-    ctx: &Context,
-    ns: &str,
-    kind: WorkloadKind,
-    name: &str,
-    key: &str,
-) -> Result<bool> {
+async fn opted_in(api: &Api<DynamicObject>, name: &str, key: &str) -> Result<bool> {
     let path = format!(
         "/metadata/annotations/{}",
         RESTART_OPT_IN.replace('/', "~1")
@@ -488,8 +495,9 @@ async fn opted_in(
         let test: json_patch::Patch =
             serde_json::from_value(json!([{"op": "test", "path": path, "value": value}]))
                 .map_err(|_| Error::MissingField("a JSON Patch"))?;
-        match patch_workload(ctx, ns, kind, name, &Patch::Json(test)).await {
-            Ok(()) => return Ok(true),
+        let patch = Patch::<()>::Json(test);
+        match api.patch(name, &PatchParams::default(), &patch).await {
+            Ok(_) => return Ok(true),
             Err(kube::Error::Api(e)) if e.code == 422 => continue,
             Err(e) => return Err(Error::Kube(e)),
         }
@@ -497,35 +505,10 @@ async fn opted_in(
     Ok(false)
 }
 
-async fn patch_workload(
-    ctx: &Context,
-    ns: &str,
-    kind: WorkloadKind,
-    name: &str,
-    patch: &Patch<serde_json::Value>,
-) -> std::result::Result<(), kube::Error> {
-    let params = PatchParams::default();
-    match kind {
-        WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-            .patch(name, &params, patch)
-            .await
-            .map(drop),
-        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-            .patch(name, &params, patch)
-            .await
-            .map(drop),
-        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-            .patch(name, &params, patch)
-            .await
-            .map(drop),
-    }
-}
-
 /// The workloads a restart target names: its one name, or every workload of its kind in the
 /// namespace that its label selector chooses (listed now, so a workload added since is rolled).
 async fn workloads_of(
-    ctx: &Context,
-    ns: &str,
+    api: &Api<DynamicObject>,
     target: &keybrake_crds::vault_key::RestartTarget,
 ) -> std::result::Result<Vec<String>, String> {
     if let Some(name) = &target.name {
@@ -536,22 +519,52 @@ async fn workloads_of(
     };
     let selector = kube::core::Selector::try_from(selector.clone())
         .map_err(|e| format!("its selector cannot be used: {e}"))?;
-    let params = kube::api::ListParams::default().labels_from(&selector);
-    let names = match target.kind {
-        WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), ns)
-            .list_metadata(&params)
-            .await
-            .map(|l| l.items.iter().map(ResourceExt::name_any).collect()),
-        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), ns)
-            .list_metadata(&params)
-            .await
-            .map(|l| l.items.iter().map(ResourceExt::name_any).collect()),
-        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), ns)
-            .list_metadata(&params)
-            .await
-            .map(|l| l.items.iter().map(ResourceExt::name_any).collect()),
-    };
-    names.map_err(|e| format!("could not list them: {e}"))
+    api.list_metadata(&ListParams::default().labels_from(&selector))
+        .await
+        .map(|l| l.items.iter().map(ResourceExt::name_any).collect())
+        .map_err(|e| format!("could not list them: {e}"))
+}
+
+/// Why a workload was not rolled: the metric's result, the Event's reason and its note.
+type NotRolled = (&'static str, &'static str, String);
+
+/// Rolls one workload if it opts in.
+async fn roll_one(
+    api: &Api<DynamicObject>,
+    kind: &str,
+    name: &str,
+    key: &str,
+    patch: &serde_json::Value,
+) -> std::result::Result<(), NotRolled> {
+    match opted_in(api, name, key).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err((
+                "not_opted_in",
+                "RestartNotAllowed",
+                format!(
+                    "{kind} {name} was not rolled: it does not opt in (annotate it {RESTART_OPT_IN}={key} or *)"
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err((
+                "failed",
+                "RollFailed",
+                format!("could not roll {kind} {name}: {e}"),
+            ));
+        }
+    }
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
+        .map_err(|e| {
+            (
+                "failed",
+                "RollFailed",
+                format!("could not roll {kind} {name}: {e}"),
+            )
+        })
 }
 
 /// Rolls each restart target that opts in, once for this change: a pod-template annotation
@@ -561,48 +574,39 @@ async fn roll_targets(vk: &VaultKey, ctx: &Context, ns: &str, now_ms: i64) {
         .max(jiff::Timestamp::from_millisecond(now_ms).unwrap_or_default())
         .to_string();
     let patch = json!({"spec": {"template": {"metadata": {"annotations": {ROTATED_AT: stamp}}}}});
+    let key = vk.name_any();
     for target in &vk.spec.restart_targets {
         let kind = format!("{:?}", target.kind);
-        let names = match workloads_of(ctx, ns, target).await {
-            Ok(names) => names,
+        let api = workloads(ctx, ns, target.kind);
+        match workloads_of(&api, target).await {
+            Ok(names) => {
+                for name in names {
+                    let roll = roll_one(&api, &kind, &name, &key, &patch).await;
+                    reported(ctx, vk, ns, &kind, roll).await;
+                }
+            }
             Err(why) => {
-                ctx.metrics.restart(ns, &kind, "failed");
                 let note = format!("could not roll the {kind}s a restart target selects: {why}");
-                warn!("{note}");
-                publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
-                continue;
+                reported(ctx, vk, ns, &kind, Err(("failed", "RollFailed", note))).await;
             }
-        };
-        for name in names {
-            match opted_in(ctx, ns, target.kind, &name, &vk.name_any()).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    ctx.metrics.restart(ns, &kind, "not_opted_in");
-                    let note = format!(
-                        "{kind} {name} was not rolled: it does not opt in (annotate it {RESTART_OPT_IN}={} or *)",
-                        vk.name_any()
-                    );
-                    warn!("{note}");
-                    publish(ctx, vk, EventType::Warning, "RestartNotAllowed", &note).await;
-                    continue;
-                }
-                Err(e) => {
-                    ctx.metrics.restart(ns, &kind, "failed");
-                    let note = format!("could not roll {kind} {name}: {e}");
-                    warn!("{note}");
-                    publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
-                    continue;
-                }
-            }
-            match patch_workload(ctx, ns, target.kind, &name, &Patch::Merge(patch.clone())).await {
-                Ok(()) => ctx.metrics.restart(ns, &kind, "rolled"),
-                Err(e) => {
-                    ctx.metrics.restart(ns, &kind, "failed");
-                    let note = format!("could not roll {kind} {name}: {e}");
-                    warn!("{note}");
-                    publish(ctx, vk, EventType::Warning, "RollFailed", &note).await;
-                }
-            }
+        }
+    }
+}
+
+/// Counts a roll in the metric and, when it did not happen, says why in a Warning Event.
+async fn reported(
+    ctx: &Context,
+    vk: &VaultKey,
+    ns: &str,
+    kind: &str,
+    roll: std::result::Result<(), NotRolled>,
+) {
+    match roll {
+        Ok(()) => ctx.metrics.restart(ns, kind, "rolled"),
+        Err((result, reason, note)) => {
+            ctx.metrics.restart(ns, kind, result);
+            warn!("{note}");
+            publish(ctx, vk, EventType::Warning, reason, &note).await;
         }
     }
 }
