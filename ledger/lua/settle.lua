@@ -71,6 +71,24 @@ end
 local t = redis.call("TIME")
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
+-- Adds `n` to what the key has counted for the call's vendor object, when the call names one.
+local function count_object(n)
+  if ARGV[11] ~= "" and n > 0 then
+    redis.call("HINCRBY", KEYS[8], ARGV[11], n)
+    redis.call("EXPIRE", KEYS[8], ARGV[12])
+  end
+end
+
+-- Appends the call's audit entry.
+local function audit(key, method, path, estimate, actual, overshoot)
+  local k = redis.call("HMGET", KEYS[7], "vault_key", "run_label")
+  redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
+    "ts", fmt(now_ms), "key", key, "vk", k[1] or "", "run", k[2] or "", "vendor", ARGV[10],
+    "method", method, "path", path, "estimate", fmt(estimate), "actual", fmt(actual),
+    "status", ARGV[4], "request_id", ARGV[5], "outcome", outcome, "rule", "",
+    "overshoot", fmt(overshoot))
+end
+
 local res = redis.call("HGETALL", KEYS[1])
 if #res == 0 then
   -- model: settle.late
@@ -100,16 +118,8 @@ if #res == 0 then
     if counts then
       local today, total = adjust(KEYS[2], excess, d.day)
       adjust(KEYS[3], excess, d.day)
-      if ARGV[11] ~= "" then
-        redis.call("HINCRBY", KEYS[8], ARGV[11], actual)
-        redis.call("EXPIRE", KEYS[8], ARGV[12])
-      end
-      local k = redis.call("HMGET", KEYS[7], "vault_key", "run_label")
-      redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
-        "ts", fmt(now_ms), "key", d.key or "", "vk", k[1] or "", "run", k[2] or "",
-        "vendor", ARGV[10], "method", "", "path", "", "estimate", "0", "actual", fmt(excess),
-        "status", ARGV[4], "request_id", ARGV[5], "outcome", "ok", "rule", "",
-        "overshoot", fmt(excess))
+      count_object(actual)
+      audit(d.key or "", "", "", 0, excess, excess)
       return {"settled", fmt(excess), fmt(today), fmt(total)}
     end
   end
@@ -161,10 +171,7 @@ if outcome ~= "not_sent" then
 end
 
 -- model: settle.objects
-if ARGV[11] ~= "" and actual > added_late then
-  redis.call("HINCRBY", KEYS[8], ARGV[11], actual - added_late)
-  redis.call("EXPIRE", KEYS[8], ARGV[12])
-end
+count_object(actual - added_late)
 
 if r.idem and r.idem ~= "" then
   if outcome == "vendor_error" and r.floor ~= "1" then
@@ -187,12 +194,7 @@ if r.idem and r.idem ~= "" then
   end
 end
 
-local k = redis.call("HMGET", KEYS[7], "vault_key", "run_label")
-redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
-  "ts", fmt(now_ms), "key", r.key or "", "vk", k[1] or "", "run", k[2] or "", "vendor", ARGV[10],
-  "method", r.method or "", "path", r.path or "", "estimate", fmt(amount), "actual", fmt(actual),
-  "status", ARGV[4], "request_id", ARGV[5], "outcome", outcome, "rule", "",
-  "overshoot", fmt(math.max(0, actual - amount)))
+audit(r.key or "", r.method or "", r.path or "", amount, actual, math.max(0, actual - amount))
 
 -- model: settle.tombstone
 if outcome == "unknown" and ARGV[14] == "1" then
