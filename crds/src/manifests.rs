@@ -1,13 +1,32 @@
 //! The CRD manifests, as committed under `manifests/crds/` and applied by `keybrake dev`.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSON,
+};
 use kube::CustomResourceExt;
 
-use crate::{SpendPolicy, VaultKey};
+use crate::{SpendPolicy, VaultKey, status};
 
 /// Both CRDs.
 pub fn crds() -> [CustomResourceDefinition; 2] {
-    [SpendPolicy::crd(), VaultKey::crd()]
+    [SpendPolicy::crd(), VaultKey::crd()].map(with_pending_status)
+}
+
+/// Gives `status` its schema default, [`status::pending`]. kube-derive cannot put a default on
+/// the status field (kube-rs#1239), so it is added to the generated schema here.
+fn with_pending_status(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        if let Some(status) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"))
+        {
+            status.default = Some(JSON(status::pending()));
+        }
+    }
+    crd
 }
 
 /// Each CRD as `(file name, YAML text)`, the form committed under `manifests/crds/`.
@@ -214,6 +233,41 @@ mod cel_tests {
 
     fn key(spec: Value) -> Value {
         json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "metadata": {"name": "k"}, "spec": spec})
+    }
+
+    /// A new object, as the API server stores it, carries the pending conditions from the schema
+    /// default; they pass the schema and read back as a typed status.
+    #[test]
+    fn a_new_object_is_pending_until_the_operator_writes() {
+        let [sp, vk] = crds();
+        let key = key(json!({"policyRef": {"name": "p"}, "dailyUsdCap": 500, "ttl": "2h"}));
+        let policy = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"vendor": "stripe", "credentialsSecretRef": {"name": "s"}}});
+        for (crd, object) in [(&vk, key), (&sp, policy)] {
+            let schema = crd.spec.versions[0].schema.as_ref().unwrap();
+            let schema = serde_json::to_value(schema.open_api_v3_schema.as_ref().unwrap()).unwrap();
+            let stored = kube::core::cel::apply_defaults(&schema, &object);
+            check(crd, &stored, None).unwrap();
+            let status: crate::VaultKeyStatus =
+                serde_json::from_value(stored["status"].clone()).unwrap();
+            let kinds: Vec<(&str, &str, &str)> = status
+                .conditions
+                .iter()
+                .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    ("Ready", "Unknown", "Pending"),
+                    ("Reconciling", "True", "Pending")
+                ]
+            );
+            // A status the operator wrote is left alone.
+            let mut written = stored.clone();
+            written["status"] = json!({"observedGeneration": 1});
+            assert_eq!(kube::core::cel::apply_defaults(&schema, &written), written);
+        }
     }
 
     #[test]

@@ -44,8 +44,66 @@ pub const STALLED: &str = "Stalled";
 /// kstatus's abnormal-true condition: the controller is still working toward the desired state.
 pub const RECONCILING: &str = "Reconciling";
 
-/// Builds a condition; `lastTransitionTime` is kept from `previous` when the status is unchanged,
-/// so re-reconciling an unchanged object writes nothing new.
+/// The reason of the conditions a new object gets from the schema default, before the operator
+/// has seen it.
+pub const PENDING: &str = "Pending";
+
+/// The conditions every new object carries from the CRD's `status` default (the Gateway API's
+/// way): without them a just-created object has no status, and kstatus reads no status as
+/// Current, so Flux and `kubectl wait` would call a key healthy before the operator has looked
+/// at it. Their `lastTransitionTime` is the epoch, a placeholder [`condition`] does not keep.
+pub fn pending() -> serde_json::Value {
+    let waiting = |type_: &str, status: &str| {
+        // Keys in sorted order: the YAML is the same whether or not serde_json's
+        // `preserve_order` is on in the build that writes it.
+        serde_json::json!({
+            "lastTransitionTime": "1970-01-01T00:00:00Z",
+            "message": "Waiting for the Keybrake operator to see this object",
+            "reason": PENDING,
+            "status": status,
+            "type": type_,
+        })
+    };
+    serde_json::json!({"conditions": [waiting(READY, "Unknown"), waiting(RECONCILING, "True")]})
+}
+
+/// The three conditions the operator writes, always all three and in this order: `Ready` first,
+/// then kstatus's `Reconciling` and `Stalled`, True only for the one named by `abnormal`. All
+/// three are written, False included, because a server-side apply replaces only the entries it
+/// names: the schema default's `Reconciling=True` would otherwise stay forever.
+pub fn conditions(
+    ready: bool,
+    abnormal: Option<&str>,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: Time,
+) -> Vec<Condition> {
+    [READY, RECONCILING, STALLED]
+        .into_iter()
+        .map(|type_| {
+            let status = if type_ == READY {
+                ready
+            } else {
+                abnormal == Some(type_)
+            };
+            condition(
+                type_,
+                status,
+                reason,
+                message,
+                generation,
+                previous,
+                now.clone(),
+            )
+        })
+        .collect()
+}
+
+/// Builds a condition; `lastTransitionTime` is kept from `previous` when the status is unchanged
+/// (and was not the schema default's placeholder), so re-reconciling an unchanged object writes
+/// nothing new.
 pub fn condition(
     type_: &str,
     ok: bool,
@@ -58,7 +116,11 @@ pub fn condition(
     let status = if ok { "True" } else { "False" };
     let last_transition_time = previous
         .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
+        .find(|c| {
+            c.type_ == type_
+                && c.status == status
+                && c.last_transition_time.0 != jiff::Timestamp::UNIX_EPOCH
+        })
         .map_or(now, |c| c.last_transition_time.clone());
     Condition {
         type_: type_.to_owned(),

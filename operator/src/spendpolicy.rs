@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{
     SpendPolicy, SpendPolicyStatus,
-    status::{READY, RECONCILING, STALLED, condition},
+    status::{RECONCILING, STALLED, conditions},
     validate::validate_policy,
 };
 use keybrake_ledger::{PolicyRecord, PolicyTag};
@@ -108,21 +108,15 @@ async fn redis_failed(policy: &SpendPolicy, ctx: &Context, cause: &keybrake_ledg
     let message = format!(
         "the operator cannot reach Redis ({cause}); the policy's budget record could not be written, and its keys' calls are refused until it can"
     );
-    let now = clock::time(clock::local_ms());
-    want.conditions = [READY, RECONCILING]
-        .into_iter()
-        .map(|type_| {
-            condition(
-                type_,
-                type_ != READY,
-                "RedisUnavailable",
-                message.clone(),
-                policy.metadata.generation,
-                &previous,
-                now.clone(),
-            )
-        })
-        .collect();
+    want.conditions = conditions(
+        false,
+        Some(RECONCILING),
+        "RedisUnavailable",
+        &message,
+        policy.metadata.generation,
+        &previous,
+        clock::time(clock::local_ms()),
+    );
     let api: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let patch =
         json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": want});
@@ -211,30 +205,16 @@ async fn reconcile_policy(policy: &SpendPolicy, ctx: &Context) -> Result<Action>
         keys: Some(count),
         budget: Some(budget_summary(policy)),
         spend: None,
-        conditions: {
-            let ready = condition(
-                READY,
-                ok,
-                reason,
-                message.clone(),
-                policy.metadata.generation,
-                &previous,
-                now.clone(),
-            );
-            // kstatus: a policy that is not Ready stays so until it or its Secret changes.
-            let stalled = (!ok).then(|| {
-                condition(
-                    STALLED,
-                    true,
-                    reason,
-                    message,
-                    policy.metadata.generation,
-                    &previous,
-                    now,
-                )
-            });
-            std::iter::once(ready).chain(stalled).collect()
-        },
+        // kstatus: a policy that is not Ready stays so until it or its Secret changes.
+        conditions: conditions(
+            ok,
+            (!ok).then_some(STALLED),
+            reason,
+            &message,
+            policy.metadata.generation,
+            &previous,
+            now,
+        ),
     };
     let mut have = policy.status.clone().unwrap_or_default();
     have.spend = None;

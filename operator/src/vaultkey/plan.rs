@@ -247,6 +247,7 @@ pub fn plan(o: &Observed) -> Result<Plan, Incomplete> {
             report.cap = was.cap.clone();
             report.vendor = was.vendor;
             report.expires_at_ms = was.expires_at.as_ref().map(|t| t.0.as_millisecond());
+            report.restart = was.restart.clone();
         }
         report.phase = Some(KeyPhase::Revoked);
         report.reason = "Revoked".into();
@@ -358,6 +359,8 @@ pub fn plan(o: &Observed) -> Result<Plan, Incomplete> {
         report.phase = Some(KeyPhase::Expired);
         report.reason = "Expired".into();
         report.message = "the key passed its expiry; it is refused and its Secret deleted".into();
+        // The rollouts it caused stay on record, as the caps do.
+        report.restart = vk.status.as_ref().and_then(|s| s.restart.clone());
         let note = on_entering(
             KeyPhase::Expired,
             EventType::Normal,
@@ -920,6 +923,19 @@ mod tests {
         assert_eq!(p.secret, SecretStep::Delete);
         assert_eq!(p.next, Next::Retire(KeyPhase::Revoked));
         assert_eq!(p.events[0].on_entering, Some(KeyPhase::Revoked));
+        // The status keeps what the key had, its rollouts included.
+        let rolled = RestartStatus {
+            rolls: 2,
+            ..Default::default()
+        };
+        w.vk.status = Some(keybrake_crds::VaultKeyStatus {
+            cap: Some("$5.00/day".into()),
+            restart: Some(rolled.clone()),
+            ..Default::default()
+        });
+        let p = w.plan();
+        assert_eq!(p.report.cap.as_deref(), Some("$5.00/day"));
+        assert_eq!(p.report.restart, Some(rolled.clone()));
         // Set back to false, a retired key stays revoked and says why.
         w.vk.spec.revoked = false;
         w.retired = true;
@@ -987,6 +1003,16 @@ mod tests {
             "Redis refuses it by its expiry already"
         );
         assert_eq!(p.next, Next::Retire(KeyPhase::Expired));
+        let mut w = w;
+        let rolled = RestartStatus {
+            rolls: 1,
+            ..Default::default()
+        };
+        w.vk.status = Some(keybrake_crds::VaultKeyStatus {
+            restart: Some(rolled.clone()),
+            ..Default::default()
+        });
+        assert_eq!(w.plan().report.restart, Some(rolled));
     }
 
     #[test]

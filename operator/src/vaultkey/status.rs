@@ -4,7 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use keybrake_crds::{
     KeyPhase, VaultKey, VaultKeyStatus, Vendor,
-    status::{READY, RECONCILING, STALLED, condition},
+    status::{RECONCILING, STALLED, conditions},
     vault_key::{RestartStatus, RotationStatus},
 };
 use kube::{
@@ -90,28 +90,22 @@ fn desired(vk: &VaultKey, report: &Report, now: Time) -> VaultKeyStatus {
         rotation: report.rotation.clone(),
         restart: report.restart.clone(),
         spend: None,
-        conditions: [Some(READY), kstatus(report)]
-            .into_iter()
-            .flatten()
-            .map(|type_| {
-                condition(
-                    type_,
-                    if type_ == READY { ready } else { true },
-                    &report.reason,
-                    report.message.clone(),
-                    generation,
-                    previous,
-                    now.clone(),
-                )
-            })
-            .collect(),
+        conditions: conditions(
+            ready,
+            kstatus(report),
+            &report.reason,
+            &report.message,
+            generation,
+            previous,
+            now,
+        ),
     }
 }
 
 /// The kstatus condition that goes with `Ready` (Flux, `kubectl wait` and cli-utils do not read
 /// `Ready=False` as a failure): `Stalled` for what only a change to the key or its policy can
-/// fix, `Reconciling` while the operator is still working toward a usable key. Only ever True
-/// (kstatus reads an absent one as False).
+/// fix, `Reconciling` while the operator is still working toward a usable key; neither for a
+/// key that works or has stopped.
 fn kstatus(report: &Report) -> Option<&'static str> {
     match (report.phase, report.reason.as_str()) {
         _ if report.failing => Some(RECONCILING),
@@ -201,38 +195,89 @@ mod tests {
     fn every_phase_has_its_kstatus_conditions() {
         assert_eq!(
             kinds(Some(KeyPhase::Active), "Issued", false),
-            c(&[("Ready", "True")])
+            c(&[
+                ("Ready", "True"),
+                ("Reconciling", "False"),
+                ("Stalled", "False")
+            ])
         );
         assert_eq!(
             kinds(Some(KeyPhase::Invalid), "CapAboveLimit", false),
-            c(&[("Ready", "False"), ("Stalled", "True")])
+            c(&[
+                ("Ready", "False"),
+                ("Reconciling", "False"),
+                ("Stalled", "True")
+            ])
         );
         assert_eq!(
             kinds(Some(KeyPhase::Invalid), "SecretNotOwned", false),
-            c(&[("Ready", "False"), ("Stalled", "True")])
+            c(&[
+                ("Ready", "False"),
+                ("Reconciling", "False"),
+                ("Stalled", "True")
+            ])
         );
         for policy_error in ["PolicyNotFound", "PolicyInvalid"] {
             assert_eq!(
                 kinds(Some(KeyPhase::Pending), policy_error, false),
-                c(&[("Ready", "False"), ("Stalled", "True")])
+                c(&[
+                    ("Ready", "False"),
+                    ("Reconciling", "False"),
+                    ("Stalled", "True")
+                ])
             );
         }
         assert_eq!(
             kinds(Some(KeyPhase::Active), "RedisUnavailable", true),
-            c(&[("Ready", "False"), ("Reconciling", "True")])
+            c(&[
+                ("Ready", "False"),
+                ("Reconciling", "True"),
+                ("Stalled", "False")
+            ])
         );
         assert_eq!(
             kinds(Some(KeyPhase::Pending), "Waiting", false),
-            c(&[("Ready", "False"), ("Reconciling", "True")])
+            c(&[
+                ("Ready", "False"),
+                ("Reconciling", "True"),
+                ("Stalled", "False")
+            ])
         );
         for done in [KeyPhase::Revoked, KeyPhase::Expired, KeyPhase::CapReached] {
             assert_eq!(
                 kinds(Some(done), "x", false),
-                c(&[("Ready", "False")]),
+                c(&[
+                    ("Ready", "False"),
+                    ("Reconciling", "False"),
+                    ("Stalled", "False")
+                ]),
                 "{done:?}"
             );
         }
         let status = desired(&key(), &Report::default(), clock::time(0));
         assert_eq!(status.observed_generation, Some(3));
+    }
+
+    /// The first write replaces the schema default's pending conditions, their placeholder time
+    /// included, even when the key is still pending.
+    #[test]
+    fn the_first_write_replaces_the_pending_default() {
+        let mut vk = key();
+        vk.status = Some(serde_json::from_value(keybrake_crds::status::pending()).unwrap());
+        let now = clock::time(1_700_000_000_000);
+        let pending = Report {
+            phase: Some(KeyPhase::Pending),
+            reason: "Waiting".into(),
+            ..Default::default()
+        };
+        let want = desired(&vk, &pending, now.clone());
+        assert!(!unchanged(&vk, &pending, now.clone()));
+        let reconciling = &want.conditions[1];
+        assert_eq!(
+            (reconciling.type_.as_str(), reconciling.status.as_str()),
+            ("Reconciling", "True")
+        );
+        assert_eq!(reconciling.last_transition_time, now, "not the epoch");
+        assert_eq!(reconciling.reason, "Waiting");
     }
 }

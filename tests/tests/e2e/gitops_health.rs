@@ -227,7 +227,11 @@ async fn live_objects_read_right_in_argo_cd_and_kstatus_in_every_phase() -> Resu
     stack.cluster.apply_ok(&without_secret).await?;
     let unusable = eventually("the policy to be reported", 20, || async {
         let p = policies.get("stripe").await.ok()?;
-        (!p.status.as_ref()?.conditions.is_empty()).then_some(p)
+        p.status
+            .as_ref()?
+            .observed_generation
+            .is_some()
+            .then_some(p)
     })
     .await?;
     stack.apply_stripe_run_key(&upstream.url()).await?;
@@ -263,7 +267,45 @@ async fn live_objects_read_right_in_argo_cd_and_kstatus_in_every_phase() -> Resu
         .key_in_phase("billing", "billing-agent-run-7f3a", KeyPhase::Revoked)
         .await?;
 
+    // Objects as the API server stores them on create, before the operator can have seen them
+    // (a server-side dry run goes through the same defaulting and validation as a create).
+    let mut just_created = Vec::new();
+    for manifest in [
+        keybrake_e2e::example("stripe-run-key.yaml").replace("billing-agent-run-7f3a", "new-key"),
+        policy_yaml
+            .split("---")
+            .find(|doc| doc.contains("kind: SpendPolicy"))
+            .context("a SpendPolicy in the example")?
+            .replace("name: stripe\n", "name: new-policy\n"),
+    ] {
+        let out = stack
+            .cluster
+            .kubectl(
+                &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+                Some(&manifest),
+            )
+            .await?;
+        just_created.push(serde_json::from_str::<Value>(&out.ok()?)?);
+    }
+    let [new_key, new_policy] =
+        <[Value; 2]>::try_from(just_created).map_err(|_| anyhow::anyhow!("two objects"))?;
+    assert_eq!(new_policy["metadata"]["name"], "new-policy");
+
     let table: Vec<(&str, &str, Value, &str, &str)> = vec![
+        (
+            "a key just created",
+            "VaultKey",
+            new_key,
+            "Progressing",
+            "InProgress",
+        ),
+        (
+            "a policy just created",
+            "SpendPolicy",
+            new_policy,
+            "Progressing",
+            "InProgress",
+        ),
         (
             "a key whose policy is missing",
             "VaultKey",

@@ -591,7 +591,11 @@ async fn a_missing_credentials_secret_is_a_condition_not_a_crash() -> Result<()>
     stack.cluster.apply_ok(sp_only).await?;
     let api: Api<SpendPolicy> = Api::namespaced(stack.client.clone(), "billing");
     let sp = eventually("the policy's condition", 10, || async {
-        api.get("stripe").await.ok().filter(|p| p.status.is_some())
+        api.get("stripe").await.ok().filter(|p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.observed_generation.is_some())
+        })
     })
     .await?;
     let ready = &sp.status.unwrap().conditions[0];
