@@ -1,5 +1,6 @@
 //! `keybrake dev`: the whole stack on one machine, in the foreground. kube-lite (with the CRDs
 //! applied and its objects kept in the state folder), a `redis-server` child (or `--redis-url`),
+//! a PostgreSQL child for the audit trail (or `--audit-db-url`),
 //! the operator and the proxy (their own `run`/`start`, the code paths of their binaries), and a
 //! vendor sandbox for every vendor not pointed elsewhere with `--upstream`.
 
@@ -41,6 +42,10 @@ pub struct DevArgs {
     /// The Sentinel-managed set's name (`--redis-mode sentinel`).
     #[arg(long, default_value = "mymaster")]
     pub redis_sentinel_master: String,
+    /// Keep the audit trail in this PostgreSQL instead of starting one
+    /// (`postgres://user:pass@host/db`).
+    #[arg(long)]
+    pub audit_db_url: Option<String>,
     /// Send a vendor's calls to this URL instead of the sandbox, e.g.
     /// `stripe=http://127.0.0.1:8420` (localstripe) or `stripe=https://api.stripe.com`.
     #[arg(long = "upstream", value_name = "VENDOR=URL")]
@@ -187,6 +192,15 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
     };
 
+    let (_postgres, audit_db_url) = match &args.audit_db_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let pg = crate::postgres::LocalPostgres::start(&dir).await?;
+            let url = pg.url();
+            (Some(pg), url)
+        }
+    };
+
     let api_token = dev_token(&dir)?;
     let api = kube_lite::KubeLite::start(kube_lite::Options {
         bind: Some(SocketAddr::from(([127, 0, 0, 1], args.api_port))),
@@ -231,6 +245,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     proxy_config.redis = redis.clone();
     proxy_config.listen = SocketAddr::from(([127, 0, 0, 1], args.proxy_port));
     proxy_config.default_upstreams = default_upstreams.clone();
+    proxy_config.audit_db = keybrake_audit::AuditDbFlags::at(&audit_db_url);
     let proxy = keybrake_proxy::start(
         client.clone(),
         proxy_config,
@@ -286,7 +301,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
 
     let env = format!(
-        "KUBECONFIG={}\nKEYBRAKE_PROXY_URL={proxy_url}\nKEYBRAKE_ADMIN_URL={admin_url}\nREDIS_URL={redis_url}\nKEYBRAKE_API_KEY={api_token}\n",
+        "KUBECONFIG={}\nKEYBRAKE_PROXY_URL={proxy_url}\nKEYBRAKE_ADMIN_URL={admin_url}\nREDIS_URL={redis_url}\nKEYBRAKE_AUDIT_DB_URL={audit_db_url}\nKEYBRAKE_API_KEY={api_token}\n",
         std::fs::canonicalize(&kubeconfig)
             .unwrap_or(kubeconfig.clone())
             .display()

@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod dev;
+pub mod postgres;
 pub mod sandbox;
 pub mod views;

@@ -23,7 +23,8 @@ ARGV[6]  sweep deadline, ms after now
 ARGV[7]  "1" when the call carries an Idempotency-Key
 ARGV[8]  request fingerprint (what a reused Idempotency-Key must match)
 ARGV[9]  idempotency record lifetime, seconds
-ARGV[10] audit stream length (approximate MAXLEN)
+ARGV[10] audit stream length (approximate MAXLEN); "0": never trimmed here (the audit sink trims
+         the stream once its entries are in PostgreSQL)
 ARGV[11] key id (for the audit entry)
 ARGV[12] "reserve", or "check": stop after the key, secret, revocation, expiry and allowlist
          checks, reserving nothing (the proxy reads a vendor object to cost a call only after this)
@@ -57,6 +58,18 @@ local function fmt(n)
   return string.format("%d", n)
 end
 
+-- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" (then the audit
+-- sink trims the stream, and only below what PostgreSQL holds).
+local function xadd(stream, maxlen, fields)
+  local args = {"XADD", stream}
+  if maxlen ~= "0" then
+    args = {"XADD", stream, "MAXLEN", "~", maxlen}
+  end
+  args[#args + 1] = "*"
+  for _, f in ipairs(fields) do args[#args + 1] = f end
+  return redis.call(unpack(args))
+end
+
 local estimate = int(ARGV[4])
 assert(estimate and estimate >= 0 and estimate <= 1e15, "estimate must be an integer in [0, 1e15]")
 assert(ARGV[12] == "reserve" or ARGV[12] == "check", "mode must be reserve or check")
@@ -85,12 +98,13 @@ if not secret_ok then
   return {"refused", "bad_secret", "", "", fmt(estimate), "", ""}
 end
 
+-- The refusal's own id is this attempt's reservation id: nothing else is written under it.
 local function audit_refusal(rule)
   redis.call("HINCRBY", KEYS[2], "refused", 1)
-  redis.call("XADD", KEYS[8], "MAXLEN", "~", ARGV[10], "*",
+  xadd(KEYS[8], ARGV[10], {"id", ARGV[5],
     "ts", fmt(now_ms), "key", ARGV[11], "vk", r.vault_key or "", "run", r.run_label or "",
     "vendor", r.vendor or "", "method", ARGV[2], "path", ARGV[3],
-    "estimate", fmt(estimate), "actual", "0", "outcome", "refused", "rule", rule)
+    "estimate", fmt(estimate), "actual", "0", "outcome", "refused", "rule", rule})
 end
 
 local function refuse(rule, limit, spent)

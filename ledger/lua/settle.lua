@@ -25,7 +25,8 @@ ARGV[5]  vendor request id ("" when none)
 ARGV[6]  response headers to replay (JSON), for "ok" and "vendor_error"
 ARGV[7]  response body to replay
 ARGV[8]  idempotency record lifetime, seconds
-ARGV[9]  audit stream length (approximate MAXLEN)
+ARGV[9]  audit stream length (approximate MAXLEN); "0": never trimmed here (the audit sink trims
+         the stream once its entries are in PostgreSQL)
 ARGV[10] vendor
 ARGV[11] vendor object the money of this call belongs to ("" when none): what is counted here is
          added to it, so a later call on the same object (confirm, capture) costs only the excess
@@ -79,14 +80,26 @@ local function count_object(n)
   end
 end
 
--- Appends the call's audit entry.
-local function audit(key, method, path, estimate, actual, overshoot)
+-- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" (then the audit
+-- sink trims the stream, and only below what PostgreSQL holds).
+local function xadd(stream, maxlen, fields)
+  local args = {"XADD", stream}
+  if maxlen ~= "0" then
+    args = {"XADD", stream, "MAXLEN", "~", maxlen}
+  end
+  args[#args + 1] = "*"
+  for _, f in ipairs(fields) do args[#args + 1] = f end
+  return redis.call(unpack(args))
+end
+
+-- Appends the call's audit entry, under the reservation id (`id`, the audit table's key).
+local function audit(id, what, key, method, path, estimate, actual, overshoot)
   local k = redis.call("HMGET", KEYS[7], "vault_key", "run_label")
-  redis.call("XADD", KEYS[6], "MAXLEN", "~", ARGV[9], "*",
+  xadd(KEYS[6], ARGV[9], {"id", id,
     "ts", fmt(now_ms), "key", key, "vk", k[1] or "", "run", k[2] or "", "vendor", ARGV[10],
     "method", method, "path", path, "estimate", fmt(estimate), "actual", fmt(actual),
-    "status", ARGV[4], "request_id", ARGV[5], "outcome", outcome, "rule", "",
-    "overshoot", fmt(overshoot))
+    "status", ARGV[4], "request_id", ARGV[5], "outcome", what, "rule", "",
+    "overshoot", fmt(overshoot)})
 end
 
 local res = redis.call("HGETALL", KEYS[1])
@@ -119,7 +132,9 @@ if #res == 0 then
       local today, total = adjust(KEYS[2], excess, d.day)
       adjust(KEYS[3], excess, d.day)
       count_object(actual)
-      audit(d.key or "", "", "", 0, excess, excess)
+      -- A second entry for the call, outcome "late": the money its first entry ("unknown")
+      -- did not show.
+      audit(ARGV[1] .. ":late", "late", d.key or "", "", "", 0, excess, excess)
       return {"settled", fmt(excess), fmt(today), fmt(total)}
     end
   end
@@ -194,7 +209,8 @@ if r.idem and r.idem ~= "" then
   end
 end
 
-audit(r.key or "", r.method or "", r.path or "", amount, actual, math.max(0, actual - amount))
+audit(ARGV[1], outcome, r.key or "", r.method or "", r.path or "", amount, actual,
+  math.max(0, actual - amount))
 
 -- model: settle.tombstone
 if outcome == "unknown" and ARGV[14] == "1" then

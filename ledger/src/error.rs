@@ -18,6 +18,9 @@ pub enum LedgerError {
     /// A stored record that does not read back as its type.
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
+    /// An audit stream entry that does not read back.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::MalformedEntry),
 }
 
 impl LedgerError {
@@ -40,7 +43,7 @@ impl LedgerError {
                         ) | ErrorKind::ClusterConnectionNotFound
                     )
             }
-            LedgerError::Reply(_) | LedgerError::Record(_) => false,
+            LedgerError::Reply(_) | LedgerError::Record(_) | LedgerError::Audit(_) => false,
         }
     }
 }

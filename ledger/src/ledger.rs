@@ -483,22 +483,11 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         let reply: redis::streams::StreamRangeReply = self
             .timed(conn.xrange_count(self.keys.policy(tag).audit(), start, end, count))
             .await?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .map(|e| {
-                let fields = e
-                    .map
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        redis::from_redis_value_ref::<String>(v)
-                            .ok()
-                            .map(|v| (k.clone(), v))
-                    })
-                    .collect();
-                AuditEntry::from_fields(e.id, &fields)
-            })
-            .collect())
+        let (entries, malformed) = crate::export::split(reply.ids);
+        match malformed.into_iter().next() {
+            Some(bad) => Err(bad.into()),
+            None => Ok(entries),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod audit;
 pub mod connection;
 pub mod error;
+pub mod export;
 pub mod flags;
 pub mod layout;
 pub mod ledger;

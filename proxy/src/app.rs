@@ -34,6 +34,8 @@ pub struct App {
     pub spend: Arc<SpendWriter>,
     /// Refuses at once for a moment after Redis fails.
     pub redis_breaker: crate::breaker::Breaker,
+    /// The audit database, when one is set: the audit API reads from it.
+    pub audit_db: Option<keybrake_audit::Db>,
 }
 
 /// Response bodies.

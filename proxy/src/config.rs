@@ -62,9 +62,13 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub default_upstreams: Vec<String>,
-    /// Audit entries kept per SpendPolicy (approximate; older ones are trimmed).
+    /// Audit entries kept per SpendPolicy in Redis when no audit database is set (approximate;
+    /// older ones are trimmed). With one, entries are trimmed only once exported.
     #[arg(long, env = "KEYBRAKE_AUDIT_MAX_LEN", default_value_t = 100_000)]
     pub audit_max_len: u64,
+    /// Where the audit trail is kept beyond Redis (PostgreSQL).
+    #[command(flatten)]
+    pub audit_db: keybrake_audit::AuditDbFlags,
     /// Shortest time between two status.spend writes of one key, in milliseconds.
     #[arg(long, env = "KEYBRAKE_SPEND_INTERVAL_MS", default_value_t = 2000)]
     pub spend_interval_ms: u64,
@@ -105,6 +109,7 @@ impl Config {
             spend_interval_ms: 2000,
             default_upstreams: Vec::new(),
             audit_max_len: 100_000,
+            audit_db: keybrake_audit::AuditDbFlags::default(),
             issue_timeout_secs: 10,
             sweep_grace_secs: 30,
         }
@@ -125,6 +130,16 @@ impl Config {
     /// How long issuance waits for the operator.
     pub fn issue_timeout(&self) -> Duration {
         Duration::from_secs(self.issue_timeout_secs)
+    }
+
+    /// The audit stream length the scripts trim to: none (0) when the sink exports the
+    /// streams, which then trims them only below what PostgreSQL holds.
+    pub fn audit_stream_len(&self) -> u64 {
+        if self.audit_db.url.is_some() {
+            0
+        } else {
+            self.audit_max_len.max(1)
+        }
     }
 
     /// The upstream timeout.

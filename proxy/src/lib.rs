@@ -55,6 +55,9 @@ pub enum StartError {
         /// The connection or TLS failure.
         source: keybrake_ledger::connection::ConnectError,
     },
+    /// The audit database settings can never work (its URL or CA file).
+    #[error(transparent)]
+    AuditDb(#[from] keybrake_audit::DbError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -131,10 +134,14 @@ pub async fn start(
             timeout: Duration::from_millis(config.redis_timeout_ms),
             reservation_deadline: config.upstream_timeout() * 2
                 + Duration::from_secs(config.sweep_grace_secs),
-            audit_max_len: config.audit_max_len,
+            audit_max_len: config.audit_stream_len(),
             ..Default::default()
         },
     );
+    let audit_db = match &config.audit_db.url {
+        Some(_) => Some(keybrake_audit::Db::open(&config.audit_db)?),
+        None => None,
+    };
     let policies = Arc::new(Policies::default());
     let watcher = tokio::spawn(policies::watch(
         client.clone(),
@@ -168,6 +175,23 @@ pub async fn start(
         metrics,
         spend,
         redis_breaker: breaker::Breaker::new(REDIS_BREAKER_OPEN),
+        audit_db: audit_db.clone(),
+    });
+    // Each replica is one consumer of the audit streams, named by its pod.
+    let audit_sink = audit_db.map(|db| {
+        let consumer = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            format!("keybrake-proxy-{}", hex::encode(rand::random::<[u8; 4]>()))
+        });
+        tokio::spawn(
+            keybrake_audit::Sink::new(
+                app.ledger.clone(),
+                db,
+                &consumer,
+                &config.audit_db,
+                app.metrics.audit.clone(),
+            )
+            .run(),
+        )
     });
 
     let sweeper = {
@@ -245,6 +269,7 @@ pub async fn start(
         background: [watcher, key_watcher, sweeper, admin_task, writer]
             .into_iter()
             .chain(tls_follower)
+            .chain(audit_sink)
             .collect(),
     })
 }

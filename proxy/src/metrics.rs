@@ -118,6 +118,8 @@ pub struct Metrics {
     redis_seconds: Family<ScriptLabel, Histogram>,
     redis_errors: Counter,
     tls_reloads: Family<ResultLabel, Counter>,
+    /// The audit sink's series (`keybrake_proxy_audit_*`).
+    pub audit: keybrake_audit::ExportMetrics,
 }
 
 /// Labels: whether something worked.
@@ -197,7 +199,10 @@ impl Default for Metrics {
             "Share of a VaultKey's daily or total cap spent (1 = the cap is reached)",
             keys.cap_used.clone(),
         );
+        let audit = keybrake_audit::ExportMetrics::default();
+        audit.register(&mut registry);
         Metrics {
+            audit,
             keys,
             registry,
             forwarded,

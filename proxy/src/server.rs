@@ -135,14 +135,14 @@ async fn admin_response(app: &App, req: Request<Incoming>) -> Response<Full<Byte
             StatusCode::SERVICE_UNAVAILABLE,
             "policies not loaded yet".into(),
         ),
-        "/audit" => match audit::parse(req.uri().query()) {
+        "/audit" => match keybrake_audit::query::parse(req.uri().query()) {
             Err(e) => (
                 StatusCode::BAD_REQUEST,
                 serde_json::json!({"error": e}).to_string(),
             ),
             Ok(q) => match issuance::authorize_audit(app, req.headers(), &q).await {
                 Err(e) => return issuance::error_response(&e),
-                Ok(()) => match audit::run(&app.ledger, &q).await {
+                Ok(()) => match audit::run(app, &q).await {
                     Ok(v) => (StatusCode::OK, v.to_string()),
                     Err(e) => (
                         StatusCode::SERVICE_UNAVAILABLE,

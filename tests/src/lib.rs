@@ -4,6 +4,7 @@
 
 pub mod identities;
 pub mod pki;
+pub mod postgres;
 pub mod processes;
 pub mod redis_server;
 pub mod refusals;

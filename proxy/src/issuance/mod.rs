@@ -90,7 +90,7 @@ pub fn error_response(e: &ApiError) -> Response<Full<Bytes>> {
 pub async fn authorize_audit(
     app: &App,
     headers: &hyper::HeaderMap,
-    query: &crate::audit::AuditQuery,
+    query: &keybrake_audit::AuditQuery,
 ) -> Result<(), ApiError> {
     let caller = caller::authenticate(&app.client, headers, &app.config.token_audience).await?;
     caller::authorize(

@@ -15,25 +15,25 @@ use redis::{AsyncCommands, aio::ConnectionLike};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-fn usd(s: &str) -> Usd {
+pub(crate) fn usd(s: &str) -> Usd {
     s.parse().unwrap()
 }
 
 /// A policy in a keyspace of its own, so tests never see each other's keys.
-struct Fixture<C> {
-    ledger: Ledger<C>,
-    tag: PolicyTag,
-    conn: C,
+pub(crate) struct Fixture<C> {
+    pub(crate) ledger: Ledger<C>,
+    pub(crate) tag: PolicyTag,
+    pub(crate) conn: C,
 }
 
 /// One issued key: its token and record.
-struct Issued {
-    token: Token,
+pub(crate) struct Issued {
+    pub(crate) token: Token,
     record: KeyRecord,
 }
 
 impl Issued {
-    fn id(&self) -> &KeyId {
+    pub(crate) fn id(&self) -> &KeyId {
         &self.token.key_id
     }
 }
@@ -61,7 +61,7 @@ fn record(token: &Token) -> KeyRecord {
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
-    async fn new(conn: C, config: LedgerConfig) -> Result<Fixture<C>> {
+    pub(crate) async fn new(conn: C, config: LedgerConfig) -> Result<Fixture<C>> {
         let prefix = format!(
             "t{}-{}",
             std::process::id(),
@@ -73,7 +73,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
         Ok(Fixture { ledger, tag, conn })
     }
 
-    async fn issue(&self, edit: impl FnOnce(&mut KeyRecord)) -> Result<Issued> {
+    pub(crate) async fn issue(&self, edit: impl FnOnce(&mut KeyRecord)) -> Result<Issued> {
         let token = Token::generate(Vendor::Stripe, KeyId::generate(&self.tag));
         let mut record = record(&token);
         edit(&mut record);
@@ -81,7 +81,12 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
         Ok(Issued { token, record })
     }
 
-    async fn reserve(&self, key: &Issued, path: &str, estimate: Usd) -> Result<Admission> {
+    pub(crate) async fn reserve(
+        &self,
+        key: &Issued,
+        path: &str,
+        estimate: Usd,
+    ) -> Result<Admission> {
         self.reserve_with(key, &key.token.secret_hash(), "POST", path, estimate, None)
             .await
     }
@@ -110,7 +115,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
             .await?)
     }
 
-    async fn settle(
+    pub(crate) async fn settle(
         &self,
         key: &Issued,
         reservation: &str,
@@ -152,7 +157,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
     }
 }
 
-fn granted(a: &Admission) -> String {
+pub(crate) fn granted(a: &Admission) -> String {
     match a {
         Admission::Granted { reservation, .. } => reservation.clone(),
         other => panic!("expected a grant, got {other:?}"),
@@ -167,7 +172,7 @@ fn refused(a: &Admission) -> Rule {
 }
 
 /// What a fixture's connection must be: a single node's or a cluster's.
-trait Conn: ConnectionLike + Clone + Send + Sync + 'static {}
+pub(crate) trait Conn: ConnectionLike + Clone + Send + Sync + 'static {}
 impl<C: ConnectionLike + Clone + Send + Sync + 'static> Conn for C {}
 
 /// Runs a script test on a single Redis, then unchanged on a fresh three-node Redis Cluster.
@@ -184,7 +189,7 @@ macro_rules! on_single_node_and_cluster {
     )*};
 }
 
-fn swept_at_once() -> LedgerConfig {
+pub(crate) fn swept_at_once() -> LedgerConfig {
     LedgerConfig {
         reservation_deadline: std::time::Duration::ZERO,
         ..Default::default()

@@ -2,6 +2,7 @@
 // Test code: a failed unwrap is a failed test with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit_trail;
 mod cap_under_attack;
 mod faults;
 mod gitops_health;

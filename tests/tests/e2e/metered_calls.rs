@@ -927,6 +927,7 @@ async fn a_policy_the_watch_has_not_delivered_is_loaded_from_the_key_record() ->
         metrics: Arc::default(),
         spend: Arc::default(),
         redis_breaker: keybrake_proxy::breaker::Breaker::new(std::time::Duration::from_millis(250)),
+        audit_db: None,
     };
     assert!(app.policies.get(&key.tag()).is_none());
     let loaded =

@@ -1,0 +1,350 @@
+//! The PostgreSQL side: a pool, the migrations (run at start, one instance at a time), the
+//! sink's insert, the audit API's query and the retention job's delete. Every call has a
+//! deadline; a row that does not read back as its type is an error.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rustls::{ClientConfig, RootCertStore, crypto::ring};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::{flags::AuditDbFlags, query::AuditQuery, row::CallRow};
+
+/// The schema's versions, `migrations/V<n>__<name>.sql`, compiled in.
+mod embedded {
+    #![allow(missing_docs)]
+    refinery::embed_migrations!("migrations");
+}
+
+/// Longest wait for one database call.
+const DEADLINE: Duration = Duration::from_secs(10);
+/// Connections per process: the sink's writer, the retention job and a few API reads.
+const POOL_SIZE: usize = 8;
+/// Session advisory lock ids: one instance migrates, one prunes, at a time.
+const MIGRATE_LOCK: i64 = 0x6b62_6175_6469_7401;
+const PRUNE_LOCK: i64 = 0x6b62_6175_6469_7402;
+/// Rows deleted per statement by the retention job.
+const PRUNE_BATCH: i64 = 10_000;
+
+/// A database failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL or the CA file cannot be used.
+    #[error("the audit database settings are not usable: {0}")]
+    Config(String),
+    /// No connection from the pool.
+    #[error("no connection to the audit database: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// PostgreSQL refused a statement, or the connection failed.
+    #[error("the audit database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The migrations failed.
+    #[error("migrating the audit database: {0}")]
+    Migrate(#[from] refinery::Error),
+    /// No answer in time.
+    #[error("the audit database did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The audit database.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+}
+
+async fn timed<T, E: Into<DbError>>(
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, DbError> {
+    match tokio::time::timeout(DEADLINE, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(DbError::Timeout(DEADLINE)),
+    }
+}
+
+/// rustls with the webpki roots, or only the CA of `ca_file`.
+fn tls(flags: &AuditDbFlags) -> Result<MakeRustlsConnect, DbError> {
+    let mut roots = RootCertStore::empty();
+    match &flags.ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| DbError::Config(format!("cannot read {}: {e}", path.display())))?;
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| DbError::Config(format!("{}: bad PEM ({e})", path.display())))?;
+            if certs.is_empty() {
+                return Err(DbError::Config(format!(
+                    "{}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| DbError::Config(format!("{}: {e}", path.display())))?;
+            }
+        }
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// The URL without its password, for messages.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Db {
+    /// Connects (TLS as `sslmode` in the URL asks) and brings the schema up to date.
+    pub async fn connect(flags: &AuditDbFlags) -> Result<Db, DbError> {
+        let db = Db::open(flags)?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// The pool, without connecting: fails only on settings that can never work (the URL, the
+    /// CA file), so a database that is down at start delays the export instead of the proxy.
+    pub fn open(flags: &AuditDbFlags) -> Result<Db, DbError> {
+        let url = flags
+            .url
+            .as_deref()
+            .ok_or_else(|| DbError::Config("no URL (KEYBRAKE_AUDIT_DB_URL)".into()))?;
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| DbError::Config(format!("{}: {e}", redacted(url))))?;
+        let manager = Manager::from_config(
+            config,
+            tls(flags)?,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(DEADLINE))
+            .create_timeout(Some(DEADLINE))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::Config(e.to_string()))?;
+        Ok(Db { pool })
+    }
+
+    /// Runs the embedded migrations, holding a session lock so replicas starting together do
+    /// not run them twice.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        let mut client = timed(self.pool.get()).await?;
+        timed(client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])).await?;
+        let report = timed(embedded::migrations::runner().run_async(&mut **client)).await;
+        // Unlocked whatever happened; a failed unlock drops the connection, which unlocks too.
+        let unlocked = timed(client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK]));
+        if unlocked.await.is_err() {
+            let _ = deadpool_postgres::Object::take(client);
+        }
+        let report = report?;
+        for m in report.applied_migrations() {
+            tracing::info!(migration = %m, "audit database migrated");
+        }
+        Ok(())
+    }
+
+    /// Writes rows in one transaction; a row already there (a replayed export) is left as is.
+    /// Returns how many were new.
+    pub async fn insert(&self, rows: &[CallRow]) -> Result<u64, DbError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let col = |f: fn(&CallRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+        let opt = |f: fn(&CallRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+        let money = |f: fn(&CallRow) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+        let ids = col(|r| r.id.clone());
+        let at: Vec<jiff::Timestamp> = rows.iter().map(|r| r.at).collect();
+        let namespace = col(|r| r.namespace.clone());
+        let vault_key = col(|r| r.vault_key.clone());
+        let key_id = col(|r| r.key_id.clone());
+        let run_label = col(|r| r.run_label.clone());
+        let vendor = col(|r| r.vendor.clone());
+        let method = col(|r| r.method.clone());
+        let endpoint = col(|r| r.endpoint.clone());
+        let estimate = money(|r| r.estimate_micros);
+        let actual = money(|r| r.actual_micros);
+        let overshoot = money(|r| r.overshoot_micros);
+        let outcome = col(|r| r.outcome.clone());
+        let rule = opt(|r| r.rule.clone());
+        let status: Vec<Option<i32>> = rows.iter().map(|r| r.vendor_status).collect();
+        let request_id = opt(|r| r.vendor_request_id.clone());
+        let reservation = opt(|r| r.reservation_id.clone());
+        let tag = col(|r| r.policy_tag.clone());
+        let stream_id = col(|r| r.stream_id.clone());
+        let client = timed(self.pool.get()).await?;
+        let n = timed(client.execute(
+            "INSERT INTO calls (id, at, namespace, vault_key, key_id, run_label, vendor, method,
+                 endpoint, estimate_micros, actual_micros, overshoot_micros, outcome, rule,
+                 vendor_status, vendor_request_id, reservation_id, policy_tag, stream_id)
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[],
+                 $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::int[], $16::text[],
+                 $17::text[], $18::text[], $19::text[])
+             ON CONFLICT (id) DO NOTHING",
+            &[
+                &ids,
+                &at,
+                &namespace,
+                &vault_key,
+                &key_id,
+                &run_label,
+                &vendor,
+                &method,
+                &endpoint,
+                &estimate,
+                &actual,
+                &overshoot,
+                &outcome,
+                &rule,
+                &status,
+                &request_id,
+                &reservation,
+                &tag,
+                &stream_id,
+            ],
+        ))
+        .await?;
+        Ok(n)
+    }
+
+    /// The calls a query asks for, oldest first.
+    pub async fn calls(&self, q: &AuditQuery) -> Result<Vec<CallRow>, DbError> {
+        let (vk_ns, vk_name) = match q.vault_key.as_deref().and_then(|v| v.split_once('/')) {
+            Some((ns, name)) => (Some(ns.to_owned()), Some(name.to_owned())),
+            None => (None, None),
+        };
+        // The namespace the caller was authorized for (`scope`), and the VaultKey's own.
+        let namespace = q.scope().map(str::to_owned);
+        let from = q
+            .from_ms
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+        let to = q
+            .to_ms
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok());
+        let limit = q.limit as i64;
+        let client = timed(self.pool.get()).await?;
+        let rows = timed(client.query(
+            "SELECT id, at, namespace, vault_key, key_id, run_label, vendor, method, endpoint,
+                    estimate_micros, actual_micros, overshoot_micros, outcome, rule,
+                    vendor_status, vendor_request_id, reservation_id, policy_tag, stream_id
+             FROM calls
+             WHERE ($1::text IS NULL OR key_id = $1)
+               AND ($2::text IS NULL OR run_label = $2)
+               AND ($3::text IS NULL OR namespace = $3)
+               AND ($4::text IS NULL OR (namespace = $8 AND vault_key = $4))
+               AND ($5::timestamptz IS NULL OR at >= $5)
+               AND ($6::timestamptz IS NULL OR at <= $6)
+             ORDER BY at, stream_id
+             LIMIT $7",
+            &[
+                &q.key,
+                &q.run_label,
+                &namespace,
+                &vk_name,
+                &from,
+                &to,
+                &limit,
+                &vk_ns,
+            ],
+        ))
+        .await?;
+        rows.iter().map(read_row).collect()
+    }
+
+    /// Deletes rows older than `keep`, in batches, unless another instance is already at it.
+    /// Returns how many went.
+    pub async fn prune(&self, keep: Duration) -> Result<u64, DbError> {
+        let client = timed(self.pool.get()).await?;
+        let locked: bool =
+            timed(client.query_one("SELECT pg_try_advisory_lock($1)", &[&PRUNE_LOCK]))
+                .await?
+                .try_get(0)?;
+        if !locked {
+            return Ok(0);
+        }
+        let keep_secs = keep.as_secs() as f64;
+        let mut deleted = 0;
+        let result = loop {
+            let n = timed(client.execute(
+                "DELETE FROM calls WHERE id IN (
+                     SELECT id FROM calls WHERE at < now() - make_interval(secs => $1)
+                     LIMIT $2)",
+                &[&keep_secs, &PRUNE_BATCH],
+            ))
+            .await;
+            match n {
+                Ok(0) => break Ok(deleted),
+                Ok(n) => deleted += n,
+                Err(e) => break Err(e),
+            }
+        };
+        let unlocked = timed(client.execute("SELECT pg_advisory_unlock($1)", &[&PRUNE_LOCK]));
+        if unlocked.await.is_err() {
+            let _ = deadpool_postgres::Object::take(client);
+        }
+        result
+    }
+}
+
+fn read_row(r: &tokio_postgres::Row) -> Result<CallRow, DbError> {
+    Ok(CallRow {
+        id: r.try_get("id")?,
+        at: r.try_get("at")?,
+        namespace: r.try_get("namespace")?,
+        vault_key: r.try_get("vault_key")?,
+        key_id: r.try_get("key_id")?,
+        run_label: r.try_get("run_label")?,
+        vendor: r.try_get("vendor")?,
+        method: r.try_get("method")?,
+        endpoint: r.try_get("endpoint")?,
+        estimate_micros: r.try_get("estimate_micros")?,
+        actual_micros: r.try_get("actual_micros")?,
+        overshoot_micros: r.try_get("overshoot_micros")?,
+        outcome: r.try_get("outcome")?,
+        rule: r.try_get("rule")?,
+        vendor_status: r.try_get("vendor_status")?,
+        vendor_request_id: r.try_get("vendor_request_id")?,
+        reservation_id: r.try_get("reservation_id")?,
+        policy_tag: r.try_get("policy_tag")?,
+        stream_id: r.try_get("stream_id")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redacted("postgres://keybrake:s3cret@db:5432/audit"),
+            "postgres://keybrake:***@db:5432/audit"
+        );
+        assert_eq!(redacted("postgres://db/audit"), "postgres://db/audit");
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_named() {
+        let flags = AuditDbFlags {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..AuditDbFlags::at("postgres://db/audit")
+        };
+        let err = tls(&flags).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
+}

@@ -1,0 +1,321 @@
+//! The audit trail in PostgreSQL: the sink against a real Redis (and Redis Cluster) and a real
+//! PostgreSQL. Every entry the scripts write arrives exactly once, a replay is a no-op, a sink
+//! killed mid-batch loses and duplicates nothing, two sinks split the work, and a database that
+//! is down keeps the entries in Redis (untrimmed) while the lag rises.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use keybrake_audit::{AuditDbFlags, Db, ExportMetrics, Sink, metrics::StreamLabel};
+use keybrake_e2e::{
+    postgres::TestPostgres,
+    redis_server::{RedisCluster, RedisServer},
+};
+use keybrake_ledger::{Admission, LedgerConfig, Outcome, export::GROUP};
+use redis::AsyncCommands;
+
+use super::ledger_scripts::{Conn, Fixture, Issued, usd};
+
+/// Scripts that leave trimming to the sink, as the proxy runs them with an audit database.
+fn exported() -> LedgerConfig {
+    LedgerConfig {
+        audit_max_len: 0,
+        ..Default::default()
+    }
+}
+
+fn flags(pg: &TestPostgres, batch: usize, claim_idle_secs: u64) -> AuditDbFlags {
+    AuditDbFlags {
+        batch,
+        claim_idle_secs,
+        ..AuditDbFlags::at(&pg.url())
+    }
+}
+
+/// `n` calls of a cent each on a key capped at $5 a day: 500 go through (every seventh with an
+/// unknown outcome, every eleventh never sent), the rest are refused by the cap.
+async fn calls<C: Conn>(fx: &Fixture<C>, key: &Issued, n: usize) -> Result<()> {
+    for i in 0..n {
+        if let Admission::Granted { reservation, .. } =
+            fx.reserve(key, "/v1/payment_intents", usd("0.01")).await?
+        {
+            let outcome = match i {
+                i if i % 7 == 0 => Outcome::Unknown,
+                i if i % 11 == 0 => Outcome::NotSent,
+                _ => Outcome::Ok,
+            };
+            fx.settle(key, &reservation, outcome, usd("0.01"), None, None)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn key<C: Conn>(fx: &Fixture<C>) -> Result<Issued> {
+    fx.issue(|r| {
+        r.daily_cap = Some(usd("5"));
+        r.total_cap = None;
+        r.per_call_cap = None;
+    })
+    .await
+}
+
+async fn stream_len<C: Conn>(fx: &Fixture<C>) -> Result<u64> {
+    let mut conn = fx.conn.clone();
+    let stream = fx.ledger.audit_stream(&fx.tag);
+    Ok(conn.xlen(stream).await?)
+}
+
+/// (rows, distinct stream entries) of the fixture's policy in the table.
+async fn rows(pg: &TestPostgres, tag: &str) -> Result<(i64, i64)> {
+    let row = pg
+        .client()
+        .await?
+        .query_one(
+            "SELECT count(*), count(DISTINCT stream_id) FROM calls WHERE policy_tag = $1",
+            &[&tag],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Exports until a batch comes back empty; returns the entries read.
+async fn drain<C: Conn>(sink: &mut Sink<C>, fx: &Fixture<C>) -> Result<usize> {
+    let mut read = 0;
+    loop {
+        let moved = sink.export(&fx.tag).await?;
+        if moved.read == 0 {
+            return Ok(read);
+        }
+        read += moved.read;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_entry_arrives_once_and_a_replay_is_a_no_op() -> Result<()> {
+    let pg = TestPostgres::start().await?;
+    let db = Db::connect(&AuditDbFlags::at(&pg.url())).await?;
+    let server = RedisServer::start().await?;
+    exports_once(
+        &pg,
+        &db,
+        Fixture::new(server.connect().await?, exported()).await?,
+    )
+    .await
+    .context("on a single Redis")?;
+    let cluster = RedisCluster::start().await?;
+    exports_once(
+        &pg,
+        &db,
+        Fixture::new(cluster.connect().await?, exported()).await?,
+    )
+    .await
+    .context("on a three-node Redis Cluster")?;
+    Ok(())
+}
+
+async fn exports_once<C: Conn>(pg: &TestPostgres, db: &Db, fx: Fixture<C>) -> Result<()> {
+    let key = key(&fx).await?;
+    calls(&fx, &key, 600).await?;
+    let written = stream_len(&fx).await?;
+    assert_eq!(written, 600, "the scripts trim nothing when the sink does");
+    let metrics = ExportMetrics::default();
+    let mut sink = Sink::new(
+        fx.ledger.clone(),
+        db.clone(),
+        "a",
+        &flags(pg, 100, 60),
+        metrics.clone(),
+    );
+    assert_eq!(drain(&mut sink, &fx).await?, 600);
+    assert_eq!(rows(pg, fx.tag.as_str()).await?, (600, 600));
+    // Delivered again from the start (a sink that died after its commit, before its ack):
+    // nothing new is written.
+    let mut conn = fx.conn.clone();
+    let stream = fx.ledger.audit_stream(&fx.tag);
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(&stream)
+        .arg(GROUP)
+        .arg("0")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(drain(&mut sink, &fx).await?, 600);
+    assert_eq!(rows(pg, fx.tag.as_str()).await?, (600, 600));
+    assert_eq!(metrics.exported.get(), 600, "the replay wrote no row");
+    // What the table holds: the refusals, the unknown outcomes, and money in micro-dollars.
+    let client = pg.client().await?;
+    let by_outcome: Vec<(String, i64, i64)> = client
+        .query(
+            "SELECT outcome, count(*), sum(actual_micros)::bigint FROM calls
+             WHERE policy_tag = $1 GROUP BY outcome ORDER BY outcome",
+            &[&fx.tag.as_str()],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let count = |o: &str| by_outcome.iter().find(|r| r.0 == o).map_or(0, |r| r.1);
+    let money = |o: &str| by_outcome.iter().find(|r| r.0 == o).map_or(0, |r| r.2);
+    let outcomes = ["ok", "unknown", "not_sent", "refused"];
+    assert_eq!(
+        outcomes.iter().map(|o| count(o)).sum::<i64>(),
+        600,
+        "{by_outcome:?}"
+    );
+    assert!(outcomes.iter().all(|o| count(o) > 0), "{by_outcome:?}");
+    // The cap held to the micro-dollar, and the table says so.
+    assert_eq!(money("ok") + money("unknown"), 5_000_000, "{by_outcome:?}");
+    assert_eq!((money("refused"), money("not_sent")), (0, 0));
+    // Trimmed below what was acknowledged, and nothing is left to export.
+    sink.round().await;
+    assert!(stream_len(&fx).await? <= 1, "trimmed once exported");
+    let lag = metrics
+        .lag_entries
+        .get_or_create(&StreamLabel {
+            stream: fx.tag.as_str().to_owned(),
+        })
+        .get();
+    assert_eq!(lag, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_killed_mid_batch_loses_and_duplicates_nothing() -> Result<()> {
+    let pg = TestPostgres::start().await?;
+    let db = Db::connect(&AuditDbFlags::at(&pg.url())).await?;
+    let server = RedisServer::start().await?;
+    let fx = Fixture::new(server.connect().await?, exported()).await?;
+    for _ in 0..4 {
+        let key = key(&fx).await?;
+        calls(&fx, &key, 700).await?;
+    }
+    let total = stream_len(&fx).await? as i64;
+    // Killed at random moments: before, during or after a commit, before or after an ack.
+    for i in 0..12u64 {
+        let sink = Sink::new(
+            fx.ledger.clone(),
+            db.clone(),
+            "a",
+            &flags(&pg, 5, 60),
+            ExportMetrics::default(),
+        );
+        let task = tokio::spawn(sink.run());
+        tokio::time::sleep(Duration::from_millis(1 + (i * 7) % 15)).await;
+        task.abort();
+        let _ = task.await;
+    }
+    let (partial, _) = rows(&pg, fx.tag.as_str()).await?;
+    assert!(
+        partial < total,
+        "the kills came before the end ({partial} of {total})"
+    );
+    // Another sink takes over: it claims what "a" held once that has been idle for a second.
+    let metrics = ExportMetrics::default();
+    let mut b = Sink::new(
+        fx.ledger.clone(),
+        db.clone(),
+        "b",
+        &flags(&pg, 150, 1),
+        metrics,
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    drain(&mut b, &fx).await?;
+    b.round().await;
+    assert_eq!(rows(&pg, fx.tag.as_str()).await?, (total, total));
+    let mut conn = fx.conn.clone();
+    let stream = fx.ledger.audit_stream(&fx.tag);
+    let pending: redis::streams::StreamPendingReply = conn.xpending(&stream, GROUP).await?;
+    assert_eq!(pending.count(), 0, "everything acknowledged");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sinks_split_the_work_without_duplicates() -> Result<()> {
+    let pg = TestPostgres::start().await?;
+    let db = Db::connect(&AuditDbFlags::at(&pg.url())).await?;
+    let server = RedisServer::start().await?;
+    let fx = std::sync::Arc::new(Fixture::new(server.connect().await?, exported()).await?);
+    for _ in 0..4 {
+        let key = key(&fx).await?;
+        calls(&fx, &key, 600).await?;
+    }
+    let total = stream_len(&fx).await? as usize;
+    let mut tasks = Vec::new();
+    for name in ["a", "b"] {
+        let mut sink = Sink::new(
+            fx.ledger.clone(),
+            db.clone(),
+            name,
+            &flags(&pg, 50, 60),
+            ExportMetrics::default(),
+        );
+        let fx = fx.clone();
+        tasks.push(tokio::spawn(async move { drain(&mut sink, &fx).await }));
+    }
+    let mut read = Vec::new();
+    for t in tasks {
+        read.push(t.await??);
+    }
+    println!("two sinks read {read:?} of {total} entries");
+    assert_eq!(read.iter().sum::<usize>(), total, "no entry read twice");
+    assert!(read.iter().all(|n| *n > 0), "both worked: {read:?}");
+    assert_eq!(
+        rows(&pg, fx.tag.as_str()).await?,
+        (total as i64, total as i64)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_keeps_the_entries_in_redis_and_raises_the_lag() -> Result<()> {
+    let mut pg = TestPostgres::start().await?;
+    let db = Db::connect(&AuditDbFlags::at(&pg.url())).await?;
+    let server = RedisServer::start().await?;
+    let fx = Fixture::new(server.connect().await?, exported()).await?;
+    let key = key(&fx).await?;
+    calls(&fx, &key, 100).await?;
+    let metrics = ExportMetrics::default();
+    let mut sink = Sink::new(
+        fx.ledger.clone(),
+        db.clone(),
+        "a",
+        &flags(&pg, 1000, 60),
+        metrics.clone(),
+    );
+    sink.round().await;
+    assert_eq!(rows(&pg, fx.tag.as_str()).await?, (100, 100));
+
+    pg.server.stop().await?;
+    calls(&fx, &key, 250).await?;
+    sink.round().await;
+    sink.round().await;
+    let label = StreamLabel {
+        stream: fx.tag.as_str().to_owned(),
+    };
+    assert_eq!(metrics.lag_entries.get_or_create(&label).get(), 250);
+    assert!(metrics.lag_seconds.get_or_create(&label).get() >= 0.0);
+    assert!(
+        stream_len(&fx).await? >= 250,
+        "nothing unexported was trimmed"
+    );
+    let failures = metrics
+        .failures
+        .get_or_create(&keybrake_audit::metrics::StepLabel {
+            step: "write".into(),
+        })
+        .get();
+    assert!(failures >= 2, "each failed write is counted");
+
+    pg.server.restart().await?;
+    for _ in 0..20 {
+        if !sink.round().await && metrics.lag_entries.get_or_create(&label).get() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rows(&pg, fx.tag.as_str()).await?, (350, 350));
+    assert_eq!(metrics.lag_entries.get_or_create(&label).get(), 0);
+    assert!(stream_len(&fx).await? <= 1);
+    Ok(())
+}
