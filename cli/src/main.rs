@@ -52,6 +52,9 @@ enum Command {
         /// Only this namespace's keys (otherwise the token needs `list` in all namespaces).
         #[arg(short, long)]
         namespace: Option<String>,
+        /// `table`, `json` (the audit API's answer) or `csv` (one row per call, for finance).
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: views::Output,
     },
 }
 
@@ -74,7 +77,18 @@ async fn main() -> ExitCode {
             admin_url,
             token,
             namespace,
-        } => views::audit(&admin_url, token.as_deref(), namespace, run_label, key).await,
+            output,
+        } => {
+            views::audit(
+                &admin_url,
+                token.as_deref(),
+                namespace,
+                run_label,
+                key,
+                output,
+            )
+            .await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -95,13 +95,65 @@ pub(crate) async fn get(url: &str, token: Option<&str>) -> Result<(u16, String)>
     Ok((status, body.to_owned()))
 }
 
-/// Prints the calls of a run with their costs and vendor request ids, and the run's total.
+/// How `keybrake audit` prints the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// A table and the runs' totals.
+    Table,
+    /// The audit API's answer: `entries` and `totals`.
+    Json,
+    /// One row per call with a header row, for a spreadsheet or a finance import.
+    Csv,
+}
+
+/// The CSV columns, in order: the audit API's entry fields.
+pub const CSV_COLUMNS: [&str; 15] = [
+    "time",
+    "vault_key",
+    "key",
+    "run_label",
+    "vendor",
+    "method",
+    "path",
+    "estimate_usd",
+    "actual_usd",
+    "outcome",
+    "rule",
+    "status",
+    "request_id",
+    "call_id",
+    "namespace",
+];
+
+/// The calls as CSV.
+pub fn csv(v: &Value) -> Result<String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(CSV_COLUMNS)?;
+    for e in v["entries"].as_array().into_iter().flatten() {
+        let field = |k: &str| match k {
+            "namespace" => e["vault_key"]
+                .as_str()
+                .and_then(|vk| vk.split_once('/'))
+                .map(|(ns, _)| ns.to_owned())
+                .unwrap_or_default(),
+            k => e[k].as_str().unwrap_or("").to_owned(),
+        };
+        w.write_record(CSV_COLUMNS.map(field))?;
+    }
+    Ok(String::from_utf8(
+        w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?,
+    )?)
+}
+
+/// Prints the calls of a run (or a key) with their costs and vendor request ids, and the runs'
+/// totals, from the proxy's audit API.
 pub async fn audit(
     admin_url: &str,
     token: Option<&str>,
     namespace: Option<String>,
     run_label: Option<String>,
     key: Option<String>,
+    output: Output,
 ) -> Result<()> {
     let mut query = form_urlencoded::Serializer::new(String::new());
     if let Some(ns) = &namespace {
@@ -126,6 +178,17 @@ pub async fn audit(
         .with_context(|| format!("the proxy answered {status}: {body}"))?;
     if status != 200 {
         bail!("the proxy answered {status}: {}", v["error"]);
+    }
+    match output {
+        Output::Json => {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            return Ok(());
+        }
+        Output::Csv => {
+            print!("{}", csv(&v)?);
+            return Ok(());
+        }
+        Output::Table => {}
     }
     let mut rows = vec![
         [

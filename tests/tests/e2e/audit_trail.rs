@@ -319,3 +319,210 @@ async fn a_database_down_keeps_the_entries_in_redis_and_raises_the_lag() -> Resu
     assert!(stream_len(&fx).await? <= 1);
     Ok(())
 }
+
+/// The ```sql blocks of docs/audit.md, in order.
+fn documented_queries() -> Result<Vec<String>> {
+    let doc = std::fs::read_to_string(keybrake_e2e::workspace_root().join("docs/audit.md"))?;
+    let re = regex::Regex::new(r"(?s)```sql\n(.*?)```")?;
+    Ok(re.captures_iter(&doc).map(|c| c[1].to_owned()).collect())
+}
+
+/// A query's rows as text, numbers with their trailing zeros cut (`450.000000` reads `450`).
+async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<Vec<String>>> {
+    let mut rows = Vec::new();
+    for m in client.simple_query(sql).await? {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            rows.push(
+                (0..r.len())
+                    .map(|i| {
+                        let v = r.get(i).unwrap_or("NULL").to_owned();
+                        match v.parse::<f64>() {
+                            Ok(n) if v.contains('.') => n.to_string(),
+                            _ => v,
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_run_lands_once_in_postgres_and_the_five_queries_answer() -> Result<()> {
+    use keybrake_e2e::{http, identities, stack::Stack, upstream::Mode};
+    let pg = TestPostgres::start().await?;
+    let upstream = keybrake_e2e::upstream::RecordingUpstream::start().await?;
+    let stack = Stack::start().await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    let proxy = stack
+        .start_proxy_with(|c| {
+            c.upstream_timeout_secs = 1;
+            c.audit_db = AuditDbFlags::at(&pg.url());
+        })
+        .await?;
+    let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
+    let charge = |dollars: u32| {
+        let bearer = bearer.clone();
+        async move {
+            http(
+                proxy.addr,
+                "POST",
+                "/v1/payment_intents",
+                &[
+                    ("Authorization", bearer.as_str()),
+                    ("Content-Type", "application/x-www-form-urlencoded"),
+                ],
+                format!("amount={}&currency=usd&confirm=true", dollars * 100).as_bytes(),
+            )
+            .await
+        }
+    };
+    // The run: a charge, one whose answer comes too late (unknown: its $100 stays counted),
+    // another charge, one over the $500 daily cap, and one after the key is revoked.
+    assert_eq!(charge(100).await?.status, 200);
+    upstream.set_mode(Mode::Slow(Duration::from_secs(2)));
+    assert_eq!(charge(100).await?.status, 503);
+    upstream.set_mode(Mode::Normal);
+    assert_eq!(charge(250).await?.status, 200);
+    let over = charge(100).await?;
+    assert!(over.body.contains("daily cap"), "{}", over.body);
+    stack
+        .revoke_with_kubectl("billing", "billing-agent-run-7f3a")
+        .await?;
+    stack
+        .key_in_phase(
+            "billing",
+            "billing-agent-run-7f3a",
+            keybrake_crds::KeyPhase::Revoked,
+        )
+        .await?;
+    let revoked = charge(100).await?;
+    assert!(revoked.body.contains("revoked"), "{}", revoked.body);
+
+    // Every call once, exported by the proxy's own sink.
+    let client = pg.client().await?;
+    let outcomes =
+        keybrake_e2e::stack::eventually("the run's five calls in PostgreSQL", 30, || async {
+            let rows = text_rows(
+                &client,
+                "SELECT outcome, coalesce(rule, ''), count(DISTINCT id), count(*) FROM calls
+             WHERE namespace = 'billing' GROUP BY 1, 2 ORDER BY 1, 2",
+            )
+            .await
+            .ok()?;
+            let total: usize = rows
+                .iter()
+                .map(|r| r[3].parse::<usize>().unwrap_or(0))
+                .sum();
+            (total >= 5).then_some(rows)
+        })
+        .await?;
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        outcomes,
+        vec![
+            s(&["ok", "", "2", "2"]),
+            s(&["refused", "daily_cap", "1", "1"]),
+            s(&["refused", "revoked", "1", "1"]),
+            s(&["unknown", "", "1", "1"]),
+        ]
+    );
+
+    // The five queries of docs/audit.md, as written there.
+    let queries = documented_queries()?;
+    assert_eq!(queries.len(), 5, "docs/audit.md has five queries");
+    let spent = text_rows(&client, &queries[0]).await?;
+    assert_eq!(
+        spent,
+        vec![s(&["stripe", "POST", "/v1/payment_intents", "3", "450"])]
+    );
+    let refused: Vec<String> = text_rows(&client, &queries[1])
+        .await?
+        .into_iter()
+        .map(|r| r[4].clone())
+        .collect();
+    assert_eq!(refused, ["daily_cap", "revoked"]);
+    let request_ids = text_rows(&client, &queries[2]).await?;
+    assert_eq!(request_ids.len(), 2, "{request_ids:?}");
+    assert!(
+        request_ids.iter().all(|r| r[2].starts_with("req_")),
+        "{request_ids:?}"
+    );
+    let daily = text_rows(&client, &queries[3]).await?;
+    assert_eq!(daily.len(), 1, "{daily:?}");
+    assert_eq!(
+        daily[0][1..],
+        s(&["billing-agent-run-7f3a", "3", "2", "450"])
+    );
+    let unknown = text_rows(&client, &queries[4]).await?;
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0][2..], s(&["/v1/payment_intents", "100", "0"]));
+
+    // The audit API reads PostgreSQL, scoped by namespace as before, and the CLI exports CSV.
+    stack.cluster.apply_ok(identities::RBAC).await?;
+    let query = "/audit?run_label=hatchet%2Fbilling-agent%2F7f3a9c2e";
+    let reader = format!("Bearer {}", identities::BILLING_READER);
+    let everywhere = http(
+        proxy.admin_addr,
+        "GET",
+        query,
+        &[("Authorization", reader.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(everywhere.status, 403, "{}", everywhere.body);
+    let mine = http(
+        proxy.admin_addr,
+        "GET",
+        &format!("{query}&namespace=billing"),
+        &[("Authorization", reader.as_str())],
+        b"",
+    )
+    .await?;
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    let v = mine.json();
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(5));
+    let total = &v["totals"]["hatchet/billing-agent/7f3a9c2e"];
+    assert_eq!(
+        (
+            total["calls"].as_u64(),
+            total["refused"].as_u64(),
+            total["actual_usd"].as_str()
+        ),
+        (Some(3), Some(2), Some("450.00"))
+    );
+    let out = tokio::process::Command::new(keybrake_e2e::processes::binary("keybrake")?)
+        .args([
+            "audit",
+            "-n",
+            "billing",
+            "--run-label",
+            "hatchet/billing-agent/7f3a9c2e",
+            "-o",
+            "csv",
+        ])
+        .arg("--admin-url")
+        .arg(format!("http://{}", proxy.admin_addr))
+        .env("KEYBRAKE_API_KEY", identities::BILLING_READER)
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 6, "a header and five calls:\n{csv}");
+    assert!(
+        lines[0].starts_with("time,vault_key,key,run_label"),
+        "{csv}"
+    );
+    assert!(
+        lines[1].contains(",billing/billing-agent-run-7f3a,") && lines[1].contains(",100.00,"),
+        "{csv}"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

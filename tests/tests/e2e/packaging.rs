@@ -924,6 +924,11 @@ fn the_dashboard_and_the_alerts_use_metrics_that_exist() -> Result<()> {
     proxy.redis_error();
     let spend = keybrake_ledger::Spend::default();
     proxy.key_spend("ns/key", "ns/policy", &spend, Some(1), Some(1));
+    proxy
+        .audit
+        .lag_seconds
+        .get_or_create(&keybrake_audit::metrics::StreamLabel { stream: "t".into() })
+        .set(1.0);
     let operator = keybrake_operator::metrics::Metrics::default();
     operator.reconciled("vaultkey");
     operator.failed("vaultkey", "redis");
@@ -949,6 +954,7 @@ fn the_dashboard_and_the_alerts_use_metrics_that_exist() -> Result<()> {
         "KeybrakeProxyFailingClosed",
         "KeybrakeRedisErrors",
         "KeybrakeReconcileFailures",
+        "KeybrakeAuditExportLagging",
     ] {
         assert!(alerts.contains(&wanted), "{wanted} missing: {alerts:?}");
     }
