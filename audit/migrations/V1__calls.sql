@@ -75,3 +75,16 @@ SELECT namespace,
        sum(actual_micros)::numeric / 1000000 AS actual_usd
 FROM calls
 GROUP BY namespace, vault_key, key_id, (at AT TIME ZONE 'UTC')::date;
+
+-- Entries that could not become a row of `calls` (they do not read back, PostgreSQL refused
+-- them, or their id is taken by another entry). Kept here, acknowledged in Redis, so one bad
+-- entry neither blocks its stream nor is lost; counted in
+-- keybrake_proxy_audit_rejected_entries.
+CREATE TABLE calls_rejected (
+    policy_tag   text NOT NULL,
+    stream_id    text NOT NULL,
+    problem      text NOT NULL,
+    fields       jsonb NOT NULL,
+    rejected_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (policy_tag, stream_id)
+);

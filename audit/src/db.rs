@@ -21,6 +21,8 @@ mod embedded {
 const DEADLINE: Duration = Duration::from_secs(10);
 /// Connections per process: the sink's writer, the retention job and a few API reads.
 const POOL_SIZE: usize = 8;
+/// Longest a start waits for another replica's migrations, and a migration may run.
+const MIGRATE_WAIT: Duration = Duration::from_secs(600);
 /// Session advisory lock ids: one instance migrates, one prunes, at a time.
 const MIGRATE_LOCK: i64 = 0x6b62_6175_6469_7401;
 const PRUNE_LOCK: i64 = 0x6b62_6175_6469_7402;
@@ -121,8 +123,23 @@ impl Db {
             .url
             .as_deref()
             .ok_or_else(|| DbError::Config("no URL (KEYBRAKE_AUDIT_DB_URL)".into()))?;
-        let config = tokio_postgres::Config::from_str(url)
+        let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| DbError::Config(format!("{}: {e}", redacted(url))))?;
+        // libpq's default, `prefer`, falls back to plain text when TLS fails: the audit trail
+        // and the password would cross the network in clear. Off loopback, TLS is required
+        // unless the URL itself says otherwise.
+        let loopback = config.get_hosts().iter().all(|h| match h {
+            tokio_postgres::config::Host::Tcp(host) => {
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            tokio_postgres::config::Host::Unix(_) => true,
+        });
+        if !url.contains("sslmode=") && !loopback {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         let manager = Manager::from_config(
             config,
             tls(flags)?,
@@ -141,85 +158,56 @@ impl Db {
     }
 
     /// Runs the embedded migrations, holding a session lock so replicas starting together do
-    /// not run them twice.
+    /// not run them twice. The lock is only ever tried (a wait could outlive the call's deadline
+    /// and leave a pooled connection holding it), and the connection is never pooled again.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        let mut client = timed(self.pool.get()).await?;
-        timed(client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])).await?;
-        let report = timed(embedded::migrations::runner().run_async(&mut **client)).await;
-        // Unlocked whatever happened; a failed unlock drops the connection, which unlocks too.
-        let unlocked = timed(client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK]));
-        if unlocked.await.is_err() {
-            let _ = deadpool_postgres::Object::take(client);
+        let client = timed(self.pool.get()).await?;
+        let mut client = deadpool_postgres::Object::take(client);
+        let deadline = tokio::time::Instant::now() + MIGRATE_WAIT;
+        loop {
+            let row = timed(client.query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATE_LOCK]))
+                .await?;
+            if row.try_get::<_, bool>(0)? {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DbError::Timeout(MIGRATE_WAIT));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let report = report?;
+        // A migration may take long (an index on a big table): its own, longer deadline.
+        let report = tokio::time::timeout(
+            MIGRATE_WAIT,
+            embedded::migrations::runner().run_async(&mut *client),
+        )
+        .await
+        .map_err(|_| DbError::Timeout(MIGRATE_WAIT))??;
         for m in report.applied_migrations() {
             tracing::info!(migration = %m, "audit database migrated");
         }
+        // The session ends with the connection here, and its lock with it.
         Ok(())
     }
 
-    /// Writes rows in one transaction; a row already there (a replayed export) is left as is.
-    /// Returns how many were new.
-    pub async fn insert(&self, rows: &[CallRow]) -> Result<u64, DbError> {
-        if rows.is_empty() {
-            return Ok(0);
+    /// Writes a batch in one transaction: the rows, and the entries that cannot be rows into
+    /// `calls_rejected`. A row already there from the same entry (a replayed export) is left as
+    /// is; a row PostgreSQL refuses, or whose id another entry holds, is rejected, not lost.
+    pub async fn write(
+        &self,
+        rows: &[CallRow],
+        rejected: Vec<Rejected>,
+    ) -> Result<Written, DbError> {
+        if rows.is_empty() && rejected.is_empty() {
+            return Ok(Written::default());
         }
-        let col = |f: fn(&CallRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
-        let opt = |f: fn(&CallRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-        let money = |f: fn(&CallRow) -> i64| rows.iter().map(f).collect::<Vec<_>>();
-        let ids = col(|r| r.id.clone());
-        let at: Vec<jiff::Timestamp> = rows.iter().map(|r| r.at).collect();
-        let namespace = col(|r| r.namespace.clone());
-        let vault_key = col(|r| r.vault_key.clone());
-        let key_id = col(|r| r.key_id.clone());
-        let run_label = col(|r| r.run_label.clone());
-        let vendor = col(|r| r.vendor.clone());
-        let method = col(|r| r.method.clone());
-        let endpoint = col(|r| r.endpoint.clone());
-        let estimate = money(|r| r.estimate_micros);
-        let actual = money(|r| r.actual_micros);
-        let overshoot = money(|r| r.overshoot_micros);
-        let outcome = col(|r| r.outcome.clone());
-        let rule = opt(|r| r.rule.clone());
-        let status: Vec<Option<i32>> = rows.iter().map(|r| r.vendor_status).collect();
-        let request_id = opt(|r| r.vendor_request_id.clone());
-        let reservation = opt(|r| r.reservation_id.clone());
-        let tag = col(|r| r.policy_tag.clone());
-        let stream_id = col(|r| r.stream_id.clone());
-        let client = timed(self.pool.get()).await?;
-        let n = timed(client.execute(
-            "INSERT INTO calls (id, at, namespace, vault_key, key_id, run_label, vendor, method,
-                 endpoint, estimate_micros, actual_micros, overshoot_micros, outcome, rule,
-                 vendor_status, vendor_request_id, reservation_id, policy_tag, stream_id)
-             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
-                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[],
-                 $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::int[], $16::text[],
-                 $17::text[], $18::text[], $19::text[])
-             ON CONFLICT (id) DO NOTHING",
-            &[
-                &ids,
-                &at,
-                &namespace,
-                &vault_key,
-                &key_id,
-                &run_label,
-                &vendor,
-                &method,
-                &endpoint,
-                &estimate,
-                &actual,
-                &overshoot,
-                &outcome,
-                &rule,
-                &status,
-                &request_id,
-                &reservation,
-                &tag,
-                &stream_id,
-            ],
-        ))
-        .await?;
-        Ok(n)
+        let mut client = timed(self.pool.get()).await?;
+        let result = timed(write_batch(&mut client, rows, rejected)).await;
+        if result.is_err() {
+            // Whatever state the connection is in (a timeout mid-transaction), it is not reused:
+            // dropping it rolls the transaction back.
+            drop(deadpool_postgres::Object::take(client));
+        }
+        result
     }
 
     /// The calls a query asks for, oldest first.
@@ -299,6 +287,201 @@ impl Db {
         }
         result
     }
+}
+
+/// An entry that cannot be a row of `calls`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Its stream.
+    pub policy_tag: String,
+    /// Its id there.
+    pub stream_id: String,
+    /// Why it is not in `calls`.
+    pub problem: String,
+    /// What it held.
+    pub fields: serde_json::Value,
+}
+
+impl Rejected {
+    fn of_row(row: &CallRow, problem: String) -> Rejected {
+        Rejected {
+            policy_tag: row.policy_tag.clone(),
+            stream_id: row.stream_id.clone(),
+            problem,
+            fields: serde_json::to_value(row.to_entry()).unwrap_or_default(),
+        }
+    }
+}
+
+/// What a batch wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// New rows in `calls`.
+    pub new: u64,
+    /// Entries written to `calls_rejected` (rows PostgreSQL refused or ids taken included).
+    pub rejected: u64,
+}
+
+/// A refusal of the data itself (a check, a type, an encoding), not of the connection: the
+/// batch is retried row by row so one bad row does not hold back the others.
+fn data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+}
+
+/// Inserts rows; returns the (id, stream id) of those that were new.
+async fn insert_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[CallRow],
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let col = |f: fn(&CallRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let opt = |f: fn(&CallRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let money = |f: fn(&CallRow) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+    let at: Vec<jiff::Timestamp> = rows.iter().map(|r| r.at).collect();
+    let status: Vec<Option<i32>> = rows.iter().map(|r| r.vendor_status).collect();
+    let inserted = tx
+        .query(
+            "INSERT INTO calls (id, at, namespace, vault_key, key_id, run_label, vendor, method,
+                 endpoint, estimate_micros, actual_micros, overshoot_micros, outcome, rule,
+                 vendor_status, vendor_request_id, reservation_id, policy_tag, stream_id)
+             SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[],
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[],
+                 $11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::int[], $16::text[],
+                 $17::text[], $18::text[], $19::text[])
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id, stream_id",
+            &[
+                &col(|r| r.id.clone()),
+                &at,
+                &col(|r| r.namespace.clone()),
+                &col(|r| r.vault_key.clone()),
+                &col(|r| r.key_id.clone()),
+                &col(|r| r.run_label.clone()),
+                &col(|r| r.vendor.clone()),
+                &col(|r| r.method.clone()),
+                &col(|r| r.endpoint.clone()),
+                &money(|r| r.estimate_micros),
+                &money(|r| r.actual_micros),
+                &money(|r| r.overshoot_micros),
+                &col(|r| r.outcome.clone()),
+                &opt(|r| r.rule.clone()),
+                &status,
+                &opt(|r| r.vendor_request_id.clone()),
+                &opt(|r| r.reservation_id.clone()),
+                &col(|r| r.policy_tag.clone()),
+                &col(|r| r.stream_id.clone()),
+            ],
+        )
+        .await?;
+    inserted
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// One batch's transaction (see [`Db::write`]).
+async fn write_batch(
+    client: &mut deadpool_postgres::Object,
+    rows: &[CallRow],
+    mut rejected: Vec<Rejected>,
+) -> Result<Written, DbError> {
+    let mut tx = client.transaction().await?;
+    let mut refused = std::collections::HashSet::new();
+    let inserted = {
+        let batch = tx.savepoint("batch").await?;
+        match insert_rows(&batch, rows).await {
+            Ok(ids) => {
+                batch.commit().await?;
+                ids
+            }
+            Err(e) if data_error(&e) => {
+                batch.rollback().await?;
+                let mut ids = Vec::new();
+                for row in rows {
+                    let one = tx.savepoint("row").await?;
+                    match insert_rows(&one, std::slice::from_ref(row)).await {
+                        Ok(mut id) => {
+                            one.commit().await?;
+                            ids.append(&mut id);
+                        }
+                        Err(e) if data_error(&e) => {
+                            one.rollback().await?;
+                            refused.insert(row.stream_id.clone());
+                            let why = e
+                                .as_db_error()
+                                .map_or(e.to_string(), |d| d.message().to_owned());
+                            rejected.push(Rejected::of_row(
+                                row,
+                                format!("PostgreSQL refused it: {why}"),
+                            ));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                ids
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let new = inserted.len() as u64;
+    // A row not inserted is a replay of the same entry, or another entry holding its id (in
+    // the table, or earlier in this batch).
+    let inserted: std::collections::HashSet<(String, String)> = inserted.into_iter().collect();
+    let held: Vec<&CallRow> = rows
+        .iter()
+        .filter(|r| {
+            !inserted.contains(&(r.id.clone(), r.stream_id.clone()))
+                && !refused.contains(&r.stream_id)
+        })
+        .collect();
+    if !held.is_empty() {
+        let ids: Vec<String> = held.iter().map(|r| r.id.clone()).collect();
+        let stored = tx
+            .query(
+                "SELECT id, policy_tag, stream_id FROM calls WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await?;
+        let mut by_id = std::collections::HashMap::new();
+        for r in &stored {
+            let id: String = r.try_get(0)?;
+            by_id.insert(id, (r.try_get::<_, String>(1)?, r.try_get::<_, String>(2)?));
+        }
+        for row in held {
+            match by_id.get(&row.id) {
+                Some((tag, stream_id)) if *tag == row.policy_tag && *stream_id == row.stream_id => {
+                }
+                Some((tag, stream_id)) => rejected.push(Rejected::of_row(
+                    row,
+                    format!(
+                        "its id {} is held by entry {stream_id} of stream {tag}",
+                        row.id
+                    ),
+                )),
+                // Deleted by the retention job since: an old entry replayed; nothing to keep.
+                None => {}
+            }
+        }
+    }
+    let count = rejected.len() as u64;
+    if !rejected.is_empty() {
+        let tags: Vec<&str> = rejected.iter().map(|r| r.policy_tag.as_str()).collect();
+        let ids: Vec<&str> = rejected.iter().map(|r| r.stream_id.as_str()).collect();
+        let problems: Vec<&str> = rejected.iter().map(|r| r.problem.as_str()).collect();
+        let fields: Vec<&serde_json::Value> = rejected.iter().map(|r| &r.fields).collect();
+        tx.execute(
+            "INSERT INTO calls_rejected (policy_tag, stream_id, problem, fields)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+             ON CONFLICT (policy_tag, stream_id) DO NOTHING",
+            &[&tags, &ids, &problems, &fields],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Written {
+        new,
+        rejected: count,
+    })
 }
 
 fn read_row(r: &tokio_postgres::Row) -> Result<CallRow, DbError> {

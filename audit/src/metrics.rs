@@ -34,8 +34,10 @@ pub struct ExportMetrics {
     pub exported: Counter,
     /// Failed steps.
     pub failures: Family<StepLabel, Counter>,
-    /// Entries that do not read back, left in the stream.
-    pub malformed: Counter,
+    /// Entries kept in `calls_rejected` (they cannot be rows of `calls`).
+    pub rejected: Counter,
+    /// Entries removed from Redis before they were exported (never by the sink's own trim).
+    pub lost: Counter,
     /// Rows deleted by the retention job.
     pub pruned: Counter,
 }
@@ -64,9 +66,14 @@ impl ExportMetrics {
             self.failures.clone(),
         );
         registry.register(
-            "audit_malformed_entries",
-            "Audit stream entries that do not read back; left in the stream",
-            self.malformed.clone(),
+            "audit_rejected_entries",
+            "Audit entries kept in calls_rejected: they do not read back, PostgreSQL refused them, or their id is taken",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "audit_lost_entries",
+            "Audit entries removed from Redis before they were exported (a replica trimming by length, or a manual delete)",
+            self.lost.clone(),
         );
         registry.register(
             "audit_pruned_rows",

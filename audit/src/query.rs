@@ -23,7 +23,10 @@ pub struct AuditQuery {
 
 fn time_ms(name: &str, v: &str) -> Result<i64, String> {
     if let Ok(ms) = v.parse::<i64>() {
-        return Ok(ms);
+        // A bound no timestamp can hold would be dropped silently by the database query.
+        return jiff::Timestamp::from_millisecond(ms)
+            .map(|_| ms)
+            .map_err(|_| format!("{name}={v:?} is out of range"));
     }
     v.parse::<jiff::Timestamp>()
         .map(|t| t.as_millisecond())
@@ -88,6 +91,11 @@ mod tests {
         assert_eq!(q.to_ms, Some(1_764_000_000_000));
         assert_eq!(q.limit, 5);
         assert!(parse(Some("from=yesterday")).unwrap_err().contains("from"));
+        assert!(
+            parse(Some("to=99999999999999999"))
+                .unwrap_err()
+                .contains("out of range")
+        );
         assert!(parse(Some("limit=0")).unwrap_err().contains("limit"));
         assert!(
             parse(Some("runlabel=x"))

@@ -17,7 +17,7 @@ use redis::aio::ConnectionLike;
 use tokio::time::Instant;
 
 use crate::{
-    db::{Db, DbError},
+    db::{Db, DbError, Rejected},
     flags::AuditDbFlags,
     metrics::{ExportMetrics, StreamLabel},
     row::CallRow,
@@ -137,6 +137,18 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
 
     /// One batch of one stream: read, write, acknowledge.
     pub async fn export(&mut self, tag: &PolicyTag) -> Result<Moved, SinkError> {
+        let result = self.export_batch(tag).await;
+        if let Err(SinkError::Redis(LedgerError::Redis(e))) = &result
+            && e.code() == Some("NOGROUP")
+        {
+            // The group went with a failover to a replica that never had it, or a flush: join
+            // again (from the stream's start: what is already in PostgreSQL is a no-op).
+            self.joined.remove(tag);
+        }
+        result
+    }
+
+    async fn export_batch(&mut self, tag: &PolicyTag) -> Result<Moved, SinkError> {
         if !self.joined.contains(tag) {
             self.ledger
                 .export_join(tag)
@@ -149,42 +161,66 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
             entries,
             malformed,
             next,
+            lost,
         } = self
             .ledger
             .export_next(tag, &self.consumer, &reading, self.batch, self.claim_idle)
             .await
             .inspect_err(|_| self.metrics.failed("read"))?;
-        let read = entries.len() + malformed.len();
-        for bad in &malformed {
-            self.metrics.malformed.inc();
-            tracing::error!(stream = tag.as_str(), error = %bad, "audit entry left in Redis: it does not read back");
+        if !lost.is_empty() {
+            self.metrics.lost.inc_by(lost.len() as u64);
+            tracing::error!(stream = tag.as_str(), ids = ?lost, "audit entries were removed from Redis before they were exported");
         }
+        let read = entries.len() + malformed.len();
+        let mut ids: Vec<String> = Vec::with_capacity(read);
+        let mut rejected: Vec<Rejected> = malformed
+            .into_iter()
+            .map(|bad| {
+                ids.push(bad.id.clone());
+                Rejected {
+                    policy_tag: tag.as_str().to_owned(),
+                    stream_id: bad.id,
+                    problem: bad.problem,
+                    fields: serde_json::to_value(bad.fields).unwrap_or_default(),
+                }
+            })
+            .collect();
         let mut rows = Vec::with_capacity(entries.len());
-        let mut ids = Vec::with_capacity(entries.len());
         for e in &entries {
+            ids.push(e.id.clone());
             match CallRow::from_entry(tag, e) {
-                Ok(row) => {
-                    rows.push(row);
-                    ids.push(e.id.clone());
-                }
-                Err(bad) => {
-                    self.metrics.malformed.inc();
-                    tracing::error!(stream = tag.as_str(), error = %bad, "audit entry left in Redis: it cannot be a row");
-                }
+                Ok(row) => rows.push(row),
+                Err(bad) => rejected.push(Rejected {
+                    policy_tag: tag.as_str().to_owned(),
+                    stream_id: e.id.clone(),
+                    problem: bad.problem,
+                    fields: serde_json::to_value(e).unwrap_or_default(),
+                }),
             }
         }
         let written = self
             .db
-            .insert(&rows)
+            .write(&rows, rejected)
             .await
             .inspect_err(|_| self.metrics.failed("write"))?;
         self.ledger
             .export_ack(tag, &ids)
             .await
             .inspect_err(|_| self.metrics.failed("ack"))?;
-        self.metrics.exported.inc_by(written);
+        if written.rejected > 0 {
+            self.metrics.rejected.inc_by(written.rejected);
+            tracing::error!(
+                stream = tag.as_str(),
+                entries = written.rejected,
+                "audit entries kept in calls_rejected: they cannot be rows of calls"
+            );
+        }
+        self.metrics.exported.inc_by(written.new);
         self.reading.insert(tag.clone(), next);
-        Ok(Moved { read, written })
+        Ok(Moved {
+            read,
+            written: written.new,
+        })
     }
 
     async fn trim_and_measure(&self, tag: &PolicyTag) {

@@ -23,8 +23,8 @@ ARGV[6]  sweep deadline, ms after now
 ARGV[7]  "1" when the call carries an Idempotency-Key
 ARGV[8]  request fingerprint (what a reused Idempotency-Key must match)
 ARGV[9]  idempotency record lifetime, seconds
-ARGV[10] audit stream length (approximate MAXLEN); "0": never trimmed here (the audit sink trims
-         the stream once its entries are in PostgreSQL)
+ARGV[10] audit stream length (approximate MAXLEN); "0", or a stream with a consumer group (an
+         audit sink reads it): never trimmed here; the sink trims it once entries are in PostgreSQL
 ARGV[11] key id (for the audit entry)
 ARGV[12] "reserve", or "check": stop after the key, secret, revocation, expiry and allowlist
          checks, reserving nothing (the proxy reads a vendor object to cost a call only after this)
@@ -58,11 +58,13 @@ local function fmt(n)
   return string.format("%d", n)
 end
 
--- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" (then the audit
--- sink trims the stream, and only below what PostgreSQL holds).
+-- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" or an audit
+-- sink reads the stream (it has a consumer group): then only the sink trims it, and only below
+-- what PostgreSQL holds, whatever a replica without the database was told.
 local function xadd(stream, maxlen, fields)
   local args = {"XADD", stream}
-  if maxlen ~= "0" then
+  if maxlen ~= "0" and not (redis.call("EXISTS", stream) == 1
+      and #redis.call("XINFO", "GROUPS", stream) > 0) then
     args = {"XADD", stream, "MAXLEN", "~", maxlen}
   end
   args[#args + 1] = "*"

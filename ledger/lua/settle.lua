@@ -25,8 +25,8 @@ ARGV[5]  vendor request id ("" when none)
 ARGV[6]  response headers to replay (JSON), for "ok" and "vendor_error"
 ARGV[7]  response body to replay
 ARGV[8]  idempotency record lifetime, seconds
-ARGV[9]  audit stream length (approximate MAXLEN); "0": never trimmed here (the audit sink trims
-         the stream once its entries are in PostgreSQL)
+ARGV[9]  audit stream length (approximate MAXLEN); "0", or a stream with a consumer group (an
+         audit sink reads it): never trimmed here; the sink trims it once entries are in PostgreSQL
 ARGV[10] vendor
 ARGV[11] vendor object the money of this call belongs to ("" when none): what is counted here is
          added to it, so a later call on the same object (confirm, capture) costs only the excess
@@ -80,11 +80,13 @@ local function count_object(n)
   end
 end
 
--- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" (then the audit
--- sink trims the stream, and only below what PostgreSQL holds).
+-- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" or an audit
+-- sink reads the stream (it has a consumer group): then only the sink trims it, and only below
+-- what PostgreSQL holds, whatever a replica without the database was told.
 local function xadd(stream, maxlen, fields)
   local args = {"XADD", stream}
-  if maxlen ~= "0" then
+  if maxlen ~= "0" and not (redis.call("EXISTS", stream) == 1
+      and #redis.call("XINFO", "GROUPS", stream) > 0) then
     args = {"XADD", stream, "MAXLEN", "~", maxlen}
   end
   args[#args + 1] = "*"

@@ -61,6 +61,8 @@ pub struct MalformedEntry {
     pub id: String,
     /// What is wrong with it.
     pub problem: String,
+    /// Its fields as stored, for whoever looks into it.
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 impl AuditEntry {
@@ -74,6 +76,7 @@ impl AuditEntry {
         let bad = |problem: String| MalformedEntry {
             id: id.clone(),
             problem,
+            fields: f.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
         let s = |k: &str| f.get(k).cloned().unwrap_or_default();
         let n = |k: &str| -> Result<u64, MalformedEntry> {

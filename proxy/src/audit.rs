@@ -36,7 +36,11 @@ pub async fn run(app: &App, q: &AuditQuery) -> Result<Value, String> {
         Some(db) => db
             .calls(q)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| {
+                // The detail (host, user) is for the operator's log, not the caller.
+                tracing::warn!(error = %e, "audit query failed");
+                "the audit database cannot be read; see the proxy's log".to_owned()
+            })?
             .iter()
             .map(keybrake_audit::CallRow::to_entry)
             .collect(),

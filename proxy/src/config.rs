@@ -147,3 +147,27 @@ impl Config {
         Duration::from_secs(self.upstream_timeout_secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// Flags flattened from other crates (Redis, the audit database) must not share an id:
+    /// clap refuses the whole command at start if they do.
+    #[test]
+    fn the_flags_parse_and_name_the_audit_database() {
+        Config::command().debug_assert();
+        let c = Config::try_parse_from([
+            "keybrake-proxy",
+            "--redis-url",
+            "redis://r:6379/",
+            "--audit-db-url",
+            "postgres://db/audit",
+        ])
+        .unwrap();
+        assert_eq!(c.audit_db.url.as_deref(), Some("postgres://db/audit"));
+        assert_eq!(c.audit_stream_len(), 0, "the sink trims");
+    }
+}

@@ -526,3 +526,92 @@ async fn a_seed_run_lands_once_in_postgres_and_the_five_queries_answer() -> Resu
     proxy.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_entries_are_kept_aside_and_a_lost_group_is_joined_again() -> Result<()> {
+    let pg = TestPostgres::start().await?;
+    let db = Db::connect(&AuditDbFlags::at(&pg.url())).await?;
+    let server = RedisServer::start().await?;
+    // A replica told to trim by length (no database): once a sink reads the stream, the
+    // scripts leave the trimming to it.
+    let fx = Fixture::new(
+        server.connect().await?,
+        LedgerConfig {
+            audit_max_len: 5,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let key = key(&fx).await?;
+    let metrics = ExportMetrics::default();
+    let mut sink = Sink::new(
+        fx.ledger.clone(),
+        db.clone(),
+        "a",
+        &flags(&pg, 100, 60),
+        metrics.clone(),
+    );
+    sink.round().await;
+    calls(&fx, &key, 300).await?;
+    assert_eq!(
+        stream_len(&fx).await?,
+        300,
+        "nothing trimmed before it is exported"
+    );
+    // Entries that cannot be rows: one that does not read back, one whose VaultKey is not
+    // namespace/name, and one whose id another entry already holds.
+    let mut conn = fx.conn.clone();
+    let stream = fx.ledger.audit_stream(&fx.tag);
+    let entry = |id: &str, vk: &str| {
+        vec![
+            ("id", id.to_owned()),
+            ("ts", "1700000000000".to_owned()),
+            ("key", "kb_x".to_owned()),
+            ("vk", vk.to_owned()),
+            ("outcome", "ok".to_owned()),
+            ("actual", "10000".to_owned()),
+        ]
+    };
+    let mut unreadable = entry("bad-1", "billing/x");
+    unreadable[1].1 = "yesterday".into();
+    for fields in [
+        unreadable,
+        entry("bad-2", "no-namespace"),
+        entry("twice", "billing/x"),
+        entry("twice", "billing/y"),
+    ] {
+        let _: String = conn.xadd(&stream, "*", &fields).await?;
+    }
+    drain(&mut sink, &fx).await?;
+    sink.round().await;
+    assert_eq!(rows(&pg, fx.tag.as_str()).await?, (301, 301));
+    let client = pg.client().await?;
+    let problems: Vec<String> = client
+        .query(
+            "SELECT problem FROM calls_rejected WHERE policy_tag = $1 ORDER BY stream_id",
+            &[&fx.tag.as_str()],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("no time"), "{problems:?}");
+    assert!(problems[1].contains("not namespace/name"), "{problems:?}");
+    assert!(problems[2].contains("is held by entry"), "{problems:?}");
+    assert_eq!(metrics.rejected.get(), 3);
+    assert!(stream_len(&fx).await? <= 1, "acknowledged, so trimmed");
+
+    // The group is gone (a failover to a replica that never had it): the sink joins again.
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&stream)
+        .arg(GROUP)
+        .query_async(&mut conn)
+        .await?;
+    calls(&fx, &key, 10).await?;
+    sink.round().await;
+    sink.round().await;
+    assert_eq!(rows(&pg, fx.tag.as_str()).await?, (311, 311));
+    Ok(())
+}

@@ -929,6 +929,13 @@ fn the_dashboard_and_the_alerts_use_metrics_that_exist() -> Result<()> {
         .lag_seconds
         .get_or_create(&keybrake_audit::metrics::StreamLabel { stream: "t".into() })
         .set(1.0);
+    proxy
+        .audit
+        .failures
+        .get_or_create(&keybrake_audit::metrics::StepLabel {
+            step: "write".into(),
+        })
+        .inc();
     let operator = keybrake_operator::metrics::Metrics::default();
     operator.reconciled("vaultkey");
     operator.failed("vaultkey", "redis");
