@@ -118,6 +118,32 @@ impl AuditEntry {
     }
 }
 
+fn read(e: redis::streams::StreamId) -> std::result::Result<AuditEntry, MalformedEntry> {
+    let fields: HashMap<String, String> = e
+        .map
+        .iter()
+        .filter_map(|(k, v)| {
+            redis::from_redis_value_ref::<String>(v)
+                .ok()
+                .map(|v| (k.clone(), v))
+        })
+        .collect();
+    AuditEntry::from_fields(e.id, &fields)
+}
+
+/// Splits stream entries into those that read back and those that do not.
+pub(crate) fn split(ids: Vec<redis::streams::StreamId>) -> (Vec<AuditEntry>, Vec<MalformedEntry>) {
+    let mut entries = Vec::new();
+    let mut malformed = Vec::new();
+    for e in ids {
+        match read(e) {
+            Ok(entry) => entries.push(entry),
+            Err(m) => malformed.push(m),
+        }
+    }
+    (entries, malformed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! elsewhere, entries a dead consumer held are claimed by another, and a stream is trimmed only
 //! below what the group has acknowledged.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
 use redis::{
     AsyncCommands,
@@ -16,7 +16,7 @@ use redis::{
 };
 
 use crate::{
-    audit::{AuditEntry, MalformedEntry},
+    audit::{AuditEntry, MalformedEntry, split},
     error::{LedgerError, Result},
     ledger::Ledger,
     token::PolicyTag,
@@ -91,32 +91,6 @@ pub fn lag(pending: u64, undelivered: u64, oldest: Option<&str>, now_ms: u64) ->
             .and_then(id_ms)
             .map_or(0, |ms| now_ms.saturating_sub(ms)),
     }
-}
-
-fn read(e: StreamId) -> std::result::Result<AuditEntry, MalformedEntry> {
-    let fields: HashMap<String, String> = e
-        .map
-        .iter()
-        .filter_map(|(k, v)| {
-            redis::from_redis_value_ref::<String>(v)
-                .ok()
-                .map(|v| (k.clone(), v))
-        })
-        .collect();
-    AuditEntry::from_fields(e.id, &fields)
-}
-
-/// Splits stream entries into those that read back and those that do not.
-pub(crate) fn split(ids: Vec<StreamId>) -> (Vec<AuditEntry>, Vec<MalformedEntry>) {
-    let mut entries = Vec::new();
-    let mut malformed = Vec::new();
-    for e in ids {
-        match read(e) {
-            Ok(entry) => entries.push(entry),
-            Err(m) => malformed.push(m),
-        }
-    }
-    (entries, malformed)
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {

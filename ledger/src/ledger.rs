@@ -483,7 +483,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         let reply: redis::streams::StreamRangeReply = self
             .timed(conn.xrange_count(self.keys.policy(tag).audit(), start, end, count))
             .await?;
-        let (entries, malformed) = crate::export::split(reply.ids);
+        let (entries, malformed) = crate::audit::split(reply.ids);
         match malformed.into_iter().next() {
             Some(bad) => Err(bad.into()),
             None => Ok(entries),

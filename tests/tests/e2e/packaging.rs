@@ -870,6 +870,88 @@ async fn an_external_tls_redis_gets_egress_rules_and_tls_files_in_both_rendering
     Ok(())
 }
 
+/// The audit database in both renderings: the proxy takes its URL from a Secret that may not
+/// exist (no database: the audit trail stays in Redis), names its consumer after its pod, and may
+/// reach the database's addresses once they are given.
+#[tokio::test]
+async fn the_audit_database_comes_from_an_optional_secret_in_both_renderings() -> Result<()> {
+    let helm = parse(
+        &tool(
+            "helm",
+            &[
+                "template",
+                "keybrake",
+                "manifests/helm/keybrake",
+                "--namespace",
+                "keybrake-system",
+                "--set",
+                "auditDatabase.cidrs={198.51.100.7/32}",
+            ],
+        )
+        .await?,
+    )?;
+    let overlay = tempfile::tempdir()?;
+    let up = "../".repeat(overlay.path().components().count() - 1);
+    let root = format!(
+        "{up}{}",
+        workspace_root()
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{root}/manifests]\ncomponents:\n\
+             - {root}/manifests/components/audit-db\n"
+        ),
+    )?;
+    let path = overlay.path().display().to_string();
+    let kustomized = parse(&tool("kubectl", &["kustomize", &path]).await?)?;
+    for (what, r) in [("helm", &helm), ("kustomize", &kustomized)] {
+        let proxy = r
+            .all
+            .iter()
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "keybrake-proxy")
+            .context("the proxy Deployment")?;
+        let env = &proxy["spec"]["template"]["spec"]["containers"][0]["env"];
+        let var = |name: &str| {
+            env.as_array()
+                .and_then(|e| e.iter().find(|v| v["name"] == name))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            var("KEYBRAKE_AUDIT_DB_URL")["valueFrom"]["secretKeyRef"],
+            serde_json::json!({"name": "keybrake-audit-db", "key": "url", "optional": true}),
+            "{what}"
+        );
+        assert_eq!(
+            var("POD_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name",
+            "{what}"
+        );
+        assert_eq!(
+            var("KEYBRAKE_AUDIT_RETENTION_DAYS")["value"],
+            "365",
+            "{what}"
+        );
+        let to_db = r
+            .all
+            .iter()
+            .filter(|o| o["kind"] == "NetworkPolicy")
+            .filter(|o| {
+                o["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                    == "keybrake-proxy"
+            })
+            .flat_map(|o| o["spec"]["egress"].as_array().cloned().unwrap_or_default())
+            .find(|rule| rule["ports"][0]["port"] == 5432);
+        assert!(to_db.is_some(), "{what}: no egress to the database");
+    }
+    Ok(())
+}
+
 #[test]
 fn the_dockerfile_builds_non_root_distroless_images_from_pinned_bases() -> Result<()> {
     let text = std::fs::read_to_string(workspace_root().join("Dockerfile"))?;
