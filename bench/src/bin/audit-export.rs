@@ -179,7 +179,10 @@ async fn main() -> Result<()> {
     let (client, conn_task) = tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls).await?;
     tokio::spawn(conn_task);
     let row = client
-        .query_one("SELECT count(*), count(DISTINCT stream_id) FROM calls", &[])
+        .query_one(
+            "SELECT count(*), count(DISTINCT (policy_tag, stream_id)) FROM calls",
+            &[],
+        )
         .await?;
     let (rows, distinct): (i64, i64) = (row.get(0), row.get(1));
     anyhow::ensure!(
