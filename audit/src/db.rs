@@ -322,11 +322,74 @@ pub struct Written {
     pub rejected: u64,
 }
 
-/// A refusal of the data itself (a check, a type, an encoding), not of the connection: the
-/// batch is retried row by row so one bad row does not hold back the others.
+/// A refusal of the data itself (a value, a constraint, a size limit such as an index row too
+/// large), not of the connection or the server: the rows are then isolated so one bad row does
+/// not hold back the others.
 fn data_error(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+    e.code().is_some_and(|c| {
+        let class = &c.code()[..2];
+        matches!(class, "22" | "23" | "54")
+    })
+}
+
+/// `fields` without NUL characters, which `jsonb` and `text` refuse: written as `\u0000`.
+fn without_nul(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let clean = |s: String| s.replace('\0', "\\u0000");
+    match v {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (clean(k), without_nul(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Inserts `rows`; when PostgreSQL refuses the data, halves the batch until each refused row
+/// stands alone (a few statements for a bad row among a thousand, not one per row), and rejects
+/// those. Returns the (id, stream id) of the new rows.
+async fn insert_isolating(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    rows: &[CallRow],
+    rejected: &mut Vec<Rejected>,
+    refused: &mut std::collections::HashSet<String>,
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let mut inserted = Vec::new();
+    let mut todo: Vec<&[CallRow]> = vec![rows];
+    while let Some(part) = todo.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let attempt = tx.savepoint("part").await?;
+        match insert_rows(&attempt, part).await {
+            Ok(mut ids) => {
+                attempt.commit().await?;
+                inserted.append(&mut ids);
+            }
+            Err(e) if data_error(&e) => {
+                attempt.rollback().await?;
+                if let [row] = part {
+                    refused.insert(row.stream_id.clone());
+                    let why = e
+                        .as_db_error()
+                        .map_or(e.to_string(), |d| d.message().to_owned());
+                    rejected.push(Rejected::of_row(
+                        row,
+                        format!("PostgreSQL refused it: {why}"),
+                    ));
+                } else {
+                    let (first, second) = part.split_at(part.len() / 2);
+                    todo.push(second);
+                    todo.push(first);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(inserted)
 }
 
 /// Inserts rows; returns the (id, stream id) of those that were new.
@@ -387,42 +450,7 @@ async fn write_batch(
 ) -> Result<Written, DbError> {
     let mut tx = client.transaction().await?;
     let mut refused = std::collections::HashSet::new();
-    let inserted = {
-        let batch = tx.savepoint("batch").await?;
-        match insert_rows(&batch, rows).await {
-            Ok(ids) => {
-                batch.commit().await?;
-                ids
-            }
-            Err(e) if data_error(&e) => {
-                batch.rollback().await?;
-                let mut ids = Vec::new();
-                for row in rows {
-                    let one = tx.savepoint("row").await?;
-                    match insert_rows(&one, std::slice::from_ref(row)).await {
-                        Ok(mut id) => {
-                            one.commit().await?;
-                            ids.append(&mut id);
-                        }
-                        Err(e) if data_error(&e) => {
-                            one.rollback().await?;
-                            refused.insert(row.stream_id.clone());
-                            let why = e
-                                .as_db_error()
-                                .map_or(e.to_string(), |d| d.message().to_owned());
-                            rejected.push(Rejected::of_row(
-                                row,
-                                format!("PostgreSQL refused it: {why}"),
-                            ));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                ids
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let inserted = insert_isolating(&mut tx, rows, &mut rejected, &mut refused).await?;
     let new = inserted.len() as u64;
     // A row not inserted is a replay of the same entry, or another entry holding its id (in
     // the table, or earlier in this batch).
@@ -458,7 +486,8 @@ async fn write_batch(
                         row.id
                     ),
                 )),
-                // Deleted by the retention job since: an old entry replayed; nothing to keep.
+                // Deleted by the retention job between the insert and this read: an entry old
+                // enough to be past retention, replayed; nothing is kept for it.
                 None => {}
             }
         }
@@ -467,8 +496,14 @@ async fn write_batch(
     if !rejected.is_empty() {
         let tags: Vec<&str> = rejected.iter().map(|r| r.policy_tag.as_str()).collect();
         let ids: Vec<&str> = rejected.iter().map(|r| r.stream_id.as_str()).collect();
-        let problems: Vec<&str> = rejected.iter().map(|r| r.problem.as_str()).collect();
-        let fields: Vec<&serde_json::Value> = rejected.iter().map(|r| &r.fields).collect();
+        let problems: Vec<String> = rejected
+            .iter()
+            .map(|r| r.problem.replace('\0', "\\u0000"))
+            .collect();
+        let fields: Vec<serde_json::Value> = rejected
+            .iter()
+            .map(|r| without_nul(r.fields.clone()))
+            .collect();
         tx.execute(
             "INSERT INTO calls_rejected (policy_tag, stream_id, problem, fields)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])

@@ -67,13 +67,40 @@ fn micros(stream_id: &str, what: &str, n: u64) -> Result<i64, RowError> {
     })
 }
 
+/// Longest text a row takes in a column (bytes): indexed columns must stay far below
+/// PostgreSQL's index row limit (about 2,700 bytes), and no field the scripts write comes near.
+pub const MAX_TEXT: usize = 1024;
+
 impl CallRow {
-    /// The row for an entry of `tag`'s stream.
+    /// The row for an entry of `tag`'s stream. Text PostgreSQL would refuse (NUL) or could not
+    /// index (over [`MAX_TEXT`]) is an error here, so the entry is kept aside, whole.
     pub fn from_entry(tag: &PolicyTag, e: &AuditEntry) -> Result<CallRow, RowError> {
         let bad = |problem: String| RowError {
             stream_id: e.id.clone(),
             problem,
         };
+        for (name, text) in [
+            ("id", &e.call_id),
+            ("key", &e.key),
+            ("vault key", &e.vault_key),
+            ("run label", &e.run_label),
+            ("vendor", &e.vendor),
+            ("method", &e.method),
+            ("path", &e.path),
+            ("vendor request id", &e.request_id),
+            ("rule", &e.rule),
+            ("status", &e.status),
+        ] {
+            if text.len() > MAX_TEXT {
+                return Err(bad(format!(
+                    "its {name} is {} bytes long (at most {MAX_TEXT})",
+                    text.len()
+                )));
+            }
+            if text.contains('\0') {
+                return Err(bad(format!("its {name} holds a NUL character")));
+            }
+        }
         let (namespace, vault_key) = match e.vault_key.split_once('/') {
             Some((ns, name)) => (ns.to_owned(), name.to_owned()),
             // A refusal before the key was authenticated names no VaultKey.
@@ -254,6 +281,20 @@ mod tests {
                     ..entry()
                 },
                 "out of range",
+            ),
+            (
+                AuditEntry {
+                    request_id: "r".repeat(MAX_TEXT + 1),
+                    ..entry()
+                },
+                "bytes long",
+            ),
+            (
+                AuditEntry {
+                    request_id: "req_\0".into(),
+                    ..entry()
+                },
+                "NUL",
             ),
         ] {
             let err = CallRow::from_entry(&tag, &e).unwrap_err().to_string();

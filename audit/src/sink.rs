@@ -228,25 +228,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
             self.metrics.failed("trim");
             tracing::warn!(error = %e, stream = tag.as_str(), "audit export: trim failed");
         }
-        match self.ledger.export_lag(tag).await {
-            Ok(lag) => {
-                let label = StreamLabel {
-                    stream: tag.as_str().to_owned(),
-                };
-                self.metrics
-                    .lag_entries
-                    .get_or_create(&label)
-                    .set(lag.entries as i64);
-                self.metrics
-                    .lag_seconds
-                    .get_or_create(&label)
-                    .set(lag.age_ms as f64 / 1000.0);
-            }
-            Err(e) => {
-                self.metrics.failed("lag");
-                tracing::warn!(error = %e, stream = tag.as_str(), "audit export: lag unknown");
-            }
-        }
+        measure(&self.ledger, &self.metrics, tag, true).await;
     }
 
     async fn prune(&mut self) {
@@ -262,5 +244,69 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
                 tracing::warn!(error = %e, "audit retention job failed");
             }
         }
+    }
+}
+
+/// Publishes how far the export trails `tag`'s stream. `exporting`: this process runs a sink, so
+/// a stream no sink has joined yet counts whole; otherwise only joined streams count.
+async fn measure<C: ConnectionLike + Clone + Send + Sync>(
+    ledger: &Ledger<C>,
+    metrics: &ExportMetrics,
+    tag: &PolicyTag,
+    exporting: bool,
+) -> Option<keybrake_ledger::export::Lag> {
+    match ledger.export_lag(tag).await {
+        Ok(lag) => {
+            let lag = if lag.joined || exporting {
+                lag
+            } else {
+                keybrake_ledger::export::Lag::default()
+            };
+            let label = StreamLabel {
+                stream: tag.as_str().to_owned(),
+            };
+            metrics
+                .lag_entries
+                .get_or_create(&label)
+                .set(lag.entries as i64);
+            metrics
+                .lag_seconds
+                .get_or_create(&label)
+                .set(lag.age_ms as f64 / 1000.0);
+            Some(lag)
+        }
+        Err(e) => {
+            metrics.failed("lag");
+            tracing::warn!(error = %e, stream = tag.as_str(), "audit export: lag unknown");
+            None
+        }
+    }
+}
+
+/// How often a replica without a database looks for streams a sink once joined.
+const UNWATCHED_EVERY: Duration = Duration::from_secs(30);
+
+/// For a replica running without an audit database: a stream that a sink has joined is never
+/// trimmed by the scripts, so if every sink is gone (the database URL removed, or an old
+/// replica) its entries pile up in Redis. This keeps publishing the lag of such streams, so the
+/// lag alert fires, and says what to do; it exports and trims nothing.
+pub async fn watch_unexported<C: ConnectionLike + Clone + Send + Sync>(
+    ledger: Ledger<C>,
+    metrics: ExportMetrics,
+) {
+    loop {
+        for tag in ledger.policy_tags().await.unwrap_or_default() {
+            if let Some(lag) = measure(&ledger, &metrics, &tag, false).await
+                && lag.joined
+                && lag.entries > 0
+            {
+                tracing::warn!(
+                    stream = tag.as_str(),
+                    entries = lag.entries,
+                    "audit entries wait in Redis for an audit sink, and this replica has no audit database: set KEYBRAKE_AUDIT_DB_URL, or run XGROUP DESTROY on the stream to go back to trimming by length (docs/audit.md)"
+                );
+            }
+        }
+        tokio::time::sleep(UNWATCHED_EVERY).await;
     }
 }

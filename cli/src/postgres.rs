@@ -1,10 +1,11 @@
 //! A local PostgreSQL child for `keybrake dev` and the tests: Debian's server binaries, a
-//! cluster made with `initdb` on first use, listening on loopback TCP only, trust auth for the
-//! superuser `keybrake`. PostgreSQL refuses to run as root, so as root it runs as the
-//! `postgres` user the Debian package creates, in a folder that user can reach.
+//! cluster made with `initdb` on first use, listening on loopback TCP only, its superuser
+//! `keybrake` with a random password (SCRAM; kept beside the data, mode 0600), so no other local
+//! user can connect. PostgreSQL refuses to run as root, so as root it runs as the `postgres` user
+//! the Debian package creates, in a folder that user can reach.
 
 use std::{
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -12,13 +13,17 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// A running `postgres`, stopped (fast shutdown) when dropped.
+/// A running `postgres`, killed when dropped ([`LocalPostgres::stop`] shuts it down cleanly).
 pub struct LocalPostgres {
     child: Option<tokio::process::Child>,
     data: PathBuf,
     port: u16,
     user: Option<(u32, u32)>,
     bin: PathBuf,
+    password: String,
+    // A private folder made for this run when the state folder is out of the `postgres` user's
+    // reach: removed with the server.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 /// The folder holding `initdb` and `postgres`: on the PATH, else Debian's newest
@@ -79,26 +84,63 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// The superuser's password for the cluster in `data`: read from `data.password` when the
+/// cluster exists, else made (random) and written there, readable by this user only.
+fn password(data: &Path) -> Result<String> {
+    let file = data.with_extension("password");
+    if data.join("PG_VERSION").is_file() {
+        return std::fs::read_to_string(&file)
+            .map(|p| p.trim().to_owned())
+            .with_context(|| {
+                format!(
+                    "the cluster in {} has no password file {}",
+                    data.display(),
+                    file.display()
+                )
+            });
+    }
+    let password = format!("{:032x}", rand::random::<u128>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&file)?;
+    std::io::Write::write_all(&mut f, password.as_bytes())?;
+    Ok(password)
+}
+
 impl LocalPostgres {
     /// Starts a server whose data lives in `dir/postgres` (made with `initdb` the first time), or,
-    /// when that folder cannot be reached by the `postgres` user, in a folder of the system's
-    /// temporary folder named after `dir`. Returns once it accepts connections.
+    /// as root when the `postgres` user cannot reach that folder, in a private temporary folder
+    /// for this run. Returns once it accepts connections.
     pub async fn start(dir: &Path) -> Result<LocalPostgres> {
         let bin = bin_dir()?;
         let user = run_as()?;
         std::fs::create_dir_all(dir)?;
         let dir = std::fs::canonicalize(dir)?;
         let mut data = dir.join("postgres");
-        if user.is_some() && !reachable(&data) {
-            let name = hex_name(&dir);
-            data = std::env::temp_dir().join(format!("keybrake-postgres-{name}"));
+        let mut scratch = None;
+        if let Some((uid, gid)) = user
+            && !reachable(&data)
+        {
+            // A fresh folder of our own (mkdtemp), never a path someone could have prepared.
+            let made = tempfile::Builder::new()
+                .prefix("keybrake-postgres-")
+                .tempdir()?;
+            std::os::unix::fs::lchown(made.path(), Some(uid), Some(gid))?;
+            data = made.path().join("data");
+            scratch = Some(made);
         }
+        let password = password(&data)?;
         let mut pg = LocalPostgres {
             child: None,
             data,
             port: free_port()?,
             user,
             bin,
+            password,
+            _scratch: scratch,
         };
         pg.init().await?;
         pg.run().await?;
@@ -110,7 +152,7 @@ impl LocalPostgres {
         if let Some((uid, gid)) = self.user {
             cmd.uid(uid).gid(gid);
         }
-        cmd.stdin(Stdio::null());
+        cmd.stdin(Stdio::null()).current_dir("/");
         cmd
     }
 
@@ -119,20 +161,20 @@ impl LocalPostgres {
             return Ok(());
         }
         std::fs::create_dir_all(&self.data)?;
+        // initdb reads the password from a file the server's user can read, removed after.
+        let pwfile = tempfile::NamedTempFile::new()?;
+        std::fs::write(pwfile.path(), &self.password)?;
         if let Some((uid, gid)) = self.user {
-            std::os::unix::fs::chown(&self.data, Some(uid), Some(gid))?;
+            std::os::unix::fs::lchown(&self.data, Some(uid), Some(gid))?;
+            std::os::unix::fs::lchown(pwfile.path(), Some(uid), Some(gid))?;
         }
         let out = self
             .command("initdb")
             .arg("-D")
             .arg(&self.data)
-            .args([
-                "-U",
-                "keybrake",
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--no-sync",
-            ])
+            .args(["-U", "keybrake", "--auth=scram-sha-256"])
+            .args(["--encoding=UTF8", "--no-sync"])
+            .arg(format!("--pwfile={}", pwfile.path().display()))
             .output()
             .await
             .context("running initdb")?;
@@ -146,21 +188,19 @@ impl LocalPostgres {
     }
 
     async fn run(&mut self) -> Result<()> {
+        // Its log beside the data, for when it does not start.
+        let log = std::fs::File::create(self.log())?;
         let child = self
             .command("postgres")
             .arg("-D")
             .arg(&self.data)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-            ])
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
             // TCP only: no socket file to place somewhere the user may write.
             .args(["-c", "unix_socket_directories="])
             .args(["-c", "fsync=on", "-c", "max_connections=200"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .context("starting postgres")?;
@@ -183,18 +223,29 @@ impl LocalPostgres {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 bail!(
-                    "postgres exited at start ({status}); its data is in {}",
-                    self.data.display()
+                    "postgres exited at start ({status}); see {}",
+                    self.log().display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        bail!("postgres did not accept connections on port {}", self.port)
+        bail!(
+            "postgres did not accept connections on port {}; see {}",
+            self.port,
+            self.log().display()
+        )
     }
 
-    /// The URL to reach it.
+    /// The URL to reach it, with its password.
     pub fn url(&self) -> String {
-        format!("postgres://keybrake@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://keybrake:{}@127.0.0.1:{}/postgres",
+            self.password, self.port
+        )
+    }
+
+    fn log(&self) -> PathBuf {
+        self.data.with_extension("log")
     }
 
     /// Stops it (fast shutdown: clients are disconnected, the data stays).
@@ -222,12 +273,4 @@ impl LocalPostgres {
         self.stop().await?;
         self.run().await
     }
-}
-
-/// A short stable name for a folder.
-fn hex_name(dir: &Path) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    dir.hash(&mut h);
-    format!("{:016x}", h.finish())
 }

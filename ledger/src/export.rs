@@ -65,6 +65,9 @@ pub struct Lag {
     pub entries: u64,
     /// Age of the oldest of them, ms (0 when there is none).
     pub age_ms: u64,
+    /// Whether a sink has joined the stream (it has the group); before that, every entry in it
+    /// counts as not exported.
+    pub joined: bool,
 }
 
 /// Stream ids are `<ms>-<seq>`; the time part of one.
@@ -90,6 +93,7 @@ pub fn lag(pending: u64, undelivered: u64, oldest: Option<&str>, now_ms: u64) ->
         age_ms: oldest
             .and_then(id_ms)
             .map_or(0, |ms| now_ms.saturating_sub(ms)),
+        joined: true,
     }
 }
 
@@ -235,7 +239,10 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             let first: StreamRangeReply =
                 self.timed(conn.xrange_count(&stream, "-", "+", 1)).await?;
             let oldest = first.ids.first().map(|e| e.id.clone());
-            return Ok(lag(0, len, oldest.as_deref(), now_ms as u64));
+            return Ok(Lag {
+                joined: false,
+                ..lag(0, len, oldest.as_deref(), now_ms as u64)
+            });
         };
         let oldest = match self.oldest_pending(&stream).await? {
             Some(id) => Some(id),
@@ -280,10 +287,11 @@ mod tests {
             lag(2, 3, Some("1000-4"), 4000),
             Lag {
                 entries: 5,
-                age_ms: 3000
+                age_ms: 3000,
+                joined: true
             }
         );
-        assert_eq!(lag(0, 0, None, 4000), Lag::default());
+        assert_eq!(lag(0, 0, None, 4000).entries, 0);
         assert_eq!(
             lag(1, 0, Some("9000-0"), 4000).age_ms,
             0,

@@ -177,22 +177,27 @@ pub async fn start(
         redis_breaker: breaker::Breaker::new(REDIS_BREAKER_OPEN),
         audit_db: audit_db.clone(),
     });
-    // Each replica is one consumer of the audit streams, named by its pod.
-    let audit_sink = audit_db.map(|db| {
-        let consumer = std::env::var("POD_NAME").unwrap_or_else(|_| {
-            format!("keybrake-proxy-{}", hex::encode(rand::random::<[u8; 4]>()))
-        });
-        tokio::spawn(
-            keybrake_audit::Sink::new(
+    // Each replica is one consumer of the audit streams, named by its pod. Without a database it
+    // still reports streams a sink joined once, which the scripts no longer trim.
+    let audit_task = match audit_db {
+        None => tokio::spawn(keybrake_audit::sink::watch_unexported(
+            app.ledger.clone(),
+            app.metrics.audit.clone(),
+        )),
+        Some(db) => {
+            let consumer = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                format!("keybrake-proxy-{}", hex::encode(rand::random::<[u8; 4]>()))
+            });
+            let sink = keybrake_audit::Sink::new(
                 app.ledger.clone(),
                 db,
                 &consumer,
                 &config.audit_db,
                 app.metrics.audit.clone(),
-            )
-            .run(),
-        )
-    });
+            );
+            tokio::spawn(sink.run())
+        }
+    };
 
     let sweeper = {
         let ledger = app.ledger.clone();
@@ -266,10 +271,16 @@ pub async fn start(
         admin_addr,
         stop,
         server,
-        background: [watcher, key_watcher, sweeper, admin_task, writer]
-            .into_iter()
-            .chain(tls_follower)
-            .chain(audit_sink)
-            .collect(),
+        background: [
+            watcher,
+            key_watcher,
+            sweeper,
+            admin_task,
+            writer,
+            audit_task,
+        ]
+        .into_iter()
+        .chain(tls_follower)
+        .collect(),
     })
 }

@@ -574,11 +574,23 @@ async fn bad_entries_are_kept_aside_and_a_lost_group_is_joined_again() -> Result
     };
     let mut unreadable = entry("bad-1", "billing/x");
     unreadable[1].1 = "yesterday".into();
+    let mut nul = entry("bad-3", "billing/x");
+    nul.push(("request_id", "req_\0x".into()));
+    // One PostgreSQL itself refuses (a rule of this test's database): isolated from its batch.
+    pg.client()
+        .await?
+        .execute(
+            "ALTER TABLE calls ADD CONSTRAINT test_refused CHECK (id <> 'refuse-me')",
+            &[],
+        )
+        .await?;
     for fields in [
         unreadable,
         entry("bad-2", "no-namespace"),
         entry("twice", "billing/x"),
         entry("twice", "billing/y"),
+        nul,
+        entry("refuse-me", "billing/x"),
     ] {
         let _: String = conn.xadd(&stream, "*", &fields).await?;
     }
@@ -595,11 +607,16 @@ async fn bad_entries_are_kept_aside_and_a_lost_group_is_joined_again() -> Result
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert_eq!(problems.len(), 5, "{problems:?}");
     assert!(problems[0].contains("no time"), "{problems:?}");
     assert!(problems[1].contains("not namespace/name"), "{problems:?}");
     assert!(problems[2].contains("is held by entry"), "{problems:?}");
-    assert_eq!(metrics.rejected.get(), 3);
+    assert!(problems[3].contains("NUL"), "{problems:?}");
+    assert!(
+        problems[4].contains("PostgreSQL refused it"),
+        "{problems:?}"
+    );
+    assert_eq!(metrics.rejected.get(), 5);
     assert!(stream_len(&fx).await? <= 1, "acknowledged, so trimmed");
 
     // The group is gone (a failover to a replica that never had it): the sink joins again.
@@ -613,5 +630,53 @@ async fn bad_entries_are_kept_aside_and_a_lost_group_is_joined_again() -> Result
     sink.round().await;
     sink.round().await;
     assert_eq!(rows(&pg, fx.tag.as_str()).await?, (311, 311));
+
+    // Every sink gone (the database URL removed): the scripts still leave the joined stream
+    // untrimmed, and a replica without a database publishes its lag, so the alert fires.
+    drop(sink);
+    calls(&fx, &key, 5).await?;
+    let without_db = ExportMetrics::default();
+    let watcher = tokio::spawn(keybrake_audit::sink::watch_unexported(
+        fx.ledger.clone(),
+        without_db.clone(),
+    ));
+    let label = StreamLabel {
+        stream: fx.tag.as_str().to_owned(),
+    };
+    keybrake_e2e::stack::eventually("the lag of the unexported entries", 10, || async {
+        (without_db.lag_entries.get_or_create(&label).get() == 5).then_some(())
+    })
+    .await?;
+    watcher.abort();
+    Ok(())
+}
+
+/// Retention is a job on the table, not a trim of Redis: rows past it go, the rest stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_past_retention_are_deleted_and_the_rest_kept() -> Result<()> {
+    let pg = TestPostgres::start().await?;
+    let db = Db::connect(&AuditDbFlags::at(&pg.url())).await?;
+    let client = pg.client().await?;
+    for (id, age_days) in [("old", 400), ("kept", 300), ("new", 0)] {
+        client
+            .execute(
+                "INSERT INTO calls (id, at, namespace, vault_key, key_id, run_label, vendor,
+                     method, endpoint, estimate_micros, actual_micros, overshoot_micros, outcome,
+                     policy_tag, stream_id)
+                 VALUES ($1, now() - make_interval(days => $2), 'billing', 'k', 'kb_1', '',
+                     'stripe', 'POST', '/v1/charges', 0, 0, 0, 'ok', 't', $1)",
+                &[&id, &age_days],
+            )
+            .await?;
+    }
+    let flags = AuditDbFlags::at(&pg.url());
+    assert_eq!(db.prune(flags.retention()).await?, 1);
+    let left: Vec<String> = client
+        .query("SELECT id FROM calls ORDER BY id", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["kept", "new"]);
     Ok(())
 }

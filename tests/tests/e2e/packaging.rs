@@ -747,6 +747,34 @@ fn redis_settings(r: &Rendered) -> Result<BTreeMap<String, Value>> {
         .collect()
 }
 
+/// `manifests/` with these of its components, rendered by an overlay as the kustomize docs show
+/// (kustomize takes only relative paths: up from the temporary folder to the root, then down to
+/// the workspace).
+async fn with_components(components: &[&str]) -> Result<Rendered> {
+    let overlay = tempfile::tempdir()?;
+    let up = "../".repeat(overlay.path().components().count() - 1);
+    let root = format!(
+        "{up}{}",
+        workspace_root()
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
+    let listed: String = components
+        .iter()
+        .map(|c| format!("- {root}/manifests/components/{c}\n"))
+        .collect();
+    std::fs::write(
+        overlay.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources: [{root}/manifests]\ncomponents:\n{listed}"
+        ),
+    )?;
+    let path = overlay.path().display().to_string();
+    parse(&tool("kubectl", &["kustomize", &path]).await?)
+}
+
 /// A managed Redis over TLS, from the chart's values and from the kustomize components: no
 /// bundled Redis, egress to its addresses instead of the bundled pods, the CA and the client
 /// certificate mounted from Secrets; the two renderings alike.
@@ -774,29 +802,7 @@ async fn an_external_tls_redis_gets_egress_rules_and_tls_files_in_both_rendering
         "redis.tls.clientSecret=keybrake-redis-client",
     ];
     let helm = parse(&tool("helm", &[&chart[..], &values[..]].concat()).await?)?;
-    // An overlay of the components, as the kustomize docs show (kustomize takes only relative
-    // paths: up from the temporary folder to the root, then down to the workspace).
-    let overlay = tempfile::tempdir()?;
-    let up = "../".repeat(overlay.path().components().count() - 1);
-    let root = format!(
-        "{up}{}",
-        workspace_root()
-            .display()
-            .to_string()
-            .trim_start_matches('/')
-    );
-    std::fs::write(
-        overlay.path().join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources: [{root}/manifests]\ncomponents:\n\
-             - {root}/manifests/components/external-redis\n\
-             - {root}/manifests/components/redis-ca\n\
-             - {root}/manifests/components/redis-client-cert\n"
-        ),
-    )?;
-    let path = overlay.path().display().to_string();
-    let kustomized = parse(&tool("kubectl", &["kustomize", &path]).await?)?;
+    let kustomized = with_components(&["external-redis", "redis-ca", "redis-client-cert"]).await?;
 
     let expected = serde_json::json!({
         "to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
@@ -890,25 +896,7 @@ async fn the_audit_database_comes_from_an_optional_secret_in_both_renderings() -
         )
         .await?,
     )?;
-    let overlay = tempfile::tempdir()?;
-    let up = "../".repeat(overlay.path().components().count() - 1);
-    let root = format!(
-        "{up}{}",
-        workspace_root()
-            .display()
-            .to_string()
-            .trim_start_matches('/')
-    );
-    std::fs::write(
-        overlay.path().join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources: [{root}/manifests]\ncomponents:\n\
-             - {root}/manifests/components/audit-db\n"
-        ),
-    )?;
-    let path = overlay.path().display().to_string();
-    let kustomized = parse(&tool("kubectl", &["kustomize", &path]).await?)?;
+    let kustomized = with_components(&["audit-db"]).await?;
     for (what, r) in [("helm", &helm), ("kustomize", &kustomized)] {
         let proxy = r
             .all
