@@ -108,6 +108,29 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// The connection settings of `url`, with TLS required off loopback unless the URL sets
+/// `sslmode`.
+fn pg_config(url: &str) -> Result<tokio_postgres::Config, DbError> {
+    let mut config = tokio_postgres::Config::from_str(url)
+        .map_err(|e| DbError::Config(format!("{}: {e}", redacted(url))))?;
+    // libpq's default, `prefer`, falls back to plain text when TLS fails: the audit trail
+    // and the password would cross the network in clear. Off loopback, TLS is required
+    // unless the URL itself says otherwise.
+    let loopback = config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Tcp(host) => {
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        tokio_postgres::config::Host::Unix(_) => true,
+    });
+    if !url.contains("sslmode=") && !loopback {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    }
+    Ok(config)
+}
+
 impl Db {
     /// Connects (TLS as `sslmode` in the URL asks) and brings the schema up to date.
     pub async fn connect(flags: &AuditDbFlags) -> Result<Db, DbError> {
@@ -123,23 +146,7 @@ impl Db {
             .url
             .as_deref()
             .ok_or_else(|| DbError::Config("no URL (KEYBRAKE_AUDIT_DB_URL)".into()))?;
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| DbError::Config(format!("{}: {e}", redacted(url))))?;
-        // libpq's default, `prefer`, falls back to plain text when TLS fails: the audit trail
-        // and the password would cross the network in clear. Off loopback, TLS is required
-        // unless the URL itself says otherwise.
-        let loopback = config.get_hosts().iter().all(|h| match h {
-            tokio_postgres::config::Host::Tcp(host) => {
-                host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            tokio_postgres::config::Host::Unix(_) => true,
-        });
-        if !url.contains("sslmode=") && !loopback {
-            config.ssl_mode(tokio_postgres::config::SslMode::Require);
-        }
+        let config = pg_config(url)?;
         let manager = Manager::from_config(
             config,
             tls(flags)?,
@@ -554,6 +561,30 @@ mod tests {
             "postgres://keybrake:***@db:5432/audit"
         );
         assert_eq!(redacted("postgres://db/audit"), "postgres://db/audit");
+    }
+
+    #[test]
+    fn tls_is_required_off_loopback_unless_the_url_says() {
+        use tokio_postgres::config::SslMode;
+        let mode = |url: &str| pg_config(url).map(|c| c.get_ssl_mode()).ok();
+        assert_eq!(
+            mode("postgres://u:p@db.example.com/a"),
+            Some(SslMode::Require)
+        );
+        assert_eq!(
+            mode("postgres://u:p@127.0.0.1:5432/a"),
+            Some(SslMode::Prefer)
+        );
+        assert_eq!(mode("postgres://u@localhost/a"), Some(SslMode::Prefer));
+        assert_eq!(
+            mode("postgres://u@db.example.com/a?sslmode=disable"),
+            Some(SslMode::Disable)
+        );
+        let err = pg_config("postgres://u:s3cret@db/a?sslmode=bogus")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::{
 
 /// How long an idle sink waits before looking again.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Longest wait between rounds while they fail (the database or Redis is down).
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often the retention job runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -60,6 +62,8 @@ pub struct Sink<C> {
     reading: HashMap<PolicyTag, Reading>,
     joined: HashSet<PolicyTag>,
     pruned_at: Option<Instant>,
+    /// Whether the last round failed somewhere.
+    failing: bool,
 }
 
 impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
@@ -82,6 +86,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
             reading: HashMap::new(),
             joined: HashSet::new(),
             pruned_at: None,
+            failing: false,
         }
     }
 
@@ -96,12 +101,21 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
                 self.trim_and_measure(&tag).await;
             }
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(10));
+            wait = (wait * 2).min(MAX_BACKOFF);
         }
+        let mut backoff = IDLE_POLL;
         loop {
             let full = self.round().await;
-            if !full {
-                tokio::time::sleep(IDLE_POLL).await;
+            if self.failing {
+                // Each failed round re-reads its batch: wait longer while the failure lasts,
+                // rather than rereading and logging twice a second.
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            } else {
+                backoff = IDLE_POLL;
+                if !full {
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
             }
             if self.pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 self.prune().await;
@@ -115,16 +129,19 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
         let tags = match self.ledger.policy_tags().await {
             Ok(tags) => tags,
             Err(e) => {
+                self.failing = true;
                 self.metrics.failed("read");
                 tracing::warn!(error = %e, "audit export: cannot list the policies");
                 return false;
             }
         };
         let mut full = false;
+        self.failing = false;
         for tag in tags {
             match self.export(&tag).await {
                 Ok(moved) => full |= moved.read >= self.batch,
                 Err(e) => {
+                    self.failing = true;
                     tracing::warn!(error = %e, stream = tag.as_str(), "audit export failed; the entries stay in Redis");
                     // What was read and not acknowledged comes again, from this consumer.
                     self.reading.insert(tag.clone(), Reading::default());

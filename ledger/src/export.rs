@@ -22,6 +22,9 @@ use crate::{
     token::PolicyTag,
 };
 
+/// Most undelivered entries counted one by one when Redis cannot say how many there are.
+const LAG_COUNT_BOUND: usize = 10_000;
+
 /// The consumer group of the audit sink.
 pub const GROUP: &str = "keybrake-audit-sink";
 
@@ -206,11 +209,21 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         })
     }
 
+    /// Whether a policy's stream exists (XINFO refuses a missing key; a policy without calls
+    /// has none).
+    async fn stream_exists(&self, stream: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        self.timed(conn.exists(stream)).await
+    }
+
     /// Trims a policy's stream below what the group has acknowledged; never an entry not yet
     /// exported. Returns how many entries went.
     pub async fn export_trim(&self, tag: &PolicyTag) -> Result<u64> {
         let mut conn = self.conn.clone();
         let stream = self.audit_stream(tag);
+        if !self.stream_exists(&stream).await? {
+            return Ok(0);
+        }
         let groups: StreamInfoGroupsReply = self.timed(conn.xinfo_groups(&stream)).await?;
         let Some(group) = Self::group_of(groups) else {
             return Ok(0);
@@ -231,6 +244,9 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
     pub async fn export_lag(&self, tag: &PolicyTag) -> Result<Lag> {
         let mut conn = self.conn.clone();
         let stream = self.audit_stream(tag);
+        if !self.stream_exists(&stream).await? {
+            return Ok(Lag::default());
+        }
         let groups: StreamInfoGroupsReply = self.timed(conn.xinfo_groups(&stream)).await?;
         let (now_ms, _) = self.now().await?;
         let Some(group) = Self::group_of(groups) else {
@@ -255,11 +271,21 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             }
         };
         // `lag` is Redis 7's count of undelivered entries; without it (older servers, or after
-        // deletions it cannot see past), the stream's length is the bound.
+        // deletions it cannot see past) they are counted, up to a bound past which the stream's
+        // length stands in.
         let undelivered = match group.lag {
             Some(n) => n as u64,
             None if oldest.is_none() => 0,
-            None => self.timed(conn.xlen(&stream)).await?,
+            None => {
+                let after = format!("({}", group.last_delivered_id);
+                let counted: StreamRangeReply = self
+                    .timed(conn.xrange_count(&stream, after, "+", LAG_COUNT_BOUND))
+                    .await?;
+                match counted.ids.len() {
+                    n if n < LAG_COUNT_BOUND => n as u64,
+                    _ => self.timed(conn.xlen(&stream)).await?,
+                }
+            }
         };
         Ok(lag(
             group.pending as u64,

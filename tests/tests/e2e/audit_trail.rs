@@ -631,9 +631,36 @@ async fn bad_entries_are_kept_aside_and_a_lost_group_is_joined_again() -> Result
     sink.round().await;
     assert_eq!(rows(&pg, fx.tag.as_str()).await?, (311, 311));
 
+    // Entries removed from Redis while a dead consumer held them: counted as lost when claimed.
+    calls(&fx, &key, 3).await?;
+    let taken: redis::streams::StreamReadReply = conn
+        .xread_options(
+            &[&stream],
+            &[">"],
+            &redis::streams::StreamReadOptions::default().group(GROUP, "ghost"),
+        )
+        .await?;
+    let ids: Vec<String> = taken
+        .keys
+        .iter()
+        .flat_map(|k| k.ids.iter().map(|e| e.id.clone()))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let _: u64 = conn.xdel(&stream, &ids).await?;
+    let mut claimer = Sink::new(
+        fx.ledger.clone(),
+        db.clone(),
+        "c",
+        &flags(&pg, 100, 1),
+        metrics.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    drain(&mut claimer, &fx).await?;
+    assert_eq!(metrics.lost.get(), 3);
+
     // Every sink gone (the database URL removed): the scripts still leave the joined stream
     // untrimmed, and a replica without a database publishes its lag, so the alert fires.
-    drop(sink);
+    drop((sink, claimer));
     calls(&fx, &key, 5).await?;
     let without_db = ExportMetrics::default();
     let watcher = tokio::spawn(keybrake_audit::sink::watch_unexported(
@@ -651,11 +678,20 @@ async fn bad_entries_are_kept_aside_and_a_lost_group_is_joined_again() -> Result
     Ok(())
 }
 
-/// Retention is a job on the table, not a trim of Redis: rows past it go, the rest stay.
+/// Replicas starting together migrate once. Retention is a job on the table, not a trim of
+/// Redis: rows past it go, the rest stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_past_retention_are_deleted_and_the_rest_kept() -> Result<()> {
+async fn replicas_migrate_once_and_rows_past_retention_are_deleted() -> Result<()> {
     let pg = TestPostgres::start().await?;
-    let db = Db::connect(&AuditDbFlags::at(&pg.url())).await?;
+    let flags = AuditDbFlags::at(&pg.url());
+    let (a, b, c) = tokio::join!(
+        Db::connect(&flags),
+        Db::connect(&flags),
+        Db::connect(&flags)
+    );
+    let db = a?;
+    b?;
+    c?;
     let client = pg.client().await?;
     for (id, age_days) in [("old", 400), ("kept", 300), ("new", 0)] {
         client
@@ -669,7 +705,6 @@ async fn rows_past_retention_are_deleted_and_the_rest_kept() -> Result<()> {
             )
             .await?;
     }
-    let flags = AuditDbFlags::at(&pg.url());
     assert_eq!(db.prune(flags.retention()).await?, 1);
     let left: Vec<String> = client
         .query("SELECT id FROM calls ORDER BY id", &[])
@@ -678,5 +713,47 @@ async fn rows_past_retention_are_deleted_and_the_rest_kept() -> Result<()> {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, ["kept", "new"]);
+    Ok(())
+}
+
+/// A database that is down when the proxy starts delays the export, not the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_at_start_delays_the_export_not_the_calls() -> Result<()> {
+    use keybrake_e2e::{http, stack::Stack};
+    let mut pg = TestPostgres::start().await?;
+    pg.server.stop().await?;
+    let upstream = keybrake_e2e::upstream::RecordingUpstream::start().await?;
+    let stack = Stack::start().await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    let proxy = stack
+        .start_proxy_with(|c| c.audit_db = AuditDbFlags::at(&pg.url()))
+        .await?;
+    let charged = http(
+        proxy.addr,
+        "POST",
+        "/v1/payment_intents",
+        &[
+            (
+                "Authorization",
+                format!("Bearer {}", env["STRIPE_API_KEY"]).as_str(),
+            ),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        b"amount=1000&currency=usd&confirm=true",
+    )
+    .await?;
+    assert_eq!(charged.status, 200, "{}", charged.body);
+    pg.server.restart().await?;
+    let client = pg.client().await?;
+    keybrake_e2e::stack::eventually("the call in PostgreSQL once it is up", 30, || async {
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM calls WHERE outcome = 'ok'", &[])
+            .await
+            .ok()?
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await?;
+    proxy.shutdown().await;
     Ok(())
 }
