@@ -283,7 +283,16 @@ impl Db {
             ))
             .await;
             match n {
-                Ok(0) => break Ok(deleted),
+                Ok(0) => {
+                    // Entries kept aside follow the same retention (there are few).
+                    let aside = timed(client.execute(
+                        "DELETE FROM calls_rejected
+                         WHERE rejected_at < now() - make_interval(secs => $1)",
+                        &[&keep_secs],
+                    ))
+                    .await;
+                    break aside.map(|n| deleted + n);
+                }
                 Ok(n) => deleted += n,
                 Err(e) => break Err(e),
             }

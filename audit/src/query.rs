@@ -44,7 +44,14 @@ pub fn parse(query: Option<&str>) -> Result<AuditQuery, String> {
         match k.as_ref() {
             "key" => q.key = Some(v),
             "run_label" => q.run_label = Some(v),
-            "vault_key" => q.vault_key = Some(v),
+            "vault_key" => {
+                // Its namespace scopes the query (and the caller's authorization).
+                match v.split_once('/') {
+                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {}
+                    _ => return Err(format!("vault_key={v:?} must be namespace/name")),
+                }
+                q.vault_key = Some(v)
+            }
             "namespace" => q.namespace = Some(v),
             "from" => q.from_ms = Some(time_ms("from", &v)?),
             "to" => q.to_ms = Some(time_ms("to", &v)?),
@@ -91,6 +98,11 @@ mod tests {
         assert_eq!(q.to_ms, Some(1_764_000_000_000));
         assert_eq!(q.limit, 5);
         assert!(parse(Some("from=yesterday")).unwrap_err().contains("from"));
+        assert!(
+            parse(Some("vault_key=run-1"))
+                .unwrap_err()
+                .contains("namespace/name")
+        );
         assert!(
             parse(Some("to=99999999999999999"))
                 .unwrap_err()

@@ -27,6 +27,8 @@ use crate::{
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Longest wait between rounds while they fail (the database or Redis is down).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Consumers (pod names) that hold nothing and have been idle this long are removed.
+const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// How often the retention job runs.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -250,6 +252,15 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
 
     async fn prune(&mut self) {
         self.pruned_at = Some(Instant::now());
+        for tag in self.joined.clone() {
+            if let Err(e) = self
+                .ledger
+                .export_forget_idle_consumers(&tag, FORGET_CONSUMERS_AFTER)
+                .await
+            {
+                tracing::warn!(error = %e, stream = tag.as_str(), "audit export: idle consumers not removed");
+            }
+        }
         match self.db.prune(self.keep).await {
             Ok(0) => {}
             Ok(n) => {

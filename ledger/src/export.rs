@@ -9,9 +9,9 @@ use redis::{
     AsyncCommands,
     aio::ConnectionLike,
     streams::{
-        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply,
-        StreamPendingReply, StreamRangeReply, StreamReadOptions, StreamReadReply,
-        StreamTrimOptions, StreamTrimmingMode,
+        StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoConsumersReply,
+        StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply, StreamReadOptions,
+        StreamReadReply, StreamTrimOptions, StreamTrimmingMode,
     },
 };
 
@@ -207,6 +207,37 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             StreamPendingReply::Data(d) if d.count > 0 => Some(d.start_id),
             _ => None,
         })
+    }
+
+    /// Removes the group's consumers that hold nothing and have been idle longer than `idle`
+    /// (replicas long gone: a pod name per restart would otherwise pile up). A live consumer
+    /// removed this way is recreated by its next read. Returns how many went.
+    pub async fn export_forget_idle_consumers(
+        &self,
+        tag: &PolicyTag,
+        idle: Duration,
+    ) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let stream = self.audit_stream(tag);
+        if !self.stream_exists(&stream).await? {
+            return Ok(0);
+        }
+        let groups: StreamInfoGroupsReply = self.timed(conn.xinfo_groups(&stream)).await?;
+        if Self::group_of(groups).is_none() {
+            return Ok(0);
+        }
+        let consumers: StreamInfoConsumersReply =
+            self.timed(conn.xinfo_consumers(&stream, GROUP)).await?;
+        let mut forgotten = 0;
+        for c in consumers.consumers {
+            if c.pending == 0 && c.idle as u128 >= idle.as_millis() {
+                let _: u64 = self
+                    .timed(conn.xgroup_delconsumer(&stream, GROUP, &c.name))
+                    .await?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
     }
 
     /// Whether a policy's stream exists (XINFO refuses a missing key; a policy without calls
