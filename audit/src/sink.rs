@@ -11,7 +11,7 @@ use std::{
 
 use keybrake_ledger::{
     Ledger, LedgerError, PolicyTag,
-    export::{Batch, Reading},
+    export::{Batch, Lag, Reading},
 };
 use redis::aio::ConnectionLike;
 use tokio::time::Instant;
@@ -243,11 +243,13 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
     }
 
     async fn trim_and_measure(&self, tag: &PolicyTag) {
-        if let Err(e) = self.ledger.export_trim(tag).await {
-            self.metrics.failed("trim");
-            tracing::warn!(error = %e, stream = tag.as_str(), "audit export: trim failed");
+        match self.ledger.export_trim(tag).await {
+            Ok(lag) => publish(&self.metrics, tag, lag, true),
+            Err(e) => {
+                self.metrics.failed("trim");
+                tracing::warn!(error = %e, stream = tag.as_str(), "audit export: trim failed");
+            }
         }
-        measure(&self.ledger, &self.metrics, tag, true).await;
     }
 
     async fn prune(&mut self) {
@@ -277,38 +279,23 @@ impl<C: ConnectionLike + Clone + Send + Sync> Sink<C> {
 
 /// Publishes how far the export trails `tag`'s stream. `exporting`: this process runs a sink, so
 /// a stream no sink has joined yet counts whole; otherwise only joined streams count.
-async fn measure<C: ConnectionLike + Clone + Send + Sync>(
-    ledger: &Ledger<C>,
-    metrics: &ExportMetrics,
-    tag: &PolicyTag,
-    exporting: bool,
-) -> Option<keybrake_ledger::export::Lag> {
-    match ledger.export_lag(tag).await {
-        Ok(lag) => {
-            let lag = if lag.joined || exporting {
-                lag
-            } else {
-                keybrake_ledger::export::Lag::default()
-            };
-            let label = StreamLabel {
-                stream: tag.as_str().to_owned(),
-            };
-            metrics
-                .lag_entries
-                .get_or_create(&label)
-                .set(lag.entries as i64);
-            metrics
-                .lag_seconds
-                .get_or_create(&label)
-                .set(lag.age_ms as f64 / 1000.0);
-            Some(lag)
-        }
-        Err(e) => {
-            metrics.failed("lag");
-            tracing::warn!(error = %e, stream = tag.as_str(), "audit export: lag unknown");
-            None
-        }
-    }
+fn publish(metrics: &ExportMetrics, tag: &PolicyTag, lag: Lag, exporting: bool) {
+    let lag = if lag.joined || exporting {
+        lag
+    } else {
+        Lag::default()
+    };
+    let label = StreamLabel {
+        stream: tag.as_str().to_owned(),
+    };
+    metrics
+        .lag_entries
+        .get_or_create(&label)
+        .set(lag.entries as i64);
+    metrics
+        .lag_seconds
+        .get_or_create(&label)
+        .set(lag.age_ms as f64 / 1000.0);
 }
 
 /// How often a replica without a database looks for streams a sink once joined.
@@ -324,10 +311,16 @@ pub async fn watch_unexported<C: ConnectionLike + Clone + Send + Sync>(
 ) {
     loop {
         for tag in ledger.policy_tags().await.unwrap_or_default() {
-            if let Some(lag) = measure(&ledger, &metrics, &tag, false).await
-                && lag.joined
-                && lag.entries > 0
-            {
+            let lag = match ledger.export_lag(&tag).await {
+                Ok(lag) => lag,
+                Err(e) => {
+                    metrics.failed("lag");
+                    tracing::warn!(error = %e, stream = tag.as_str(), "audit export: lag unknown");
+                    continue;
+                }
+            };
+            publish(&metrics, &tag, lag, false);
+            if lag.joined && lag.entries > 0 {
                 tracing::warn!(
                     stream = tag.as_str(),
                     entries = lag.entries,

@@ -61,6 +61,16 @@ impl Default for Reading {
     }
 }
 
+/// A policy's stream as the export finds it.
+enum Found {
+    /// No stream: the policy has had no call.
+    NoStream,
+    /// A stream no sink has joined.
+    NoGroup,
+    /// A stream with the sink's group.
+    Group(redis::streams::StreamInfoGroup),
+}
+
 /// How far the export trails one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lag {
@@ -219,13 +229,9 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
     ) -> Result<u64> {
         let mut conn = self.conn.clone();
         let stream = self.audit_stream(tag);
-        if !self.stream_exists(&stream).await? {
+        let Found::Group(_) = self.found(&stream).await? else {
             return Ok(0);
-        }
-        let groups: StreamInfoGroupsReply = self.timed(conn.xinfo_groups(&stream)).await?;
-        if Self::group_of(groups).is_none() {
-            return Ok(0);
-        }
+        };
         let consumers: StreamInfoConsumersReply =
             self.timed(conn.xinfo_consumers(&stream, GROUP)).await?;
         let mut forgotten = 0;
@@ -240,64 +246,81 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
         Ok(forgotten)
     }
 
-    /// Whether a policy's stream exists (XINFO refuses a missing key; a policy without calls
-    /// has none).
-    async fn stream_exists(&self, stream: &str) -> Result<bool> {
+    /// The stream and the sink's group on it, as they are now (XINFO refuses a missing key; a
+    /// policy without calls has no stream).
+    async fn found(&self, stream: &str) -> Result<Found> {
         let mut conn = self.conn.clone();
-        self.timed(conn.exists(stream)).await
+        if !self.timed::<bool>(conn.exists(stream)).await? {
+            return Ok(Found::NoStream);
+        }
+        let groups: StreamInfoGroupsReply = self.timed(conn.xinfo_groups(stream)).await?;
+        Ok(Self::group_of(groups).map_or(Found::NoGroup, Found::Group))
     }
 
-    /// Trims a policy's stream below what the group has acknowledged; never an entry not yet
-    /// exported. Returns how many entries went.
-    pub async fn export_trim(&self, tag: &PolicyTag) -> Result<u64> {
+    /// Trims a policy's stream below what the group has acknowledged, never an entry not yet
+    /// exported, then says how far the export trails it (one read of the group for both).
+    pub async fn export_trim(&self, tag: &PolicyTag) -> Result<Lag> {
         let mut conn = self.conn.clone();
         let stream = self.audit_stream(tag);
-        if !self.stream_exists(&stream).await? {
-            return Ok(0);
+        let found = self.found(&stream).await?;
+        let mut oldest = None;
+        if let Found::Group(group) = &found {
+            // Read after the group: an entry acknowledged in between only makes the trim shorter.
+            oldest = self.oldest_pending(&stream).await?;
+            if let Some(below) = trim_below(oldest.as_deref(), &group.last_delivered_id) {
+                let _trimmed: u64 = self
+                    .timed(conn.xtrim_options(
+                        &stream,
+                        &StreamTrimOptions::minid(StreamTrimmingMode::Exact, below),
+                    ))
+                    .await?;
+            }
         }
-        let groups: StreamInfoGroupsReply = self.timed(conn.xinfo_groups(&stream)).await?;
-        let Some(group) = Self::group_of(groups) else {
-            return Ok(0);
-        };
-        // Read after the group: an entry acknowledged in between only makes the trim shorter.
-        let oldest = self.oldest_pending(&stream).await?;
-        let Some(below) = trim_below(oldest.as_deref(), &group.last_delivered_id) else {
-            return Ok(0);
-        };
-        self.timed(conn.xtrim_options(
-            &stream,
-            &StreamTrimOptions::minid(StreamTrimmingMode::Exact, below),
-        ))
-        .await
+        self.lag_of(&stream, &found, oldest).await
     }
 
     /// How far the export trails a policy's stream, by Redis' clock.
     pub async fn export_lag(&self, tag: &PolicyTag) -> Result<Lag> {
-        let mut conn = self.conn.clone();
         let stream = self.audit_stream(tag);
-        if !self.stream_exists(&stream).await? {
-            return Ok(Lag::default());
-        }
-        let groups: StreamInfoGroupsReply = self.timed(conn.xinfo_groups(&stream)).await?;
-        let (now_ms, _) = self.now().await?;
-        let Some(group) = Self::group_of(groups) else {
-            // No sink has joined: everything in the stream is unexported.
-            let len: u64 = self.timed(conn.xlen(&stream)).await?;
-            let first: StreamRangeReply =
-                self.timed(conn.xrange_count(&stream, "-", "+", 1)).await?;
-            let oldest = first.ids.first().map(|e| e.id.clone());
-            return Ok(Lag {
-                joined: false,
-                ..lag(0, len, oldest.as_deref(), now_ms as u64)
-            });
+        let found = self.found(&stream).await?;
+        let oldest = match &found {
+            Found::Group(_) => self.oldest_pending(&stream).await?,
+            _ => None,
         };
-        let oldest = match self.oldest_pending(&stream).await? {
+        self.lag_of(&stream, &found, oldest).await
+    }
+
+    /// The lag of `stream` in state `found`, whose oldest pending entry is `oldest_pending`.
+    async fn lag_of(
+        &self,
+        stream: &str,
+        found: &Found,
+        oldest_pending: Option<String>,
+    ) -> Result<Lag> {
+        let mut conn = self.conn.clone();
+        let group = match found {
+            Found::NoStream => return Ok(Lag::default()),
+            Found::Group(group) => group,
+            Found::NoGroup => {
+                // No sink has joined: everything in the stream is unexported.
+                let (now_ms, _) = self.now().await?;
+                let len: u64 = self.timed(conn.xlen(stream)).await?;
+                let first: StreamRangeReply =
+                    self.timed(conn.xrange_count(stream, "-", "+", 1)).await?;
+                let oldest = first.ids.first().map(|e| e.id.clone());
+                return Ok(Lag {
+                    joined: false,
+                    ..lag(0, len, oldest.as_deref(), now_ms as u64)
+                });
+            }
+        };
+        let (now_ms, _) = self.now().await?;
+        let oldest = match oldest_pending {
             Some(id) => Some(id),
             None => {
                 let after = format!("({}", group.last_delivered_id);
-                let next: StreamRangeReply = self
-                    .timed(conn.xrange_count(&stream, after, "+", 1))
-                    .await?;
+                let next: StreamRangeReply =
+                    self.timed(conn.xrange_count(stream, after, "+", 1)).await?;
                 next.ids.first().map(|e| e.id.clone())
             }
         };
@@ -310,11 +333,11 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             None => {
                 let after = format!("({}", group.last_delivered_id);
                 let counted: StreamRangeReply = self
-                    .timed(conn.xrange_count(&stream, after, "+", LAG_COUNT_BOUND))
+                    .timed(conn.xrange_count(stream, after, "+", LAG_COUNT_BOUND))
                     .await?;
                 match counted.ids.len() {
                     n if n < LAG_COUNT_BOUND => n as u64,
-                    _ => self.timed(conn.xlen(&stream)).await?,
+                    _ => self.timed(conn.xlen(stream)).await?,
                 }
             }
         };
