@@ -21,6 +21,15 @@ use k8s_openapi::{
 use keybrake_e2e::{Cluster, kubectl_path, workspace_root};
 use serde_json::Value;
 
+/// `helm template` of the chart as a release `keybrake` in `keybrake-system`; tests add values.
+const CHART: [&str; 5] = [
+    "template",
+    "keybrake",
+    "manifests/helm/keybrake",
+    "--namespace",
+    "keybrake-system",
+];
+
 async fn tool(program: &str, args: &[&str]) -> Result<String> {
     let path = kubectl_path()?.with_file_name(program);
     let out = tokio::process::Command::new(&path)
@@ -322,18 +331,7 @@ fn check_invariants(what: &str, r: &Rendered) -> Result<()> {
 #[tokio::test]
 async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply() -> Result<()> {
     let kustomized = tool("kubectl", &["kustomize", "manifests/"]).await?;
-    let charted = tool(
-        "helm",
-        &[
-            "template",
-            "keybrake",
-            "manifests/helm/keybrake",
-            "--namespace",
-            "keybrake-system",
-            "--include-crds",
-        ],
-    )
-    .await?;
+    let charted = tool("helm", &[&CHART[..], &["--include-crds"]].concat()).await?;
     let k = parse(&kustomized)?;
     let h = parse(&charted)?;
     println!(
@@ -445,17 +443,10 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
         helm_dry.stdout, helm_dry.stderr
     );
     // A managed Redis: no StatefulSet, its URL everywhere; without a URL the chart refuses.
-    let chart = [
-        "template",
-        "keybrake",
-        "manifests/helm/keybrake",
-        "--namespace",
-        "keybrake-system",
-    ];
     let external = tool(
         "helm",
         &[
-            &chart[..],
+            &CHART[..],
             &[
                 "--set",
                 "redis.enabled=false",
@@ -489,7 +480,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
             .filter_map(|e| Some((e.name, e.value?)))
             .collect()
     };
-    let default = parse(&tool("helm", &chart).await?)?;
+    let default = parse(&tool("helm", &CHART).await?)?;
     assert_eq!(
         env_of(&default, "keybrake-proxy")
             .get("KEYBRAKE_TLS_SECRET")
@@ -509,7 +500,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     );
     let with_cert_manager = tool(
         "helm",
-        &[&chart[..], &["--set", "proxy.tls.mode=certManager"]].concat(),
+        &[&CHART[..], &["--set", "proxy.tls.mode=certManager"]].concat(),
     )
     .await?;
     let issued = parse(&with_cert_manager)?;
@@ -528,7 +519,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     let plaintext = parse(
         &tool(
             "helm",
-            &[&chart[..], &["--set", "proxy.tls.mode=plaintext"]].concat(),
+            &[&CHART[..], &["--set", "proxy.tls.mode=plaintext"]].concat(),
         )
         .await?,
     )?;
@@ -544,7 +535,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
         &tool(
             "helm",
             &[
-                &chart[..],
+                &CHART[..],
                 &[
                     "--set",
                     "proxy.tls.mode=certManager",
@@ -571,7 +562,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     let clear = tool(
         "helm",
         &[
-            &chart[..],
+            &CHART[..],
             &["--set", "proxy.publicUrl=http://keybrake.example.com:8080"],
         ]
         .concat(),
@@ -592,7 +583,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     let pinned = tool(
         "helm",
         &[
-            &chart[..],
+            &CHART[..],
             &[
                 "--set",
                 &format!("operator.image.digest={op}"),
@@ -615,7 +606,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     );
     let one = tool(
         "helm",
-        &[&chart[..], &["--set", &format!("image.digest={op}")]].concat(),
+        &[&CHART[..], &["--set", &format!("image.digest={op}")]].concat(),
     )
     .await;
     let err = one.err().map(|e| e.to_string()).unwrap_or_default();
@@ -625,7 +616,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     );
     let missing = tool(
         "helm",
-        &[&chart[..], &["--set", "redis.enabled=false"]].concat(),
+        &[&CHART[..], &["--set", "redis.enabled=false"]].concat(),
     )
     .await;
     let err = missing.err().map(|e| e.to_string()).unwrap_or_default();
@@ -635,7 +626,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     let clustered = tool(
         "helm",
         &[
-            &chart[..],
+            &CHART[..],
             &[
                 "--set",
                 "redis.enabled=false",
@@ -677,7 +668,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     }
     let bundled = tool(
         "helm",
-        &[&chart[..], &["--set", "redis.mode=cluster"]].concat(),
+        &[&CHART[..], &["--set", "redis.mode=cluster"]].concat(),
     )
     .await;
     let err = bundled.err().map(|e| e.to_string()).unwrap_or_default();
@@ -780,12 +771,7 @@ async fn with_components(components: &[&str]) -> Result<Rendered> {
 /// certificate mounted from Secrets; the two renderings alike.
 #[tokio::test]
 async fn an_external_tls_redis_gets_egress_rules_and_tls_files_in_both_renderings() -> Result<()> {
-    let chart = [
-        "template",
-        "keybrake",
-        "manifests/helm/keybrake",
-        "--namespace",
-        "keybrake-system",
+    let external = [
         "--set",
         "redis.enabled=false",
         "--set",
@@ -801,7 +787,7 @@ async fn an_external_tls_redis_gets_egress_rules_and_tls_files_in_both_rendering
         "--set",
         "redis.tls.clientSecret=keybrake-redis-client",
     ];
-    let helm = parse(&tool("helm", &[&chart[..], &values[..]].concat()).await?)?;
+    let helm = parse(&tool("helm", &[&CHART[..], &external[..], &values[..]].concat()).await?)?;
     let kustomized = with_components(&["external-redis", "redis-ca", "redis-client-cert"]).await?;
 
     let expected = serde_json::json!({
@@ -868,7 +854,7 @@ async fn an_external_tls_redis_gets_egress_rules_and_tls_files_in_both_rendering
     assert_eq!(ids(&helm), ids(&kustomized));
 
     // Without addresses the chart renders no Redis egress at all (and its notes warn).
-    let bare = parse(&tool("helm", &chart).await?)?;
+    let bare = parse(&tool("helm", &[&CHART[..], &external[..]].concat()).await?)?;
     for (name, rules) in egress(&bare)? {
         assert_eq!(rules.as_array().map(Vec::len), Some(1), "{name}: {rules}");
         assert!(!rules.to_string().contains("keybrake-redis"), "{name}");
@@ -885,14 +871,10 @@ async fn the_audit_database_comes_from_an_optional_secret_in_both_renderings() -
         &tool(
             "helm",
             &[
-                "template",
-                "keybrake",
-                "manifests/helm/keybrake",
-                "--namespace",
-                "keybrake-system",
-                "--set",
-                "auditDatabase.cidrs={198.51.100.7/32}",
-            ],
+                &CHART[..],
+                &["--set", "auditDatabase.cidrs={198.51.100.7/32}"],
+            ]
+            .concat(),
         )
         .await?,
     )?;
