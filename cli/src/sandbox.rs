@@ -120,15 +120,67 @@ fn uuid(n: u64) -> String {
     format!("4ef9a417-02e9-4d39-ad75-{n:012x}")
 }
 
-/// Segments of an SMS as the carriers count them.
-fn segments(text: &str) -> u64 {
-    keybrake_proxy::adapters::twilio::sms_segments(text)
+/// GSM 03.38's basic table in code order (0x1B, the escape, is no character of a body).
+const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{1b}ÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// GSM 03.38's extension table: character, code after the escape.
+const GSM_EXTENSION: [(char, u16); 10] = [
+    ('\u{0c}', 0x0A),
+    ('^', 0x14),
+    ('{', 0x28),
+    ('}', 0x29),
+    ('\\', 0x2F),
+    ('[', 0x3C),
+    ('~', 0x3D),
+    (']', 0x3E),
+    ('|', 0x40),
+    ('€', 0x65),
+];
+const GSM_ESCAPE: u16 = 0x1B;
+
+/// Segments of an SMS as Twilio counts them. Written apart from the proxy's counter, so that the
+/// tests compare the proxy with a reading of their own: the body is encoded as a modem sends it
+/// (GSM-7 septets with their escapes when every character has one, else UTF-16), then cut into
+/// parts of 153 septets or 67 units, moving a cut back by one where it would leave an escape or
+/// a high surrogate at the end of a part.
+pub fn sms_segments(text: &str) -> u64 {
+    let septets: Option<Vec<u16>> = text
+        .chars()
+        .map(|c| match GSM_BASIC.chars().position(|b| b == c) {
+            Some(code) if code != usize::from(GSM_ESCAPE) => Some(vec![code as u16]),
+            _ => GSM_EXTENSION
+                .iter()
+                .find(|(e, _)| *e == c)
+                .map(|(_, code)| vec![GSM_ESCAPE, *code]),
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|v| v.concat());
+    let (units, single, part, first_of_pair): (Vec<u16>, usize, usize, fn(u16) -> bool) =
+        match septets {
+            Some(s) => (s, 160, 153, |u| u == GSM_ESCAPE),
+            None => (text.encode_utf16().collect(), 70, 67, |u| {
+                (0xD800..0xDC00).contains(&u)
+            }),
+        };
+    if units.len() <= single {
+        return 1;
+    }
+    let (mut parts, mut rest) = (0, units.as_slice());
+    while !rest.is_empty() {
+        let mut cut = part.min(rest.len());
+        if cut < rest.len() && first_of_pair(rest[cut - 1]) {
+            cut -= 1;
+        }
+        rest = &rest[cut..];
+        parts += 1;
+    }
+    parts
 }
 
 impl State {
+    /// An id of Stripe's real shape: a prefix and 24 letters and digits (`pi_3Sbx0...01`).
     fn id(&mut self, prefix: &str) -> String {
         self.n += 1;
-        format!("{prefix}_sandbox{}", self.n)
+        format!("{prefix}_3Sbx{:020}", self.n)
     }
 
     fn moved(&mut self, vendor: &'static str, what: &str, unit: &str, units: u64) {
@@ -350,10 +402,9 @@ impl State {
             },
             ("POST", ["v1", "customers"]) => {
                 let id = self.id("cus");
-                (
-                    200,
-                    json!({"id": id, "object": "customer", "email": get(p, "email")}),
-                )
+                let obj = json!({"id": id, "object": "customer", "email": get(p, "email"), "balance": 0});
+                self.objects.insert(id, obj.clone());
+                (200, obj)
             }
             _ => {
                 let id = self.id("obj");
@@ -371,7 +422,7 @@ impl State {
             let text = get(p, "Body").unwrap_or_default().to_owned();
             let to = get(p, "To").unwrap_or_default().to_owned();
             let media = p.iter().filter(|(k, _)| k == "MediaUrl").count();
-            let segs = segments(&text);
+            let segs = sms_segments(&text);
             let what = format!("{method} {path}");
             if media > 0 {
                 self.moved("twilio", &what, &format!("mms:{to}"), 1);
@@ -583,5 +634,43 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sms_segments;
+
+    #[test]
+    fn counts_segments_as_twilio_does() {
+        let a = |n| "a".repeat(n);
+        let l = |n| "ł".repeat(n);
+        for (body, segments) in [
+            (String::new(), 1),
+            (a(160), 1),
+            (a(161), 2),
+            (a(306), 2),
+            (a(307), 3),
+            ("€".repeat(80), 1),
+            ("€".repeat(81), 2),
+            ("€".repeat(153), 3),
+            (format!("{}€{}", a(152), a(152)), 3),
+            (format!("{}€{}", a(151), a(152)), 2),
+            (format!("{}`", a(69)), 1),
+            (format!("{}`", a(70)), 2),
+            (format!("{}\u{1b}", a(69)), 1),
+            (l(70), 1),
+            (l(71), 2),
+            (l(134), 2),
+            (l(135), 3),
+            ("😀".repeat(35), 1),
+            ("😀".repeat(36), 2),
+            ("😀".repeat(67), 3),
+            (format!("{}😀{}", l(66), l(66)), 3),
+            (format!("{}😀{}", l(65), l(67)), 2),
+            (format!("{}€", l(69)), 1),
+        ] {
+            assert_eq!(sms_segments(&body), segments, "{body}");
+        }
     }
 }

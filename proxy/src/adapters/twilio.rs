@@ -1,7 +1,7 @@
 //! Twilio Programmable Messaging: form-encoded, PascalCase fields. An SMS costs its segments
-//! (GSM-7: 160 characters, 153 per part when split; UCS-2: 70, 67 per part) times the segment
-//! price of its destination; an MMS costs the policy's MMS price. Calls and everything else that
-//! can cost money without a bound in the request need the policy's opt-in worst case.
+//! (counted as a segmenting encoder packs them, [`segments`]) times the segment price of its
+//! destination; an MMS costs the policy's MMS price. Calls and everything else that can cost money
+//! without a bound in the request need the policy's opt-in worst case.
 
 use keybrake_crds::{Usd, spend_policy::Pricing};
 use serde_json::Value;
@@ -10,6 +10,10 @@ use super::{
     BadRequest, Call, Plan, Settled,
     table::{Entry, Rule, e},
 };
+
+mod segments;
+
+pub use segments::sms_segments;
 
 /// The parameters of a message the proxy reads (Twilio's whole list for `Messages.json`); any
 /// other name could be one Twilio reads differently (its name matching is not documented as
@@ -135,34 +139,6 @@ fn segment_price(to: &str, pricing: &Pricing) -> Result<Usd, BadRequest> {
                 "an SMS cannot be costed: the SpendPolicy sets no pricing.smsSegmentUsd".into(),
             )
         }),
-    }
-}
-
-/// GSM 03.38 basic character set.
-const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
-/// GSM 03.38 extension characters (each takes two septets).
-const GSM_EXTENDED: &str = "^{}\\[~]|€\u{0c}";
-
-/// Segments an SMS body takes.
-pub fn sms_segments(body: &str) -> u64 {
-    let gsm = body
-        .chars()
-        .all(|c| GSM_BASIC.contains(c) || GSM_EXTENDED.contains(c));
-    let (units, single, part) = if gsm {
-        (
-            body.chars()
-                .map(|c| if GSM_EXTENDED.contains(c) { 2 } else { 1 })
-                .sum::<u64>(),
-            160,
-            153,
-        )
-    } else {
-        (body.encode_utf16().count() as u64, 70, 67)
-    };
-    if units <= single {
-        1
-    } else {
-        units.div_ceil(part)
     }
 }
 
@@ -295,30 +271,6 @@ mod tests {
             Ok(Plan::Known(u)) => u,
             other => panic!("{body}: {other:?}"),
         }
-    }
-
-    #[test]
-    fn counts_segments_like_the_carriers() {
-        assert_eq!(sms_segments(""), 1);
-        assert_eq!(sms_segments(&"a".repeat(160)), 1);
-        assert_eq!(sms_segments(&"a".repeat(161)), 2);
-        assert_eq!(sms_segments(&"a".repeat(306)), 2);
-        assert_eq!(sms_segments(&"a".repeat(307)), 3);
-        assert_eq!(
-            sms_segments(&"€".repeat(80)),
-            1,
-            "extension characters take two septets"
-        );
-        assert_eq!(sms_segments(&"€".repeat(81)), 2);
-        assert_eq!(sms_segments(&"é".repeat(160)), 1, "é is in GSM-7");
-        assert_eq!(sms_segments(&"ł".repeat(70)), 1, "ł forces UCS-2");
-        assert_eq!(sms_segments(&"ł".repeat(71)), 2);
-        assert_eq!(
-            sms_segments(&"😀".repeat(35)),
-            1,
-            "an emoji is two UTF-16 units"
-        );
-        assert_eq!(sms_segments(&"😀".repeat(36)), 2);
     }
 
     #[test]

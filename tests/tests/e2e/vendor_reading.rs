@@ -9,7 +9,7 @@ use hyper::{
     header::{CONTENT_TYPE, HeaderValue},
 };
 use keybrake_crds::Vendor;
-use keybrake_e2e::upstream::vendor_form;
+use keybrake_e2e::upstream::{vendor_form, vendor_sms_segments};
 use keybrake_proxy::adapters::{self, Params};
 use proptest::prelude::*;
 
@@ -95,6 +95,42 @@ proptest! {
             let sent: serde_json::Value = serde_json::from_slice(&fb).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(&sent, parsed);
         }
+    }
+}
+
+/// Bodies that put GSM-7 escapes and surrogate pairs on every part boundary: runs of one-unit
+/// characters as long as a part or a segment, give or take a few, between pairs.
+fn sms_body() -> impl Strategy<Value = String> {
+    let run = prop::sample::select(vec![
+        0usize, 1, 2, 64, 65, 66, 67, 68, 69, 70, 71, 150, 151, 152, 153, 154, 158, 159, 160, 161,
+    ]);
+    let filler = prop::sample::select(vec!["a", "é", "ł", "`"]);
+    let pair = prop::sample::select(vec!["€", "{", "\u{0c}", "😀", "𝄞", ""]);
+    prop::collection::vec((run, filler, pair), 1..5).prop_map(|parts| {
+        parts
+            .into_iter()
+            .map(|(n, filler, pair)| format!("{}{pair}", filler.repeat(n)))
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// The proxy's segment count (its estimate) is the sandbox's (what Twilio bills), counted
+    /// two different ways.
+    #[test]
+    fn twilio_segments_are_counted_as_the_vendor_counts_them(body in sms_body()) {
+        prop_assert_eq!(
+            adapters::twilio::sms_segments(&body),
+            vendor_sms_segments(&body),
+            "{:?}", body
+        );
+    }
+
+    #[test]
+    fn any_text_is_counted_as_the_vendor_counts_it(body in "\\PC{0,400}") {
+        prop_assert_eq!(adapters::twilio::sms_segments(&body), vendor_sms_segments(&body));
     }
 }
 
