@@ -31,23 +31,48 @@ pub const STRIPE_VERSION: &str = "2024-06-20";
 /// gone since (`account_balance`, a customer's `plan`), which the metering table does not know.
 pub const OLDEST_STRIPE_VERSION: &str = "2020-08-27";
 
+/// The newest Stripe API version the metering table was written for (what Python stripe 16.1.0
+/// and Node stripe 23.1.0 send): a newer one may read a parameter or answer a field in a way the
+/// table does not know yet.
+pub const NEWEST_STRIPE_VERSION: &str = "2026-10-28";
+
+/// Why a `Stripe-Version` is refused: not `YYYY-MM-DD` with an optional `.release` name (a
+/// `; feature_beta=v3` preview changes what the API reads), or outside the versions the table
+/// was written for.
+fn stripe_version(v: &str) -> Option<&'static str> {
+    let (date, release) = v.split_once('.').unwrap_or((v, "release"));
+    let shaped = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+        && !release.is_empty()
+        && release.bytes().all(|b| b.is_ascii_lowercase());
+    if !shaped {
+        Some(
+            "is not a Stripe API version the proxy reads (YYYY-MM-DD, or YYYY-MM-DD.release; no preview features)",
+        )
+    } else if date < OLDEST_STRIPE_VERSION {
+        Some(
+            "names a Stripe API version older than 2020-08-27; older versions read parameters the proxy does not meter",
+        )
+    } else if date > NEWEST_STRIPE_VERSION {
+        Some(
+            "names a Stripe API version newer than 2026-10-28, the newest the proxy's metering table was written for; send 2026-10-28.endive or older",
+        )
+    } else {
+        None
+    }
+}
+
 /// Headers that make the real key act on another account, or that the proxy cannot honour.
 fn refused(vendor: Vendor, name: &str, value: &HeaderValue) -> Option<&'static str> {
     match name {
         "stripe-version" if vendor == Vendor::Stripe => {
-            let v = value.to_str().unwrap_or("");
-            let date = v.get(..10).unwrap_or("");
-            let shaped = date.len() == 10
-                && date.bytes().enumerate().all(|(i, b)| {
-                    if i == 4 || i == 7 {
-                        b == b'-'
-                    } else {
-                        b.is_ascii_digit()
-                    }
-                });
-            (!shaped || date < OLDEST_STRIPE_VERSION).then_some(
-                "names a Stripe API version older than 2020-08-27 (or not a version); older versions read parameters the proxy does not meter",
-            )
+            stripe_version(value.to_str().unwrap_or(""))
         }
         "content-encoding" => Some(
             "a request Content-Encoding is not accepted: the proxy must read the body exactly as the vendor will; send it uncompressed",
@@ -141,11 +166,24 @@ mod tests {
             ("content-encoding", "gzip"),
             ("stripe-version", "2019-09-09"),
             ("stripe-version", "latest"),
+            ("stripe-version", "2026-11-17.fig"),
+            ("stripe-version", "2027-01-01"),
+            ("stripe-version", "2024-06-20; feature_beta=v3"),
+            ("stripe-version", "2024-06-20.Acacia"),
         ] {
             let err = forwarded(Vendor::Stripe, &map(&[(k, v)])).unwrap_err();
             assert!(matches!(err, BadRequest::Header(ref n, _) if n == k), "{k}");
         }
         assert!(forwarded(Vendor::Resend, &map(&[("content-encoding", "identity")])).is_err());
+        for v in [
+            "2020-08-27",
+            "2024-06-20",
+            "2026-10-28.endive",
+            "2025-01-27.acacia",
+        ] {
+            let h = map(&[("stripe-version", v)]);
+            assert!(forwarded(Vendor::Stripe, &h).is_ok(), "{v}");
+        }
         assert!(
             forwarded(
                 Vendor::Stripe,
