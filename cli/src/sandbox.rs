@@ -402,7 +402,8 @@ impl State {
             },
             ("POST", ["v1", "customers"]) => {
                 let id = self.id("cus");
-                let obj = json!({"id": id, "object": "customer", "email": get(p, "email"), "balance": 0});
+                let obj =
+                    json!({"id": id, "object": "customer", "email": get(p, "email"), "balance": 0});
                 self.objects.insert(id, obj.clone());
                 (200, obj)
             }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod manifests;
 pub mod money;
 pub mod names;
+pub mod scope;
 pub mod spend_policy;
 pub mod status;
 pub mod validate;

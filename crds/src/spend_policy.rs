@@ -10,8 +10,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    duration::KubeDuration, endpoint::EndpointPattern, money::Usd, status::SpendStatus,
-    vendor::Vendor,
+    duration::KubeDuration, endpoint::EndpointPattern, money::Usd, scope::Scope,
+    status::SpendStatus, vendor::Vendor,
 };
 
 /// What a team may spend through one vendor account: the real credentials, the bounds every
@@ -63,6 +63,10 @@ pub struct SpendPolicySpec {
     /// Prices used to cost calls whose price the request does not carry.
     #[serde(default)]
     pub pricing: Pricing,
+    /// What keys may reach besides money: whose objects, which customers, which parameters.
+    /// The default is the narrowest (see docs/security.md).
+    #[serde(default)]
+    pub scope: Scope,
 }
 
 /// A reference to a Secret in the same namespace.
@@ -117,7 +121,7 @@ pub struct PolicyBudget {
 
 /// Prices and exchange rates. Nothing is priced in code; a call whose cost cannot be bounded
 /// from the request is refused unless `worstCases` opts its endpoint in (see docs/metering.md).
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pricing {
     /// Price of one outbound SMS segment (Twilio), e.g. `"0.0083"`.
@@ -129,8 +133,13 @@ pub struct Pricing {
     #[schemars(extend("maxProperties" = 500))]
     pub sms_segment_usd_by_prefix: BTreeMap<String, Usd>,
     /// Refuses an SMS to a destination that no `smsSegmentUsdByPrefix` entry prices, instead of
-    /// pricing it at `smsSegmentUsd`.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// pricing it at `smsSegmentUsd`. On unless set to `false`: prices differ by country many
+    /// times over. A `"+1"` price covers only US and Canadian area codes; the other countries and
+    /// territories of the North American Numbering Plan need their own (`"+1876"`: Jamaica).
+    // Absent means true, in serde, in the schema and in `Pricing::default()`. Always written,
+    // so that the schema default of `pricing` (made from `Pricing::default()`) carries it too.
+    #[serde(default = "destination_price_required")]
+    #[schemars(extend("default" = true))]
     pub require_destination_price: bool,
     /// Price of one MMS message (Twilio), e.g. `"0.022"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,6 +158,24 @@ pub struct Pricing {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 200))]
     pub currency_usd_rates: BTreeMap<String, Usd>,
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Pricing {
+            sms_segment_usd: None,
+            sms_segment_usd_by_prefix: BTreeMap::new(),
+            require_destination_price: destination_price_required(),
+            mms_usd: None,
+            email_usd: None,
+            worst_cases: Vec::new(),
+            currency_usd_rates: BTreeMap::new(),
+        }
+    }
+}
+
+fn destination_price_required() -> bool {
+    true
 }
 
 /// The worst case one call to an endpoint may cost, reserved before it is sent.

@@ -494,6 +494,7 @@ mod tests {
             },
             budget: Default::default(),
             pricing: Default::default(),
+            scope: Default::default(),
         }
     }
 

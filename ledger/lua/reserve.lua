@@ -13,6 +13,10 @@ KEYS[5] reservations  {P}:reservations     zset: reservation id by sweep deadlin
 KEYS[6] reservation   {P}:res:<res id>     hash, created here
 KEYS[7] idempotency   {P}:idem:<key id>:<h> hash; only touched when ARGV[7] == "1"
 KEYS[8] audit         {P}:audit            stream
+KEYS[9..] owners      {P}:owner:<h>        string "<key id>\n<run label>" per vendor object the
+                                           call names (path ids, linked objects): each must have
+                                           been created through the proxy by this key, or by a
+                                           key of its run when ARGV[15] == "1"
 
 ARGV[1]  sha256 hex of the presented secret
 ARGV[2]  method, upper case
@@ -31,6 +35,9 @@ ARGV[12] "reserve", or "check": stop after the key, secret, revocation, expiry a
 ARGV[13] "1" when the call is a read (GET, HEAD): only reads pass a spent cap
 ARGV[14] longest age of a re-attempt, ms after the first attempt (the vendor's own idempotency
          window, less a margin: after it, the vendor would run the call again as a new one)
+ARGV[15] "1" when objects created by any key of the same run label count as this key's own
+ARGV[16] Unix ms until which the call commits money (a subscription's cancel_at), or "0": refused
+         as "commitment_outlives_key" unless the key expires no earlier
 
 Each step is marked `-- model: reserve.<step>`: the step of the same name in ledger-model/
 (src/steps.rs), which checks the protocol over every interleaving. Change both together.
@@ -40,7 +47,8 @@ Returns one of
   {"admitted", vault key, policy}      (mode "check" only)
   {"reattempt", res id, vault key, policy}   an earlier attempt's outcome is unknown: forward
                               again, count nothing new
-  {"refused", rule, limit, spent, estimate, vault key, policy}   (names empty before authentication)
+  {"refused", rule, limit, spent, estimate, vault key, policy}   (names empty before authentication;
+                              for "object_not_owned", limit is the object's position in KEYS[9..])
   {"replay", status, headers json, body, kept}   kept "0": the response was too large to keep
   {"in_flight"}
 
@@ -170,6 +178,21 @@ for line in string.gmatch(r.endpoints or "", "[^\n]+") do
 end
 -- model: reserve.endpoint
 if not allowed then return refuse("endpoint") end
+-- Whose object: checked in "check" mode too, before the proxy reads any object with the real key.
+local run = r.run_label or ""
+for i = 9, #KEYS do
+  local owner = redis.call("GET", KEYS[i])
+  local mine = false
+  if owner then
+    local okey, orun = string.match(owner, "^([^\n]*)\n(.*)$")
+    mine = okey == ARGV[11] or (ARGV[15] == "1" and run ~= "" and orun == run)
+  end
+  if not mine then return refuse("object_not_owned", i - 8, nil) end
+end
+local commits = int(ARGV[16]) or 0
+if commits > 0 and (not expires or commits > expires) then
+  return refuse("commitment_outlives_key", expires or 0, commits)
+end
 
 local per_call = int(r.per_call_cap)
 local daily_cap = int(r.daily_cap)

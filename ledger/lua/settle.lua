@@ -15,6 +15,9 @@ KEYS[9] closed unknown {P}:unknown:<res id>  hash: key, amount, day, idem of one
                                              closed as "unknown" (ARGV[14]), kept ARGV[8] seconds
                                              so the replica's own late settle can still count
                                              what the vendor's answer showed above the estimate
+KEYS[10..] owners     {P}:owner:<h>          one per vendor object the call created: set on an "ok"
+                                             outcome to "<key id>\n<run label>", kept ARGV[12]
+                                             seconds, never taken over from another key
 
 ARGV[1]  reservation id
 ARGV[2]  actual cost, integer micro-dollars >= 0 (ignored for "unknown": the estimate stays)
@@ -80,6 +83,22 @@ local function count_object(n)
   end
 end
 
+-- Records the objects the call created (KEYS[10..]) as `key`'s. An object that already has an
+-- owner keeps it: a response can never hand one key's object to another.
+local function own_created(key)
+  if outcome ~= "ok" or #KEYS < 10 then return end
+  local run = redis.call("HGET", KEYS[7], "run_label") or ""
+  local mine = key .. "\n" .. run
+  for i = 10, #KEYS do
+    local cur = redis.call("GET", KEYS[i])
+    if not cur then
+      redis.call("SET", KEYS[i], mine, "EX", ARGV[12])
+    elseif cur == mine then
+      redis.call("EXPIRE", KEYS[i], ARGV[12])
+    end
+  end
+end
+
 -- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" or an audit
 -- sink reads the stream (it has a consumer group): then only the sink trims it, and only below
 -- what PostgreSQL holds, whatever a replica without the database was told.
@@ -127,6 +146,7 @@ if #res == 0 then
     local counts = excess > 0
     -- A re-attempt in flight or to come must carry the whole actual, not count it again, and
     -- must not add to the vendor object what this settle adds (`late`).
+    own_created(d.key or "")
     if counts and d.idem == "1" and redis.call("EXISTS", KEYS[5]) == 1 then
       redis.call("HSET", KEYS[5], "amount", fmt(actual), "late", fmt(actual))
     end
@@ -189,6 +209,7 @@ end
 
 -- model: settle.objects
 count_object(actual - added_late)
+own_created(r.key or "")
 
 if r.idem and r.idem ~= "" then
   if outcome == "vendor_error" and r.floor ~= "1" then

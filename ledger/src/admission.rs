@@ -91,6 +91,14 @@ pub struct ReserveRequest<'a> {
     pub read: bool,
     /// Reserve, or only check.
     pub mode: Mode,
+    /// Vendor objects the call names that this key must have created through the proxy (or a
+    /// key of its run, with `run_scope`); checked before anything is read or counted.
+    pub owned: &'a [String],
+    /// Objects created by any key of the same run label count as the key's own.
+    pub run_scope: bool,
+    /// Until when the call commits money (a subscription's `cancel_at`, Unix ms): refused
+    /// unless the key expires no earlier, by Redis time.
+    pub commits_until_ms: Option<i64>,
 }
 
 pub(crate) fn decode_admission(reply: Vec<Vec<u8>>) -> Result<Admission> {

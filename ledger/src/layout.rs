@@ -102,6 +102,13 @@ impl Slot {
         format!("{}:lock:{id}:{}", self.base, &h[..32])
     }
 
+    /// String: `<key id>\n<run label>` of the key that created a vendor object through the
+    /// proxy; only that key (or its run, where the policy says so) may act on the object.
+    pub fn owner(&self, object: &str) -> String {
+        let h = hex::encode(Sha256::digest(object.as_bytes()));
+        format!("{}:owner:{}", self.base, &h[..32])
+    }
+
     /// Stream: the audit trail of every call on the policy's keys.
     pub fn audit(&self) -> String {
         format!("{}:audit", self.base)
@@ -129,6 +136,7 @@ mod tests {
             slot.audit(),
             slot.objects(&id),
             slot.closed_unknown("r1"),
+            slot.owner("pi_3Nabc\nx"),
         ] {
             assert!(k.starts_with(&hash_tag), "{k}");
             assert!(!k.contains('\n'));

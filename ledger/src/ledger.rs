@@ -330,6 +330,8 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             idem_key,
             slot.audit(),
         ];
+        let mut keys = keys;
+        keys.extend(req.owned.iter().map(|o| slot.owner(o)));
         let args = vec![
             req.secret_hash.to_owned(),
             req.method.to_owned(),
@@ -349,6 +351,8 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .to_owned(),
             if req.read { "1" } else { "0" }.to_owned(),
             (self.config.reattempt_window.as_millis() as u64).to_string(),
+            if req.run_scope { "1" } else { "0" }.to_owned(),
+            req.commits_until_ms.unwrap_or(0).to_string(),
         ];
         (keys, args)
     }
@@ -420,8 +424,11 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
             .key(slot.audit())
             .key(slot.key_record(req.key_id))
             .key(slot.objects(req.key_id))
-            .key(slot.closed_unknown(req.reservation))
-            .arg(req.reservation)
+            .key(slot.closed_unknown(req.reservation));
+        for object in req.created {
+            inv.key(slot.owner(object));
+        }
+        inv.arg(req.reservation)
             .arg(req.actual.micros())
             .arg(req.outcome.as_str())
             .arg(req.status.map(|s| s.to_string()).unwrap_or_default())

@@ -50,6 +50,12 @@ rules! {
     /// An Idempotency-Key whose earlier outcome is unknown, on a vendor that does not
     /// deduplicate on it (a second attempt could act twice).
     IdempotencyOutcomeUnknown => "idempotency_outcome_unknown",
+    /// The call names a vendor object this key (or its run) did not create through the proxy;
+    /// `limit` holds its 1-based position in [`crate::ReserveRequest::owned`].
+    ObjectNotOwned => "object_not_owned",
+    /// The call commits money past the key's expiry (a subscription renewing after it);
+    /// `limit` is the expiry and `spent` the commitment's end, both Unix ms.
+    CommitmentOutlivesKey => "commitment_outlives_key",
 }
 
 impl Rule {

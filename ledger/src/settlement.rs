@@ -54,6 +54,9 @@ pub struct SettleRequest<'a> {
     pub response: Option<&'a StoredResponse>,
     /// The vendor object the call's money belongs to, if any (see [`Ledger::counted`]).
     pub object: Option<&'a str>,
+    /// Vendor objects the call created (only read for [`Outcome::Ok`]): recorded as the key's
+    /// own, so that it, and no other key, may act on them later.
+    pub created: &'a [String],
 }
 
 /// What settle did.

@@ -65,6 +65,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Ledger<C> {
                     idempotency_key: None,
                     response: None,
                     object: None,
+                    created: &[],
                 };
                 if let Settlement::Settled { .. } = self.settle_raw(&req, &slot, idem, true).await?
                 {

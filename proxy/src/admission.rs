@@ -51,7 +51,18 @@ async fn run(app: &App, request: &ReserveRequest<'_>) -> Result<Admission, Refus
 }
 
 fn refused(app: &App, request: &ReserveRequest<'_>, r: &keybrake_ledger::Refusal) -> Refusal {
-    let refusal = refusal::from_ledger(r, request.method, request.path);
+    let refusal = match (r.rule, r.limit) {
+        (keybrake_ledger::Rule::ObjectNotOwned, Some(i)) => refusal::not_owned(
+            request
+                .owned
+                .get((i as usize).saturating_sub(1))
+                .map_or("an object it names", String::as_str),
+            &r.vault_key,
+            request.method,
+            request.path,
+        ),
+        _ => refusal::from_ledger(r, request.method, request.path),
+    };
     let cap_hit = r.rule.is_cap().then(|| refusal.message.clone());
     app.spend
         .touch(request.key_id, &r.vault_key, &r.policy, cap_hit);
@@ -168,6 +179,7 @@ pub async fn release(
         idempotency_key,
         response: None,
         object: None,
+        created: &[],
     };
     if let Err(e) = app.ledger.settle(&release).await {
         tracing::warn!(error = %e, reservation, "could not release a reservation");

@@ -273,6 +273,7 @@ async fn serve(
         &body,
     )
     .map_err(|e| refusal::unreadable(&e))?;
+    adapters::params::check(&call, &policy.scope).map_err(|e| refusal::unreadable(&e))?;
     let plan = adapters::plan(&call, &policy.pricing).map_err(|e| refusal::unreadable(&e))?;
     // A call costed from a vendor object holds that object (for this key) until it is settled:
     // two calls on it would both be costed against its old state.
@@ -330,6 +331,7 @@ async fn go(
 
     let fingerprint = call.fingerprint();
     let secret_hash = token.secret_hash();
+    let owned = crate::scope::owned(&call, &policy.scope)?;
     let mut request = ReserveRequest {
         key_id: &token.key_id,
         secret_hash: &secret_hash,
@@ -342,6 +344,9 @@ async fn go(
             .map(|k| (k, fingerprint.as_str())),
         read: call.is_read(),
         mode: Mode::Reserve,
+        owned: &owned.objects,
+        run_scope: owned.run,
+        commits_until_ms: adapters::commitment(&call).map_err(|e| refusal::unreadable(&e))?,
     };
     // Nothing is read from the vendor with the real key before the key could make the call.
     if matches!(plan, adapters::Plan::Prefetch(_)) {
@@ -499,6 +504,7 @@ mod tests {
             upstream: "http://127.0.0.1:1".into(),
             credentials: Credentials::ApiKey("sk_test_x".into()),
             pricing: Pricing::default(),
+            scope: Default::default(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod path;
 pub mod policies;
 pub mod refusal;
+pub mod scope;
 pub mod server;
 pub mod settle;
 pub mod spend_writer;

@@ -60,6 +60,8 @@ pub struct PolicyConfig {
     pub credentials: Credentials,
     /// Prices and rates.
     pub pricing: Pricing,
+    /// Whose objects, which customers and which parameters its keys may reach.
+    pub scope: keybrake_crds::scope::Scope,
 }
 
 /// A policy as the proxy sees it.
@@ -173,6 +175,7 @@ pub fn state_of(
         upstream: upstream.trim_end_matches('/').to_owned(),
         credentials,
         pricing: policy.spec.pricing.clone(),
+        scope: policy.spec.scope.clone(),
     }))
 }
 

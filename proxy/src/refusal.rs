@@ -93,6 +93,7 @@ pub fn unreadable(e: &crate::adapters::BadRequest) -> Refusal {
             "cost"
         }
         crate::adapters::BadRequest::NoRate(_) => "currency",
+        crate::adapters::BadRequest::NotAllowed { .. } => "parameter",
         _ => "bad_request",
     };
     Refusal::new(kind, e.code(), rule, format!("{}: {e}", e.code()))
@@ -105,6 +106,18 @@ pub fn accounting_unavailable() -> Refusal {
         "accounting_unavailable",
         "redis",
         "accounting_unavailable: spend cannot be checked right now, so the call was not sent; retry shortly",
+    )
+}
+
+/// The refusal of a call naming `object`, which the ledger found is not the key's own.
+pub fn not_owned(object: &str, vault_key: &str, method: &str, path: &str) -> Refusal {
+    Refusal::new(
+        Kind::Forbidden,
+        "object_not_owned",
+        "object_not_owned",
+        format!(
+            "object_not_owned: {object} was not created through the proxy by VaultKey {vault_key} (or by its run, where the SpendPolicy sets spec.scope.objects: Run); nothing was sent. To let keys act on objects they did not create through {method} {path}, list it in the SpendPolicy's spec.scope.existingObjects; for customers and their saved payment methods, set spec.scope.customers: Any"
+        ),
     )
 }
 
@@ -174,6 +187,28 @@ pub fn from_ledger(r: &LedgerRefusal, method: &str, path: &str) -> Refusal {
             "idempotency_mismatch",
             "idempotency_key_in_use: keys for idempotent requests can only be used with the same parameters they were first used with",
         ),
+        // The proxy names the object (it knows the list the ledger's position points into).
+        Rule::ObjectNotOwned => not_owned("an object the call names", &r.vault_key, method, path),
+        Rule::CommitmentOutlivesKey => {
+            let at = |ms: Option<u64>| {
+                ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms as i64).ok())
+                    .map_or_else(|| "never".to_owned(), |t| t.to_string())
+            };
+            let expires = if r.limit == Some(0) {
+                "never expires".to_owned()
+            } else {
+                format!("expires at {}", at(r.limit))
+            };
+            Refusal::new(
+                Kind::Forbidden,
+                "commitment_outlives_key",
+                "commitment_outlives_key",
+                format!(
+                    "commitment_outlives_key: {method} {path} commits money until {} (cancel_at), but {key} {expires}; nothing the key starts may charge after it is gone: send a cancel_at no later than its expiry",
+                    at(r.spent)
+                ),
+            )
+        }
         Rule::IdempotencyOutcomeUnknown => Refusal::new(
             Kind::IdempotencyMismatch,
             "idempotency_outcome_unknown",

@@ -120,6 +120,10 @@ pub async fn settle(
         body: body.to_vec(),
         kept: true,
     };
+    let created = match ending.outcome {
+        Outcome::Ok => adapters::reach::created(call, ending.status.unwrap_or(0), &body),
+        _ => Vec::new(),
+    };
     let request = SettleRequest {
         key_id: &token.key_id,
         vendor: Some(call.vendor),
@@ -131,6 +135,7 @@ pub async fn settle(
         idempotency_key,
         response: matches!(ending.outcome, Outcome::Ok | Outcome::VendorError).then_some(&stored),
         object: ending.settled.object.as_deref(),
+        created: &created,
     };
     if ending.outcome == Outcome::Ok && ending.settled.usd > reserved {
         let over = ending.settled.usd.saturating_sub(reserved);
@@ -212,6 +217,7 @@ mod tests {
             upstream: "http://127.0.0.1:1".into(),
             credentials: Credentials::ApiKey("sk".into()),
             pricing: testing::pricing(),
+            scope: Default::default(),
         }
     }
 

@@ -553,6 +553,9 @@ async fn main() -> Result<()> {
         idempotency: None,
         read: false,
         mode: keybrake_ledger::Mode::Reserve,
+        owned: &[],
+        run_scope: false,
+        commits_until_ms: None,
     };
     let cmd = ledger.reserve_command(&req, "bench-__rand_int__");
     let out = Command::new("redis-benchmark")

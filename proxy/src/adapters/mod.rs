@@ -8,6 +8,8 @@ pub mod form;
 pub mod headers;
 pub mod json;
 pub mod money;
+pub mod params;
+pub mod reach;
 pub mod resend;
 pub mod stripe;
 pub mod table;
@@ -60,6 +62,17 @@ pub enum BadRequest {
     /// A call the proxy never forwards.
     #[error("{0}")]
     Refused(String),
+    /// A parameter the endpoint does not take through the proxy, or a gated one (`grant`: the
+    /// name the SpendPolicy's `spec.scope.parameters` would turn on); see [`params`].
+    #[error("{}", params::refusal(.parameter, .endpoint, .grant))]
+    NotAllowed {
+        /// The parameter as sent (`payment_intent_data[transfer_data][destination]`).
+        parameter: String,
+        /// The endpoint, as an allowlist pattern.
+        endpoint: String,
+        /// The name to grant, when a grant can turn the parameter on.
+        grant: Option<String>,
+    },
 }
 
 impl BadRequest {
@@ -70,6 +83,7 @@ impl BadRequest {
             BadRequest::NoRate(_) => "currency_without_rate",
             BadRequest::Unbounded(_) => "cost_unbounded",
             BadRequest::Refused(_) => "call_not_metered",
+            BadRequest::NotAllowed { .. } => "parameter_not_allowed",
             _ => "invalid_request",
         }
     }
@@ -78,7 +92,10 @@ impl BadRequest {
     pub fn is_policy(&self) -> bool {
         matches!(
             self,
-            BadRequest::Header(..) | BadRequest::Unbounded(_) | BadRequest::Refused(_)
+            BadRequest::Header(..)
+                | BadRequest::Unbounded(_)
+                | BadRequest::Refused(_)
+                | BadRequest::NotAllowed { .. }
         )
     }
 }
@@ -379,6 +396,15 @@ pub fn plan(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
             "{} {}: {why}",
             call.method, call.path
         ))),
+    }
+}
+
+/// Until when a call commits money, Unix ms (a subscription's `cancel_at`): the reserve script
+/// refuses it past the key's expiry.
+pub fn commitment(call: &Call) -> Result<Option<i64>, BadRequest> {
+    match call.vendor {
+        Vendor::Stripe => stripe::commitment(call),
+        Vendor::Twilio | Vendor::Resend => Ok(None),
     }
 }
 

@@ -128,13 +128,29 @@ pub const ENDPOINTS: &[Entry] = &[
         "POST",
         "/v1/subscriptions",
         Rule::Prefetched,
-        "the first period: each item's price (read first) times its quantity; refused when the customer has pending invoice items or a balance owed (the first invoice would charge them too), and for metered or tiered prices, tax, another currency and added invoice items; renewals are billed by Stripe later, outside the proxy",
+        "every period until `cancel_at`, which is required and may be no later than the key's expiry (so no renewal outlives the key): each item's price (read first) times its quantity times the periods that can start before `cancel_at` (months counted as 28 days, years as 365; one more with `billing_cycle_anchor`); refused when the customer has pending invoice items or a balance owed (the first invoice would charge them too), and for metered or tiered prices, tax, another currency and added invoice items",
     ),
     e(
         "POST",
         "/v1/subscriptions/{id}",
-        Rule::WorstCase,
-        "an update can prorate and charge at once",
+        Rule::Free,
+        "only `metadata`, `description` and an earlier `cancel_at` (no later than the key's expiry); anything that changes what a period charges or when the subscription ends otherwise is refused (its renewals were reserved at creation)",
+    ),
+    e(
+        "POST",
+        "/v1/subscription_items",
+        Rule::Refused(
+            "changes what every renewal of a subscription charges; renewals are reserved only when the subscription is created",
+        ),
+        "",
+    ),
+    e(
+        "POST",
+        "/v1/subscription_items/{id}",
+        Rule::Refused(
+            "changes what every renewal of a subscription charges; renewals are reserved only when the subscription is created",
+        ),
+        "",
     ),
     e(
         "DELETE",
@@ -145,8 +161,8 @@ pub const ENDPOINTS: &[Entry] = &[
     e(
         "POST",
         "/v1/subscription_schedules",
-        Rule::WorstCase,
-        "phases charge over time",
+        Rule::Refused("a schedule's phases commit money over time, past any key's expiry"),
+        "",
     ),
     e(
         "POST",
@@ -169,8 +185,8 @@ pub const ENDPOINTS: &[Entry] = &[
     e(
         "POST",
         "/v1/quotes/{id}/accept",
-        Rule::WorstCase,
-        "creates an invoice or subscription",
+        Rule::Refused("creates an invoice or a subscription whose renewals no key bounds"),
+        "",
     ),
     e(
         "POST",
@@ -287,8 +303,9 @@ const CUSTOMER_REFUSED: [&str; 6] = [
 ];
 
 /// Parameters a subscription may carry and still be costed by its items.
-const SUBSCRIPTION_ROOTS: [&str; 18] = [
+const SUBSCRIPTION_ROOTS: [&str; 19] = [
     "customer",
+    "cancel_at",
     "items",
     "default_payment_method",
     "default_source",
@@ -520,7 +537,8 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             )),
         },
         ("POST", "/v1/invoiceitems") => invoice_item(call, pricing).map(Plan::Known),
-        ("POST", "/v1/subscriptions") => subscription(call, pricing),
+        ("POST", "/v1/subscriptions") => subscription(call, pricing, std::time::SystemTime::now()),
+        ("POST", "/v1/subscriptions/{id}") => subscription_update(call).map(Plan::Known),
         ("DELETE", "/v1/subscriptions/{id}") => match call.field("invoice_now") {
             Some(v) if v != "false" => Err(BadRequest::Refused(
                 "DELETE /v1/subscriptions/{id} with invoice_now=true bills at once an amount the request does not bound".into(),
@@ -566,6 +584,27 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             entry.method, entry.path
         ))),
     }
+}
+
+/// A subscription update: free when it only relabels the subscription or ends it earlier (the
+/// reserve script holds a `cancel_at` to the key's expiry); everything else changes what its
+/// periods charge or lets it renew past the key, after its renewals were reserved at creation.
+fn subscription_update(call: &Call) -> Result<Usd, BadRequest> {
+    for (k, v) in call.pairs() {
+        let root = k.split('[').next().unwrap_or_default();
+        let ok = match root {
+            "metadata" | "description" | "expand" => true,
+            "cancel_at" => !v.is_empty(),
+            "cancel_at_period_end" => v == "true",
+            _ => false,
+        };
+        if !ok {
+            return Err(BadRequest::Refused(format!(
+                "POST /v1/subscriptions/{{id}}: {k}={v} changes what the subscription charges or how long it renews, after its renewals were reserved at creation; only metadata, description and an earlier cancel_at are accepted"
+            )));
+        }
+    }
+    Ok(Usd::ZERO)
 }
 
 /// An invoice item's amount: `amount`, or `unit_amount` times `quantity`, in `currency`.
@@ -647,15 +686,100 @@ fn refund(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
     }))
 }
 
-/// One subscription item: the object to read (or an inline price) and its quantity.
+/// One subscription item: the object to read (or an inline price with its shortest period, in
+/// seconds) and its quantity.
 enum Item {
     Read(String, u64),
-    Inline(u64, String, u64),
+    Inline(u64, String, u64, u64),
 }
 
-/// Costs a subscription's first invoice. One function: the items, their prices and quantities
-/// and the refusal of every shape Stripe reads another way are one reading of the form.
-fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+/// A `cancel_at`: whole Unix seconds.
+fn cancel_at(v: &str) -> Result<i64, BadRequest> {
+    v.parse::<i64>()
+        .ok()
+        .filter(|s| *s > 0 && *s < 100_000_000_000 && v.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            BadRequest::Invalid("cancel_at", format!("{v:?} is not a time in Unix seconds"))
+        })
+}
+
+/// Until when a subscription create or update commits money: its `cancel_at`, in Unix
+/// milliseconds. The reserve script refuses it past the key's expiry, by Redis time.
+pub fn commitment(call: &Call) -> Result<Option<i64>, BadRequest> {
+    let segs = call.segments();
+    let subscription = call.method == "POST"
+        && matches!(
+            segs.as_slice(),
+            ["v1", "subscriptions"] | ["v1", "subscriptions", _]
+        );
+    match call.field("cancel_at") {
+        Some(v) if subscription => Ok(Some(cancel_at(v)?.saturating_mul(1000))),
+        _ => Ok(None),
+    }
+}
+
+/// The shortest a billing period of `count` × `interval` can last, in seconds: a month counted
+/// as 28 days and a year as 365, so the periods counted before `cancel_at` are never too few.
+fn shortest_period(interval: Option<&str>, count: Option<u64>) -> Result<u64, BadRequest> {
+    let unit: u64 = match interval {
+        Some("day") => 86_400,
+        Some("week") => 7 * 86_400,
+        Some("month") => 28 * 86_400,
+        Some("year") => 365 * 86_400,
+        other => {
+            return Err(BadRequest::Refused(format!(
+                "a subscription item's price has no recurring interval the proxy reads ({other:?})"
+            )));
+        }
+    };
+    let count = count.unwrap_or(1);
+    if count == 0 || count > 1095 {
+        return Err(BadRequest::Invalid(
+            "interval_count",
+            format!("{count} is not an interval count Stripe accepts"),
+        ));
+    }
+    Ok(unit * count)
+}
+
+/// The shortest period of a price (`recurring`) or plan read from Stripe.
+fn period_of(obj: &Value) -> Result<u64, BadRequest> {
+    let recurring = obj.get("recurring").unwrap_or(obj);
+    shortest_period(
+        recurring.get("interval").and_then(Value::as_str),
+        recurring.get("interval_count").and_then(Value::as_u64),
+    )
+}
+
+/// Costs a subscription: every period that can start before its `cancel_at`, which the reserve
+/// script holds to the key's expiry. One function: the items, their prices, quantities and
+/// periods, and the refusal of every shape Stripe reads another way are one reading of the form.
+fn subscription(
+    call: &Call,
+    pricing: &Pricing,
+    now: std::time::SystemTime,
+) -> Result<Plan, BadRequest> {
+    let end = match call.field("cancel_at") {
+        Some(v) => cancel_at(v)?,
+        None => {
+            return Err(BadRequest::Refused(
+                "POST /v1/subscriptions: a subscription renews until cancelled, after the key has expired; send cancel_at (Unix seconds), no later than the key's expiry, and every period until then is reserved".into(),
+            ));
+        }
+    };
+    let now_secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    if end <= now_secs {
+        return Err(BadRequest::Invalid(
+            "cancel_at",
+            "is not in the future".into(),
+        ));
+    }
+    let span = (end - now_secs) as u64;
+    // An anchor makes a prorated first invoice before the regular periods: one more charge.
+    let anchored = u64::from(call.field("billing_cycle_anchor").is_some());
+    let periods = move |period: u64| span.div_ceil(period).max(1) + anchored;
     let mut items: std::collections::BTreeMap<u64, Vec<(&str, &str)>> = Default::default();
     for (k, v) in call.pairs() {
         let root = k.split('[').next().unwrap_or_default();
@@ -744,6 +868,12 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
                         })?
                         .to_owned(),
                     quantity,
+                    shortest_period(
+                        get("[price_data][recurring][interval]"),
+                        get("[price_data][recurring][interval_count]")
+                            .map(|c| money::parse_amount("interval_count", c))
+                            .transpose()?,
+                    )?,
                 ),
                 _ => {
                     return Err(BadRequest::Invalid(
@@ -800,8 +930,8 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
             }
             let mut total = Usd::ZERO;
             for item in plan {
-                let (unit, quantity) = match item {
-                    Item::Inline(amount, currency, q) => {
+                let (unit, quantity, period) = match item {
+                    Item::Inline(amount, currency, q, period) => {
                         if billed_in
                             .as_ref()
                             .is_some_and(|c| !c.eq_ignore_ascii_case(&currency))
@@ -811,17 +941,22 @@ fn subscription(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
                                 billed_in.as_deref().unwrap_or_default()
                             )));
                         }
-                        (money::minor_to_usd(amount, &currency, &pricing)?, q)
+                        (money::minor_to_usd(amount, &currency, &pricing)?, q, period)
                     }
                     Item::Read(path, q) => {
                         let obj = read
                             .next()
                             .ok_or_else(|| BadRequest::Refused(format!("{path} was not read")))?;
-                        (unit_price(obj, &path, billed_in.as_deref(), &pricing)?, q)
+                        (
+                            unit_price(obj, &path, billed_in.as_deref(), &pricing)?,
+                            q,
+                            period_of(obj)?,
+                        )
                     }
                 };
                 total = unit
                     .checked_mul(quantity)
+                    .and_then(|u| u.checked_mul(periods(period)))
                     .and_then(|u| total.checked_add(u))
                     .ok_or_else(|| BadRequest::Invalid("items", "too large to cost".into()))?;
             }
@@ -1176,21 +1311,35 @@ mod tests {
 
     #[test]
     fn subscriptions_cost_their_items() {
+        // Ends within the first period: one period is reserved.
+        let sub = |params: &str| {
+            let end = NOW_SECS + 3600;
+            subscription(
+                &try_call(
+                    Vendor::Stripe,
+                    "POST",
+                    "/v1/subscriptions",
+                    &format!("{params}&cancel_at={end}"),
+                )?,
+                &pricing(),
+                now(),
+            )
+        };
         let params =
             "customer=cus_1&items[0][price]=price_a&items[0][quantity]=3&items[1][plan]=gold";
         let customer = json!({"id": "cus_1", "balance": 0});
         let none_pending = json!({"object": "list", "data": []});
-        let price = json!({"unit_amount": 1000, "currency": "usd", "recurring": {"usage_type": "licensed"}});
-        let plan = json!({"amount": 500, "currency": "eur", "usage_type": "licensed"});
+        let price = json!({"unit_amount": 1000, "currency": "usd", "recurring": {"usage_type": "licensed", "interval": "month"}});
+        let plan = json!({"amount": 500, "currency": "eur", "usage_type": "licensed", "interval": "month"});
         let run = |params: &str, objects: &[Value]| -> Result<Usd, BadRequest> {
             let mut all = vec![customer.clone(), none_pending.clone()];
             all.extend_from_slice(objects);
-            match cost("POST", "/v1/subscriptions", params)? {
+            match sub(params)? {
                 Plan::Prefetch(p) => (p.cost)(&all, Usd::ZERO),
                 Plan::Known(u) => panic!("known {u}"),
             }
         };
-        match cost("POST", "/v1/subscriptions", params).unwrap() {
+        match sub(params).unwrap() {
             Plan::Prefetch(p) => assert_eq!(
                 p.reads,
                 [
@@ -1207,9 +1356,7 @@ mod tests {
             usd("35.40")
         );
         // The first invoice would also charge pending items or a balance owed.
-        let with = |customer: Value, pending: Value| match cost("POST", "/v1/subscriptions", params)
-            .unwrap()
-        {
+        let with = |customer: Value, pending: Value| match sub(params).unwrap() {
             Plan::Prefetch(p) => {
                 (p.cost)(&[customer, pending, price.clone(), plan.clone()], Usd::ZERO)
             }
@@ -1222,15 +1369,9 @@ mod tests {
         );
         // A customer billed in euros pays the price's euro option, or is refused without one.
         let eur_customer = json!({"balance": 0, "currency": "eur"});
-        let multi = json!({"unit_amount": 1000, "currency": "usd", "currency_options": {"eur": {"unit_amount": 99_999_999u64}}});
-        let eur_plan = json!({"amount": 500, "currency": "eur", "usage_type": "licensed"});
-        match cost(
-            "POST",
-            "/v1/subscriptions",
-            "customer=cus_1&items[0][price]=price_a&items[1][plan]=gold",
-        )
-        .unwrap()
-        {
+        let multi = json!({"unit_amount": 1000, "currency": "usd", "recurring": {"interval": "month"}, "currency_options": {"eur": {"unit_amount": 99_999_999u64}}});
+        let eur_plan = json!({"amount": 500, "currency": "eur", "usage_type": "licensed", "interval": "month"});
+        match sub("customer=cus_1&items[0][price]=price_a&items[1][plan]=gold").unwrap() {
             Plan::Prefetch(p) => {
                 let got = (p.cost)(
                     &[eur_customer.clone(), none_pending.clone(), multi, eur_plan],
@@ -1265,12 +1406,138 @@ mod tests {
             "customer=cus_1&items[0][price]=price_a&items[+0][quantity]=9",
             "customer=cus_1&items[1][price]=price_a",
         ] {
-            assert!(cost("POST", "/v1/subscriptions", bad).is_err(), "{bad}");
+            assert!(sub(bad).is_err(), "{bad}");
         }
         assert_eq!(
             run("customer=cus_1&items[0][price_data][unit_amount]=700&items[0][price_data][currency]=usd&items[0][price_data][product]=prod_1&items[0][price_data][recurring][interval]=month", &[]).unwrap(),
             usd("7")
         );
+    }
+
+    const NOW_SECS: i64 = 1_800_000_000;
+
+    fn now() -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(NOW_SECS as u64)
+    }
+
+    #[test]
+    fn a_subscription_reserves_every_period_until_it_ends() {
+        let customer = json!({"id": "cus_1", "balance": 0});
+        let none_pending = json!({"object": "list", "data": []});
+        let monthly =
+            json!({"unit_amount": 1000, "currency": "usd", "recurring": {"interval": "month"}});
+        let weekly = json!({"unit_amount": 1000, "currency": "usd", "recurring": {"interval": "week", "interval_count": 2}});
+        let cost_until = |params: &str, end: i64, price: &Value| -> Result<Usd, BadRequest> {
+            let c = try_call(
+                Vendor::Stripe,
+                "POST",
+                "/v1/subscriptions",
+                &format!("customer=cus_1&items[0][price]=price_a{params}&cancel_at={end}"),
+            )?;
+            match subscription(&c, &pricing(), now())? {
+                Plan::Prefetch(p) => (p.cost)(
+                    &[customer.clone(), none_pending.clone(), price.clone()],
+                    Usd::ZERO,
+                ),
+                Plan::Known(u) => panic!("known {u}"),
+            }
+        };
+        let day = 86_400;
+        // 60 days hold three months of 28 days: three charges at most.
+        assert_eq!(
+            cost_until("", NOW_SECS + 60 * day, &monthly).unwrap(),
+            usd("30")
+        );
+        assert_eq!(
+            cost_until("", NOW_SECS + 56 * day, &monthly).unwrap(),
+            usd("20")
+        );
+        assert_eq!(cost_until("", NOW_SECS + 1, &monthly).unwrap(), usd("10"));
+        // Two-week periods over 29 days: three; an anchor adds a prorated first invoice.
+        assert_eq!(
+            cost_until("", NOW_SECS + 29 * day, &weekly).unwrap(),
+            usd("30")
+        );
+        assert_eq!(
+            cost_until(
+                &format!("&billing_cycle_anchor={}", NOW_SECS + day),
+                NOW_SECS + 29 * day,
+                &weekly
+            )
+            .unwrap(),
+            usd("40")
+        );
+        assert!(
+            cost_until("", NOW_SECS - 1, &monthly).is_err(),
+            "in the past"
+        );
+        let once = json!({"unit_amount": 1000, "currency": "usd"});
+        assert!(
+            cost_until("", NOW_SECS + day, &once).is_err(),
+            "no interval"
+        );
+        // Without cancel_at a subscription renews past any key: refused.
+        let open = try_call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/subscriptions",
+            "customer=cus_1&items[0][price]=price_a",
+        )
+        .unwrap();
+        assert!(matches!(
+            subscription(&open, &pricing(), now()),
+            Err(BadRequest::Refused(_))
+        ));
+        // The commitment the reserve script holds to the key's expiry.
+        let c = try_call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/subscriptions",
+            "customer=cus_1&items[0][price]=price_a&cancel_at=1800003600",
+        )
+        .unwrap();
+        assert_eq!(commitment(&c).unwrap(), Some(1_800_003_600_000));
+        let c = try_call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents",
+            "amount=1&currency=usd&cancel_at=5",
+        )
+        .unwrap();
+        assert_eq!(commitment(&c).unwrap(), None);
+    }
+
+    #[test]
+    fn a_subscription_update_may_only_end_it_sooner() {
+        for ok in [
+            "metadata[x]=1",
+            "description=d",
+            "cancel_at=1800003600",
+            "cancel_at_period_end=true",
+        ] {
+            assert_eq!(
+                known("POST", "/v1/subscriptions/sub_1", ok),
+                Usd::ZERO,
+                "{ok}"
+            );
+        }
+        for bad in [
+            "items[0][price]=p",
+            "cancel_at=",
+            "cancel_at_period_end=false",
+            "quantity=100",
+            "trial_end=now",
+            "pause_collection=",
+            "proration_behavior=always_invoice",
+        ] {
+            assert!(
+                matches!(
+                    cost("POST", "/v1/subscriptions/sub_1", bad),
+                    Err(BadRequest::Refused(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -1404,7 +1671,7 @@ mod tests {
         assert_eq!(known("DELETE", "/v1/subscriptions/sub_1", ""), Usd::ZERO);
         assert!(matches!(
             cost("POST", "/v1/subscriptions/sub_1", "items[0][price]=p"),
-            Err(BadRequest::Unbounded(_))
+            Err(BadRequest::Refused(_))
         ));
     }
 

@@ -134,7 +134,10 @@ mod tests {
             )
             .replace("pi_1.json", "SM0123456789abcdef0123456789abcdef.json");
         let params = match (vendor, e.path) {
-            (Vendor::Stripe, "/v1/subscriptions") => "customer=cus_1&items[0][price]=price_1",
+            (Vendor::Stripe, "/v1/subscriptions") => {
+                "customer=cus_1&items[0][price]=price_1&cancel_at=4102444800"
+            }
+            (Vendor::Stripe, "/v1/subscriptions/{id}") => "metadata[run]=r1",
             (Vendor::Stripe, "/v1/refunds") => "payment_intent=pi_1",
             (Vendor::Stripe, "/v1/invoices") => "auto_advance=false",
             (Vendor::Stripe, _) => "amount=100&currency=usd",

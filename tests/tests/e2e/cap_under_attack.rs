@@ -36,6 +36,11 @@ fn stripe_manifests(upstream: &str) -> String {
     ];
     let list: String = endpoints.iter().map(|e| format!("      - {e}\n")).collect();
     let key_list: String = endpoints.iter().map(|e| format!("    - {e}\n")).collect();
+    let existing: String = endpoints
+        .iter()
+        .filter(|e| e.contains('*') || e.ends_with("/v1/refunds"))
+        .map(|e| format!("      - {e}\n"))
+        .collect();
     format!(
         r#"apiVersion: v1
 kind: Secret
@@ -55,7 +60,12 @@ spec:
     allowedEndpoints:
 {list}  pricing:
     currencyUsdRates: {{eur: "1.08"}}
----
+  # Widest scope: the cost of acting on objects no key created (a refund worker's) must
+  # still hold the cap. object_scope.rs shows the default refuses them.
+  scope:
+    customers: Any
+    existingObjects:
+{existing}---
 apiVersion: keybrake.com/v1alpha1
 kind: VaultKey
 metadata: {{name: attacker, namespace: billing}}
@@ -420,12 +430,35 @@ async fn stripe_attacks_move_nothing_past_the_cap() -> Result<()> {
     let customer = t
         .upstream
         .seed("cus", json!({"object": "customer", "balance": 0}));
-    let price = t.upstream.seed("price", json!({"unit_amount": 30_000, "currency": "usd", "billing_scheme": "per_unit", "recurring": {"usage_type": "licensed"}}));
+    let price = t.upstream.seed("price", json!({"unit_amount": 30_000, "currency": "usd", "billing_scheme": "per_unit", "recurring": {"usage_type": "licensed", "interval": "month"}}));
     let t = &t;
+    // The key lives an hour: a subscription ending within it is one period.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let within = now + 1800;
     let subscribe = |extra: String| {
         let body = format!("customer={customer}&items[0][price]={price}{extra}");
         async move { t.form("/v1/subscriptions", &body).await }
     };
+    // Renewals after the key is gone: no cancel_at, or one past its expiry.
+    let seen = t.upstream.requests().len();
+    let r = subscribe(String::new()).await?;
+    assert_eq!(r.status, 403, "a subscription without an end: {}", r.body);
+    let r = subscribe(format!("&cancel_at={}", now + 30 * 86_400)).await?;
+    assert_eq!(r.status, 403, "renewing past the key: {}", r.body);
+    assert_eq!(
+        r.json()["error"]["code"],
+        "commitment_outlives_key",
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        t.upstream.requests().len(),
+        seen,
+        "nothing reached the vendor"
+    );
+    let subscribe = |extra: String| subscribe(format!("&cancel_at={within}{extra}"));
     let r = subscribe("&items[0][quantity]=2".into()).await?;
     assert_eq!(r.status, 429, "{}", r.body);
     let r = subscribe(format!("&add_invoice_items[0][price]={price}")).await?;
@@ -550,27 +583,27 @@ async fn twilio_and_resend_attacks_are_refused_or_counted_in_full() -> Result<()
         (
             "To in the query string of a POST",
             format!("{messages}?Body={long}"),
-            "To=%2B15551234567&Body=hi".to_owned(),
+            "To=%2B14155550100&Body=hi".to_owned(),
         ),
         (
             "a lower-case parameter name",
             messages.clone(),
-            format!("To=%2B15551234567&Body=hi&body={long}"),
+            format!("To=%2B14155550100&Body=hi&body={long}"),
         ),
         (
             "Body twice in two cases",
             messages.clone(),
-            format!("To=%2B15551234567&Body=hi&BODY={long}"),
+            format!("To=%2B14155550100&Body=hi&BODY={long}"),
         ),
         (
             "a content template of unknown length",
             messages.clone(),
-            "To=%2B15551234567&ContentSid=HX0123456789abcdef0123456789abcdef".to_owned(),
+            "To=%2B14155550100&ContentSid=HX0123456789abcdef0123456789abcdef".to_owned(),
         ),
         (
             "a WhatsApp destination",
             messages.clone(),
-            "To=whatsapp%3A%2B15551234567&Body=hi".to_owned(),
+            "To=whatsapp%3A%2B14155550100&Body=hi".to_owned(),
         ),
     ];
     for (name, path, body) in &twilio_refused {
@@ -603,7 +636,7 @@ async fn twilio_and_resend_attacks_are_refused_or_counted_in_full() -> Result<()
         "POST",
         &messages,
         &[("Authorization", basic.as_str()), FORM],
-        format!("To=%2B15551234567&Body={long}").as_bytes(),
+        format!("To=%2B14155550100&Body={long}").as_bytes(),
     )
     .await?;
     assert_eq!(r.status, 201, "{}", r.body);

@@ -52,6 +52,9 @@ async fn charge(
         idempotency: None,
         read: false,
         mode: keybrake_ledger::Mode::Reserve,
+        owned: &[],
+        run_scope: false,
+        commits_until_ms: None,
     };
     Ok(ledger.reserve(&req).await?)
 }
@@ -136,6 +139,9 @@ async fn issues_a_credential_into_redis_and_a_secret() -> Result<()> {
                 idempotency: None,
                 read: false,
                 mode: keybrake_ledger::Mode::Reserve,
+                owned: &[],
+                run_scope: false,
+                commits_until_ms: None,
             })
             .await?
     };
@@ -1057,6 +1063,9 @@ async fn spec_changes_reach_redis_at_once_without_a_new_token() -> Result<()> {
         idempotency: None,
         read: true,
         mode: keybrake_ledger::Mode::Reserve,
+        owned: &[],
+        run_scope: false,
+        commits_until_ms: None,
     };
     assert!(
         matches!(ledger.reserve(&read).await?, Admission::Granted { .. }),

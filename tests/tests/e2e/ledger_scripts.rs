@@ -111,6 +111,9 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
                 idempotency: idem,
                 read: matches!(method, "GET" | "HEAD"),
                 mode: keybrake_ledger::Mode::Reserve,
+                owned: &[],
+                run_scope: false,
+                commits_until_ms: None,
             })
             .await?)
     }
@@ -152,6 +155,7 @@ impl<C: ConnectionLike + Clone + Send + Sync> Fixture<C> {
                 idempotency_key: idem,
                 response,
                 object,
+                created: &[],
             })
             .await?)
     }
@@ -860,6 +864,9 @@ async fn five_hundred_concurrent_callers_never_overshoot() -> Result<()> {
                 idempotency: None,
                 read: false,
                 mode: keybrake_ledger::Mode::Reserve,
+                owned: &[],
+                run_scope: false,
+                commits_until_ms: None,
             };
             anyhow::Ok((ledger.reserve(&req).await?, estimate))
         }));
@@ -916,6 +923,7 @@ async fn settle_object<C: Conn>(
             idempotency_key: None,
             response: None,
             object: Some(object),
+            created: &[],
         })
         .await?)
 }
@@ -936,6 +944,9 @@ async fn a_check_admits_or_refuses_and_reserves_nothing<C: Conn>(fx: Fixture<C>)
                     idempotency: None,
                     read: false,
                     mode: keybrake_ledger::Mode::Check,
+                    owned: &[],
+                    run_scope: false,
+                    commits_until_ms: None,
                 })
                 .await
         }
@@ -1234,6 +1245,9 @@ async fn the_shipped_redis_keeps_a_grant_and_a_revoke_through_a_crash() -> Resul
             idempotency: None,
             read: false,
             mode: keybrake_ledger::Mode::Reserve,
+            owned: &[],
+            run_scope: false,
+            commits_until_ms: None,
         })
         .await?;
     assert_eq!(

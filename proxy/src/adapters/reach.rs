@@ -1,0 +1,412 @@
+//! Whose objects a call reaches, and which objects it created. A key may act only on objects it
+//! created through the proxy (or its run did, or the policy widened the endpoint): this module
+//! reads, from the call as the vendor will read it, every vendor object the call names (ids in
+//! the path, linked objects in the parameters) and, from the vendor's answer, every object the
+//! call created. The ledger checks the first against the owners it recorded from the second.
+
+use keybrake_crds::Vendor;
+use serde_json::Value;
+
+use super::Call;
+
+/// One vendor object a call names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// An object acted on or read by id: must be the key's own unless the policy lists the
+    /// endpoint in `scope.existingObjects`.
+    Object(String),
+    /// A customer (or a saved payment method) a call charges or reads: must be the key's own
+    /// unless the policy says `scope.customers: Any`.
+    Customer(String),
+}
+
+/// What a call reaches besides money.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reach {
+    /// The objects it names.
+    pub named: Vec<Named>,
+    /// A read of a collection or of the account (a list, a search, the balance): it returns
+    /// objects no key created, so only an endpoint in `scope.existingObjects` may make it.
+    pub listing: bool,
+}
+
+/// Stripe's words that sit where an id could (`/v1/customers/search`), as reserve.lua lists them.
+const STRIPE_WORDS: [&str; 7] = [
+    "search",
+    "upcoming",
+    "create_preview",
+    "preview",
+    "report_payment",
+    "create_from_calculation",
+    "create_reversal",
+];
+
+/// A Stripe object id exactly as reserve.lua's `stripe_id` reads one (what `*` in an allowlist
+/// matches): a lower-case prefix of one or two parts and a body of letters and digits with at
+/// least one digit or capital. The two must agree: an id `*` admits is always checked here.
+pub fn stripe_id(s: &str) -> bool {
+    if STRIPE_WORDS.contains(&s) {
+        return false;
+    }
+    let lower = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let parts: Vec<&str> = s.split('_').collect();
+    let body = match parts.as_slice() {
+        [a, body] if lower(a) => body,
+        [a, b, body] if lower(a) && lower(b) => body,
+        _ => return false,
+    };
+    !body.is_empty()
+        && body.bytes().all(|b| b.is_ascii_alphanumeric())
+        && body
+            .bytes()
+            .any(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
+}
+
+/// A Twilio SID (`SM` and 32 hex digits), as reserve.lua reads one, with or without `.json`.
+fn twilio_sid(s: &str) -> Option<&str> {
+    let sid = s.strip_suffix(".json").unwrap_or(s);
+    let b = sid.as_bytes();
+    (b.len() > 2
+        && b[..2].iter().all(u8::is_ascii_uppercase)
+        && b[2..].iter().all(u8::is_ascii_hexdigit))
+    .then_some(sid)
+}
+
+/// A Resend id (a UUID), as reserve.lua reads one.
+fn resend_id(s: &str) -> bool {
+    s.len() == 36
+        && s.split('-').count() == 5
+        && s.split('-')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Stripe parameters that name an object the call acts on.
+const STRIPE_OBJECT_PARAMS: [&str; 9] = [
+    "payment_intent",
+    "charge",
+    "invoice",
+    "subscription",
+    "setup_intent",
+    "mandate",
+    "schedule",
+    "quote",
+    "refund",
+];
+
+/// Stripe parameters that name a customer or what it saved.
+const STRIPE_CUSTOMER_PARAMS: [&str; 3] = ["customer", "payment_method", "source"];
+
+/// Stripe's test-mode payment tokens (`pm_card_visa`, `tok_visa`) and single-use card tokens a
+/// browser makes (`tok_...`): no customer's saved card, and refused by Stripe in live mode.
+fn payment_token(v: &str) -> bool {
+    v.starts_with("pm_card_") || v.starts_with("tok_")
+}
+
+/// Every object `call` names, and whether it lists a collection.
+pub fn reach(call: &Call) -> Reach {
+    let segs = call.segments();
+    let mut named = Vec::new();
+    let ids: Vec<&str> = match call.vendor {
+        // `/v1/<collection>/<id>/...`: the id sits after the version and a collection word.
+        Vendor::Stripe => segs
+            .iter()
+            .skip(2)
+            .copied()
+            .filter(|s| stripe_id(s))
+            .collect(),
+        // `/2010-04-01/Accounts/<AC>/...`: the account SID is checked against the key's own.
+        Vendor::Twilio => segs.iter().skip(3).filter_map(|s| twilio_sid(s)).collect(),
+        Vendor::Resend => segs.iter().copied().filter(|s| resend_id(s)).collect(),
+    };
+    let customer_read = call.vendor == Vendor::Stripe
+        && call.is_read()
+        && segs.get(1).copied() == Some("customers");
+    for (i, id) in ids.iter().enumerate() {
+        named.push(if customer_read && i == 0 {
+            Named::Customer((*id).to_owned())
+        } else {
+            Named::Object((*id).to_owned())
+        });
+    }
+    if call.vendor == Vendor::Stripe {
+        for (k, v) in call.pairs() {
+            if v.is_empty() {
+                continue;
+            }
+            if STRIPE_OBJECT_PARAMS.contains(&k.as_str()) {
+                named.push(Named::Object(v.clone()));
+            } else if STRIPE_CUSTOMER_PARAMS.contains(&k.as_str()) && !payment_token(v) {
+                named.push(Named::Customer(v.clone()));
+            }
+        }
+    }
+    Reach {
+        listing: call.is_read() && ids.is_empty(),
+        named,
+    }
+}
+
+/// An id field of a Stripe object: a string, or an expanded object's `id`.
+fn id_of(v: Option<&Value>) -> Option<&str> {
+    match v? {
+        Value::String(s) => Some(s),
+        Value::Object(o) => o.get("id").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// The objects a Stripe answer shows the call created: the object itself for a create, and the
+/// children any call brings into being (a PaymentIntent's charge, a subscription's invoice, an
+/// invoice's PaymentIntent), never a linked object that existed before (its customer).
+fn stripe_created(call: &Call, status: u16, v: &Value, out: &mut Vec<String>) {
+    let create = call.method == "POST" && !call.segments().iter().skip(2).any(|s| stripe_id(s));
+    if status == 402 {
+        // A declined PaymentIntent stays, and its creator may confirm it again.
+        if create
+            && let Some(id) = v
+                .pointer("/error/payment_intent/id")
+                .and_then(Value::as_str)
+        {
+            out.push(id.to_owned());
+        }
+        return;
+    }
+    if create && let Some(id) = v.get("id").and_then(Value::as_str) {
+        out.push(id.to_owned());
+    }
+    let children = |o: &Value, out: &mut Vec<String>| {
+        for field in ["latest_charge", "latest_invoice"] {
+            out.extend(id_of(o.get(field)).map(str::to_owned));
+        }
+        if o.get("object").and_then(Value::as_str) == Some("invoice") {
+            for field in ["payment_intent", "charge"] {
+                out.extend(id_of(o.get(field)).map(str::to_owned));
+            }
+        }
+    };
+    children(v, out);
+    if let Some(invoice @ Value::Object(_)) = v.get("latest_invoice") {
+        children(invoice, out);
+    }
+}
+
+/// Every object a 2xx answer (or a declined Stripe PaymentIntent's 402) shows the call created.
+pub fn created(call: &Call, status: u16, body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let ok = (200..300).contains(&status);
+    let mut out = Vec::new();
+    match call.vendor {
+        Vendor::Stripe if ok || status == 402 => stripe_created(call, status, &v, &mut out),
+        Vendor::Twilio if ok && call.method == "POST" && reach(call).named.is_empty() => {
+            out.extend(v.get("sid").and_then(Value::as_str).map(str::to_owned));
+        }
+        Vendor::Resend if ok && call.method == "POST" && reach(call).named.is_empty() => {
+            out.extend(v.get("id").and_then(Value::as_str).map(str::to_owned));
+            if let Some(items) = v.get("data").and_then(Value::as_array) {
+                out.extend(
+                    items
+                        .iter()
+                        .filter_map(|i| i.get("id").and_then(Value::as_str))
+                        .map(str::to_owned),
+                );
+            }
+        }
+        _ => {}
+    }
+    out.retain(|id| !id.is_empty() && id.len() <= 255);
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{super::testing::call, *};
+
+    fn objects(r: &Reach) -> Vec<&str> {
+        r.named
+            .iter()
+            .filter_map(|n| match n {
+                Named::Object(id) => Some(id.as_str()),
+                Named::Customer(_) => None,
+            })
+            .collect()
+    }
+
+    fn customers(r: &Reach) -> Vec<&str> {
+        r.named
+            .iter()
+            .filter_map(|n| match n {
+                Named::Customer(id) => Some(id.as_str()),
+                Named::Object(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ids_are_read_as_the_allowlist_reads_them() {
+        for id in [
+            "pi_3NabcXYZ",
+            "cus_9s6XKzkNRiz8i3",
+            "sub_sched_1Mr3",
+            "cs_test_a1B2",
+        ] {
+            assert!(stripe_id(id), "{id}");
+        }
+        for word in [
+            "search",
+            "create_preview",
+            "capture",
+            "increment_authorization",
+            "pm_card_visa",
+            "balance_transactions",
+            "cus_",
+            "_abc1",
+            "a_b_c_1",
+        ] {
+            assert!(!stripe_id(word), "{word}");
+        }
+    }
+
+    #[test]
+    fn a_call_names_its_path_ids_and_linked_objects() {
+        let capture = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents/pi_3Nabc/capture",
+            "amount_to_capture=100",
+        );
+        assert_eq!(objects(&reach(&capture)), ["pi_3Nabc"]);
+        let refund = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/refunds",
+            "payment_intent=pi_3Nother&amount=5",
+        );
+        assert_eq!(objects(&reach(&refund)), ["pi_3Nother"]);
+        let pi = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents",
+            "amount=100&currency=usd&customer=cus_9s6X&payment_method=pm_1Saved&off_session=true",
+        );
+        assert_eq!(customers(&reach(&pi)), ["cus_9s6X", "pm_1Saved"]);
+        let test_card = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents",
+            "amount=100&currency=usd&payment_method=pm_card_visa&confirm=true",
+        );
+        assert_eq!(reach(&test_card), Reach::default());
+        let read = call(Vendor::Stripe, "GET", "/v1/customers/cus_9s6X", "");
+        assert_eq!(customers(&reach(&read)), ["cus_9s6X"]);
+        let update = call(Vendor::Stripe, "POST", "/v1/customers/cus_9s6X", "name=x");
+        assert_eq!(objects(&reach(&update)), ["cus_9s6X"]);
+    }
+
+    #[test]
+    fn reads_without_an_id_list_what_no_key_made() {
+        for (v, path) in [
+            (Vendor::Stripe, "/v1/customers"),
+            (Vendor::Stripe, "/v1/customers/search"),
+            (Vendor::Stripe, "/v1/balance"),
+            (
+                Vendor::Twilio,
+                "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json",
+            ),
+            (Vendor::Resend, "/emails"),
+        ] {
+            assert!(reach(&call(v, "GET", path, "")).listing, "{path}");
+        }
+        let one = call(
+            Vendor::Twilio,
+            "GET",
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/SM0123456789abcdef0123456789abcdef.json",
+            "",
+        );
+        let r = reach(&one);
+        assert!(!r.listing);
+        assert_eq!(objects(&r), ["SM0123456789abcdef0123456789abcdef"]);
+        let email = call(
+            Vendor::Resend,
+            "GET",
+            "/emails/4ef9a417-02e9-4d39-ad75-9611e0fcc33c",
+            "",
+        );
+        assert_eq!(
+            objects(&reach(&email)),
+            ["4ef9a417-02e9-4d39-ad75-9611e0fcc33c"]
+        );
+    }
+
+    #[test]
+    fn a_create_owns_what_it_made_and_never_what_it_named() {
+        let pi = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents",
+            "amount=100&currency=usd&customer=cus_9s6X&confirm=true",
+        );
+        let body = json!({"id": "pi_3New", "object": "payment_intent", "customer": "cus_9s6X",
+            "latest_charge": {"id": "ch_3New", "customer": "cus_9s6X"}});
+        assert_eq!(
+            created(&pi, 200, body.to_string().as_bytes()),
+            ["ch_3New", "pi_3New"]
+        );
+        let declined =
+            json!({"error": {"type": "card_error", "payment_intent": {"id": "pi_3Dec"}}});
+        assert_eq!(
+            created(&pi, 402, declined.to_string().as_bytes()),
+            ["pi_3Dec"]
+        );
+        assert!(created(&pi, 400, declined.to_string().as_bytes()).is_empty());
+        let sub = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/subscriptions",
+            "customer=cus_9s6X&items[0][price]=price_1",
+        );
+        let body = json!({"id": "sub_1", "customer": "cus_9s6X",
+            "latest_invoice": {"id": "in_1", "object": "invoice", "payment_intent": "pi_3Sub"}});
+        assert_eq!(
+            created(&sub, 200, body.to_string().as_bytes()),
+            ["in_1", "pi_3Sub", "sub_1"]
+        );
+        // Acting on an object creates nothing but its children.
+        let confirm = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents/pi_3New/confirm",
+            "",
+        );
+        let body = json!({"id": "pi_3New", "latest_charge": "ch_3Two"});
+        assert_eq!(
+            created(&confirm, 200, body.to_string().as_bytes()),
+            ["ch_3Two"]
+        );
+        let sms = call(
+            Vendor::Twilio,
+            "POST",
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json",
+            "To=%2B14155550100&Body=hi",
+        );
+        assert_eq!(
+            created(&sms, 201, br#"{"sid": "SMabc", "to": "+14155550100"}"#),
+            ["SMabc"]
+        );
+        let batch = call(
+            Vendor::Resend,
+            "POST",
+            "/emails/batch",
+            r#"[{"from":"a@x.io","to":"b@y.io"}]"#,
+        );
+        assert_eq!(
+            created(&batch, 200, br#"{"data": [{"id": "e1"}, {"id": "e2"}]}"#),
+            ["e1", "e2"]
+        );
+    }
+}
