@@ -81,8 +81,9 @@ fn resend_id(s: &str) -> bool {
 }
 
 /// Stripe parameters that name an object the call acts on.
-const STRIPE_OBJECT_PARAMS: [&str; 9] = [
+const STRIPE_OBJECT_PARAMS: [&str; 10] = [
     "payment_intent",
+    "source_transaction",
     "charge",
     "invoice",
     "subscription",

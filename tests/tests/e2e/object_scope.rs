@@ -189,6 +189,43 @@ async fn a_key_acts_only_on_objects_it_created() -> Result<()> {
         &customer,
     )
     .await?;
+    // Money sent to another account, linked objects pulled in: refused, named.
+    for (method, path, body, parameter) in [
+        (
+            "POST",
+            "/v1/payment_intents".to_owned(),
+            "amount=100&currency=usd&transfer_data[destination]=acct_1Other",
+            "transfer_data",
+        ),
+        (
+            "POST",
+            "/v1/payment_intents".to_owned(),
+            "amount=100&currency=usd&on_behalf_of=acct_1Other",
+            "on_behalf_of",
+        ),
+        (
+            "POST",
+            "/v1/payment_intents".to_owned(),
+            "amount=100&currency=usd&application_fee_amount=90",
+            "application_fee_amount",
+        ),
+        (
+            "GET",
+            format!("/v1/payment_intents/{pi}?expand[]=customer"),
+            "",
+            "expand",
+        ),
+    ] {
+        let r = w.call("a", method, &path, body).await?;
+        assert_eq!(r.status, 403, "{parameter}: {}", r.body);
+        assert_eq!(
+            r.json()["error"]["code"],
+            "parameter_not_allowed",
+            "{}",
+            r.body
+        );
+        assert!(r.body.contains(parameter), "{}", r.body);
+    }
     let r = w.call("a", "GET", "/v1/customers?limit=100", "").await?;
     assert_eq!(r.status, 403, "a list of every customer: {}", r.body);
     assert_eq!(r.json()["error"]["code"], "object_not_owned");
@@ -305,5 +342,62 @@ async fn a_policy_widens_the_scope_only_where_it_says() -> Result<()> {
     w.refused("capture is not widened", r, &company).await?;
     let r = w.call("b", "GET", "/v1/customers?limit=3", "").await?;
     assert_eq!(r.status, 403, "lists stay refused: {}", r.body);
+    Ok(())
+}
+
+/// The shipped refund worker refunds a charge the company made, within its caps; the same
+/// refund through the seeds' run key, and anything but a refund through the worker, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refund_worker_example_widens_refunds_only() -> Result<()> {
+    use keybrake_e2e::{example, with_upstream};
+    let upstream = RecordingUpstream::start().await?;
+    let (stack, proxy) = Stack::start_with_proxy().await?;
+    for manifest in [
+        "stripe-policy.yaml",
+        "stripe-refund-worker.yaml",
+        "stripe-run-key.yaml",
+    ] {
+        stack
+            .cluster
+            .apply_ok(&with_upstream(&example(manifest), &upstream.url()))
+            .await?;
+    }
+    let w = World {
+        stack,
+        proxy,
+        upstream,
+    };
+    let company = w
+        .company_object(
+            "/v1/payment_intents",
+            "amount=30000&currency=usd&confirm=true",
+        )
+        .await?;
+    let refund = format!("payment_intent={company}&amount=20000");
+    let r = w
+        .call("billing-agent-run-7f3a", "POST", "/v1/refunds", &refund)
+        .await?;
+    assert_eq!(r.status, 403, "the run key: {}", r.body);
+    let r = w
+        .call("refund-worker", "POST", "/v1/refunds", &refund)
+        .await?;
+    assert_eq!(r.status, 200, "the refund worker: {}", r.body);
+    let r = w
+        .call("refund-worker", "POST", "/v1/refunds", &refund)
+        .await?;
+    assert_eq!(r.status, 200, "$400 of its $500 day: {}", r.body);
+    let r = w
+        .call("refund-worker", "POST", "/v1/refunds", &refund)
+        .await?;
+    assert_eq!(r.status, 429, "refunds count against the day: {}", r.body);
+    let r = w
+        .call(
+            "refund-worker",
+            "POST",
+            &format!("/v1/payment_intents/{company}/capture"),
+            "",
+        )
+        .await?;
+    assert_eq!(r.status, 403, "nothing but refunds: {}", r.body);
     Ok(())
 }
