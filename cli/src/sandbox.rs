@@ -154,13 +154,19 @@ pub fn sms_segments(text: &str) -> u64 {
         })
         .collect::<Option<Vec<_>>>()
         .map(|v| v.concat());
-    let (units, single, part, first_of_pair): (Vec<u16>, usize, usize, fn(u16) -> bool) =
-        match septets {
-            Some(s) => (s, 160, 153, |u| u == GSM_ESCAPE),
-            None => (text.encode_utf16().collect(), 70, 67, |u| {
-                (0xD800..0xDC00).contains(&u)
-            }),
-        };
+    let gsm = septets.is_some();
+    let (units, single, part) = match septets {
+        Some(s) => (s, 160, 153),
+        None => (text.encode_utf16().collect::<Vec<_>>(), 70, 67),
+    };
+    // An escape, or a high surrogate, needs the unit after it in the same part.
+    let first_of_pair = |u: u16| {
+        if gsm {
+            u == GSM_ESCAPE
+        } else {
+            (0xD800..0xDC00).contains(&u)
+        }
+    };
     if units.len() <= single {
         return 1;
     }
