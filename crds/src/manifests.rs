@@ -90,6 +90,38 @@ mod tests {
         assert!(json.contains("x-kubernetes-int-or-string"));
     }
 
+    /// A policy that says nothing about it requires a price per destination, whether the API
+    /// server fills in the schema's defaults or a binary reads the object without them.
+    #[test]
+    fn destination_prices_are_required_unless_a_policy_says_otherwise() {
+        use crate::spend_policy::Pricing;
+        let [sp, _] = crds();
+        let schema = serde_json::to_value(&sp.spec.versions[0].schema).unwrap();
+        let pricing = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["pricing"];
+        assert_eq!(
+            pricing["default"],
+            serde_json::json!({"requireDestinationPrice": true}),
+            "{pricing}"
+        );
+        assert_eq!(
+            pricing["properties"]["requireDestinationPrice"]["default"],
+            true
+        );
+        let absent: Pricing = serde_json::from_str("{}").unwrap();
+        assert!(absent.require_destination_price);
+        assert_eq!(absent, Pricing::default());
+        let off: Pricing = serde_json::from_str(r#"{"requireDestinationPrice": false}"#).unwrap();
+        assert!(!off.require_destination_price);
+        assert_eq!(
+            serde_json::to_value(&off).unwrap(),
+            serde_json::json!({"requireDestinationPrice": false})
+        );
+        assert_eq!(
+            serde_json::to_value(Pricing::default()).unwrap(),
+            serde_json::json!({"requireDestinationPrice": true})
+        );
+    }
+
     /// Every YAML document under `manifests/examples/`, with the file it came from.
     fn example_docs() -> Vec<(String, serde_json::Value)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");

@@ -82,7 +82,7 @@ class TwilioNotifier:
     def run(self, to: str, body: str) -> dict:
         client = Client(self.account_sid, self.vault_key)
         client.api.base_url = KEYBRAKE_URL
-        message = client.messages.create(to=to, from_="+15557654321", body=body)
+        message = client.messages.create(to=to, from_="+14155550199", body=body)
         return {"result": {"sid": message.sid}}
 
 
@@ -106,7 +106,7 @@ class ScriptedChatGenerator:
         elif self.turn == self.accounts + 1:
             call = ToolCall(
                 tool_name="notify_customer",
-                arguments={"to": "+15551234567", "body": "your overdue invoices were processed"},
+                arguments={"to": "+14155550100", "body": "your overdue invoices were processed"},
             )
         else:
             return {"replies": [ChatMessage.from_assistant("All overdue accounts processed.")]}

@@ -16,7 +16,7 @@ resend.api_key = os.environ["RESEND_API_KEY"]
 log = {"sms_sent": 0, "sms_capped": 0, "emails_sent": 0, "emails_capped": 0}
 for step in range(steps):
     try:
-        sms.messages.create(to="+15551234567", from_="+15557654321", body=f"step {step}: your invoice is overdue")
+        sms.messages.create(to="+14155550100", from_="+14155550199", body=f"step {step}: your invoice is overdue")
         log["sms_sent"] += 1
     except TwilioRestException as e:
         if e.status == 429 and "cap_exhausted" in e.msg:

@@ -32,7 +32,7 @@ if (vendor === "stripe") {
   client.api.baseUrl = process.env.TWILIO_API_BASE;
   for (let i = 0; i < n; i++) {
     try {
-      const m = await client.messages.create({ to: "+15551234567", from: "+15557654321", body: "x".repeat(size) });
+      const m = await client.messages.create({ to: "+14155550100", from: "+14155550199", body: "x".repeat(size) });
       results.push({ ok: m.sid });
     } catch (e) {
       results.push({ error: e.constructor.name, code: e.code, status: e.status, message: e.message });

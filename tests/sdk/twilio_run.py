@@ -13,7 +13,7 @@ client.api.base_url = os.environ["TWILIO_API_BASE"]
 results = []
 for i in range(n):
     try:
-        m = client.messages.create(to="+15551234567", from_="+15557654321", body="x" * length)
+        m = client.messages.create(to="+14155550100", from_="+14155550199", body="x" * length)
         results.append({"ok": m.sid, "segments": m.num_segments})
     except TwilioRestException as e:
         results.append({"error": e.code, "http_status": e.status, "message": e.msg})

@@ -1,6 +1,7 @@
 //! Twilio Programmable Messaging: form-encoded, PascalCase fields. An SMS costs its segments
 //! (counted as a segmenting encoder packs them, [`segments`]) times the segment price of its
-//! destination; an MMS costs the policy's MMS price. Calls and everything else that can cost money
+//! destination (for `+1` numbers, [`nanp`]); an MMS costs the policy's MMS price, or the SMS it
+//! may be converted to when that costs more. Calls and everything else that can cost money
 //! without a bound in the request need the policy's opt-in worst case.
 
 use keybrake_crds::{Usd, spend_policy::Pricing};
@@ -11,6 +12,7 @@ use super::{
     table::{Entry, Rule, e},
 };
 
+mod nanp;
 mod segments;
 
 pub use segments::sms_segments;
@@ -65,7 +67,7 @@ pub const ENDPOINTS: &[Entry] = &[
         "POST",
         "/2010-04-01/Accounts/{id}/Messages.json",
         Rule::Priced,
-        "SMS: segments of `Body` times the destination's price (`smsSegmentUsdByPrefix`, else `smsSegmentUsd`); MMS (`MediaUrl`): `mmsUsd`; `ContentSid` templates and non-phone destinations are refused",
+        "SMS: segments of `Body`, packed as Twilio packs them, times the destination's price (the longest prefix in `smsSegmentUsdByPrefix`, where `\"+1\"` covers only US and Canadian area codes; `smsSegmentUsd` only with `requireDestinationPrice: false`); MMS (`MediaUrl`, `SendAsMms`): the larger of `mmsUsd` and the SMS Twilio's MMS Converter may send instead (the segments of `Body`, at least one); `ContentSid` templates and non-phone destinations are refused",
     ),
     e(
         "POST",
@@ -112,7 +114,8 @@ pub const ENDPOINTS: &[Entry] = &[
 ];
 
 /// What the policy charges per segment to `to`: the longest matching prefix, else the default
-/// price (unless the policy requires a destination price).
+/// price unless the policy requires a destination price (the default). In the NANP a prefix
+/// shorter than `+1` and an area code covers only US and Canadian area codes.
 fn segment_price(to: &str, pricing: &Pricing) -> Result<Usd, BadRequest> {
     let digits = to.strip_prefix('+').unwrap_or("");
     if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -123,22 +126,49 @@ fn segment_price(to: &str, pricing: &Pricing) -> Result<Usd, BadRequest> {
             ),
         ));
     }
+    let area = digits.strip_prefix('1').map(nanp::area);
+    let covers = |prefix: &str| match &area {
+        // "+" and "1" and the three digits of the area code.
+        Some(a) if prefix.len() < 5 => *a == nanp::Area::UsCa,
+        _ => true,
+    };
     let by_prefix = pricing
         .sms_segment_usd_by_prefix
         .iter()
-        .filter(|(prefix, _)| to.starts_with(prefix.as_str()))
+        .filter(|(prefix, _)| to.starts_with(prefix.as_str()) && covers(prefix))
         .max_by_key(|(prefix, _)| prefix.len())
         .map(|(_, price)| *price);
     match (by_prefix, pricing.require_destination_price) {
         (Some(p), _) => Ok(p),
-        (None, true) => Err(BadRequest::Refused(format!(
-            "no price for SMS to {to} in the SpendPolicy's pricing.smsSegmentUsdByPrefix, and it requires one"
-        ))),
+        (None, true) => Err(BadRequest::Refused(no_price(to, area.as_ref()))),
         (None, false) => pricing.sms_segment_usd.ok_or_else(|| {
             BadRequest::Unbounded(
                 "an SMS cannot be costed: the SpendPolicy sets no pricing.smsSegmentUsd".into(),
             )
         }),
+    }
+}
+
+/// Why an SMS to `to` has no price, and the entry that would give it one.
+fn no_price(to: &str, area: Option<&nanp::Area>) -> String {
+    const FIELD: &str = "the SpendPolicy's pricing.smsSegmentUsdByPrefix";
+    const US_CA_ONLY: &str = "a \"+1\" price covers only US and Canadian area codes";
+    match area {
+        None => format!(
+            "no price for an SMS to {to}: add its country code (like \"+44\") to {FIELD}, or set pricing.requireDestinationPrice: false to price it at pricing.smsSegmentUsd"
+        ),
+        Some(nanp::Area::UsCa) => {
+            format!("no price for an SMS to {to}, a US or Canadian number: add \"+1\" to {FIELD}")
+        }
+        Some(nanp::Area::Elsewhere(code, region, what)) if !region.is_empty() => format!(
+            "no price for an SMS to {to}: area code {code} is {what} ({region}), and {US_CA_ONLY}; price it with \"+1{code}\" in {FIELD}"
+        ),
+        Some(nanp::Area::Elsewhere(code, _, what)) => format!(
+            "no price for an SMS to {to}: area code {code} is {what}, and {US_CA_ONLY}; price it with \"+1{code}\" in {FIELD}"
+        ),
+        Some(nanp::Area::Unknown(code)) => format!(
+            "no price for an SMS to {to}: {code:?} is not a US or Canadian area code in Keybrake's list (from libphonenumber, July 2026), and {US_CA_ONLY}; if it is a new one, price it with \"+1{code}\" in {FIELD}"
+        ),
     }
 }
 
@@ -168,20 +198,22 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
                 || call
                     .field("SendAsMms")
                     .is_some_and(|v| !v.eq_ignore_ascii_case("false"));
-            if mms {
-                segment_price(to, pricing)?;
-                return pricing.mms_usd.map(Plan::Known).ok_or_else(|| {
-                    BadRequest::Unbounded(
-                        "an MMS cannot be costed: the SpendPolicy sets no pricing.mmsUsd".into(),
-                    )
-                });
-            }
             let price = segment_price(to, pricing)?;
             let text = call.field("Body").unwrap_or("");
-            price
+            let sms = price
                 .checked_mul(sms_segments(text))
-                .map(Plan::Known)
-                .ok_or_else(|| BadRequest::Invalid("Body", "too long to cost".into()))
+                .ok_or_else(|| BadRequest::Invalid("Body", "too long to cost".into()))?;
+            if !mms {
+                return Ok(Plan::Known(sms));
+            }
+            // Twilio's MMS Converter (on by default, per account and per Messaging Service) sends
+            // an MMS to a destination without MMS as an SMS, billed as the segments it became.
+            let mms_usd = pricing.mms_usd.ok_or_else(|| {
+                BadRequest::Unbounded(
+                    "an MMS cannot be costed: the SpendPolicy sets no pricing.mmsUsd".into(),
+                )
+            })?;
+            Ok(Plan::Known(mms_usd.max(sms)))
         }
         _ if entry.rule == Rule::Free => Ok(Plan::Known(Usd::ZERO)),
         _ => Err(BadRequest::Refused(format!(
@@ -251,8 +283,10 @@ mod tests {
         *,
     };
 
+    /// The tests' prices with the default price for destinations without one.
     fn pricing() -> Pricing {
         let mut p = testing::pricing();
+        p.require_destination_price = false;
         p.sms_segment_usd_by_prefix
             .insert("+44".into(), "0.04".parse().unwrap());
         p.sms_segment_usd_by_prefix
@@ -280,7 +314,11 @@ mod tests {
             "To=%2B15551234567&From=%2B15557654321&Body={}",
             "a".repeat(200)
         );
-        assert_eq!(known(&long, &p), "0.0166".parse().unwrap());
+        assert_eq!(
+            known(&long, &p),
+            "0.0166".parse().unwrap(),
+            "smsSegmentUsd, with requireDestinationPrice: false"
+        );
         assert_eq!(
             known("To=%2B447700900000&Body=hi", &p),
             "0.04".parse().unwrap()
@@ -300,17 +338,149 @@ mod tests {
             known("To=%2B447700900000&Body=hi", &strict),
             "0.04".parse().unwrap()
         );
-        let mms =
-            "To=%2B1555&Body=hi&MediaUrl=https%3A%2F%2Fx%2Fa.png&MediaUrl=https%3A%2F%2Fx%2Fb.png";
-        assert_eq!(known(mms, &p), "0.022".parse().unwrap());
-        assert_eq!(
-            known("To=%2B1555&Body=hi&SendAsMms=true", &p),
-            "0.022".parse().unwrap()
-        );
         assert!(exposes_the_auth_token("/2010-04-01/Accounts/AC1.json"));
         assert!(exposes_the_auth_token("/2010-04-01/Accounts.json"));
         assert!(!exposes_the_auth_token(
             "/2010-04-01/Accounts/AC1/Messages.json"
+        ));
+    }
+
+    /// A policy as the API server hands it over: `requireDestinationPrice` left out.
+    fn as_stored(json: serde_json::Value) -> Pricing {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn refusal(body: &str, p: &Pricing) -> String {
+        match cost(body, p) {
+            Err(BadRequest::Refused(why)) => why,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_destination_without_a_price_is_refused_unless_the_policy_says_otherwise() {
+        let p = as_stored(serde_json::json!({"smsSegmentUsd": "0.0083", "mmsUsd": "0.022"}));
+        assert!(p.require_destination_price, "on when absent");
+        let why = refusal("To=%2B447700900000&Body=hi", &p);
+        assert!(why.contains("+447700900000"), "{why}");
+        assert!(why.contains("pricing.smsSegmentUsdByPrefix"), "{why}");
+        let why = refusal(
+            "To=%2B14155550100&Body=hi&MediaUrl=https%3A%2F%2Fx%2Fa.png",
+            &p,
+        );
+        assert!(why.contains("add \"+1\""), "an MMS too: {why}");
+
+        let off = as_stored(
+            serde_json::json!({"smsSegmentUsd": "0.0083", "requireDestinationPrice": false}),
+        );
+        assert!(!off.require_destination_price);
+        assert_eq!(
+            known("To=%2B447700900000&Body=hi", &off),
+            "0.0083".parse().unwrap()
+        );
+        let written = serde_json::to_value(&off).unwrap();
+        assert_eq!(
+            written["requireDestinationPrice"], false,
+            "false is written"
+        );
+        assert_eq!(as_stored(serde_json::to_value(&p).unwrap()), p);
+    }
+
+    #[test]
+    fn a_plus_one_price_covers_only_us_and_canadian_numbers() {
+        let mut p = as_stored(serde_json::json!({
+            "smsSegmentUsdByPrefix": {"+1": "0.0075", "+18": "0.001"},
+        }));
+        let price = |to: &str, p: &Pricing| known(&format!("To=%2B{to}&Body=hi"), p);
+        assert_eq!(
+            price("14155550100", &p),
+            "0.0075".parse().unwrap(),
+            "San Francisco"
+        );
+        assert_eq!(
+            price("16045550100", &p),
+            "0.0075".parse().unwrap(),
+            "Vancouver"
+        );
+        assert_eq!(
+            price("18195550100", &p),
+            "0.001".parse().unwrap(),
+            "a shorter prefix than an area code, for US and Canadian codes"
+        );
+        for (to, says) in [
+            ("18765550100", "area code 876 is Jamaica (JM)"),
+            ("16585550100", "area code 658 is Jamaica (JM)"),
+            ("12425550100", "the Bahamas (BS)"),
+            ("18095550100", "the Dominican Republic (DO)"),
+            ("18495550100", "the Dominican Republic (DO)"),
+            ("17875550100", "Puerto Rico (a US territory) (PR)"),
+            ("13405550100", "the US Virgin Islands"),
+            ("16715550100", "Guam"),
+            ("18005550100", "toll-free"),
+            ("15551234567", "\"555\" is not a US or Canadian area code"),
+            ("141", "\"41\" is not a US or Canadian area code"),
+        ] {
+            let why = refusal(&format!("To=%2B{to}&Body=hi"), &p);
+            assert!(why.contains(says), "{to}: {why}");
+            assert!(why.contains(&format!("+{to}")), "names the number: {why}");
+            assert!(why.contains("pricing.smsSegmentUsdByPrefix"), "{why}");
+        }
+        let why = refusal("To=%2B18765550100&Body=hi", &p);
+        assert!(why.contains("price it with \"+1876\""), "{why}");
+        p.sms_segment_usd_by_prefix
+            .insert("+1876".into(), "0.05".parse().unwrap());
+        assert_eq!(price("18765550100", &p), "0.05".parse().unwrap());
+        assert!(
+            cost("To=%2B16585550100&Body=hi", &p).is_err(),
+            "Jamaica's other area code is priced apart"
+        );
+        // Without requireDestinationPrice, the default price, never the "+1" one.
+        p.require_destination_price = false;
+        p.sms_segment_usd = Some("0.0083".parse().unwrap());
+        assert_eq!(price("12425550100", &p), "0.0083".parse().unwrap());
+        assert_eq!(price("14155550100", &p), "0.0075".parse().unwrap());
+    }
+
+    #[test]
+    fn an_mms_costs_at_least_the_sms_it_may_become() {
+        let mut p = pricing();
+        p.sms_segment_usd_by_prefix
+            .insert("+1".into(), "0.0083".parse().unwrap());
+        let media = "MediaUrl=https%3A%2F%2Fx%2Fa.png&MediaUrl=https%3A%2F%2Fx%2Fb.png";
+        let mms = |to: &str, body: &str| known(&format!("To=%2B{to}&{body}"), &p);
+        assert_eq!(
+            mms("14155550100", &format!("Body=hi&{media}")),
+            "0.022".parse().unwrap(),
+            "one segment costs less than an MMS"
+        );
+        assert_eq!(
+            mms("14155550100", &format!("Body={}&{media}", "a".repeat(500))),
+            "0.0332".parse().unwrap(),
+            "four segments cost more"
+        );
+        assert_eq!(
+            mms("14155550100", "Body=hi&SendAsMms=true"),
+            "0.022".parse().unwrap()
+        );
+        assert_eq!(
+            mms("447700900000", &format!("Body=hi&{media}")),
+            "0.04".parse().unwrap(),
+            "converted abroad: one UK segment"
+        );
+        assert_eq!(
+            mms("447700900000", media),
+            "0.04".parse().unwrap(),
+            "no Body: the converted message is still one segment"
+        );
+        assert_eq!(
+            mms("447700900000", &format!("Body={}&{media}", "😀".repeat(40))),
+            "0.08".parse().unwrap(),
+            "80 UTF-16 units: two UK segments"
+        );
+        p.mms_usd = None;
+        assert!(matches!(
+            cost(&format!("To=%2B14155550100&Body=hi&{media}"), &p),
+            Err(BadRequest::Unbounded(_))
         ));
     }
 
@@ -331,6 +501,14 @@ mod tests {
         }
         assert!(matches!(
             cost("To=%2B1555&Body=x", &Pricing::default()),
+            Err(BadRequest::Refused(_))
+        ));
+        let unpriced = Pricing {
+            require_destination_price: false,
+            ..Pricing::default()
+        };
+        assert!(matches!(
+            cost("To=%2B1555&Body=x", &unpriced),
             Err(BadRequest::Unbounded(_))
         ));
         let calls = testing::call(

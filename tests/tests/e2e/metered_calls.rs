@@ -413,7 +413,7 @@ async fn twilio_and_resend_keys_are_costed_and_shaped_their_way() -> Result<()> 
     );
     let path = format!("/2010-04-01/Accounts/{sid}/Messages.json");
     let body = format!(
-        "To=%2B15551234567&From=%2B15557654321&Body={}",
+        "To=%2B14155550100&From=%2B14155550199&Body={}",
         "a".repeat(200)
     );
     let r = http(
@@ -482,6 +482,121 @@ async fn twilio_and_resend_keys_are_costed_and_shaped_their_way() -> Result<()> 
         .policy_spend(&keybrake_ledger::PolicyTag::of("agents", "resend"))
         .await?;
     assert_eq!(mail.total, 3 * 900, "three recipients at $0.0009");
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// Texts whose GSM-7 escape or surrogate pair straddles a part boundary: the estimate the proxy
+/// reserves before the call is what the vendor then counts (the sandbox's own reading, not the
+/// proxy's), each call on its own. And `+1` numbers outside the US and Canada, which the example
+/// policy's `"+1"` price does not cover, never leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_estimates_are_what_the_vendor_counts_at_every_boundary() -> Result<()> {
+    let stack = Stack::start().await?;
+    stack
+        .cluster
+        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
+        .await?;
+    let upstream = RecordingUpstream::start().await?;
+    stack
+        .cluster
+        .apply_ok(&pointed_at("twilio-policy.yaml", &upstream))
+        .await?;
+    stack
+        .cluster
+        .apply_ok(&example("twilio-sms-key.yaml"))
+        .await?;
+    active(&stack, "agents", "haystack-notifier-run-41").await?;
+    let proxy = stack.start_proxy().await?;
+    let secret = |key| secret_value(&stack, "agents", "haystack-notifier-run-41", key);
+    let (sid, token) = (
+        secret("TWILIO_ACCOUNT_SID").await?,
+        secret("TWILIO_AUTH_TOKEN").await?,
+    );
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"))
+    );
+    let path = format!("/2010-04-01/Accounts/{sid}/Messages.json");
+    let send = |to: &str, body: &str| {
+        let form = form_urlencoded::Serializer::new(String::new())
+            .append_pair("To", to)
+            .append_pair("From", "+14155550199")
+            .append_pair("Body", body)
+            .finish();
+        let (path, basic) = (path.clone(), basic.clone());
+        async move {
+            http(
+                proxy.addr,
+                "POST",
+                &path,
+                &[("Authorization", basic.as_str()), FORM],
+                form.as_bytes(),
+            )
+            .await
+        }
+    };
+
+    let (a, l) = (|n| "a".repeat(n), |n| "ł".repeat(n));
+    let bodies = [
+        format!("{}€{}", a(152), a(152)),
+        format!("{}€{}", a(151), a(152)),
+        "€".repeat(153),
+        format!("{}😀{}", l(66), l(66)),
+        "😀".repeat(67),
+        format!("{}{{", a(159)),
+        a(160),
+        format!("{}`", a(70)),
+    ];
+    for body in &bodies {
+        let r = send("+14155550100", body).await?;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let moved = upstream.moved();
+    let counted: Vec<u64> = moved.iter().map(|m| m.units).collect();
+    assert_eq!(
+        counted,
+        [3, 2, 3, 3, 3, 2, 1, 2],
+        "the vendor's count: {moved:?}"
+    );
+    let tag = keybrake_ledger::PolicyTag::of("agents", "twilio");
+    let ledger = stack.ledger().await?;
+    let entries = eventually("every text in the audit trail", 10, || async {
+        let e = ledger.audit(&tag, None, None, 100).await.ok()?;
+        (e.iter().filter(|e| e.outcome == "ok").count() == bodies.len()).then_some(e)
+    })
+    .await?;
+    let estimates: Vec<(u64, u64)> = entries
+        .iter()
+        .filter(|e| e.outcome == "ok")
+        .map(|e| (e.estimate, e.actual))
+        .collect();
+    let expected: Vec<(u64, u64)> = counted.iter().map(|n| (n * 11_300, n * 11_300)).collect();
+    assert_eq!(
+        estimates, expected,
+        "(estimate, actual) of each text at $0.0113 a segment"
+    );
+
+    for (to, names) in [
+        ("+18765550100", "Jamaica"),
+        ("+17875550100", "Puerto Rico"),
+        ("+15551234567", "\"555\""),
+    ] {
+        let r = send(to, "hi").await?;
+        assert_eq!(r.status, 403, "{to}: {}", r.body);
+        let message = r.json()["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains(names), "{to}: {message}");
+        assert!(
+            message.contains("pricing.smsSegmentUsdByPrefix"),
+            "{message}"
+        );
+    }
+    assert_eq!(
+        upstream.requests().len(),
+        bodies.len(),
+        "no unpriced text reached the vendor"
+    );
     proxy.shutdown().await;
     Ok(())
 }
