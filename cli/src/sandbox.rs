@@ -406,6 +406,16 @@ impl State {
                 Some(obj) => (200, obj.clone()),
                 None => stripe_error(404, "No such object"),
             },
+            // Stripe takes a caller's own id for these.
+            ("POST", ["v1", kind @ ("products" | "plans" | "coupons")]) => {
+                let id = match get(p, "id") {
+                    Some(id) => id.to_owned(),
+                    None => self.id("prod"),
+                };
+                let obj =
+                    json!({"id": id, "object": kind.trim_end_matches('s'), "name": get(p, "name")});
+                (200, obj)
+            }
             ("POST", ["v1", "customers"]) => {
                 let id = self.id("cus");
                 let obj =

@@ -17,7 +17,8 @@ KEYS[9] closed unknown {P}:unknown:<res id>  hash: key, amount, day, idem of one
                                              what the vendor's answer showed above the estimate
 KEYS[10..] owners     {P}:owner:<h>          one per vendor object the call created: set on an "ok"
                                              outcome to "<key id>\n<run label>", kept ARGV[12]
-                                             seconds, never taken over from another key
+                                             seconds or a day past the key's expiry, whichever is
+                                             later; never taken over from another key
 
 ARGV[1]  reservation id
 ARGV[2]  actual cost, integer micro-dollars >= 0 (ignored for "unknown": the estimate stays)
@@ -85,16 +86,21 @@ end
 
 -- Records the objects the call created (KEYS[10..]) as `key`'s. An object that already has an
 -- owner keeps it: a response can never hand one key's object to another.
+-- Kept ARGV[12] seconds, or a day past the key's expiry if that is later: a key may act on what
+-- it made for as long as it lives (a subscription it must cancel).
 local function own_created(key)
   if outcome ~= "ok" or #KEYS < 10 then return end
-  local run = redis.call("HGET", KEYS[7], "run_label") or ""
-  local mine = key .. "\n" .. run
+  local k = redis.call("HMGET", KEYS[7], "run_label", "expires_at_ms")
+  local mine = key .. "\n" .. (k[1] or "")
+  local ttl = int(ARGV[12])
+  local expires = int(k[2])
+  if expires then ttl = math.max(ttl, math.floor((expires - now_ms) / 1000) + 86400) end
   for i = 10, #KEYS do
     local cur = redis.call("GET", KEYS[i])
     if not cur then
-      redis.call("SET", KEYS[i], mine, "EX", ARGV[12])
+      redis.call("SET", KEYS[i], mine, "EX", fmt(ttl))
     elseif cur == mine then
-      redis.call("EXPIRE", KEYS[i], ARGV[12])
+      redis.call("EXPIRE", KEYS[i], fmt(ttl))
     end
   end
 end

@@ -418,6 +418,7 @@ async fn go(
         id: &reservation,
         reserved: request.estimate,
         idempotency_key,
+        on_own: !crate::scope::reaches_existing(&call, &policy.scope),
     };
     settle::settle(app, &closing, &forwarded, &ending).await;
     app.metrics.forwarded(

@@ -93,6 +93,9 @@ pub struct Reservation<'a> {
     pub reserved: Usd,
     /// The Idempotency-Key the reservation was made under, if any.
     pub idempotency_key: Option<&'a str>,
+    /// The call acts on the key's own object (not one `existingObjects` let it reach): what it
+    /// brings into being is the key's too.
+    pub on_own: bool,
 }
 
 /// Closes the reservation with what the call cost.
@@ -121,7 +124,7 @@ pub async fn settle(
         kept: true,
     };
     let created = match ending.outcome {
-        Outcome::Ok => adapters::reach::created(call, ending.status.unwrap_or(0), &body),
+        Outcome::Ok => adapters::reach::created(call, ending.status.unwrap_or(0), &body, r.on_own),
         _ => Vec::new(),
     };
     let request = SettleRequest {

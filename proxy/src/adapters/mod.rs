@@ -391,7 +391,10 @@ pub fn plan(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
                 Vendor::Resend => resend::plan(entry, call, pricing),
             }
         }
-        table::Rule::WorstCase => worst_case(call, pricing),
+        table::Rule::WorstCase => match (call.vendor, stripe::outlives_the_key(call)) {
+            (Vendor::Stripe, Some(why)) => Err(BadRequest::Refused(why)),
+            _ => worst_case(call, pricing),
+        },
         table::Rule::Refused(why) => Err(BadRequest::Refused(format!(
             "{} {}: {why}",
             call.method, call.path
@@ -623,6 +626,13 @@ mod tests {
                 usd: "50".parse().unwrap(),
             });
         assert!(matches!(plan(&c, &opted), Ok(Plan::Known(u)) if u == "50".parse().unwrap()));
+        let sub = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/checkout/sessions",
+            "mode=subscription",
+        );
+        assert!(matches!(plan(&sub, &opted), Err(BadRequest::Refused(_))));
         let r = call(Vendor::Stripe, "GET", "/v1/customers/search", "query=x");
         assert!(matches!(plan(&r, &p), Ok(Plan::Known(Usd::ZERO))));
     }

@@ -80,10 +80,22 @@ fn resend_id(s: &str) -> bool {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Stripe parameters that name an object the call acts on.
-const STRIPE_OBJECT_PARAMS: [&str; 10] = [
+/// Whether a path segment is an object id of `vendor`, as the allowlist's `*` reads one.
+pub fn is_id(vendor: Vendor, s: &str) -> bool {
+    match vendor {
+        Vendor::Stripe => stripe_id(s),
+        Vendor::Twilio => twilio_sid(s).is_some(),
+        Vendor::Resend => resend_id(s),
+    }
+}
+
+/// Stripe parameters that name an object the call acts on, wherever they are nested
+/// (`from_invoice[invoice]`, `refunds[0][refund]`).
+const STRIPE_OBJECT_PARAMS: [&str; 12] = [
     "payment_intent",
     "source_transaction",
+    "invoiceitem",
+    "subscription_item",
     "charge",
     "invoice",
     "subscription",
@@ -94,8 +106,24 @@ const STRIPE_OBJECT_PARAMS: [&str; 10] = [
     "refund",
 ];
 
-/// Stripe parameters that name a customer or what it saved.
-const STRIPE_CUSTOMER_PARAMS: [&str; 3] = ["customer", "payment_method", "source"];
+/// Stripe parameters that name a customer or what it saved (a ConfirmationToken carries a
+/// payment method too).
+const STRIPE_CUSTOMER_PARAMS: [&str; 4] =
+    ["customer", "payment_method", "source", "confirmation_token"];
+
+/// The name a form key gives its value: the last bracketed name that is not an index
+/// (`from_invoice[invoice]` names an invoice, `refunds[0][refund]` a refund, `customer[]` a
+/// customer); `None` under `metadata`, which holds the caller's own words.
+fn leaf(key: &str) -> Option<&str> {
+    if key.split('[').next() == Some("metadata") {
+        return None;
+    }
+    key.split(['[', ']'])
+        .rfind(|p| !p.is_empty() && !p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Resend JSON fields that name an object of the account (a broadcast's audience).
+const RESEND_OBJECT_FIELDS: [&str; 2] = ["audience_id", "segment_id"];
 
 /// Stripe's test-mode payment tokens (`pm_card_visa`, `tok_visa`) and single-use card tokens a
 /// browser makes (`tok_...`): no customer's saved card, and refused by Stripe in live mode.
@@ -107,18 +135,18 @@ fn payment_token(v: &str) -> bool {
 pub fn reach(call: &Call) -> Reach {
     let segs = call.segments();
     let mut named = Vec::new();
+    // The first id of the path is the object acted on; ids after it are its children
+    // (`/v1/customers/{id}/sources/{id}`, a message's `Media/{sid}`), which each vendor serves
+    // only under their own parent.
     let ids: Vec<&str> = match call.vendor {
         // `/v1/<collection>/<id>/...`: the id sits after the version and a collection word.
-        Vendor::Stripe => segs
-            .iter()
-            .skip(2)
-            .copied()
-            .filter(|s| stripe_id(s))
-            .collect(),
+        Vendor::Stripe => segs.iter().skip(2).copied().find(|s| stripe_id(s)),
         // `/2010-04-01/Accounts/<AC>/...`: the account SID is checked against the key's own.
-        Vendor::Twilio => segs.iter().skip(3).filter_map(|s| twilio_sid(s)).collect(),
-        Vendor::Resend => segs.iter().copied().filter(|s| resend_id(s)).collect(),
-    };
+        Vendor::Twilio => segs.iter().skip(3).find_map(|s| twilio_sid(s)),
+        Vendor::Resend => segs.iter().copied().find(|s| resend_id(s)),
+    }
+    .into_iter()
+    .collect();
     let customer_read = call.vendor == Vendor::Stripe
         && call.is_read()
         && segs.get(1).copied() == Some("customers");
@@ -131,13 +159,23 @@ pub fn reach(call: &Call) -> Reach {
     }
     if call.vendor == Vendor::Stripe {
         for (k, v) in call.pairs() {
-            if v.is_empty() {
+            let Some(name) = leaf(k).filter(|_| !v.is_empty()) else {
                 continue;
-            }
-            if STRIPE_OBJECT_PARAMS.contains(&k.as_str()) {
+            };
+            let customer = STRIPE_CUSTOMER_PARAMS.contains(&name);
+            if STRIPE_OBJECT_PARAMS.contains(&name) || (customer && v.starts_with("acct_")) {
+                // A connected account as a `source` is an account debit: never a customer's.
                 named.push(Named::Object(v.clone()));
-            } else if STRIPE_CUSTOMER_PARAMS.contains(&k.as_str()) && !payment_token(v) {
+            } else if customer && !payment_token(v) {
                 named.push(Named::Customer(v.clone()));
+            }
+        }
+    }
+    if let (Vendor::Resend, super::Params::Json(Value::Object(body))) = (call.vendor, &call.params)
+    {
+        for field in RESEND_OBJECT_FIELDS {
+            if let Some(id) = body.get(field).and_then(Value::as_str) {
+                named.push(Named::Object(id.to_owned()));
             }
         }
     }
@@ -156,11 +194,22 @@ fn id_of(v: Option<&Value>) -> Option<&str> {
     }
 }
 
+/// Whether the path names an object (so a POST acts on it rather than creating one).
+fn path_names_an_object(call: &Call) -> bool {
+    let segs = call.segments();
+    match call.vendor {
+        Vendor::Stripe => segs.iter().skip(2).any(|s| stripe_id(s)),
+        Vendor::Twilio => segs.iter().skip(3).any(|s| twilio_sid(s).is_some()),
+        Vendor::Resend => segs.iter().any(|s| resend_id(s)),
+    }
+}
+
 /// The objects a Stripe answer shows the call created: the object itself for a create, and the
-/// children any call brings into being (a PaymentIntent's charge, a subscription's invoice, an
-/// invoice's PaymentIntent), never a linked object that existed before (its customer).
-fn stripe_created(call: &Call, status: u16, v: &Value, out: &mut Vec<String>) {
-    let create = call.method == "POST" && !call.segments().iter().skip(2).any(|s| stripe_id(s));
+/// children a create, or a call on the key's own object, brings into being (a PaymentIntent's
+/// charge, a subscription's invoice, an invoice's PaymentIntent); never a linked object that
+/// existed before (its customer).
+fn stripe_created(call: &Call, status: u16, v: &Value, on_own: bool, out: &mut Vec<String>) {
+    let create = !path_names_an_object(call);
     if status == 402 {
         // A declined PaymentIntent stays, and its creator may confirm it again.
         if create
@@ -174,6 +223,9 @@ fn stripe_created(call: &Call, status: u16, v: &Value, out: &mut Vec<String>) {
     }
     if create && let Some(id) = v.get("id").and_then(Value::as_str) {
         out.push(id.to_owned());
+    }
+    if !(create || on_own) {
+        return;
     }
     let children = |o: &Value, out: &mut Vec<String>| {
         for field in ["latest_charge", "latest_invoice"] {
@@ -191,19 +243,47 @@ fn stripe_created(call: &Call, status: u16, v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// Every object a 2xx answer (or a declined Stripe PaymentIntent's 402) shows the call created.
-pub fn created(call: &Call, status: u16, body: &[u8]) -> Vec<String> {
+/// Every value the caller sent: an id among them was chosen by the caller (a product, plan or
+/// coupon may be created with its own `id`), so the answer echoing it proves nothing.
+fn sent(call: &Call) -> Vec<&str> {
+    match &call.params {
+        super::Params::Form(pairs) => pairs.iter().map(|(_, v)| v.as_str()).collect(),
+        super::Params::Json(v) => {
+            let mut out = Vec::new();
+            let mut stack = vec![v];
+            while let Some(v) = stack.pop() {
+                match v {
+                    Value::String(s) => out.push(s.as_str()),
+                    Value::Array(a) => stack.extend(a),
+                    Value::Object(o) => stack.extend(o.values()),
+                    _ => {}
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Every object a 2xx answer to a write (or a declined Stripe PaymentIntent's 402) shows the call
+/// created. `on_own`: the call acts on an object the ledger found to be the key's own (not one a
+/// policy's `existingObjects` let it reach), so what it brings into being is the key's too.
+/// Reads create nothing, and an id the caller chose is never taken for one the vendor made.
+pub fn created(call: &Call, status: u16, body: &[u8], on_own: bool) -> Vec<String> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
     };
+    if call.is_read() {
+        return Vec::new();
+    }
     let ok = (200..300).contains(&status);
+    let create = call.method == "POST" && !path_names_an_object(call);
     let mut out = Vec::new();
     match call.vendor {
-        Vendor::Stripe if ok || status == 402 => stripe_created(call, status, &v, &mut out),
-        Vendor::Twilio if ok && call.method == "POST" && reach(call).named.is_empty() => {
+        Vendor::Stripe if ok || status == 402 => stripe_created(call, status, &v, on_own, &mut out),
+        Vendor::Twilio if ok && create => {
             out.extend(v.get("sid").and_then(Value::as_str).map(str::to_owned));
         }
-        Vendor::Resend if ok && call.method == "POST" && reach(call).named.is_empty() => {
+        Vendor::Resend if ok && create => {
             out.extend(v.get("id").and_then(Value::as_str).map(str::to_owned));
             if let Some(items) = v.get("data").and_then(Value::as_array) {
                 out.extend(
@@ -216,7 +296,8 @@ pub fn created(call: &Call, status: u16, body: &[u8]) -> Vec<String> {
         }
         _ => {}
     }
-    out.retain(|id| !id.is_empty() && id.len() <= 255);
+    let chosen = sent(call);
+    out.retain(|id| !id.is_empty() && id.len() <= 255 && !chosen.contains(&id.as_str()));
     out.sort();
     out.dedup();
     out
@@ -345,6 +426,79 @@ mod tests {
     }
 
     #[test]
+    fn review_findings_name_or_record_nothing_they_should_not() {
+        // An id the caller chose is never recorded as made by the vendor.
+        let product = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/products",
+            "name=x&id=pi_3Foreign1",
+        );
+        assert!(
+            created(
+                &product,
+                200,
+                br#"{"id": "pi_3Foreign1", "object": "product"}"#,
+                true
+            )
+            .is_empty()
+        );
+        // Reads, and calls on objects the key was only let reach, record no children.
+        let read = call(
+            Vendor::Stripe,
+            "GET",
+            "/v1/payment_intents/pi_3Foreign1",
+            "",
+        );
+        let body = br#"{"id": "pi_3Foreign1", "latest_charge": "ch_3Foreign1"}"#;
+        assert!(created(&read, 200, body, true).is_empty());
+        let capture = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/payment_intents/pi_3Foreign1/capture",
+            "",
+        );
+        assert!(created(&capture, 200, body, false).is_empty());
+        assert_eq!(created(&capture, 200, body, true), ["ch_3Foreign1"]);
+        // Nested ids, connected accounts as a source, Resend audiences.
+        let revise = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/invoices",
+            "auto_advance=false&from_invoice[action]=revision&from_invoice[invoice]=in_1Foreign&metadata[invoice]=mine",
+        );
+        assert_eq!(objects(&reach(&revise)), ["in_1Foreign"]);
+        let debit = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/charges",
+            "amount=1&currency=usd&source=acct_1Conn",
+        );
+        assert_eq!(objects(&reach(&debit)), ["acct_1Conn"]);
+        let broadcast = call(
+            Vendor::Resend,
+            "POST",
+            "/broadcasts",
+            r#"{"audience_id":"78261eea-8f8b-4381-83c6-79fa7120f1cf","from":"a@x.io"}"#,
+        );
+        assert_eq!(
+            objects(&reach(&broadcast)),
+            ["78261eea-8f8b-4381-83c6-79fa7120f1cf"]
+        );
+        // A child is served only under its parent: the parent is what is checked.
+        let media = call(
+            Vendor::Twilio,
+            "GET",
+            "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages/SM0123456789abcdef0123456789abcdef/Media/ME0123456789abcdef0123456789abcdef.json",
+            "",
+        );
+        assert_eq!(
+            objects(&reach(&media)),
+            ["SM0123456789abcdef0123456789abcdef"]
+        );
+    }
+
+    #[test]
     fn a_create_owns_what_it_made_and_never_what_it_named() {
         let pi = call(
             Vendor::Stripe,
@@ -355,16 +509,16 @@ mod tests {
         let body = json!({"id": "pi_3New", "object": "payment_intent", "customer": "cus_9s6X",
             "latest_charge": {"id": "ch_3New", "customer": "cus_9s6X"}});
         assert_eq!(
-            created(&pi, 200, body.to_string().as_bytes()),
+            created(&pi, 200, body.to_string().as_bytes(), true),
             ["ch_3New", "pi_3New"]
         );
         let declined =
             json!({"error": {"type": "card_error", "payment_intent": {"id": "pi_3Dec"}}});
         assert_eq!(
-            created(&pi, 402, declined.to_string().as_bytes()),
+            created(&pi, 402, declined.to_string().as_bytes(), true),
             ["pi_3Dec"]
         );
-        assert!(created(&pi, 400, declined.to_string().as_bytes()).is_empty());
+        assert!(created(&pi, 400, declined.to_string().as_bytes(), true).is_empty());
         let sub = call(
             Vendor::Stripe,
             "POST",
@@ -374,7 +528,7 @@ mod tests {
         let body = json!({"id": "sub_1", "customer": "cus_9s6X",
             "latest_invoice": {"id": "in_1", "object": "invoice", "payment_intent": "pi_3Sub"}});
         assert_eq!(
-            created(&sub, 200, body.to_string().as_bytes()),
+            created(&sub, 200, body.to_string().as_bytes(), true),
             ["in_1", "pi_3Sub", "sub_1"]
         );
         // Acting on an object creates nothing but its children.
@@ -386,7 +540,7 @@ mod tests {
         );
         let body = json!({"id": "pi_3New", "latest_charge": "ch_3Two"});
         assert_eq!(
-            created(&confirm, 200, body.to_string().as_bytes()),
+            created(&confirm, 200, body.to_string().as_bytes(), true),
             ["ch_3Two"]
         );
         let sms = call(
@@ -396,7 +550,12 @@ mod tests {
             "To=%2B14155550100&Body=hi",
         );
         assert_eq!(
-            created(&sms, 201, br#"{"sid": "SMabc", "to": "+14155550100"}"#),
+            created(
+                &sms,
+                201,
+                br#"{"sid": "SMabc", "to": "+14155550100"}"#,
+                true
+            ),
             ["SMabc"]
         );
         let batch = call(
@@ -406,7 +565,12 @@ mod tests {
             r#"[{"from":"a@x.io","to":"b@y.io"}]"#,
         );
         assert_eq!(
-            created(&batch, 200, br#"{"data": [{"id": "e1"}, {"id": "e2"}]}"#),
+            created(
+                &batch,
+                200,
+                br#"{"data": [{"id": "e1"}, {"id": "e2"}]}"#,
+                true
+            ),
             ["e1", "e2"]
         );
     }

@@ -134,7 +134,7 @@ pub const ENDPOINTS: &[Entry] = &[
         "POST",
         "/v1/subscriptions/{id}",
         Rule::Free,
-        "only `metadata`, `description` and an earlier `cancel_at` (no later than the key's expiry); anything that changes what a period charges or when the subscription ends otherwise is refused (its renewals were reserved at creation)",
+        "only `metadata`, `description` and a `cancel_at` no later than the subscription's own (read first) and the key's expiry; anything that changes what a period charges or when it ends otherwise is refused (its renewals were reserved at creation)",
     ),
     e(
         "POST",
@@ -168,13 +168,15 @@ pub const ENDPOINTS: &[Entry] = &[
         "POST",
         "/v1/checkout/sessions",
         Rule::WorstCase,
-        "line items and modes the request does not bound",
+        "line items and modes the request does not bound; `mode=subscription` is refused even then (the subscription would renew after the key)",
     ),
     e(
         "POST",
         "/v1/payment_links",
-        Rule::WorstCase,
-        "anyone with the link can pay, any number of times",
+        Rule::Refused(
+            "anyone with the link can pay, any number of times, long after the key has expired",
+        ),
+        "",
     ),
     e(
         "POST",
@@ -538,7 +540,7 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
         },
         ("POST", "/v1/invoiceitems") => invoice_item(call, pricing).map(Plan::Known),
         ("POST", "/v1/subscriptions") => subscription(call, pricing, std::time::SystemTime::now()),
-        ("POST", "/v1/subscriptions/{id}") => subscription_update(call).map(Plan::Known),
+        ("POST", "/v1/subscriptions/{id}") => subscription_update(call),
         ("DELETE", "/v1/subscriptions/{id}") => match call.field("invoice_now") {
             Some(v) if v != "false" => Err(BadRequest::Refused(
                 "DELETE /v1/subscriptions/{id} with invoice_now=true bills at once an amount the request does not bound".into(),
@@ -586,25 +588,51 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
     }
 }
 
-/// A subscription update: free when it only relabels the subscription or ends it earlier (the
-/// reserve script holds a `cancel_at` to the key's expiry); everything else changes what its
-/// periods charge or lets it renew past the key, after its renewals were reserved at creation.
-fn subscription_update(call: &Call) -> Result<Usd, BadRequest> {
+/// A subscription update: free when it only relabels the subscription or ends it sooner.
+/// Everything else changes what its periods charge or lets it renew past what was reserved at
+/// creation; a new `cancel_at` is read against the subscription's own (read first) and held to
+/// the key's expiry by the reserve script.
+fn subscription_update(call: &Call) -> Result<Plan, BadRequest> {
+    let mut end = None;
     for (k, v) in call.pairs() {
-        let root = k.split('[').next().unwrap_or_default();
-        let ok = match root {
-            "metadata" | "description" | "expand" => true,
-            "cancel_at" => !v.is_empty(),
-            "cancel_at_period_end" => v == "true",
-            _ => false,
-        };
-        if !ok {
-            return Err(BadRequest::Refused(format!(
-                "POST /v1/subscriptions/{{id}}: {k}={v} changes what the subscription charges or how long it renews, after its renewals were reserved at creation; only metadata, description and an earlier cancel_at are accepted"
-            )));
+        match k.split('[').next().unwrap_or_default() {
+            "metadata" | "description" | "expand" => {}
+            "cancel_at" if !v.is_empty() => end = Some(cancel_at(v)?),
+            _ => {
+                return Err(BadRequest::Refused(format!(
+                    "POST /v1/subscriptions/{{id}}: {k}={v} changes what the subscription charges or how long it renews, after its renewals were reserved at creation; only metadata, description and an earlier cancel_at are accepted"
+                )));
+            }
         }
     }
-    Ok(Usd::ZERO)
+    let Some(end) = end else {
+        return Ok(Plan::Known(Usd::ZERO));
+    };
+    let id = call
+        .segments()
+        .get(2)
+        .copied()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Plan::Prefetch(Prefetch {
+        reads: vec![format!("/v1/subscriptions/{id}")],
+        object: None,
+        cost: Box::new(move |objects, _| {
+            let current = objects
+                .first()
+                .and_then(|s| s.get("cancel_at"))
+                .and_then(Value::as_i64);
+            match current {
+                Some(c) if end <= c => Ok(Usd::ZERO),
+                Some(c) => Err(BadRequest::Refused(format!(
+                    "cancel_at {end} is later than the subscription's own ({c}): its renewals until then were not reserved"
+                ))),
+                None => Err(BadRequest::Refused(
+                    "the subscription has no cancel_at (or it could not be read): its renewals were not reserved".into(),
+                )),
+            }
+        }),
+    }))
 }
 
 /// An invoice item's amount: `amount`, or `unit_amount` times `quantity`, in `currency`.
@@ -691,6 +719,15 @@ fn refund(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
 enum Item {
     Read(String, u64),
     Inline(u64, String, u64, u64),
+}
+
+/// Why a call costed by a policy's worst case would still commit money past any key: a Checkout
+/// session that starts a subscription.
+pub fn outlives_the_key(call: &Call) -> Option<String> {
+    let checkout = call.method == "POST" && call.path == "/v1/checkout/sessions";
+    (checkout && call.field("mode") != Some("payment") && call.field("mode") != Some("setup")).then(|| {
+        "POST /v1/checkout/sessions: only mode=payment or mode=setup; a subscription started by Checkout renews after the key has expired, unreserved".to_owned()
+    })
 }
 
 /// A `cancel_at`: whole Unix seconds.
@@ -1509,22 +1546,38 @@ mod tests {
 
     #[test]
     fn a_subscription_update_may_only_end_it_sooner() {
-        for ok in [
-            "metadata[x]=1",
-            "description=d",
-            "cancel_at=1800003600",
-            "cancel_at_period_end=true",
-        ] {
+        for ok in ["metadata[x]=1", "description=d"] {
             assert_eq!(
                 known("POST", "/v1/subscriptions/sub_1", ok),
                 Usd::ZERO,
                 "{ok}"
             );
         }
+        // A new end is read against the subscription's own: sooner only.
+        let at = |own: Value| {
+            prefetched(
+                "POST",
+                "/v1/subscriptions/sub_1",
+                "cancel_at=1800003600",
+                &[json!({ "cancel_at": own })],
+                "0",
+            )
+        };
+        assert_eq!(at(json!(1_800_003_600)).unwrap(), Usd::ZERO);
+        assert_eq!(at(json!(1_900_000_000)).unwrap(), Usd::ZERO);
+        assert!(
+            matches!(at(json!(1_800_000_000)), Err(BadRequest::Refused(_))),
+            "later"
+        );
+        assert!(
+            matches!(at(Value::Null), Err(BadRequest::Refused(_))),
+            "no end of its own"
+        );
         for bad in [
             "items[0][price]=p",
             "cancel_at=",
             "cancel_at_period_end=false",
+            "cancel_at_period_end=true",
             "quantity=100",
             "trial_end=now",
             "pause_collection=",

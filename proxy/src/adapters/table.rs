@@ -138,6 +138,7 @@ mod tests {
                 "customer=cus_1&items[0][price]=price_1&cancel_at=4102444800"
             }
             (Vendor::Stripe, "/v1/subscriptions/{id}") => "metadata[run]=r1",
+            (Vendor::Stripe, "/v1/checkout/sessions") => "mode=payment",
             (Vendor::Stripe, "/v1/refunds") => "payment_intent=pi_1",
             (Vendor::Stripe, "/v1/invoices") => "auto_advance=false",
             (Vendor::Stripe, _) => "amount=100&currency=usd",

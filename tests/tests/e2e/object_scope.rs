@@ -5,7 +5,6 @@
 
 use anyhow::Result;
 use keybrake_e2e::{Reply, http, stack::Stack, upstream::RecordingUpstream};
-use serde_json::Value;
 
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
@@ -18,6 +17,7 @@ fn manifests(upstream: &str, scope: &str) -> String {
         "POST /v1/payment_intents/*/cancel",
         "POST /v1/refunds",
         "POST /v1/customers",
+        "POST /v1/products",
         "GET /v1/customers",
         "GET /v1/customers/*",
         "GET /v1/payment_intents/*",
@@ -189,6 +189,32 @@ async fn a_key_acts_only_on_objects_it_created() -> Result<()> {
         &customer,
     )
     .await?;
+    assert_eq!(
+        w.upstream.requests().len(),
+        seen,
+        "a refused call reached the vendor"
+    );
+    // A product created with the company charge's id as its own makes nobody its owner.
+    let r = w
+        .call("a", "POST", "/v1/products", &format!("name=x&id={company}"))
+        .await?;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        id(&r)?,
+        company,
+        "the sandbox takes the caller's id, as Stripe does"
+    );
+    let r = w
+        .call(
+            "a",
+            "POST",
+            "/v1/refunds",
+            &format!("payment_intent={company}"),
+        )
+        .await?;
+    w.refused("a refund after claiming the id", r, &company)
+        .await?;
+    let seen = w.upstream.requests().len();
     // Money sent to another account, linked objects pulled in: refused, named.
     for (method, path, body, parameter) in [
         (
