@@ -139,6 +139,31 @@ async fn objects_belong_to_their_creator<C: Conn>(fx: Fixture<C>) -> Result<()> 
     create(&fx, &b, &["pi_3A"]).await?;
     not_owned(&reserve(&fx, &b, &["pi_3A"], false, None, Mode::Reserve).await?);
 
+    // An owner record outlives a long-lived key's last day, not only the 30-day default.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let long = fx
+        .issue(|r| {
+            run(r, "run-3");
+            r.expires_at_ms = Some(now_ms + 90 * 86_400_000);
+        })
+        .await?;
+    create(&fx, &long, &["sub_1Long"]).await?;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(fx.ledger.keys().policy(&fx.tag).owner("sub_1Long"))
+        .query_async(&mut fx.conn.clone())
+        .await?;
+    assert!(ttl > 90 * 86_400, "owner record kept {ttl} s");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(fx.ledger.keys().policy(&fx.tag).owner("ch_3A"))
+        .query_async(&mut fx.conn.clone())
+        .await?;
+    assert!(
+        (29 * 86_400..=30 * 86_400).contains(&ttl),
+        "default {ttl} s"
+    );
+
     // Two keys racing to record the same new id: exactly one owns it.
     let mut racers = Vec::new();
     for i in 0..40 {
