@@ -152,6 +152,8 @@ async fn cluster_saturation(up_port: u16, duration: Duration) -> Result<Outcome>
             &common[..],
             &[
                 ("KEYBRAKE_LISTEN", format!("127.0.0.1:{proxy_port}")),
+                // Loopback only: the TLS listener is measured by its own test.
+                ("KEYBRAKE_PLAINTEXT", "true".to_owned()),
                 ("KEYBRAKE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
                 ("TOKIO_WORKER_THREADS", "1".into()),
             ],
@@ -373,6 +375,8 @@ async fn main() -> Result<()> {
             ("REDIS_URL", redis_url.clone()),
             ("KEYBRAKE_REDIS_PREFIX", PREFIX.into()),
             ("KEYBRAKE_LISTEN", format!("127.0.0.1:{proxy_port}")),
+            // Loopback only: the TLS listener is measured by its own test.
+            ("KEYBRAKE_PLAINTEXT", "true".to_owned()),
             ("KEYBRAKE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}")),
             // The same thread budget as nginx's one worker.
             ("TOKIO_WORKER_THREADS", "1".into()),
