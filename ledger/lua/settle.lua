@@ -150,9 +150,9 @@ if #res == 0 then
     end
     local excess = actual - held
     local counts = excess > 0
+    own_created(d.key or "")
     -- A re-attempt in flight or to come must carry the whole actual, not count it again, and
     -- must not add to the vendor object what this settle adds (`late`).
-    own_created(d.key or "")
     if counts and d.idem == "1" and redis.call("EXISTS", KEYS[5]) == 1 then
       redis.call("HSET", KEYS[5], "amount", fmt(actual), "late", fmt(actual))
     end
