@@ -91,8 +91,10 @@ pub fn is_id(vendor: Vendor, s: &str) -> bool {
 
 /// Stripe parameters that name an object the call acts on, wherever they are nested
 /// (`from_invoice[invoice]`, `refunds[0][refund]`).
-const STRIPE_OBJECT_PARAMS: [&str; 12] = [
+const STRIPE_OBJECT_PARAMS: [&str; 14] = [
     "payment_intent",
+    "invoice_item",
+    "invoice_line_item",
     "source_transaction",
     "invoiceitem",
     "subscription_item",
@@ -115,7 +117,7 @@ const STRIPE_CUSTOMER_PARAMS: [&str; 4] =
 /// (`from_invoice[invoice]` names an invoice, `refunds[0][refund]` a refund, `customer[]` a
 /// customer); `None` under `metadata`, which holds the caller's own words.
 fn leaf(key: &str) -> Option<&str> {
-    if key.split('[').next() == Some("metadata") {
+    if key.split(['[', ']']).any(|p| p == "metadata") {
         return None;
     }
     key.split(['[', ']'])
@@ -204,12 +206,24 @@ fn path_names_an_object(call: &Call) -> bool {
     }
 }
 
+/// A Stripe create: a POST to a collection (`/v1/payment_intents`), or to a literal row of the
+/// metering table (`/v1/checkout/sessions`). A path with an id Stripe does not shape as one
+/// (`/v1/products/gold`) acts on an object: what it answers is never taken for a new one.
+fn stripe_create(call: &Call) -> bool {
+    let segs = call.segments();
+    call.method == "POST"
+        && !path_names_an_object(call)
+        && (segs.len() == 2
+            || super::table::find(super::stripe::ENDPOINTS, "POST", &call.path)
+                .is_some_and(|e| !e.path.contains("{id}")))
+}
+
 /// The objects a Stripe answer shows the call created: the object itself for a create, and the
 /// children a create, or a call on the key's own object, brings into being (a PaymentIntent's
 /// charge, a subscription's invoice, an invoice's PaymentIntent); never a linked object that
 /// existed before (its customer).
 fn stripe_created(call: &Call, status: u16, v: &Value, on_own: bool, out: &mut Vec<String>) {
-    let create = !path_names_an_object(call);
+    let create = stripe_create(call);
     if status == 402 {
         // A declined PaymentIntent stays, and its creator may confirm it again.
         if create
@@ -234,6 +248,16 @@ fn stripe_created(call: &Call, status: u16, v: &Value, on_own: bool, out: &mut V
         if o.get("object").and_then(Value::as_str) == Some("invoice") {
             for field in ["payment_intent", "charge"] {
                 out.extend(id_of(o.get(field)).map(str::to_owned));
+            }
+            // From API version 2025-03-31, an invoice's payments are a list.
+            if let Some(payments) = o.pointer("/payments/data").and_then(Value::as_array) {
+                for p in payments {
+                    for field in ["payment_intent", "charge"] {
+                        out.extend(
+                            id_of(p.pointer(&format!("/payment/{field}"))).map(str::to_owned),
+                        );
+                    }
+                }
             }
         }
     };
@@ -460,6 +484,36 @@ mod tests {
         );
         assert!(created(&capture, 200, body, false).is_empty());
         assert_eq!(created(&capture, 200, body, true), ["ch_3Foreign1"]);
+        // A POST to an id Stripe does not shape as one updates it: nothing is new.
+        let gold = call(Vendor::Stripe, "POST", "/v1/products/gold", "name=x");
+        assert!(created(&gold, 200, br#"{"id": "gold", "object": "product"}"#, true).is_empty());
+        let checkout = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/checkout/sessions",
+            "mode=payment",
+        );
+        assert_eq!(
+            created(&checkout, 200, br#"{"id": "cs_test_a1B2"}"#, true),
+            ["cs_test_a1B2"]
+        );
+        // The newer invoice shape lists its payments.
+        let sub = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/subscriptions",
+            "customer=cus_1&items[0][price]=price_1",
+        );
+        let body = br#"{"id": "sub_1", "latest_invoice": {"id": "in_1", "object": "invoice", "payments": {"data": [{"payment": {"type": "payment_intent", "payment_intent": "pi_3New"}}]}}}"#;
+        assert_eq!(created(&sub, 200, body, true), ["in_1", "pi_3New", "sub_1"]);
+        // Keys under any metadata are the caller's words.
+        let labelled = call(
+            Vendor::Stripe,
+            "POST",
+            "/v1/subscriptions",
+            "customer=cus_9s6X&items[0][price]=price_1&items[0][metadata][invoice]=INV-7",
+        );
+        assert_eq!(objects(&reach(&labelled)), Vec::<&str>::new());
         // Nested ids, connected accounts as a source, Resend audiences.
         let revise = call(
             Vendor::Stripe,

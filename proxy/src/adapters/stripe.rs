@@ -541,12 +541,18 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
         ("POST", "/v1/invoiceitems") => invoice_item(call, pricing).map(Plan::Known),
         ("POST", "/v1/subscriptions") => subscription(call, pricing, std::time::SystemTime::now()),
         ("POST", "/v1/subscriptions/{id}") => subscription_update(call),
-        ("DELETE", "/v1/subscriptions/{id}") => match call.field("invoice_now") {
-            Some(v) if v != "false" => Err(BadRequest::Refused(
-                "DELETE /v1/subscriptions/{id} with invoice_now=true bills at once an amount the request does not bound".into(),
-            )),
-            _ => Ok(Plan::Known(Usd::ZERO)),
-        },
+        ("DELETE", "/v1/subscriptions/{id}") => {
+            match (call.field("invoice_now"), call.field("prorate")) {
+                (Some(v), _) if v != "false" => Err(BadRequest::Refused(
+                    "DELETE /v1/subscriptions/{id} with invoice_now=true bills at once an amount the request does not bound".into(),
+                )),
+                // A proration credits the customer for unused time: money back, uncounted.
+                (_, Some(v)) if v != "false" => Err(BadRequest::Refused(
+                    "DELETE /v1/subscriptions/{id} with prorate=true credits the customer an amount the request does not bound".into(),
+                )),
+                _ => Ok(Plan::Known(Usd::ZERO)),
+            }
+        }
         ("POST", "/v1/prices" | "/v1/prices/{id}" | "/v1/products/{id}") => {
             const REPRICING: [&str; 4] = [
                 "lookup_key",
@@ -598,6 +604,8 @@ fn subscription_update(call: &Call) -> Result<Plan, BadRequest> {
         match k.split('[').next().unwrap_or_default() {
             "metadata" | "description" | "expand" => {}
             "cancel_at" if !v.is_empty() => end = Some(cancel_at(v)?),
+            // Ending sooner without crediting the unused time (money back, uncounted).
+            "proration_behavior" if v == "none" => {}
             _ => {
                 return Err(BadRequest::Refused(format!(
                     "POST /v1/subscriptions/{{id}}: {k}={v} changes what the subscription charges or how long it renews, after its renewals were reserved at creation; only metadata, description and an earlier cancel_at are accepted"
@@ -1546,7 +1554,7 @@ mod tests {
 
     #[test]
     fn a_subscription_update_may_only_end_it_sooner() {
-        for ok in ["metadata[x]=1", "description=d"] {
+        for ok in ["metadata[x]=1", "description=d", "proration_behavior=none"] {
             assert_eq!(
                 known("POST", "/v1/subscriptions/sub_1", ok),
                 Usd::ZERO,
@@ -1722,6 +1730,7 @@ mod tests {
         );
         assert!(cost("POST", "/v1/customers", "plan=gold&quantity=1000").is_err());
         assert_eq!(known("DELETE", "/v1/subscriptions/sub_1", ""), Usd::ZERO);
+        assert!(cost("DELETE", "/v1/subscriptions/sub_1", "prorate=true").is_err());
         assert!(matches!(
             cost("POST", "/v1/subscriptions/sub_1", "items[0][price]=p"),
             Err(BadRequest::Refused(_))

@@ -14,6 +14,7 @@ use super::{
 
 mod nanp;
 mod segments;
+mod smart;
 
 pub use segments::sms_segments;
 
@@ -67,7 +68,7 @@ pub const ENDPOINTS: &[Entry] = &[
         "POST",
         "/2010-04-01/Accounts/{id}/Messages.json",
         Rule::Priced,
-        "SMS: segments of `Body`, packed as Twilio packs them, times the destination's price (the longest prefix in `smsSegmentUsdByPrefix`, where `\"+1\"` covers only US and Canadian area codes; `smsSegmentUsd` only with `requireDestinationPrice: false`); MMS (`MediaUrl`, `SendAsMms`): the larger of `mmsUsd` and the SMS Twilio's MMS Converter may send instead (the segments of `Body`, at least one); `ContentSid` templates and non-phone destinations are refused",
+        "SMS: segments of `Body`, packed as Twilio packs them, times the destination's price (the longest prefix in `smsSegmentUsdByPrefix`, where `\"+1\"` covers only US and Canadian area codes; `smsSegmentUsd` only with `requireDestinationPrice: false`); MMS (`MediaUrl`, `SendAsMms`): the larger of `mmsUsd` and the SMS Twilio's MMS Converter may send instead (the segments of `Body` and a 40-character link); always the larger count with and without Smart Encoding; `ContentSid` templates, non-phone destinations, scheduling and link shortening are refused",
     ),
     e(
         "POST",
@@ -191,6 +192,30 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
                     "a ContentSid template's length (and so its segments) is not in the request; send Body".into(),
                 ));
             }
+            // Both bill a per-message fee the policy has no price for; a scheduled message is
+            // sent later, possibly after the key, and a shortened link can be longer than the
+            // text it replaces.
+            for (field, why) in [
+                (
+                    "ScheduleType",
+                    "a scheduled message is sent after the call, possibly after the key has expired, and Twilio bills scheduling a fee of its own",
+                ),
+                (
+                    "SendAt",
+                    "a scheduled message is sent after the call, possibly after the key has expired, and Twilio bills scheduling a fee of its own",
+                ),
+                (
+                    "ShortenUrls",
+                    "Twilio bills link shortening a fee of its own, and a shortened link can be longer than the one it replaces",
+                ),
+            ] {
+                if call
+                    .field(field)
+                    .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
+                {
+                    return Err(BadRequest::Refused(format!("{field}: {why}")));
+                }
+            }
             let to = call.field("To").ok_or_else(|| {
                 BadRequest::Invalid("To", "is required to cost the message".into())
             })?;
@@ -200,12 +225,20 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
                     .is_some_and(|v| !v.eq_ignore_ascii_case("false"));
             let price = segment_price(to, pricing)?;
             let text = call.field("Body").unwrap_or("");
+            // Smart Encoding (a parameter, or on by default in a Messaging Service) can turn a
+            // UCS-2 body into a longer GSM-7 one: the larger count is reserved.
+            let segments = |text: &str| sms_segments(text).max(sms_segments(&smart::encoded(text)));
             let sms = price
-                .checked_mul(sms_segments(text))
+                .checked_mul(segments(text))
                 .ok_or_else(|| BadRequest::Invalid("Body", "too long to cost".into()))?;
             if !mms {
                 return Ok(Plan::Known(sms));
             }
+            // An MMS the converter sends as an SMS carries a link to its media after the body:
+            // counted as a line break and 40 characters.
+            let converted = price
+                .checked_mul(segments(&format!("{text}\n{}", "x".repeat(40))))
+                .ok_or_else(|| BadRequest::Invalid("Body", "too long to cost".into()))?;
             // Twilio's MMS Converter (on by default, per account and per Messaging Service) sends
             // an MMS to a destination without MMS as an SMS, billed as the segments it became.
             let mms_usd = pricing.mms_usd.ok_or_else(|| {
@@ -213,7 +246,7 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
                     "an MMS cannot be costed: the SpendPolicy sets no pricing.mmsUsd".into(),
                 )
             })?;
-            Ok(Plan::Known(mms_usd.max(sms)))
+            Ok(Plan::Known(mms_usd.max(converted)))
         }
         _ if entry.rule == Rule::Free => Ok(Plan::Known(Usd::ZERO)),
         _ => Err(BadRequest::Refused(format!(
@@ -439,6 +472,44 @@ mod tests {
         p.sms_segment_usd = Some("0.0083".parse().unwrap());
         assert_eq!(price("12425550100", &p), "0.0083".parse().unwrap());
         assert_eq!(price("14155550100", &p), "0.0075".parse().unwrap());
+    }
+
+    #[test]
+    fn what_twilio_adds_to_a_message_is_reserved_or_refused() {
+        let p = pricing();
+        let uk = |body: &str| known(&format!("To=%2B447700900000&{body}"), &p);
+        // 70 tabs are one UCS-2 segment, but Smart Encoding sends 490 spaces: four.
+        assert_eq!(
+            uk(&format!("Body={}", "%09".repeat(70))),
+            "0.16".parse().unwrap()
+        );
+        assert_eq!(
+            uk(&format!("Body={}&SmartEncoded=false", "%09".repeat(70))),
+            "0.16".parse().unwrap(),
+            "a Messaging Service may encode anyway"
+        );
+        // 160 characters fit one SMS, not once the converter adds the media link.
+        let mut mms = p.clone();
+        mms.mms_usd = Some("0.01".parse().unwrap());
+        let body = format!(
+            "To=%2B447700900000&MediaUrl=https%3A%2F%2Fx%2Fa.png&Body={}",
+            "a".repeat(160)
+        );
+        assert_eq!(known(&body, &mms), "0.08".parse().unwrap());
+        for extra in [
+            "ScheduleType=fixed&SendAt=2030-01-01T00:00:00Z",
+            "SendAt=2030-01-01T00:00:00Z",
+            "ShortenUrls=true",
+        ] {
+            assert!(
+                matches!(
+                    cost(&format!("To=%2B447700900000&Body=hi&{extra}"), &p),
+                    Err(BadRequest::Refused(_))
+                ),
+                "{extra}"
+            );
+        }
+        assert_eq!(uk("Body=hi&ShortenUrls=false"), "0.04".parse().unwrap());
     }
 
     #[test]
