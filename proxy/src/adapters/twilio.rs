@@ -227,7 +227,11 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             let text = call.field("Body").unwrap_or("");
             // Smart Encoding (a parameter, or on by default in a Messaging Service) can turn a
             // UCS-2 body into a longer GSM-7 one: the larger count is reserved.
-            let segments = |text: &str| sms_segments(text).max(sms_segments(&smart::encoded(text)));
+            let count = |text: &str| match to.starts_with("+60") {
+                true => segments::ascii_only_segments(text),
+                false => sms_segments(text),
+            };
+            let segments = |text: &str| count(text).max(count(&smart::encoded(text)));
             let sms = price
                 .checked_mul(segments(text))
                 .ok_or_else(|| BadRequest::Invalid("Body", "too long to cost".into()))?;
@@ -510,6 +514,19 @@ mod tests {
             );
         }
         assert_eq!(uk("Body=hi&ShortenUrls=false"), "0.04".parse().unwrap());
+        // Malaysia's carriers take only ASCII as GSM-7: 160 × é is three UCS-2 segments there.
+        let mut my = p.clone();
+        my.sms_segment_usd_by_prefix
+            .insert("+60".into(), "0.1".parse().unwrap());
+        let e = "%C3%A9".repeat(160);
+        assert_eq!(
+            known(&format!("To=%2B60123456789&Body={e}"), &my),
+            "0.3".parse().unwrap()
+        );
+        assert_eq!(
+            known(&format!("To=%2B447700900000&Body={e}"), &my),
+            "0.04".parse().unwrap()
+        );
     }
 
     #[test]

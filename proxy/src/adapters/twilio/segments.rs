@@ -8,7 +8,22 @@
 
 /// Segments an SMS body takes (an empty body is one).
 pub fn sms_segments(body: &str) -> u64 {
-    let gsm: Option<Vec<u64>> = body.chars().map(gsm_septets).collect();
+    pack(body.chars().map(gsm_septets).collect(), body)
+}
+
+/// Segments of an SMS to a destination whose carriers take only the ASCII part of GSM-7
+/// (Malaysia, as Twilio's own segment calculator counts it): any other character makes the
+/// message UCS-2.
+pub fn ascii_only_segments(body: &str) -> u64 {
+    let gsm = body
+        .chars()
+        .map(|c| gsm_septets(c).filter(|_| c.is_ascii()))
+        .collect();
+    pack(gsm, body)
+}
+
+/// Packs `body` as GSM-7 septets when every character has them, else as UCS-2.
+fn pack(gsm: Option<Vec<u64>>, body: &str) -> u64 {
     let (units, single, part) = match gsm {
         Some(septets) => (septets, 160, 153),
         None => (body.chars().map(|c| c.len_utf16() as u64).collect(), 70, 67),
