@@ -173,6 +173,17 @@ fn no_price(to: &str, area: Option<&nanp::Area>) -> String {
     }
 }
 
+/// Whether a flag parameter is sent as anything but `false` (Twilio reads it so).
+fn turned_on(call: &Call, field: &str) -> bool {
+    call.field(field)
+        .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
+}
+
+/// A message sent as an MMS: with media, or `SendAsMms`.
+fn is_mms(call: &Call) -> bool {
+    call.field("MediaUrl").is_some() || turned_on(call, "SendAsMms")
+}
+
 /// Costs a Twilio write under its table entry.
 pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
     match (entry.method, entry.path) {
@@ -195,34 +206,23 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
             // Both bill a per-message fee the policy has no price for; a scheduled message is
             // sent later, possibly after the key, and a shortened link can be longer than the
             // text it replaces.
+            const SCHEDULED: &str = "a scheduled message is sent after the call, possibly after the key has expired, and Twilio bills scheduling a fee of its own";
             for (field, why) in [
-                (
-                    "ScheduleType",
-                    "a scheduled message is sent after the call, possibly after the key has expired, and Twilio bills scheduling a fee of its own",
-                ),
-                (
-                    "SendAt",
-                    "a scheduled message is sent after the call, possibly after the key has expired, and Twilio bills scheduling a fee of its own",
-                ),
+                ("ScheduleType", SCHEDULED),
+                ("SendAt", SCHEDULED),
                 (
                     "ShortenUrls",
                     "Twilio bills link shortening a fee of its own, and a shortened link can be longer than the one it replaces",
                 ),
             ] {
-                if call
-                    .field(field)
-                    .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
-                {
+                if turned_on(call, field) {
                     return Err(BadRequest::Refused(format!("{field}: {why}")));
                 }
             }
             let to = call.field("To").ok_or_else(|| {
                 BadRequest::Invalid("To", "is required to cost the message".into())
             })?;
-            let mms = call.field("MediaUrl").is_some()
-                || call
-                    .field("SendAsMms")
-                    .is_some_and(|v| !v.eq_ignore_ascii_case("false"));
+            let mms = is_mms(call);
             let price = segment_price(to, pricing)?;
             let text = call.field("Body").unwrap_or("");
             // Smart Encoding (a parameter, or on by default in a Messaging Service) can turn a
@@ -285,10 +285,7 @@ pub fn actual(call: &Call, v: Option<&Value>, pricing: &Pricing, reserved: Usd) 
             .unwrap_or(0)
     };
     let to = call.field("To").unwrap_or("");
-    let mms = call.field("MediaUrl").is_some()
-        || call
-            .field("SendAsMms")
-            .is_some_and(|v| !v.eq_ignore_ascii_case("false"));
+    let mms = is_mms(call);
     if mms {
         // Costed as an MMS: Twilio may report no media at creation, never less than reserved.
         return Settled {
