@@ -411,14 +411,14 @@ async fn go(
     )
     .await;
     app.metrics.upstream_latency(vendor, started.elapsed());
-    let ending = settle::outcome(&call, &forwarded, policy, request.estimate);
+    // What the call brings into being is the key's only if it acted on the key's own object.
+    let ending = settle::outcome(&call, &forwarded, policy, request.estimate, !owned.existing);
     let closing = settle::Reservation {
         token,
         call: &call,
         id: &reservation,
         reserved: request.estimate,
         idempotency_key,
-        on_own: !crate::scope::reaches_existing(&call, &policy.scope),
     };
     settle::settle(app, &closing, &forwarded, &ending).await;
     app.metrics.forwarded(

@@ -19,6 +19,8 @@ pub struct Owned {
     pub objects: Vec<String>,
     /// Objects created by keys of the same run label count as the key's own.
     pub run: bool,
+    /// `scope.existingObjects` lets the call reach objects no key created.
+    pub existing: bool,
 }
 
 /// Whether `scope.existingObjects` lets `call` reach objects no key created. `*` stands for one
@@ -27,13 +29,11 @@ pub struct Owned {
 pub fn reaches_existing(call: &Call, scope: &Scope) -> bool {
     let segs = call.segments();
     scope.existing_objects.iter().any(|pattern| {
-        let parts: Vec<Option<&str>> = pattern.segments().collect();
-        pattern.method().eq_ignore_ascii_case(&call.method)
-            && parts.len() == segs.len()
-            && parts.iter().zip(&segs).all(|(p, s)| match p {
-                Some(literal) => literal == s,
-                None => reach::is_id(call.vendor, s),
-            })
+        pattern.matches(&call.method, &call.path)
+            && pattern
+                .segments()
+                .zip(&segs)
+                .all(|(p, s)| p.is_some() || reach::is_id(call.vendor, s))
     })
 }
 
@@ -66,6 +66,7 @@ pub fn owned(call: &Call, scope: &Scope) -> Result<Owned, Refusal> {
     Ok(Owned {
         objects,
         run: scope.objects == ObjectScope::Run,
+        existing,
     })
 }
 
@@ -118,6 +119,11 @@ mod tests {
         let list = call(Vendor::Stripe, "GET", "/v1/charges", "limit=3");
         let r = owned(&list, &worker).unwrap_err();
         assert_eq!(r.code, "object_not_owned");
+        // `*` widens an object id, never a word of the API.
+        let reader = scope(serde_json::json!({"existingObjects": ["GET /v1/customers/*"]}));
+        let read = |path: &str| call(Vendor::Stripe, "GET", path, "");
+        assert!(reaches_existing(&read("/v1/customers/cus_9s6X"), &reader));
+        assert!(!reaches_existing(&read("/v1/customers/search"), &reader));
         let lister = scope(serde_json::json!({"existingObjects": ["GET /v1/charges"]}));
         assert!(owned(&list, &lister).unwrap().objects.is_empty());
     }

@@ -23,52 +23,54 @@ pub struct Ending {
     pub settled: Settled,
     /// The vendor's status, if it answered.
     pub status: Option<u16>,
+    /// Vendor objects the answer shows the call created (recorded as the key's own).
+    pub created: Vec<String>,
 }
 
 /// What a vendor's answer means for the accounting. A 2xx costs what the adapter reads from it
 /// (never less than reserved for the vendors whose answers under-report); a 4xx moved nothing; a
-/// 5xx, a timeout or a reset may have moved the reservation, which stays counted.
+/// 5xx, a timeout or a reset may have moved the reservation, which stays counted. `on_own`: the
+/// call acts on the key's own object (see [`adapters::reach::created`]). The answer is read as
+/// JSON once, for its cost and for what it created.
 pub fn outcome(
     call: &Call,
     forwarded: &Result<Forwarded, UpstreamError>,
     policy: &PolicyConfig,
     reserved: Usd,
+    on_own: bool,
 ) -> Ending {
     let none = |usd| Settled { usd, object: None };
-    match forwarded {
-        Ok((status, _, body)) if (200..300).contains(status) => Ending {
-            outcome: Outcome::Ok,
-            settled: adapters::actual(call, body, &policy.pricing, reserved),
-            status: Some(*status),
+    let ending = |outcome, settled, status| Ending {
+        outcome,
+        settled,
+        status,
+        created: Vec::new(),
+    };
+    let (status, v) = match forwarded {
+        Ok((status, _, body)) if *status < 500 => (
+            *status,
+            serde_json::from_slice::<serde_json::Value>(body).ok(),
+        ),
+        Ok((status, _, _)) => return ending(Outcome::Unknown, none(reserved), Some(*status)),
+        Err(UpstreamError::NotSent(_)) => return ending(Outcome::NotSent, none(Usd::ZERO), None),
+        Err(UpstreamError::Unknown(_)) => return ending(Outcome::Unknown, none(reserved), None),
+    };
+    let counted = if (200..300).contains(&status) {
+        Some(adapters::actual(
+            call,
+            v.as_ref(),
+            &policy.pricing,
+            reserved,
+        ))
+    } else {
+        adapters::refused_but_counted(call, status, v.as_ref(), reserved)
+    };
+    match counted {
+        Some(settled) => Ending {
+            created: adapters::reach::created(call, status, v.as_ref(), on_own),
+            ..ending(Outcome::Ok, settled, Some(status))
         },
-        Ok((status, _, _)) if *status >= 500 => Ending {
-            outcome: Outcome::Unknown,
-            settled: none(reserved),
-            status: Some(*status),
-        },
-        Ok((status, _, body)) => match adapters::refused_but_counted(call, *status, body, reserved)
-        {
-            Some(settled) => Ending {
-                outcome: Outcome::Ok,
-                settled,
-                status: Some(*status),
-            },
-            None => Ending {
-                outcome: Outcome::VendorError,
-                settled: none(Usd::ZERO),
-                status: Some(*status),
-            },
-        },
-        Err(UpstreamError::NotSent(_)) => Ending {
-            outcome: Outcome::NotSent,
-            settled: none(Usd::ZERO),
-            status: None,
-        },
-        Err(UpstreamError::Unknown(_)) => Ending {
-            outcome: Outcome::Unknown,
-            settled: none(reserved),
-            status: None,
-        },
+        None => ending(Outcome::VendorError, none(Usd::ZERO), Some(status)),
     }
 }
 
@@ -93,9 +95,6 @@ pub struct Reservation<'a> {
     pub reserved: Usd,
     /// The Idempotency-Key the reservation was made under, if any.
     pub idempotency_key: Option<&'a str>,
-    /// The call acts on the key's own object (not one `existingObjects` let it reach): what it
-    /// brings into being is the key's too.
-    pub on_own: bool,
 }
 
 /// Closes the reservation with what the call cost.
@@ -123,10 +122,6 @@ pub async fn settle(
         body: body.to_vec(),
         kept: true,
     };
-    let created = match ending.outcome {
-        Outcome::Ok => adapters::reach::created(call, ending.status.unwrap_or(0), &body, r.on_own),
-        _ => Vec::new(),
-    };
     let request = SettleRequest {
         key_id: &token.key_id,
         vendor: Some(call.vendor),
@@ -138,7 +133,7 @@ pub async fn settle(
         idempotency_key,
         response: matches!(ending.outcome, Outcome::Ok | Outcome::VendorError).then_some(&stored),
         object: ending.settled.object.as_deref(),
-        created: &created,
+        created: &ending.created,
     };
     if ending.outcome == Outcome::Ok && ending.settled.usd > reserved {
         let over = ending.settled.usd.saturating_sub(reserved);
@@ -238,24 +233,27 @@ mod tests {
             vec![],
             Bytes::from(r#"{"id":"pi_7","amount":900,"currency":"usd","status":"succeeded"}"#),
         ));
-        let e = outcome(&call, &ok, &policy(), five);
+        let e = outcome(&call, &ok, &policy(), five, true);
         assert_eq!(
             (e.outcome, e.settled.usd, e.settled.object.as_deref()),
             (Outcome::Ok, "9".parse().unwrap(), Some("pi_7"))
         );
         let declined: Result<Forwarded, UpstreamError> = Ok((402, vec![], Bytes::new()));
         assert_eq!(
-            outcome(&call, &declined, &policy(), five).settled.usd,
+            outcome(&call, &declined, &policy(), five, true).settled.usd,
             Usd::ZERO
         );
         let failed: Result<Forwarded, UpstreamError> = Ok((502, vec![], Bytes::new()));
-        let e = outcome(&call, &failed, &policy(), five);
+        let e = outcome(&call, &failed, &policy(), five, true);
         assert_eq!((e.outcome, e.settled.usd), (Outcome::Unknown, five));
         let lost: Result<Forwarded, UpstreamError> = Err(UpstreamError::Unknown("reset".into()));
-        assert_eq!(outcome(&call, &lost, &policy(), five).settled.usd, five);
+        assert_eq!(
+            outcome(&call, &lost, &policy(), five, true).settled.usd,
+            five
+        );
         let never: Result<Forwarded, UpstreamError> = Err(UpstreamError::NotSent("refused".into()));
         assert_eq!(
-            outcome(&call, &never, &policy(), five).outcome,
+            outcome(&call, &never, &policy(), five, true).outcome,
             Outcome::NotSent
         );
     }

@@ -431,22 +431,21 @@ fn worst_case(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
 pub fn refused_but_counted(
     call: &Call,
     status: u16,
-    body: &[u8],
+    v: Option<&Value>,
     reserved: Usd,
 ) -> Option<Settled> {
-    let v = serde_json::from_slice::<Value>(body).ok();
     match call.vendor {
-        Vendor::Stripe => stripe::declined(call, status, v.as_ref(), reserved),
+        Vendor::Stripe => stripe::declined(call, status, v, reserved),
         Vendor::Twilio | Vendor::Resend => None,
     }
 }
 
-/// Costs a successful (2xx) response; `reserved` is what was reserved for it.
-pub fn actual(call: &Call, body: &[u8], pricing: &Pricing, reserved: Usd) -> Settled {
-    let v = serde_json::from_slice::<Value>(body).ok();
+/// Costs a successful (2xx) response, its body read as JSON (`None` when it is not);
+/// `reserved` is what was reserved for it.
+pub fn actual(call: &Call, v: Option<&Value>, pricing: &Pricing, reserved: Usd) -> Settled {
     match call.vendor {
-        Vendor::Stripe => stripe::actual(call, v.as_ref(), pricing, reserved),
-        Vendor::Twilio => twilio::actual(call, v.as_ref(), pricing, reserved),
+        Vendor::Stripe => stripe::actual(call, v, pricing, reserved),
+        Vendor::Twilio => twilio::actual(call, v, pricing, reserved),
         Vendor::Resend => Settled {
             usd: reserved,
             object: None,

@@ -80,13 +80,36 @@ fn resend_id(s: &str) -> bool {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// The object id a path segment holds for `vendor`, as the allowlist's `*` reads one (a Twilio
+/// SID without its `.json`).
+fn segment_id(vendor: Vendor, s: &str) -> Option<&str> {
+    match vendor {
+        Vendor::Stripe => stripe_id(s).then_some(s),
+        Vendor::Twilio => twilio_sid(s),
+        Vendor::Resend => resend_id(s).then_some(s),
+    }
+}
+
 /// Whether a path segment is an object id of `vendor`, as the allowlist's `*` reads one.
 pub fn is_id(vendor: Vendor, s: &str) -> bool {
-    match vendor {
-        Vendor::Stripe => stripe_id(s),
-        Vendor::Twilio => twilio_sid(s).is_some(),
-        Vendor::Resend => resend_id(s),
-    }
+    segment_id(vendor, s).is_some()
+}
+
+/// The object a call acts on: the first id of its path, where each vendor's ids start (Stripe's
+/// after `/v1/<collection>`; Twilio's after the account SID, which is checked against the key's
+/// own). Ids after it are its children (`/v1/customers/{id}/sources/{id}`, a message's
+/// `Media/{sid}`), which each vendor serves only under their own parent.
+fn path_object(call: &Call) -> Option<&str> {
+    let skip = match call.vendor {
+        Vendor::Stripe => 2,
+        Vendor::Twilio => 3,
+        Vendor::Resend => 0,
+    };
+    call.path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .skip(skip)
+        .find_map(|s| segment_id(call.vendor, s))
 }
 
 /// Stripe parameters that name an object the call acts on, wherever they are nested
@@ -135,28 +158,15 @@ fn payment_token(v: &str) -> bool {
 
 /// Every object `call` names, and whether it lists a collection.
 pub fn reach(call: &Call) -> Reach {
-    let segs = call.segments();
     let mut named = Vec::new();
-    // The first id of the path is the object acted on; ids after it are its children
-    // (`/v1/customers/{id}/sources/{id}`, a message's `Media/{sid}`), which each vendor serves
-    // only under their own parent.
-    let ids: Vec<&str> = match call.vendor {
-        // `/v1/<collection>/<id>/...`: the id sits after the version and a collection word.
-        Vendor::Stripe => segs.iter().skip(2).copied().find(|s| stripe_id(s)),
-        // `/2010-04-01/Accounts/<AC>/...`: the account SID is checked against the key's own.
-        Vendor::Twilio => segs.iter().skip(3).find_map(|s| twilio_sid(s)),
-        Vendor::Resend => segs.iter().copied().find(|s| resend_id(s)),
-    }
-    .into_iter()
-    .collect();
-    let customer_read = call.vendor == Vendor::Stripe
-        && call.is_read()
-        && segs.get(1).copied() == Some("customers");
-    for (i, id) in ids.iter().enumerate() {
-        named.push(if customer_read && i == 0 {
-            Named::Customer((*id).to_owned())
-        } else {
-            Named::Object((*id).to_owned())
+    let object = path_object(call);
+    if let Some(id) = object {
+        let customer_read = call.vendor == Vendor::Stripe
+            && call.is_read()
+            && call.segments().get(1).copied() == Some("customers");
+        named.push(match customer_read {
+            true => Named::Customer(id.to_owned()),
+            false => Named::Object(id.to_owned()),
         });
     }
     if call.vendor == Vendor::Stripe {
@@ -182,7 +192,7 @@ pub fn reach(call: &Call) -> Reach {
         }
     }
     Reach {
-        listing: call.is_read() && ids.is_empty(),
+        listing: call.is_read() && object.is_none(),
         named,
     }
 }
@@ -196,23 +206,13 @@ fn id_of(v: Option<&Value>) -> Option<&str> {
     }
 }
 
-/// Whether the path names an object (so a POST acts on it rather than creating one).
-fn path_names_an_object(call: &Call) -> bool {
-    let segs = call.segments();
-    match call.vendor {
-        Vendor::Stripe => segs.iter().skip(2).any(|s| stripe_id(s)),
-        Vendor::Twilio => segs.iter().skip(3).any(|s| twilio_sid(s).is_some()),
-        Vendor::Resend => segs.iter().any(|s| resend_id(s)),
-    }
-}
-
 /// A Stripe create: a POST to a collection (`/v1/payment_intents`), or to a literal row of the
 /// metering table (`/v1/checkout/sessions`). A path with an id Stripe does not shape as one
 /// (`/v1/products/gold`) acts on an object: what it answers is never taken for a new one.
 fn stripe_create(call: &Call) -> bool {
     let segs = call.segments();
     call.method == "POST"
-        && !path_names_an_object(call)
+        && path_object(call).is_none()
         && (segs.len() == 2
             || super::table::find(super::stripe::ENDPOINTS, "POST", &call.path)
                 .is_some_and(|e| !e.path.contains("{id}")))
@@ -292,18 +292,15 @@ fn sent(call: &Call) -> Vec<&str> {
 /// created. `on_own`: the call acts on an object the ledger found to be the key's own (not one a
 /// policy's `existingObjects` let it reach), so what it brings into being is the key's too.
 /// Reads create nothing, and an id the caller chose is never taken for one the vendor made.
-pub fn created(call: &Call, status: u16, body: &[u8], on_own: bool) -> Vec<String> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+pub fn created(call: &Call, status: u16, v: Option<&Value>, on_own: bool) -> Vec<String> {
+    let Some(v) = v.filter(|_| !call.is_read()) else {
         return Vec::new();
     };
-    if call.is_read() {
-        return Vec::new();
-    }
     let ok = (200..300).contains(&status);
-    let create = call.method == "POST" && !path_names_an_object(call);
+    let create = call.method == "POST" && path_object(call).is_none();
     let mut out = Vec::new();
     match call.vendor {
-        Vendor::Stripe if ok || status == 402 => stripe_created(call, status, &v, on_own, &mut out),
+        Vendor::Stripe if ok || status == 402 => stripe_created(call, status, v, on_own, &mut out),
         Vendor::Twilio if ok && create => {
             out.extend(v.get("sid").and_then(Value::as_str).map(str::to_owned));
         }
@@ -332,6 +329,16 @@ mod tests {
     use serde_json::json;
 
     use super::{super::testing::call, *};
+
+    /// `created` of an answer's bytes.
+    fn created_from(call: &Call, status: u16, body: &[u8], on_own: bool) -> Vec<String> {
+        created(
+            call,
+            status,
+            serde_json::from_slice(body).ok().as_ref(),
+            on_own,
+        )
+    }
 
     fn objects(r: &Reach) -> Vec<&str> {
         r.named
@@ -459,7 +466,7 @@ mod tests {
             "name=x&id=pi_3Foreign1",
         );
         assert!(
-            created(
+            created_from(
                 &product,
                 200,
                 br#"{"id": "pi_3Foreign1", "object": "product"}"#,
@@ -475,18 +482,20 @@ mod tests {
             "",
         );
         let body = br#"{"id": "pi_3Foreign1", "latest_charge": "ch_3Foreign1"}"#;
-        assert!(created(&read, 200, body, true).is_empty());
+        assert!(created_from(&read, 200, body, true).is_empty());
         let capture = call(
             Vendor::Stripe,
             "POST",
             "/v1/payment_intents/pi_3Foreign1/capture",
             "",
         );
-        assert!(created(&capture, 200, body, false).is_empty());
-        assert_eq!(created(&capture, 200, body, true), ["ch_3Foreign1"]);
+        assert!(created_from(&capture, 200, body, false).is_empty());
+        assert_eq!(created_from(&capture, 200, body, true), ["ch_3Foreign1"]);
         // A POST to an id Stripe does not shape as one updates it: nothing is new.
         let gold = call(Vendor::Stripe, "POST", "/v1/products/gold", "name=x");
-        assert!(created(&gold, 200, br#"{"id": "gold", "object": "product"}"#, true).is_empty());
+        assert!(
+            created_from(&gold, 200, br#"{"id": "gold", "object": "product"}"#, true).is_empty()
+        );
         let checkout = call(
             Vendor::Stripe,
             "POST",
@@ -494,7 +503,7 @@ mod tests {
             "mode=payment",
         );
         assert_eq!(
-            created(&checkout, 200, br#"{"id": "cs_test_a1B2"}"#, true),
+            created_from(&checkout, 200, br#"{"id": "cs_test_a1B2"}"#, true),
             ["cs_test_a1B2"]
         );
         // The newer invoice shape lists its payments.
@@ -505,7 +514,10 @@ mod tests {
             "customer=cus_1&items[0][price]=price_1",
         );
         let body = br#"{"id": "sub_1", "latest_invoice": {"id": "in_1", "object": "invoice", "payments": {"data": [{"payment": {"type": "payment_intent", "payment_intent": "pi_3New"}}]}}}"#;
-        assert_eq!(created(&sub, 200, body, true), ["in_1", "pi_3New", "sub_1"]);
+        assert_eq!(
+            created_from(&sub, 200, body, true),
+            ["in_1", "pi_3New", "sub_1"]
+        );
         // Keys under any metadata are the caller's words.
         let labelled = call(
             Vendor::Stripe,
@@ -563,16 +575,16 @@ mod tests {
         let body = json!({"id": "pi_3New", "object": "payment_intent", "customer": "cus_9s6X",
             "latest_charge": {"id": "ch_3New", "customer": "cus_9s6X"}});
         assert_eq!(
-            created(&pi, 200, body.to_string().as_bytes(), true),
+            created_from(&pi, 200, body.to_string().as_bytes(), true),
             ["ch_3New", "pi_3New"]
         );
         let declined =
             json!({"error": {"type": "card_error", "payment_intent": {"id": "pi_3Dec"}}});
         assert_eq!(
-            created(&pi, 402, declined.to_string().as_bytes(), true),
+            created_from(&pi, 402, declined.to_string().as_bytes(), true),
             ["pi_3Dec"]
         );
-        assert!(created(&pi, 400, declined.to_string().as_bytes(), true).is_empty());
+        assert!(created_from(&pi, 400, declined.to_string().as_bytes(), true).is_empty());
         let sub = call(
             Vendor::Stripe,
             "POST",
@@ -582,7 +594,7 @@ mod tests {
         let body = json!({"id": "sub_1", "customer": "cus_9s6X",
             "latest_invoice": {"id": "in_1", "object": "invoice", "payment_intent": "pi_3Sub"}});
         assert_eq!(
-            created(&sub, 200, body.to_string().as_bytes(), true),
+            created_from(&sub, 200, body.to_string().as_bytes(), true),
             ["in_1", "pi_3Sub", "sub_1"]
         );
         // Acting on an object creates nothing but its children.
@@ -594,7 +606,7 @@ mod tests {
         );
         let body = json!({"id": "pi_3New", "latest_charge": "ch_3Two"});
         assert_eq!(
-            created(&confirm, 200, body.to_string().as_bytes(), true),
+            created_from(&confirm, 200, body.to_string().as_bytes(), true),
             ["ch_3Two"]
         );
         let sms = call(
@@ -604,7 +616,7 @@ mod tests {
             "To=%2B14155550100&Body=hi",
         );
         assert_eq!(
-            created(
+            created_from(
                 &sms,
                 201,
                 br#"{"sid": "SMabc", "to": "+14155550100"}"#,
@@ -619,7 +631,7 @@ mod tests {
             r#"[{"from":"a@x.io","to":"b@y.io"}]"#,
         );
         assert_eq!(
-            created(
+            created_from(
                 &batch,
                 200,
                 br#"{"data": [{"id": "e1"}, {"id": "e2"}]}"#,
