@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Operator scale benchmark: N VaultKeys (default 5000) against kube-lite and a real Redis.
+# Operator scale benchmark: N VaultKeys (default 5000) against the real kube-apiserver and etcd
+# (the control plane scripts/install-deps builds) and a real Redis.
 # Builds release binaries, runs once, prints the table and writes bench/results/operator-scale.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -94,7 +94,15 @@ pub async fn setup_stripe_policy(
     let post = PostParams::default();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in keybrake_crds::manifests::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
         crds.create(&post, &crd).await?;
+        // A real API server serves a CRD's objects only once it is Established.
+        let established = kube::runtime::wait::conditions::is_crd_established();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            kube::runtime::wait::await_condition(crds.clone(), &name, established),
+        )
+        .await??;
     }
     Api::<Namespace>::all(client.clone())
         .create(

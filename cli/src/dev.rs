@@ -1,5 +1,7 @@
-//! `keybrake dev`: the whole stack on one machine, in the foreground. kube-lite (with the CRDs
-//! applied and its objects kept in the state folder), a `redis-server` child (or `--redis-url`),
+//! `keybrake dev`: the whole stack on one machine, in the foreground. A real control plane
+//! (etcd, kube-apiserver and kube-controller-manager from `scripts/control-plane/build`, its
+//! objects kept in the state folder) with the CRDs applied, or an existing cluster
+//! (`--kubeconfig`), a `redis-server` child (or `--redis-url`),
 //! a PostgreSQL child for the audit trail (or `--audit-db-url`),
 //! the operator and the proxy (their own `run`/`start`, the code paths of their binaries), and a
 //! vendor sandbox for every vendor not pointed elsewhere with `--upstream`.
@@ -19,6 +21,8 @@ use kube::{
     api::{Patch, PatchParams},
 };
 
+use keybrake_control_plane::{ControlPlane, Options};
+
 use crate::sandbox::Sandbox;
 
 /// Options of `keybrake dev`.
@@ -30,6 +34,10 @@ pub struct DevArgs {
     /// API server port (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub api_port: u16,
+    /// Use the cluster of this kubeconfig (kind, k3d, minikube) instead of starting a control
+    /// plane: the CRDs are installed there and the operator and the proxy run here against it.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Proxy port (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub proxy_port: u16,
@@ -132,6 +140,7 @@ pub fn parse_upstreams(items: &[String]) -> Result<Vec<(Vendor, String)>> {
         .collect()
 }
 
+/// Applies the CRDs (server-side) and waits until the server serves them.
 async fn apply_crds(client: &Client) -> Result<()> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in keybrake_crds::manifests::crds() {
@@ -143,6 +152,13 @@ async fn apply_crds(client: &Client) -> Result<()> {
         )
         .await
         .with_context(|| format!("applying CRD {name}"))?;
+        let established = kube::runtime::wait::conditions::is_crd_established();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            kube::runtime::wait::await_condition(api.clone(), &name, established),
+        )
+        .await
+        .with_context(|| format!("CRD {name} was not established after 30 s"))??;
     }
     Ok(())
 }
@@ -159,26 +175,94 @@ async fn shutdown_signal() {
     }
 }
 
-/// The ServiceAccount (`namespace:name`) whose token `keybrake dev` writes as `KEYBRAKE_API_KEY`
-/// for the issuance API; keys it issues land in its namespace.
-pub const DEV_ACCOUNT: &str = "billing:workflow-runner";
+/// The ServiceAccount (`namespace`, `name`) whose token `keybrake dev` writes as
+/// `KEYBRAKE_API_KEY` for the issuance and audit APIs; keys it issues land in its namespace.
+pub const DEV_ACCOUNT: (&str, &str) = ("billing", "workflow-runner");
 
-/// The dev API token, made once and kept in the state folder (so `.keybrake/env` stays valid
-/// across restarts).
-fn dev_token(dir: &Path) -> Result<String> {
-    let path = dir.join("api-token");
-    if let Ok(t) = std::fs::read_to_string(&path)
-        && !t.trim().is_empty()
-    {
-        return Ok(t.trim().to_owned());
+/// What the dev account may do: every verb of the issuance API, and `list` in all namespaces
+/// for `keybrake audit`. Nothing else, so pointing `keybrake dev` at a cluster of one's own
+/// adds no broad credential to it.
+const DEV_ACCOUNT_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: keybrake-dev-issuer}
+rules:
+- apiGroups: [keybrake.com]
+  resources: [vaultkeys]
+  verbs: [create, get, list, watch, delete, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: keybrake-dev-issuer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: keybrake-dev-issuer}
+subjects:
+- {kind: ServiceAccount, name: workflow-runner, namespace: billing}
+"#;
+
+/// Creates the dev account (its namespace, ServiceAccount and RBAC) and mints its token for the
+/// `keybrake` audience with the TokenRequest API: what a projected token in a pod would be.
+async fn dev_token(client: &Client) -> Result<String> {
+    use k8s_openapi::api::{
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::{Namespace, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    };
+    let (ns, name) = DEV_ACCOUNT;
+    let apply = PatchParams::apply("keybrake-dev").force();
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(client.clone())
+        .patch(ns, &apply, &Patch::Apply(&namespace))
+        .await
+        .with_context(|| format!("creating namespace {ns}"))?;
+    let account: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}}))?;
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    accounts
+        .patch(name, &apply, &Patch::Apply(&account))
+        .await
+        .with_context(|| format!("creating ServiceAccount {ns}/{name}"))?;
+    for doc in DEV_ACCOUNT_RBAC.split("\n---\n") {
+        let value: serde_json::Value = serde_yaml_ng::from_str(doc)?;
+        let rbac_name = value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if value["kind"] == "ClusterRole" {
+            let role: ClusterRole = serde_json::from_value(value)?;
+            Api::<ClusterRole>::all(client.clone())
+                .patch(&rbac_name, &apply, &Patch::Apply(&role))
+                .await
+                .context("creating the dev account's ClusterRole")?;
+        } else {
+            let binding: ClusterRoleBinding = serde_json::from_value(value)?;
+            Api::<ClusterRoleBinding>::all(client.clone())
+                .patch(&rbac_name, &apply, &Patch::Apply(&binding))
+                .await
+                .context("creating the dev account's ClusterRoleBinding")?;
+        }
     }
-    let token = format!("kbdev-{}", hex::encode(rand::random::<[u8; 24]>()));
-    std::fs::write(&path, &token).with_context(|| format!("writing {}", path.display()))?;
-    Ok(token)
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["keybrake".into()],
+            // A working day and then some: `keybrake dev` mints a new one at each start.
+            expiration_seconds: Some(24 * 3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = accounts
+        .create_token_request(name, &Default::default(), &request)
+        .await
+        .with_context(|| format!("requesting a token for {ns}/{name}"))?;
+    answer
+        .status
+        .map(|s| s.token)
+        .context("the TokenRequest answer has no token")
 }
 
 /// Runs the stack until SIGINT or SIGTERM. One function: the local start-up sequence (Redis,
-/// kube-lite, sandboxes, proxy, operator, env file) in the order it must happen.
+/// control plane, sandboxes, proxy, operator, env file) in the order it must happen.
 pub async fn run(args: DevArgs) -> Result<()> {
     let overrides = parse_upstreams(&args.upstreams)?;
     let dir = args.state_dir.clone();
@@ -201,27 +285,40 @@ pub async fn run(args: DevArgs) -> Result<()> {
         }
     };
 
-    let api_token = dev_token(&dir)?;
-    let api = kube_lite::KubeLite::start(kube_lite::Options {
-        bind: Some(SocketAddr::from(([127, 0, 0, 1], args.api_port))),
-        state_file: Some(dir.join("kube-lite.json")),
-        tokens: vec![kube_lite::review::StaticToken {
-            token: api_token.clone(),
-            user: format!("system:serviceaccount:{DEV_ACCOUNT}"),
-            uid: "keybrake-dev".into(),
-            // Local use only: the dev account may do anything, like a kind cluster's admin.
-            groups: vec!["system:serviceaccounts".into(), "system:masters".into()],
-            // Minted for the proxy, as a projected token would be: it opens the issuance and
-            // audit APIs, and is no credential for the API server itself.
-            audiences: vec!["keybrake".into()],
-        }],
-        ..Default::default()
-    })
-    .await?;
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig())?;
-    let client = Client::try_from(kube::Config::new(api.url().parse()?))?;
+    // A control plane of our own (its objects kept in the state folder), or the user's cluster.
+    let (plane, kubeconfig, client) = match &args.kubeconfig {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let config = kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::from_yaml(&text)
+                    .with_context(|| format!("{} is not a kubeconfig", path.display()))?,
+                &Default::default(),
+            )
+            .await
+            .with_context(|| format!("using {}", path.display()))?;
+            (None, path.clone(), Client::try_from(config)?)
+        }
+        None => {
+            let plane = ControlPlane::start(Options {
+                dir: Some(dir.join("control-plane")),
+                port: Some(args.api_port),
+                ..Default::default()
+            })
+            .await?;
+            let kubeconfig = dir.join("kubeconfig");
+            std::fs::write(&kubeconfig, plane.kubeconfig()?)?;
+            let client = plane.client().await?;
+            (Some(plane), kubeconfig, client)
+        }
+    };
     apply_crds(&client).await?;
+    let mut plane = plane;
+    if let Some(plane) = plane.as_mut() {
+        // After the CRDs: the garbage collector reads discovery again only every 30 s.
+        plane.start_controllers()?;
+    }
+    let api_token = dev_token(&client).await?;
 
     let mut sandboxes = Vec::new();
     let mut default_upstreams = Vec::new();
@@ -309,7 +406,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
     std::fs::write(dir.join("env"), &env)?;
     println!(
         "keybrake dev: ready (api {}, proxy {proxy_url}, admin {admin_url}, upstreams {}); `set -a; . {}/env; set +a` to use it",
-        api.url(),
+        plane
+            .as_ref()
+            .map(|p| p.url())
+            .unwrap_or_else(|| format!("from {}", kubeconfig.display())),
         default_upstreams.join(" "),
         dir.display()
     );
@@ -325,7 +425,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     }
     let _ = stop_operator.send(());
     proxy.shutdown().await;
-    api.shutdown().await;
+    drop(plane);
     drop(sandboxes);
     drop(redis_child);
     println!("keybrake dev: stopped");

@@ -1,5 +1,6 @@
 //! The README's first command and walkthrough, run verbatim: `keybrake dev` (the real binary),
-//! then the walkthrough block with real kubectl 1.32 and the official Python stripe SDK.
+//! on the real control plane, then the walkthrough block with kubectl of the server's release and
+//! the official Python stripe SDK.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -136,6 +137,47 @@ async fn the_readme_walkthrough_runs_verbatim() {
         stdout.contains("refused cus_1: vault_key_revoked"),
         "{stdout}"
     );
+
+    // The server is the real kube-apiserver, and kubectl's built-in kinds (sent as protobuf)
+    // work against it.
+    let kubectl = |args: &'static [&'static str]| {
+        let (path, kubeconfig) = (path.clone(), state.path().join("kubeconfig"));
+        async move {
+            let out = tokio::process::Command::new("kubectl")
+                .args(args)
+                .env("PATH", path)
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "kubectl {args:?}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text
+        }
+    };
+    let version = kubectl(&["version"]).await;
+    assert!(
+        version.contains(&format!(
+            "Server Version: {}",
+            keybrake_control_plane::RELEASE
+        )),
+        "{version}"
+    );
+    kubectl(&["create", "namespace", "demo"]).await;
+    kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "x",
+        "--from-literal=a=b",
+        "-n",
+        "demo",
+    ])
+    .await;
 
     // The same binary is a kubectl plugin when it is on the PATH as kubectl-keybrake.
     let plugins = tempfile::tempdir().unwrap();

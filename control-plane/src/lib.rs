@@ -181,6 +181,15 @@ impl ControlPlane {
         std::fs::read_to_string(&path).map_err(|e| io(format!("reading {}", path.display()), e))
     }
 
+    /// kube-apiserver's serving certificate and key files (PEM), for a test front that stands
+    /// at another address under the same name.
+    pub fn serving_files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir().join(pki::SERVING),
+            self.dir().join(pki::SERVING_KEY),
+        )
+    }
+
     /// A kubeconfig for a cluster administrator (`system:masters`).
     pub fn kubeconfig(&self) -> Result<String, Error> {
         self.kubeconfig_with_token(&self.admin_token)

@@ -1,5 +1,9 @@
 //! The control plane's processes: started with their output in a log file, stopped on drop,
 //! and waited for by a readiness check (never a sleep).
+//!
+//! Each runs under a small `sh` watchdog that reads our end of a pipe: when this process exits
+//! in any way (a test binary killed by a timeout included), the pipe closes and the watchdog
+//! stops the server, so no kube-apiserver outlives the tests that started it.
 
 use std::{
     future::Future,
@@ -13,11 +17,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{Error, io};
 
-/// A child process, killed on drop.
+/// A child process (its watchdog), stopped on drop.
 pub struct Child {
     child: std::process::Child,
     log: PathBuf,
 }
+
+/// Starts "$0" with the other arguments, waits for stdin to close, then stops it: TERM, and
+/// KILL if it is still there two seconds later.
+const WATCHDOG: &str = r#""$0" "$@" <&- & pid=$!
+read -r _ || true
+kill -TERM "$pid" 2>/dev/null
+for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+  kill -0 "$pid" 2>/dev/null || exit 0
+  sleep 0.1
+done
+kill -KILL "$pid" 2>/dev/null
+wait "$pid""#;
 
 impl Child {
     /// Starts `bin` with `args`, its stdout and stderr appended to `dir/<name>.log`.
@@ -31,9 +47,12 @@ impl Child {
         let err = out
             .try_clone()
             .map_err(|e| io(format!("opening {}", log.display()), e))?;
-        let child = std::process::Command::new(bin)
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg(bin)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(out)
             .stderr(err)
             .spawn()
@@ -79,9 +98,10 @@ impl Child {
         }
     }
 
-    /// Kills the process and waits for it.
+    /// Stops the process and waits for it: closing the watchdog's stdin makes it stop the
+    /// server and exit.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
+        drop(self.child.stdin.take());
         let _ = self.child.wait();
     }
 }
@@ -118,21 +138,35 @@ pub async fn http_ok(addr: SocketAddr, path: &str) -> bool {
 }
 
 /// Whether kube-apiserver answers `/readyz` with 200 (every post-start hook done, the RBAC
-/// bootstrap roles among them).
+/// bootstrap roles among them). A bare TLS request, not a kube-rs client: the client logs each
+/// refused attempt as an error, and a server that is starting refuses many.
 pub async fn apiserver_ready(addr: SocketAddr, ca_pem: &str, token: &str) -> bool {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
     let attempt = async {
-        let yaml = crate::kubeconfig_yaml(&format!("https://{addr}"), ca_pem, token);
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&yaml).ok()?;
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.ok()?).ok()?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await
             .ok()?;
-        let client = kube::Client::try_from(config).ok()?;
-        let req = http::Request::get("/readyz").body(Vec::new()).ok()?;
-        client
-            .request_text(req)
-            .await
-            .ok()
-            .map(|t| t.trim() == "ok")
+        let req = format!(
+            "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        );
+        tls.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        // The server may close without a TLS close_notify; what was read is enough.
+        let _ = tls.read_to_end(&mut buf).await;
+        Some(buf.starts_with(b"HTTP/1.1 200"))
     };
     tokio::time::timeout(Duration::from_secs(5), attempt)
         .await

@@ -1,7 +1,9 @@
-//! Harness for the end-to-end tests: a kube-lite server with a kubeconfig, and the real
-//! kubectl 1.32 pointed at it.
+//! Harness for the end-to-end tests: a real control plane (etcd, kube-apiserver and
+//! kube-controller-manager, `keybrake-control-plane`) with a kubeconfig, and kubectl of the same
+//! release pointed at it.
 #![forbid(unsafe_code)]
 
+pub mod api_faults;
 pub mod identities;
 pub mod pki;
 pub mod postgres;
@@ -15,8 +17,10 @@ pub mod upstream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use kube_lite::{KubeLite, Options};
+use keybrake_control_plane::{Binaries, ControlPlane, Options};
 use tempfile::TempDir;
+
+pub use identities::Tokens;
 
 /// The workspace root (the parent of this crate's folder).
 pub fn workspace_root() -> PathBuf {
@@ -40,25 +44,22 @@ pub fn with_upstream(policy_yaml: &str, url: &str) -> String {
     )
 }
 
-/// The kubectl 1.32 binary installed by `scripts/install-deps` (or `KUBECTL`).
+/// kubectl of the control plane's release (or `KUBECTL`).
 pub fn kubectl_path() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("KUBECTL") {
         return Ok(PathBuf::from(p));
     }
-    let p = workspace_root().join(".tools/bin/kubectl");
-    if p.exists() {
-        return Ok(p);
-    }
-    bail!(
-        "kubectl 1.32 not found at {}: run scripts/install-deps",
-        p.display()
-    )
+    Ok(Binaries::locate()?.kubectl())
 }
 
-/// A running kube-lite with a kubeconfig and a private kubectl cache.
+/// The group whose requests the API server's audit log records: Keybrake's own
+/// ServiceAccounts, so a test can tell what the shipped RBAC refused them.
+const AUDITED: &str = "system:serviceaccounts:keybrake-system";
+
+/// A running control plane with an administrator's kubeconfig and a private kubectl cache.
 pub struct Cluster {
-    server: Option<KubeLite>,
-    opts: Options,
+    plane: ControlPlane,
+    tokens: tokio::sync::OnceCell<Tokens>,
     dir: TempDir,
 }
 
@@ -89,83 +90,75 @@ impl Output {
 }
 
 impl Cluster {
-    /// Starts a server on a free loopback port.
+    /// Starts etcd and kube-apiserver on free loopback ports (kube-controller-manager comes
+    /// with [`Cluster::start_controllers`], once the CRDs are installed).
     pub async fn start() -> Result<Cluster> {
-        Cluster::start_with(Options {
-            tokens: identities::tokens(),
+        let plane = ControlPlane::start(Options {
+            audit_groups: vec![AUDITED.into()],
             ..Default::default()
         })
-        .await
-    }
-
-    /// Starts a server with options.
-    pub async fn start_with(opts: Options) -> Result<Cluster> {
+        .await?;
         let dir = tempfile::tempdir()?;
-        let server = KubeLite::start(opts.clone()).await?;
-        std::fs::write(dir.path().join("kubeconfig"), server.kubeconfig())?;
+        std::fs::write(dir.path().join("kubeconfig"), plane.kubeconfig()?)?;
         Ok(Cluster {
-            server: Some(server),
-            opts,
+            plane,
+            tokens: tokio::sync::OnceCell::new(),
             dir,
         })
     }
 
-    /// Starts a server that keeps its objects in a state file, so it can be restarted.
-    pub async fn start_persistent() -> Result<Cluster> {
-        let state = tempfile::tempdir()?.keep().join("kube-lite.json");
-        Cluster::start_with(Options {
-            tokens: identities::tokens(),
-            state_file: Some(state),
-            ..Default::default()
-        })
-        .await
+    /// Starts kube-controller-manager (garbage collection, namespace deletion, Deployments).
+    pub fn start_controllers(&mut self) -> Result<()> {
+        Ok(self.plane.start_controllers()?)
     }
 
-    /// The running server.
-    // `server` is None only inside `restart` and after `shutdown`, which takes the cluster.
-    #[allow(clippy::expect_used)]
-    pub fn server(&self) -> &KubeLite {
-        self.server.as_ref().expect("the cluster is running")
+    /// The control plane.
+    pub fn plane(&self) -> &ControlPlane {
+        &self.plane
     }
 
-    /// Stops the server (saving its state file, if it has one) and starts it again on the same
-    /// address: an API server restart, as its clients see one.
+    /// Stops kube-apiserver and starts it again on the same address and etcd: an API server
+    /// restart, as its clients see one.
     pub async fn restart(&mut self) -> Result<()> {
-        let old = self.server.take().context("the cluster is not running")?;
-        let addr = old.addr;
-        old.shutdown().await;
-        let opts = Options {
-            bind: Some(addr),
-            ..self.opts.clone()
-        };
-        self.server = Some(KubeLite::start(opts).await?);
-        Ok(())
+        Ok(self.plane.restart_apiserver().await?)
     }
 
-    /// Stops the server, saving its state file if it has one.
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
+    /// What the API server refused Keybrake's own ServiceAccounts (from its audit log).
+    pub fn forbidden(&self) -> Result<Vec<String>> {
+        Ok(self.plane.forbidden()?)
     }
 
-    /// The kubeconfig file.
+    /// The administrator's kubeconfig file.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
 
     /// A kubeconfig file that presents `token` (written beside the admin one).
     pub fn kubeconfig_as(&self, token: &str) -> Result<PathBuf> {
-        let path = self.dir.path().join(format!("kubeconfig-{token}"));
-        std::fs::write(&path, kube_lite::kubeconfig_with_token(&self.url(), token))?;
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        token.hash(&mut h);
+        let path = self.dir.path().join(format!("kubeconfig-{:x}", h.finish()));
+        std::fs::write(&path, self.plane.kubeconfig_with_token(token)?)?;
         Ok(path)
     }
 
+    /// A kube-rs client as the administrator.
+    pub async fn admin_client(&self) -> Result<kube::Client> {
+        Ok(self.plane.client().await?)
+    }
+
     /// A kube-rs client that presents `token`.
-    pub fn client_as(&self, token: &str) -> Result<kube::Client> {
-        let mut config = kube::Config::new(self.url().parse()?);
-        config.auth_info.token = Some(token.to_owned().into());
-        Ok(kube::Client::try_from(config)?)
+    pub async fn client_as(&self, token: &str) -> Result<kube::Client> {
+        Ok(self.plane.client_with_token(token).await?)
+    }
+
+    /// The test identities' tokens, minted by the TokenRequest API on first use (their
+    /// namespaces and ServiceAccounts are created when missing).
+    pub async fn tokens(&self) -> Result<&Tokens> {
+        self.tokens
+            .get_or_try_init(|| identities::mint(&self.plane))
+            .await
     }
 
     /// Installs what the shipped kustomization (`manifests/`) grants Keybrake's own
@@ -230,9 +223,9 @@ impl Cluster {
         self.apply(manifest).await?.ok()
     }
 
-    /// A kube-rs client for this server.
+    /// The API server's URL.
     pub fn url(&self) -> String {
-        self.server().url()
+        self.plane.url()
     }
 }
 

@@ -64,7 +64,7 @@ fn deployable_env(stack: &Stack, token: &str, cmd: &mut std::process::Command) -
 pub async fn proxy(stack: &Stack) -> Result<(Process, SocketAddr)> {
     let (port, admin) = (free_port()?, free_port()?);
     let mut cmd = std::process::Command::new(binary("keybrake-proxy")?);
-    deployable_env(stack, crate::identities::PROXY, &mut cmd)?;
+    deployable_env(stack, &stack.cluster.tokens().await?.proxy, &mut cmd)?;
     // Loopback only: plain HTTP, asked for by name (tests/tests/e2e/proxy_tls.rs covers TLS).
     cmd.env("KEYBRAKE_PLAINTEXT", "true")
         .env("KEYBRAKE_LISTEN", format!("127.0.0.1:{port}"))
@@ -80,9 +80,9 @@ pub async fn proxy(stack: &Stack) -> Result<(Process, SocketAddr)> {
 }
 
 /// Starts a `keybrake-operator` process (stop the stack's in-process operator first).
-pub fn operator(stack: &Stack) -> Result<Process> {
+pub async fn operator(stack: &Stack) -> Result<Process> {
     let mut cmd = std::process::Command::new(binary("keybrake-operator")?);
-    deployable_env(stack, crate::identities::OPERATOR, &mut cmd)?;
+    deployable_env(stack, &stack.cluster.tokens().await?.operator, &mut cmd)?;
     cmd.env("KEYBRAKE_LEASE_NAMESPACE", crate::stack::LEASE_NAMESPACE)
         .env("KEYBRAKE_PROXY_URL", &stack.proxy_url)
         .env(

@@ -1,4 +1,4 @@
-//! kube-lite, a real Redis and the operator (in-process, the binary's own `run`), with the
+//! A real control plane, a real Redis and the operator (in-process, the binary's own `run`), with the
 //! CRDs installed and a namespace to work in.
 
 use std::{future::Future, time::Duration};
@@ -8,7 +8,7 @@ use keybrake_ledger::{
     Keyspace, Ledger, LedgerConfig,
     connection::{ConnectConfig, TlsFiles},
 };
-use kube::{Client, Config};
+use kube::Client;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 use crate::{
@@ -67,17 +67,10 @@ enum RedisChoice {
 
 /// How a [`Stack`] is made: `Stack::builder().durable_redis().start_with_proxy()`.
 pub struct StackBuilder {
-    persistent_api: bool,
     redis: RedisChoice,
 }
 
 impl StackBuilder {
-    /// An API server with a state file that tests can restart (`stack.cluster.restart()`).
-    pub fn persistent_api(mut self) -> StackBuilder {
-        self.persistent_api = true;
-        self
-    }
-
     /// A Redis with AOF on, that tests can kill and restart.
     pub fn durable_redis(mut self) -> StackBuilder {
         self.redis = RedisChoice::Durable;
@@ -118,11 +111,7 @@ impl StackBuilder {
         self,
         with_proxy: bool,
     ) -> Result<(Stack, Option<keybrake_proxy::Running>)> {
-        let cluster = if self.persistent_api {
-            Cluster::start_persistent().await?
-        } else {
-            Cluster::start().await?
-        };
+        let mut cluster = Cluster::start().await?;
         let (mut redis_cluster, mut redis_sentinel) = (None, None);
         let (redis, redis_tls) = match self.redis {
             RedisChoice::Durable => (RedisServer::start_durable().await?, TlsFiles::default()),
@@ -145,9 +134,12 @@ impl StackBuilder {
             .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
             .await?;
         cluster.install_shipped_rbac().await?;
-        let client = Client::try_from(Config::new(cluster.url().parse()?))?;
-        let operator_client = cluster.client_as(crate::identities::OPERATOR)?;
-        let proxy_client = cluster.client_as(crate::identities::PROXY)?;
+        // After the CRDs: the garbage collector reads discovery again only every 30 s.
+        cluster.start_controllers()?;
+        let client = cluster.admin_client().await?;
+        let tokens = cluster.tokens().await?.clone();
+        let operator_client = cluster.client_as(&tokens.operator).await?;
+        let proxy_client = cluster.client_as(&tokens.proxy).await?;
         let mut stack = Stack {
             cluster,
             redis,
@@ -177,7 +169,6 @@ impl Stack {
     /// A stack on a fresh API server and Redis, to be changed before it starts.
     pub fn builder() -> StackBuilder {
         StackBuilder {
-            persistent_api: false,
             redis: RedisChoice::Plain,
         }
     }
@@ -271,13 +262,20 @@ impl Stack {
         &self,
         edit: impl FnOnce(&mut keybrake_proxy::Config),
     ) -> Result<keybrake_proxy::Running> {
+        self.start_proxy_on(self.proxy_client.clone(), edit).await
+    }
+
+    /// Starts a proxy replica that reaches the API server with `client` (through a test front,
+    /// say), its configuration changed by `edit`.
+    pub async fn start_proxy_on(
+        &self,
+        client: Client,
+        edit: impl FnOnce(&mut keybrake_proxy::Config),
+    ) -> Result<keybrake_proxy::Running> {
         let mut config = keybrake_proxy::Config::local(&self.redis_url(), &self.prefix);
         config.redis = self.redis_flags();
         edit(&mut config);
-        Ok(
-            keybrake_proxy::start(self.proxy_client.clone(), config, "127.0.0.1:0".parse()?)
-                .await?,
-        )
+        Ok(keybrake_proxy::start(client, config, "127.0.0.1:0".parse()?).await?)
     }
 
     /// `REDIS_URL` as the deployables take it: one URL, or the cluster's seed nodes.
@@ -304,8 +302,7 @@ impl Stack {
     pub fn assert_deployables_never_refused(&self) -> Result<()> {
         let refused: Vec<String> = self
             .cluster
-            .server()
-            .denials()
+            .forbidden()?
             .into_iter()
             .filter(|d| d.contains("system:serviceaccount:keybrake-system:"))
             .collect();

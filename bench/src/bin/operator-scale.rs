@@ -1,20 +1,27 @@
-//! Operator scale: applies N VaultKeys (default 5,000) to kube-lite and reports the time until
-//! all are Active, reconciles per second, API writes per key and the operator's peak memory.
+//! Operator scale: applies N VaultKeys (default 5,000) to the real kube-apiserver and etcd and
+//! reports the time from the last create until all are Active, reconciles per second, API writes
+//! per key and the operator's peak memory. The server's own write rate is the ceiling: the same
+//! creates with no operator running, on a fresh control plane, are timed first and printed beside.
 //! Run with `bash bench/operator-scale.sh [N]`.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result, bail};
-use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::Namespace;
+use futures::{StreamExt, TryStreamExt, stream};
 use keybrake_bench::{
     Proc, Row, bin_dir, free_port, http_get, print_table, setup_stripe_policy, start_redis,
     wait_tcp, write_results,
 };
+use keybrake_control_plane::ControlPlane;
 use keybrake_crds::{KeyPhase, VaultKey};
 use kube::{
     Api, Client,
-    api::{ListParams, PostParams},
+    api::PostParams,
+    runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
 
@@ -26,15 +33,69 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn current_rv(client: &Client) -> Result<u64> {
-    let list = Api::<Namespace>::all(client.clone())
-        .list(&ListParams::default().limit(1))
-        .await?;
-    Ok(list
-        .metadata
-        .resource_version
-        .context("list without resourceVersion")?
-        .parse()?)
+/// Creates `n` VaultKeys in `bench`, 32 at a time; how long it took.
+async fn create_keys(client: &Client, n: usize) -> Result<Duration> {
+    let keys = Arc::new(Api::<VaultKey>::namespaced(client.clone(), "bench"));
+    let started = Instant::now();
+    let created: Vec<Result<()>> = stream::iter(0..n)
+        .map(|i| {
+            let keys = keys.clone();
+            async move {
+                let vk: VaultKey = serde_json::from_value(json!({
+                    "apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "metadata": {"name": format!("run-{i:05}")},
+                    "spec": {"policyRef": {"name": "stripe"}, "dailyUsdCap": 50, "ttl": "2h", "runLabel": format!("bench/run-{i}")}
+                }))?;
+                keys.create(&PostParams::default(), &vk).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    created.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(started.elapsed())
+}
+
+/// The API server's count of successful writes, by `VERB resource[/subresource]`, from its
+/// `/metrics` (`apiserver_request_total`).
+async fn writes(client: &Client) -> Result<BTreeMap<String, f64>> {
+    let req = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(req).await?;
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            let key = format!("{name}=\"");
+            line.find(&key).and_then(|i| {
+                let rest = &line[i + key.len()..];
+                rest.find('"').map(|j| rest[..j].to_owned())
+            })
+        };
+        let (Some(verb), Some(code)) = (label("verb"), label("code")) else {
+            continue;
+        };
+        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")
+            || !code.starts_with('2')
+        {
+            continue;
+        }
+        let resource = label("resource").unwrap_or_default();
+        let sub = label("subresource").unwrap_or_default();
+        let what = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        let count: f64 = line
+            .split_whitespace()
+            .last()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        *out.entry(what).or_insert(0.0) += count;
+    }
+    Ok(out)
 }
 
 #[tokio::main]
@@ -44,15 +105,20 @@ async fn main() -> Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(5000);
-    let server = kube_lite::KubeLite::start(kube_lite::Options {
-        history: Some(200_000),
-        ..Default::default()
-    })
-    .await?;
+
+    // The ceiling: the same creates on a fresh server with nothing else writing.
+    let ceiling = {
+        let plane = ControlPlane::start(Default::default()).await?;
+        let client = plane.client().await?;
+        setup_stripe_policy(&client, 1000, None).await?;
+        create_keys(&client, n).await?
+    };
+
+    let server = ControlPlane::start(Default::default()).await?;
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig())?;
-    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    std::fs::write(&kubeconfig, server.kubeconfig()?)?;
+    let client = server.client().await?;
     let (_redis, redis_port) = start_redis().await?;
 
     setup_stripe_policy(&client, 1000, None).await?;
@@ -79,48 +145,54 @@ async fn main() -> Result<()> {
     wait_tcp(metrics_port).await?;
     let idle = operator.memory_mib().1;
 
+    // Count Active keys from a watch (a list of every key each poll would load the server more
+    // than the operator does).
     let keys: Api<VaultKey> = Api::namespaced(client.clone(), "bench");
-    let rv_start = current_rv(&client).await?;
-    let started = Instant::now();
-    let keys_arc = Arc::new(keys.clone());
-    let created: Vec<Result<()>> = stream::iter(0..n)
-        .map(|i| {
-            let keys = keys_arc.clone();
-            async move {
-                let vk: VaultKey = serde_json::from_value(json!({
-                    "apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "metadata": {"name": format!("run-{i:05}")},
-                    "spec": {"policyRef": {"name": "stripe"}, "dailyUsdCap": 50, "ttl": "2h", "runLabel": format!("bench/run-{i}")}
-                }))?;
-                keys.create(&PostParams::default(), &vk).await?;
-                Ok(())
+    let (active_tx, mut active_rx) = tokio::sync::watch::channel(0usize);
+    let counter = tokio::spawn(async move {
+        let mut active = HashSet::new();
+        let mut events = watcher(keys, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Ok(Some(vk)) = events.try_next().await {
+            let name = vk.metadata.name.clone().unwrap_or_default();
+            if vk.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active) {
+                active.insert(name);
+            } else {
+                active.remove(&name);
             }
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
-    created.into_iter().collect::<Result<Vec<_>>>()?;
-    let applied_in = started.elapsed();
+            let _ = active_tx.send(active.len());
+        }
+    });
+
+    let writes_before = writes(&client).await?;
+    let started = Instant::now();
+    let applied_in = create_keys(&client, n).await?;
 
     let mut peak_rss: f64 = 0.0;
     let ready_in = loop {
-        let list = keys.list(&ListParams::default()).await?;
-        let active = list
-            .items
-            .iter()
-            .filter(|k| k.status.as_ref().and_then(|s| s.phase) == Some(KeyPhase::Active))
-            .count();
         peak_rss = peak_rss.max(operator.memory_mib().1);
-        if active == n {
+        if *active_rx.borrow() == n {
             break started.elapsed();
         }
         if started.elapsed().as_secs() > 900 {
-            bail!("only {active} of {n} keys Active after 15 minutes");
+            bail!(
+                "only {} of {n} keys Active after 15 minutes",
+                *active_rx.borrow()
+            );
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(250), active_rx.changed()).await;
     };
+    counter.abort();
+    let after_last_create = ready_in.saturating_sub(applied_in);
     // Let the tail of reconciles (status settling, events) finish before counting writes.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let rv_end = current_rv(&client).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes_after = writes(&client).await?;
+    let by_kind: BTreeMap<String, f64> = writes_after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - writes_before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
     let text = http_get(metrics_port, "/metrics").await?;
     let reconciles = metric(
         &text,
@@ -132,8 +204,14 @@ async fn main() -> Result<()> {
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .fold(0.0, |a, b| a + b);
     let (hwm, _) = operator.memory_mib();
-    let writes = (rv_end - rv_start) as f64;
-    let operator_writes_per_key = (writes - n as f64) / n as f64;
+    let total_writes: f64 = by_kind.values().sum();
+    // Everything but the client's own creates (and the API server's own lease renewals).
+    let own = by_kind
+        .iter()
+        .filter(|(k, _)| k.as_str() == "POST vaultkeys" || k.contains("leases"))
+        .map(|(_, v)| v)
+        .sum::<f64>();
+    let operator_writes_per_key = (total_writes - own) / n as f64;
 
     let rows = vec![
         Row {
@@ -142,14 +220,19 @@ async fn main() -> Result<()> {
             target: "5000".into(),
         },
         Row {
-            what: "keys created by the client (s)".into(),
+            what: "creates alone, no operator: the server's ceiling (s)".into(),
+            value: format!("{:.1}", ceiling.as_secs_f64()),
+            target: String::new(),
+        },
+        Row {
+            what: "creates with the operator running (s)".into(),
             value: format!("{:.1}", applied_in.as_secs_f64()),
             target: String::new(),
         },
         Row {
-            what: "time until all Active (s)".into(),
-            value: format!("{:.1}", ready_in.as_secs_f64()),
-            target: String::new(),
+            what: "all Active, after the last create (s)".into(),
+            value: format!("{:.1}", after_last_create.as_secs_f64()),
+            target: "10".into(),
         },
         Row {
             what: "VaultKey reconciles".into(),
@@ -185,25 +268,25 @@ async fn main() -> Result<()> {
             target: String::new(),
         },
     ];
-    let by_kind = server.store.lock().writes_since(rv_start);
-    println!("\nwrites by resource (retained history since the first key):");
-    for ((plural, kind), count) in &by_kind {
-        println!("  {plural:<40} {kind:<9} {count}");
+    println!("\nsuccessful writes by verb and resource (the API server's own count):");
+    for (what, count) in &by_kind {
+        println!("  {what:<40} {count}");
     }
     print_table(
-        "operator scale (kube-lite + redis-server + release keybrake-operator)",
+        "operator scale (kube-apiserver + etcd + redis-server + release keybrake-operator)",
         &rows,
     );
     let path = write_results(
         "operator-scale",
         &json!({
-            "keys": n, "created_s": applied_in.as_secs_f64(), "all_active_s": ready_in.as_secs_f64(),
+            "keys": n, "ceiling_created_s": ceiling.as_secs_f64(), "created_s": applied_in.as_secs_f64(),
+            "all_active_s": ready_in.as_secs_f64(), "active_after_last_create_s": after_last_create.as_secs_f64(),
             "reconciles": reconciles, "reconciles_per_s": reconciles / ready_in.as_secs_f64(), "failures": failures,
             "api_writes_per_key": operator_writes_per_key, "rss_idle_mib": idle, "rss_peak_mib": hwm.max(peak_rss),
         }),
     )?;
     println!("\nresults: {}", path.display());
     drop(operator);
-    server.shutdown().await;
+    drop(server);
     Ok(())
 }

@@ -23,6 +23,7 @@ use keybrake_bench::{
     load::{self, Mode, Outcome, Shot},
     print_table, setup_stripe_policy, start_redis, start_redis_cluster, wait_tcp, write_results,
 };
+use keybrake_control_plane::ControlPlane;
 use keybrake_crds::{KeyPhase, Usd, VaultKey};
 use keybrake_ledger::{Keyspace, Ledger, LedgerConfig, ReserveRequest, Token};
 use kube::{Api, Client, api::PostParams};
@@ -127,10 +128,10 @@ async fn cluster_saturation(up_port: u16, duration: Duration) -> Result<Outcome>
     let bin = bin_dir()?;
     let dir = tempfile::tempdir()?;
     let (_nodes, redis_url) = start_redis_cluster(dir.path()).await?;
-    let server = kube_lite::KubeLite::start(kube_lite::Options::default()).await?;
+    let server = ControlPlane::start(Default::default()).await?;
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig())?;
-    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    std::fs::write(&kubeconfig, server.kubeconfig()?)?;
+    let client = server.client().await?;
     setup_stripe_policy(
         &client,
         1_000_000,
@@ -188,7 +189,7 @@ async fn cluster_saturation(up_port: u16, duration: Duration) -> Result<Outcome>
         o.errors
     );
     drop(client);
-    server.shutdown().await;
+    drop(server);
     Ok(o)
 }
 
@@ -354,11 +355,11 @@ async fn main() -> Result<()> {
     wait_tcp(up_port).await?;
     let (redis_proc, redis_port) = start_redis().await?;
     let redis_url = format!("redis://127.0.0.1:{redis_port}/");
-    let server = kube_lite::KubeLite::start(kube_lite::Options::default()).await?;
+    let server = ControlPlane::start(Default::default()).await?;
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig())?;
-    let client = Client::try_from(kube::Config::new(server.url().parse()?))?;
+    std::fs::write(&kubeconfig, server.kubeconfig()?)?;
+    let client = server.client().await?;
     setup_stripe_policy(
         &client,
         1_000_000,
@@ -796,6 +797,6 @@ async fn main() -> Result<()> {
     let path = write_results("proxy", &results)?;
     println!("\nwrote {}", path.display());
     drop(client);
-    server.shutdown().await;
+    drop(server);
     Ok(())
 }

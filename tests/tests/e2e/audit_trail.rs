@@ -475,7 +475,8 @@ async fn a_seed_run_lands_once_in_postgres_and_the_five_queries_answer() -> Resu
     // The audit API reads PostgreSQL, scoped by namespace as before, and the CLI exports CSV.
     stack.cluster.apply_ok(identities::RBAC).await?;
     let query = "/audit?run_label=hatchet%2Fbilling-agent%2F7f3a9c2e";
-    let reader = format!("Bearer {}", identities::BILLING_READER);
+    let reader_token = stack.cluster.tokens().await?.billing_reader.clone();
+    let reader = format!("Bearer {reader_token}");
     let everywhere = http(
         proxy.admin_addr,
         "GET",
@@ -517,7 +518,7 @@ async fn a_seed_run_lands_once_in_postgres_and_the_five_queries_answer() -> Resu
         ])
         .arg("--admin-url")
         .arg(format!("http://{}", proxy.admin_addr))
-        .env("KEYBRAKE_API_KEY", identities::BILLING_READER)
+        .env("KEYBRAKE_API_KEY", &reader_token)
         .output()
         .await?;
     assert!(

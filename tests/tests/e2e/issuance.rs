@@ -1,6 +1,6 @@
 //! The Keybrake-compatible issuance API (`/vault/keys`) end to end: the seeds' Hatchet flow from
 //! Python `requests` and from Node against the local stack, authentication by TokenReview and
-//! authorization by SubjectAccessReview (kube-lite with a static token file and RBAC), bad input,
+//! authorization by SubjectAccessReview (the real kube-apiserver, TokenRequest tokens and RBAC), bad input,
 //! and the bounded wait when the operator is not there.
 
 use std::{collections::BTreeMap, net::SocketAddr};
@@ -8,8 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 use anyhow::Result;
 use keybrake_crds::VaultKey;
 use keybrake_e2e::{
-    Reply, example, http,
-    identities::{self, ADMIN, BILLING_READER, BILLING_WORKER, OTHER_WORKER},
+    Reply, example, http, identities,
     sdk::{LocalStripe, run, run_node_script},
     stack::Stack,
     with_upstream,
@@ -79,9 +78,10 @@ async fn the_seeds_hatchet_flow_issues_fans_out_hits_the_cap_and_revokes_from_py
 -> Result<()> {
     let localstripe = LocalStripe::start().await?;
     let (stack, proxy) = stack_with_policy(&localstripe.url()).await?;
+    let t = stack.cluster.tokens().await?.clone();
     let env = BTreeMap::from([
         ("KEYBRAKE_URL".to_owned(), format!("http://{}", proxy.addr)),
-        ("KEYBRAKE_API_KEY".to_owned(), BILLING_WORKER.to_owned()),
+        ("KEYBRAKE_API_KEY".to_owned(), t.billing_worker.clone()),
     ]);
 
     // 20 children x 3 customers x $20 = $1200 wanted of a $500 daily cap.
@@ -154,7 +154,7 @@ async fn the_seeds_hatchet_flow_issues_fans_out_hits_the_cap_and_revokes_from_py
         proxy.admin_addr,
         "GET",
         &format!("/vault/keys/{key_id}"),
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &Value::Null,
     )
     .await?;
@@ -171,8 +171,9 @@ async fn the_seeds_hatchet_flow_issues_fans_out_hits_the_cap_and_revokes_from_py
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Result<()> {
     let (stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
+    let t = stack.cluster.tokens().await?.clone();
     let addr = proxy.addr;
-    let cases: [(&str, Option<&str>, &str, u16, &str); 6] = [
+    let cases: [(&str, Option<&str>, &str, u16, &str); 5] = [
         (
             "no token",
             None,
@@ -189,28 +190,21 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
         ),
         (
             "another namespace's token",
-            Some(OTHER_WORKER),
+            Some(t.other_worker.as_str()),
             "/vault/keys?namespace=billing",
             403,
             "cannot create vaultkeys.keybrake.com in the namespace \"billing\"",
         ),
         (
             "a token without the create verb",
-            Some(BILLING_READER),
+            Some(t.billing_reader.as_str()),
             "/vault/keys",
             403,
             "cannot create",
         ),
         (
-            "a user with no namespace",
-            Some(ADMIN),
-            "/vault/keys",
-            422,
-            "namespace",
-        ),
-        (
             "the namespace in the body",
-            Some(OTHER_WORKER),
+            Some(t.other_worker.as_str()),
             "/vault/keys",
             403,
             "in the namespace \"billing\"",
@@ -245,9 +239,9 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
         .active_key_env("billing", "billing-agent-run-7f3a")
         .await?;
     for (method, token) in [
-        ("GET", OTHER_WORKER),
-        ("DELETE", OTHER_WORKER),
-        ("DELETE", BILLING_READER),
+        ("GET", t.other_worker.as_str()),
+        ("DELETE", t.other_worker.as_str()),
+        ("DELETE", t.billing_reader.as_str()),
     ] {
         let reply = call(
             addr,
@@ -263,7 +257,7 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
         addr,
         "GET",
         "/vault/keys?namespace=billing",
-        Some(OTHER_WORKER),
+        Some(t.other_worker.as_str()),
         &Value::Null,
     )
     .await?;
@@ -283,7 +277,7 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
         addr,
         "GET",
         "/vault/keys/billing-agent-run-7f3a",
-        Some(BILLING_READER),
+        Some(t.billing_reader.as_str()),
         &Value::Null,
     )
     .await?;
@@ -293,7 +287,7 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
         addr,
         "DELETE",
         "/vault/keys/billing-agent-run-7f3a?namespace=billing",
-        Some(ADMIN),
+        Some(t.admin.as_str()),
         &Value::Null,
     )
     .await?;
@@ -306,6 +300,7 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
     let (stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
+    let t = stack.cluster.tokens().await?.clone();
     let addr = proxy.addr;
     let with = |k: &str, v: Value| {
         let mut b = seed_request();
@@ -334,7 +329,14 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
         (with("budget_usd", json!(5)), 422, "budget_usd"),
     ];
     for (body, status, field) in cases {
-        let reply = call(addr, "POST", "/vault/keys", Some(BILLING_WORKER), &body).await?;
+        let reply = call(
+            addr,
+            "POST",
+            "/vault/keys",
+            Some(t.billing_worker.as_str()),
+            &body,
+        )
+        .await?;
         println!("{field}: {} {}", reply.status, reply.body);
         assert_eq!(reply.status, status, "{body}: {}", reply.body);
         assert_eq!(reply.json()["field"], field, "{body}: {}", reply.body);
@@ -348,7 +350,7 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
             addr,
             "POST",
             "/vault/keys",
-            &[("Authorization", &format!("Bearer {BILLING_WORKER}"))],
+            &[("Authorization", &format!("Bearer {}", t.billing_worker))],
             raw.as_bytes(),
         )
         .await?;
@@ -360,7 +362,7 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
         addr,
         "POST",
         "/vault/keys",
-        &[("Authorization", &format!("Bearer {BILLING_WORKER}"))],
+        &[("Authorization", &format!("Bearer {}", t.billing_worker))],
         &huge,
     )
     .await?;
@@ -369,7 +371,7 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
         addr,
         "GET",
         "/vault/keys/nope",
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &Value::Null,
     )
     .await?;
@@ -379,7 +381,14 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
         "/vault/keys/UPPER",
         "/vault/keys/..%2Fx",
     ] {
-        let reply = call(addr, "DELETE", bad, Some(BILLING_WORKER), &Value::Null).await?;
+        let reply = call(
+            addr,
+            "DELETE",
+            bad,
+            Some(t.billing_worker.as_str()),
+            &Value::Null,
+        )
+        .await?;
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
         assert_eq!(reply.json()["field"], "key_id");
     }
@@ -387,7 +396,7 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
         addr,
         "PUT",
         "/vault/keys/nope",
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &Value::Null,
     )
     .await?;
@@ -396,7 +405,7 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
         addr,
         "GET",
         "/vault/keys?run=x",
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &Value::Null,
     )
     .await?;
@@ -411,7 +420,7 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
         addr,
         "POST",
         "/vault/keys",
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &seed_request(),
     )
     .await?;
@@ -429,12 +438,13 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_operator_issuance_times_out_cleanly_and_leaves_nothing() -> Result<()> {
     let (mut stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
+    let t = stack.cluster.tokens().await?.clone();
     // The proxy loaded the policy; now the operator goes away.
     let ready = call(
         proxy.addr,
         "POST",
         "/vault/keys",
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &seed_request(),
     )
     .await?;
@@ -449,7 +459,7 @@ async fn without_an_operator_issuance_times_out_cleanly_and_leaves_nothing() -> 
         quick.addr,
         "POST",
         "/vault/keys",
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &seed_request(),
     )
     .await?;
@@ -483,6 +493,7 @@ async fn without_an_operator_issuance_times_out_cleanly_and_leaves_nothing() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept() -> Result<()> {
     let (mut stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
+    let t = stack.cluster.tokens().await?.clone();
     stack.stop_operator().await;
     let mut config = stack.operator_config();
     config.issued_key_retention_secs = 1;
@@ -491,7 +502,7 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
         proxy.addr,
         "POST",
         "/vault/keys",
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &seed_request(),
     )
     .await?;
@@ -513,7 +524,7 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
         proxy.addr,
         "DELETE",
         &format!("/vault/keys/{key_id}"),
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &Value::Null,
     )
     .await?;
@@ -548,7 +559,7 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
         proxy.addr,
         "GET",
         &format!("/vault/keys/{key_id}"),
-        Some(BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &Value::Null,
     )
     .await?;
@@ -565,11 +576,12 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_tokens_minted_for_the_keybrake_audience_are_accepted() -> Result<()> {
     let (stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
+    let t = stack.cluster.tokens().await?.clone();
     let default_token = call(
         proxy.addr,
         "POST",
         "/vault/keys",
-        Some(identities::BILLING_WORKER_DEFAULT),
+        Some(t.billing_worker_default.as_str()),
         &seed_request(),
     )
     .await?;
@@ -586,18 +598,16 @@ async fn only_tokens_minted_for_the_keybrake_audience_are_accepted() -> Result<(
         proxy.addr,
         "POST",
         "/vault/keys",
-        Some(identities::BILLING_WORKER),
+        Some(t.billing_worker.as_str()),
         &seed_request(),
     )
     .await?;
     assert_eq!(projected.status, 201, "{}", projected.body);
     // The same token is no credential for the API server.
-    let replayed = Api::<VaultKey>::namespaced(
-        stack.cluster.client_as(identities::BILLING_WORKER)?,
-        "billing",
-    )
-    .list(&ListParams::default())
-    .await;
+    let replayed =
+        Api::<VaultKey>::namespaced(stack.cluster.client_as(&t.billing_worker).await?, "billing")
+            .list(&ListParams::default())
+            .await;
     assert!(
         replayed.is_err(),
         "a keybrake-audience token opened the Kubernetes API"

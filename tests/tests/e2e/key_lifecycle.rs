@@ -1,4 +1,4 @@
-//! The operator against kube-lite and a real Redis, one scenario per path of issue 5.
+//! The operator against the real API server and a real Redis, one scenario per path of issue 5.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -172,7 +172,7 @@ async fn a_reconcile_with_no_change_writes_nothing_and_a_restart_reissues_nothin
         .cluster
         .apply_ok(&example("stripe-worker-key.yaml").replace("period: 6h", "period: 24h"))
         .await?;
-    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?;
+    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  selector:\n    matchLabels: {app: billing-worker}\n  template:\n    metadata:\n      labels: {app: billing-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
     key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
     let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
     let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), "billing");
@@ -395,8 +395,8 @@ async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> 
     let metrics = config.metrics_addr;
     stack.start_operator_with(config).await?;
     // The worker opts in to be rolled by its key; a bystander the key also names does not.
-    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  template:\n    metadata: {}\n").await?;
-    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bystander\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?;
+    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  selector:\n    matchLabels: {app: billing-worker}\n  template:\n    metadata:\n      labels: {app: billing-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
+    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bystander\n  namespace: billing\nspec:\n  selector:\n    matchLabels: {app: bystander}\n  template:\n    metadata:\n      labels: {app: bystander}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
     stack
         .cluster
         .apply_ok(
@@ -720,7 +720,7 @@ async fn a_burst_of_credential_changes_rolls_the_targets_once() -> Result<()> {
     config.metrics_addr = free_addr();
     let metrics = config.metrics_addr;
     stack.start_operator_with(config).await?;
-    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  template:\n    metadata: {}\n").await?;
+    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  selector:\n    matchLabels: {app: billing-worker}\n  template:\n    metadata:\n      labels: {app: billing-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
     stack
         .cluster
         .apply_ok(&example("stripe-worker-key.yaml").replace(
@@ -809,7 +809,7 @@ async fn restart_targets_chosen_by_labels_roll_every_opted_in_match() -> Result<
             ""
         };
         format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: billing\n  labels:\n    team: {team}\n{annotation}spec:\n  template:\n    metadata: {{}}\n"
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: billing\n  labels:\n    team: {team}\n{annotation}spec:\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - {{name: worker, image: busybox}}\n"
         )
     };
     for (name, team, opt_in) in [
@@ -971,7 +971,7 @@ async fn binaries_newer_than_their_crds_refuse_to_start_and_name_the_fields() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_crds_the_operator_exits_with_a_hint() -> Result<()> {
     let cluster = keybrake_e2e::Cluster::start().await?;
-    let client = kube::Client::try_from(kube::Config::new(cluster.url().parse()?))?;
+    let client = cluster.admin_client().await?;
     let err = keybrake_operator::check_crds(&client).await.unwrap_err();
     assert!(
         err.to_string().contains("kubectl apply -f manifests/crds/"),

@@ -108,7 +108,7 @@ fn no_crate_has_a_module_cycle() -> Result<()> {
         "ledger-model",
         "operator",
         "proxy",
-        "kube-lite",
+        "control-plane",
         "cli",
         "tests",
     ];

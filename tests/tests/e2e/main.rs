@@ -4,14 +4,11 @@
 
 mod audit_trail;
 mod cap_under_attack;
+mod crds_in_kubectl;
 mod faults;
 mod gitops_health;
 mod issuance;
 mod key_lifecycle;
-mod kube_lite_api;
-mod kube_lite_controller;
-mod kube_lite_kubectl;
-mod kube_lite_watch;
 mod layout;
 mod ledger_owners;
 mod ledger_scripts;

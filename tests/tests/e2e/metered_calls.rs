@@ -1,9 +1,10 @@
-//! The proxy's data path end to end: kube-lite, the operator, a real Redis, the proxy, and a
+//! The proxy's data path end to end: the real API server, the operator, a real Redis, the proxy, and a
 //! recording upstream standing in for the vendor.
 
 use anyhow::Result;
 use keybrake_crds::KeyPhase;
 use keybrake_e2e::{
+    api_faults::{ApiFaults, Fault},
     example, http,
     refusals::{check_all, refusal},
     spawn_charges,
@@ -654,16 +655,21 @@ async fn five_hundred_callers_through_two_proxies_never_overshoot() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> {
-    let s = stripe().await?;
-    let auth = ("Authorization", s.bearer.as_str());
+    let mut s = stripe().await?;
     // An API server under load: the first spend writes get 429 and 500, and are written again.
-    let server = s.stack.cluster.server();
-    server.inject(kube_lite::Fault {
+    // The proxy reaches the server through a front that fails them on purpose.
+    let server = ApiFaults::start(s.stack.cluster.plane()).await?;
+    let proxy_token = s.stack.cluster.tokens().await?.proxy.clone();
+    let through = server.client(s.stack.cluster.plane(), &proxy_token).await?;
+    s.proxy.shutdown().await;
+    s.proxy = s.stack.start_proxy_on(through, |_| {}).await?;
+    let auth = ("Authorization", s.bearer.as_str());
+    server.inject(Fault {
         code: 429,
         path_contains: "/vaultkeys/billing-agent-run-7f3a/status".into(),
         remaining: 2,
     });
-    server.inject(kube_lite::Fault {
+    server.inject(Fault {
         code: 500,
         path_contains: "/spendpolicies/stripe/status".into(),
         remaining: 2,
@@ -775,8 +781,9 @@ async fn the_audit_trail_lists_calls_with_costs_request_ids_and_run_totals() -> 
         .await?;
     }
     // The audit trail spans tenants: callers need `list vaultkeys` where they look.
-    let admin = format!("Bearer {}", keybrake_e2e::identities::ADMIN);
-    let reader = format!("Bearer {}", keybrake_e2e::identities::BILLING_READER);
+    let tokens = s.stack.cluster.tokens().await?.clone();
+    let admin = format!("Bearer {}", tokens.admin);
+    let reader = format!("Bearer {}", tokens.billing_reader);
     let query = "/audit?run_label=hatchet%2Fbilling-agent%2F7f3a9c2e";
     let anonymous = http(s.proxy.admin_addr, "GET", query, &[], b"").await?;
     assert_eq!(anonymous.status, 401, "{}", anonymous.body);

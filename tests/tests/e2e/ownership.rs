@@ -8,8 +8,7 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{KeyPhase, SpendPolicy, VaultKey};
 use keybrake_e2e::{
-    example, http,
-    identities::{self, BILLING_WORKER},
+    example, http, identities,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
     with_upstream,
@@ -56,8 +55,12 @@ async fn snapshot(
     Ok((data, owners, s.resource_version().unwrap_or_default()))
 }
 
-async fn issue(proxy: &keybrake_proxy::Running, name: &str) -> Result<keybrake_e2e::Reply> {
-    let auth = format!("Bearer {BILLING_WORKER}");
+async fn issue(
+    stack: &Stack,
+    proxy: &keybrake_proxy::Running,
+    name: &str,
+) -> Result<keybrake_e2e::Reply> {
+    let auth = format!("Bearer {}", stack.cluster.tokens().await?.billing_worker);
     let body = json!({"vendor": "stripe", "name": name, "daily_usd_cap": 50, "expires_in": "1h"});
     http(
         proxy.addr,
@@ -77,7 +80,7 @@ async fn the_issuance_api_refuses_a_name_whose_secret_exists() -> Result<()> {
     let (stack, proxy, _upstream) = victim_stack().await?;
     for victim in ["billing-worker-stripe", "stripe-credentials"] {
         let before = snapshot(&stack, victim).await?;
-        let r = issue(&proxy, victim).await?;
+        let r = issue(&stack, &proxy, victim).await?;
         assert_eq!(r.status, 409, "{victim}: {}", r.body);
         assert!(
             r.json()["error"]
@@ -379,7 +382,7 @@ async fn a_planted_token_under_anothers_key_id_takes_nothing_over() -> Result<()
     let r = charge(format!("Bearer {planted}")).await?;
     assert_ne!(r.status, 200, "the planted token works: {}", r.body);
     // Revoking the attacker's key (through the API, as its issuer may) leaves the victim alone.
-    let admin = format!("Bearer {}", identities::ADMIN);
+    let admin = format!("Bearer {}", stack.cluster.tokens().await?.admin);
     let revoked = http(
         proxy.addr,
         "DELETE",

@@ -1,7 +1,7 @@
 //! Production packaging: the kustomization and the Helm chart rendered with the real kubectl and
 //! helm, every object parsed into its k8s-openapi type, invariants checked (non-root, read-only,
 //! limits, probes, pinned images, RBAC verbs on the documented list, CRDs identical to
-//! `manifests/crds/`, the two renderings alike), then applied to kube-lite (server-side dry run,
+//! `manifests/crds/`, the two renderings alike), then applied to the real API server (server-side dry run,
 //! then for real). Also: the Dockerfile's runtime stages, and the metric names the dashboard and
 //! the alert rules use exist.
 
@@ -31,7 +31,11 @@ const CHART: [&str; 5] = [
 ];
 
 async fn tool(program: &str, args: &[&str]) -> Result<String> {
-    let path = kubectl_path()?.with_file_name(program);
+    // helm from .tools/bin (scripts/install-deps), kubectl of the control plane's release.
+    let path = match program {
+        "kubectl" => kubectl_path()?,
+        _ => workspace_root().join(".tools/bin").join(program),
+    };
     let out = tokio::process::Command::new(&path)
         .args(args)
         .current_dir(workspace_root())
@@ -376,7 +380,7 @@ async fn the_kustomization_and_the_chart_render_what_production_needs_and_apply(
     };
     assert_eq!(images(&k), images(&h));
 
-    // Applied to kube-lite: a server-side dry run first (after the namespace and CRDs, which the
+    // Applied to the API server: a server-side dry run first (after the namespace and CRDs, which the
     // rest depends on, as on a real server), then for real, twice (idempotent).
     let cluster = Cluster::start().await?;
     let first: String = k

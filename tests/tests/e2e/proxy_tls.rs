@@ -161,7 +161,7 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
         .cluster
         .apply_ok(keybrake_e2e::identities::RBAC)
         .await?;
-    let worker = format!("Bearer {}", keybrake_e2e::identities::BILLING_WORKER);
+    let worker = format!("Bearer {}", stack.cluster.tokens().await?.billing_worker);
     let request = json!({"vendor": "stripe", "daily_usd_cap": 50, "allowed_endpoints": ["POST /v1/payment_intents"], "expires_in": "10m", "agent_run_label": "tls/run-1"}).to_string();
     let (issued, _) = https(
         proxy.addr,
@@ -253,7 +253,7 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
     // the variables at start).
     stack
         .cluster
-        .apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tls-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-agent-run-7f3a\nspec:\n  template:\n    metadata: {}\n").await?;
+        .apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tls-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-agent-run-7f3a\nspec:\n  selector:\n    matchLabels: {app: tls-worker}\n  template:\n    metadata:\n      labels: {app: tls-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
     Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing")
         .patch(
             "billing-agent-run-7f3a",

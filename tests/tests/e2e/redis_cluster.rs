@@ -20,7 +20,7 @@ async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Res
     let (mut stack, proxy) = Stack::builder().redis_cluster(0).start_with_proxy().await?;
     // The real operator binary, configured by its environment as in a Deployment.
     stack.stop_operator().await;
-    let _operator = keybrake_e2e::processes::operator(&stack)?;
+    let _operator = keybrake_e2e::processes::operator(&stack).await?;
     // Five teams: their policies' slots spread over the three primaries.
     let teams: Vec<String> = (1..=5).map(|i| format!("team{i}")).collect();
     let mut slots = std::collections::BTreeSet::new();

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use keybrake_e2e::{
-    example,
-    identities::{self, BILLING_WORKER},
+    example, identities,
     sdk::{LocalStripe, run_python},
     stack::Stack,
     upstream::RecordingUpstream,
@@ -44,7 +43,10 @@ async fn billing_stack() -> Result<(
     stack.cluster.apply_ok(identities::RBAC).await?;
     let env = BTreeMap::from([
         ("KEYBRAKE_URL".to_owned(), format!("http://{}", proxy.addr)),
-        ("KEYBRAKE_API_KEY".to_owned(), BILLING_WORKER.to_owned()),
+        (
+            "KEYBRAKE_API_KEY".to_owned(),
+            stack.cluster.tokens().await?.billing_worker.clone(),
+        ),
     ]);
     Ok((stack, proxy, localstripe, sandbox, env))
 }

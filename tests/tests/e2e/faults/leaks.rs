@@ -19,7 +19,10 @@ fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
         struct Sink(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Sink {
             fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(data);
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(data);
                 Ok(data.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -28,7 +31,9 @@ fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
         }
         let sink = buf.clone();
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("info,keybrake_proxy=debug,keybrake_operator=debug,keybrake_ledger=debug,kube_lite=debug")
+            .with_env_filter(
+                "info,keybrake_proxy=debug,keybrake_operator=debug,keybrake_ledger=debug",
+            )
             .with_writer(move || Sink(sink.clone()))
             .with_ansi(false)
             .finish();
@@ -141,7 +146,7 @@ async fn no_real_secret_or_vault_token_leaks_into_logs_metrics_status_events_or_
             "/audit",
             &[(
                 "Authorization",
-                &format!("Bearer {}", keybrake_e2e::identities::ADMIN),
+                &format!("Bearer {}", stack.cluster.tokens().await?.admin),
             )],
             b"",
         )

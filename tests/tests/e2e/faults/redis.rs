@@ -110,7 +110,7 @@ async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact()
 
     // A revoke through the API while Redis is down is a 503 that says so, never a 200 that did
     // not reach Redis; the revocation stays recorded and the retried DELETE finishes it.
-    let admin = format!("Bearer {}", keybrake_e2e::identities::ADMIN);
+    let admin = format!("Bearer {}", stack.cluster.tokens().await?.admin);
     let delete = || async {
         http(
             proxy.addr,

@@ -48,7 +48,7 @@ async fn a_proxy_killed_with_calls_in_flight_loses_no_spend_and_another_replica_
             "KUBECONFIG",
             stack
                 .cluster
-                .kubeconfig_as(keybrake_e2e::identities::PROXY)?,
+                .kubeconfig_as(&stack.cluster.tokens().await?.proxy)?,
         )
         .env("KEYBRAKE_PLAINTEXT", "true")
         .env("REDIS_URL", stack.redis.url())

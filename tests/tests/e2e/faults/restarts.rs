@@ -138,7 +138,7 @@ async fn an_api_server_restart_reissues_nothing_rolls_nothing_and_keys_keep_work
     use k8s_openapi::api::apps::v1::Deployment;
     use kube::Api;
     let upstream = RecordingUpstream::start().await?;
-    let (mut stack, proxy) = Stack::builder().persistent_api().start_with_proxy().await?;
+    let (mut stack, proxy) = Stack::builder().start_with_proxy().await?;
     stack
         .cluster
         .apply_ok(&with_upstream(
@@ -148,7 +148,7 @@ async fn an_api_server_restart_reissues_nothing_rolls_nothing_and_keys_keep_work
         .await?;
     stack
         .cluster
-        .apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  template:\n    metadata: {}\n").await?;
+        .apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  selector:\n    matchLabels: {app: billing-worker}\n  template:\n    metadata:\n      labels: {app: billing-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
     stack
         .cluster
         .apply_ok(&example("stripe-worker-key.yaml"))

@@ -1,4 +1,5 @@
-//! kube-lite against the real kubectl 1.32, one test per flow of `kube-api/TRACES.md`.
+//! Our CRDs in the real kubectl against the real kube-apiserver: apply, printer columns, watch,
+//! describe, patch, finalizers, and the server's own refusals of invalid manifests.
 
 use std::time::Duration;
 
@@ -7,10 +8,12 @@ use keybrake_e2e::{Cluster, example, workspace_root};
 
 /// A cluster with the Keybrake CRDs, the `billing` namespace and the Stripe policy.
 async fn billing_cluster() -> Result<Cluster> {
-    let c = Cluster::start().await?;
+    let mut c = Cluster::start().await?;
     let crds = workspace_root().join("manifests/crds");
     c.kubectl_ok(&["apply", "-f", crds.to_str().unwrap()])
         .await?;
+    // Namespace deletion is kube-controller-manager's work.
+    c.start_controllers()?;
     c.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
         .await?;
     c.apply_ok(&example("stripe-policy.yaml")).await?;
