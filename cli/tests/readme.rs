@@ -232,3 +232,88 @@ async fn without_redis_server_keybrake_dev_says_how_to_install_it() {
         "{stderr}"
     );
 }
+
+/// `keybrake dev --kubeconfig`: an existing cluster (here a control plane started apart, as a kind
+/// or k3d cluster would be) gets the CRDs and the dev account, and the operator and the proxy run
+/// here against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keybrake_dev_runs_against_an_existing_cluster() {
+    let plane = keybrake_control_plane::ControlPlane::start(Default::default())
+        .await
+        .unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    let kubeconfig = theirs.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, plane.kubeconfig().unwrap()).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let keybrake = PathBuf::from(env!("CARGO_BIN_EXE_keybrake"));
+    let path = format!(
+        "{}:{}",
+        root().join(".tools/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut dev = tokio::process::Command::new(&keybrake)
+        .args(["dev", "--state-dir"])
+        .arg(state.path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env("PATH", &path)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("keybrake dev: ready") {
+                return line;
+            }
+        }
+        panic!("keybrake dev exited before it was ready")
+    })
+    .await
+    .expect("keybrake dev was not ready in 60s");
+    assert!(
+        ready.contains(&format!("api from {}", kubeconfig.display())),
+        "{ready}"
+    );
+    let env = std::fs::read_to_string(state.path().join("env")).unwrap();
+    assert!(
+        env.contains(&format!("KUBECONFIG={}", kubeconfig.display())),
+        "the env file points at the user's cluster: {env}"
+    );
+    let script = format!(
+        "set -euo pipefail\nexport KUBECONFIG={}\nkubectl apply -f manifests/examples/stripe-policy.yaml -f manifests/examples/stripe-run-key.yaml\nkubectl wait vk/billing-agent-run-7f3a -n billing --for=jsonpath='{{.status.phase}}'=Active --timeout=60s\nkubectl get secret billing-agent-run-7f3a -n billing -o name",
+        kubeconfig.display()
+    );
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(root())
+        .env("PATH", &path)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("secret/billing-agent-run-7f3a"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = dev.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
+        .await
+        .expect("keybrake dev did not stop")
+        .unwrap();
+    assert!(status.success(), "keybrake dev exited with {status}");
+    // The user's cluster is still there, with the key.
+    let client = plane.client().await.unwrap();
+    kube::Api::<keybrake_crds::VaultKey>::namespaced(client, "billing")
+        .get("billing-agent-run-7f3a")
+        .await
+        .unwrap();
+}
