@@ -2,7 +2,7 @@
 //! from `kubectl get vk -o json` and the proxy's audit API.
 
 use anyhow::{Context, Result, bail};
-use keybrake_crds::VaultKey;
+use keybrake_crds::{Listed, VaultKey};
 use kube::{Api, Client, ResourceExt, api::ListParams};
 use serde_json::Value;
 
@@ -11,7 +11,9 @@ pub async fn spend(namespace: Option<String>) -> Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes configuration (set KUBECONFIG, e.g. from .keybrake/env)")?;
-    let api: Api<VaultKey> = match &namespace {
+    // Listed as stored and parsed per row: a key our types cannot read is shown as such and
+    // never hides the others.
+    let api: Api<Listed<VaultKey>> = match &namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
     };
@@ -32,7 +34,17 @@ pub async fn spend(namespace: Option<String>) -> Result<()> {
         .map(String::from)
         .to_vec(),
     ];
-    for k in keys.items {
+    for listed in keys.items {
+        let k = match listed.parse() {
+            Ok(k) => k,
+            Err(why) => {
+                let mut row = vec![listed.namespace().unwrap_or_default(), listed.name_any()];
+                row.extend(std::iter::repeat_n(String::new(), 7));
+                row.push(format!("Invalid (cannot be read: {why})"));
+                rows.push(row);
+                continue;
+            }
+        };
         let st = k.status.clone().unwrap_or_default();
         let spend = st.spend.clone().unwrap_or_default();
         rows.push(vec![

@@ -7,6 +7,7 @@ pub mod compat;
 pub mod duration;
 pub mod endpoint;
 pub mod events;
+pub mod listed;
 pub mod manifests;
 pub mod money;
 pub mod names;
@@ -19,6 +20,7 @@ pub mod vendor;
 
 pub use duration::KubeDuration;
 pub use endpoint::EndpointPattern;
+pub use listed::{Listed, Unreadable};
 pub use money::Usd;
 pub use spend_policy::{SpendPolicy, SpendPolicySpec, SpendPolicyStatus};
 pub use vault_key::{KeyPhase, VaultKey, VaultKeySpec, VaultKeyStatus};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use keybrake_crds::VaultKey;
+use keybrake_crds::{Listed, VaultKey};
 use keybrake_ledger::Ledger;
 use keybrake_ledger::connection::Connection;
 use kube::{
@@ -29,7 +29,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Every VaultKey, as the VaultKey controller sees them (for per-policy key counts
     /// without listing the API on each reconcile).
-    pub keys: Store<VaultKey>,
+    pub keys: Store<Listed<VaultKey>>,
     /// The proxy's CA, for key Secrets (when configured).
     pub proxy_ca: Arc<crate::proxy_ca::ProxyCaCache>,
 }

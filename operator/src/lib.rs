@@ -19,7 +19,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use keybrake_crds::{SpendPolicy, VaultKey};
+use keybrake_crds::{Listed, SpendPolicy, VaultKey};
 use keybrake_ledger::{Ledger, LedgerConfig, connection};
 use kube::{
     Api, Client, ResourceExt,
@@ -179,8 +179,10 @@ pub async fn run(
     }
     metrics.set_leader(true);
 
+    // The watches list objects as stored (`Listed`) and the reconciles parse them: one object
+    // our types cannot read must not stop the others from being seen.
     let keys = Controller::new(
-        Api::<VaultKey>::all(client.clone()),
+        Api::<Listed<VaultKey>>::all(client.clone()),
         watcher::Config::default(),
     )
     .reconcile_all_on(ca_changes);
@@ -215,7 +217,7 @@ pub async fn run(
             watcher::Config::default(),
         )
         .watches(
-            Api::<SpendPolicy>::all(client.clone()),
+            Api::<Listed<SpendPolicy>>::all(client.clone()),
             watcher::Config::default(),
             move |policy| {
                 // A policy spec change re-validates every key drawing on it (status writes do not).
@@ -227,7 +229,9 @@ pub async fn run(
                 key_store
                     .state()
                     .into_iter()
-                    .filter(|k| k.namespace() == ns && k.spec.policy_ref.name == name)
+                    .filter(|k| {
+                        k.namespace() == ns && k.spec_str(&["policyRef", "name"]) == Some(&name)
+                    })
                     .map(|k| ObjectRef::from_obj(&*k))
                     .collect::<Vec<_>>()
             },
@@ -237,7 +241,7 @@ pub async fn run(
         .for_each(|_| async {});
 
     let policies = Controller::new(
-        Api::<SpendPolicy>::all(client.clone()),
+        Api::<Listed<SpendPolicy>>::all(client.clone()),
         watcher::Config::default(),
     );
     let policy_store = policies.store();
@@ -255,13 +259,16 @@ pub async fn run(
                 policy_store
                     .state()
                     .into_iter()
-                    .filter(|p| p.namespace() == ns && p.spec.credentials_secret_ref.name == name)
+                    .filter(|p| {
+                        p.namespace() == ns
+                            && p.spec_str(&["credentialsSecretRef", "name"]) == Some(&name)
+                    })
                     .map(|p| ObjectRef::from_obj(&*p))
                     .collect::<Vec<_>>()
             },
         )
         .watches(
-            Api::<VaultKey>::all(client.clone()),
+            Api::<Listed<VaultKey>>::all(client.clone()),
             watcher::Config::default(),
             move |key| {
                 // Keys coming and going change the policy's key count.
@@ -272,7 +279,10 @@ pub async fn run(
                 policy_store2
                     .state()
                     .into_iter()
-                    .filter(|p| p.namespace() == ns && p.name_any() == key.spec.policy_ref.name)
+                    .filter(|p| {
+                        p.namespace() == ns
+                            && key.spec_str(&["policyRef", "name"]) == Some(&p.name_any())
+                    })
                     .map(|p| ObjectRef::from_obj(&*p))
                     .collect::<Vec<_>>()
             },

@@ -65,6 +65,8 @@ pub struct Metrics {
     keys: Family<PhaseLabel, Gauge>,
     restarts: Family<RestartLabels, Counter>,
     phases: Mutex<BTreeMap<String, KeyPhase>>,
+    unreadable: Family<KindLabel, Gauge>,
+    unreadable_uids: Mutex<BTreeMap<String, String>>,
     leader: Gauge,
     ready: AtomicBool,
 }
@@ -88,6 +90,12 @@ impl Default for Metrics {
             "Restart targets rolled (or not) because a key's credential changed, by result",
             restarts.clone(),
         );
+        let unreadable = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "unreadable_objects",
+            "Objects the API server stores that the operator cannot read (each is Invalid, with the field and why)",
+            unreadable.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -101,6 +109,8 @@ impl Default for Metrics {
             keys,
             restarts,
             phases: Mutex::default(),
+            unreadable,
+            unreadable_uids: Mutex::default(),
             leader,
             ready: AtomicBool::new(false),
         }
@@ -113,6 +123,24 @@ impl Metrics {
         self.reconciles
             .get_or_create(&KindLabel { kind: kind.into() })
             .inc();
+    }
+
+    /// Records whether the object `uid` of `kind` (`vaultkey`, `spendpolicy`) is unreadable.
+    pub fn unreadable(&self, kind: &str, uid: &str, unreadable: bool) {
+        let Ok(mut uids) = self.unreadable_uids.lock() else {
+            return;
+        };
+        if unreadable {
+            uids.insert(uid.to_owned(), kind.to_owned());
+        } else if uids.remove(uid).is_none() {
+            return;
+        }
+        for kind in ["vaultkey", "spendpolicy"] {
+            let count = uids.values().filter(|k| k.as_str() == kind).count();
+            self.unreadable
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .set(count as i64);
+        }
     }
 
     /// Counts a restart target's roll: `rolled`, `not_opted_in` or `failed`.

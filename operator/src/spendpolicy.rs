@@ -6,13 +6,13 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{
-    SpendPolicy, SpendPolicyStatus,
+    Listed, SpendPolicy, SpendPolicyStatus, Unreadable,
     status::{RECONCILING, STALLED, conditions},
     validate::validate_policy,
 };
 use keybrake_ledger::{PolicyRecord, PolicyTag};
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::controller::Action,
 };
@@ -83,9 +83,17 @@ fn budget_summary(policy: &SpendPolicy) -> String {
 }
 
 /// The reconcile entry point for the controller.
-#[instrument(skip_all, fields(spendpolicy = %policy.name_any(), namespace = policy.namespace().unwrap_or_default()))]
-pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip_all, fields(spendpolicy = %listed.name_any(), namespace = listed.namespace().unwrap_or_default()))]
+pub async fn reconcile(listed: Arc<Listed<SpendPolicy>>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciled("spendpolicy");
+    // Parsed here, not at the watch: a policy our types cannot read is refused alone.
+    let policy = match listed.parse() {
+        Ok(policy) => policy,
+        Err(why) => return unreadable(&listed, &why, &ctx).await,
+    };
+    if let Some(uid) = policy.uid() {
+        ctx.metrics.unreadable("spendpolicy", &uid, false);
+    }
     let result = reconcile_policy(&policy, &ctx).await;
     if let Err(e) = &result
         && let Some(cause) = e.redis_cause()
@@ -93,6 +101,72 @@ pub async fn reconcile(policy: Arc<SpendPolicy>, ctx: Arc<Context>) -> Result<Ac
         redis_failed(&policy, &ctx, cause).await;
     }
     result
+}
+
+/// A SpendPolicy the API server stores but our types cannot read: `Ready=False` and
+/// `Stalled=True` with the field and the parser's words, and a Warning Event once. Its keys are
+/// held (Pending, the policy named as the cause) and the proxy refuses their calls.
+async fn unreadable(
+    listed: &Listed<SpendPolicy>,
+    why: &Unreadable,
+    ctx: &Context,
+) -> Result<Action> {
+    let ns = listed.namespace().unwrap_or_default();
+    let uid = listed.uid().unwrap_or_default();
+    warn!(spendpolicy = %listed.name_any(), error = %why, "unreadable SpendPolicy");
+    ctx.metrics.unreadable("spendpolicy", &uid, true);
+    let message = format!(
+        "{why}; the operator cannot read this SpendPolicy, so its keys are held and the proxy refuses their calls: fix the field"
+    );
+    let previous: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> = listed
+        .status
+        .as_ref()
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let generation = listed.metadata.generation;
+    let observed = listed
+        .status
+        .as_ref()
+        .and_then(|s| s.get("observedGeneration"))
+        .and_then(serde_json::Value::as_i64);
+    let said = observed == generation
+        && previous
+            .iter()
+            .any(|c| c.type_ == STALLED && c.status == "True" && c.message == message);
+    if said {
+        return Ok(Action::await_change());
+    }
+    let (now_ms, _) = ctx.ledger.now().await?;
+    let patch = json!({
+        "apiVersion": "keybrake.com/v1alpha1",
+        "kind": "SpendPolicy",
+        "status": {
+            "observedGeneration": generation,
+            "conditions": conditions(false, Some(STALLED), "Unreadable", &message, generation, &previous, clock::time(now_ms)),
+        },
+    });
+    let api: Api<Listed<SpendPolicy>> = Api::namespaced(ctx.client.clone(), &ns);
+    ctx.timed(
+        "write spendpolicy status",
+        api.patch_status(
+            &listed.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        ),
+    )
+    .await?;
+    let event = kube::runtime::events::Event {
+        type_: kube::runtime::events::EventType::Warning,
+        reason: "Unreadable".into(),
+        note: Some(keybrake_crds::events::note(&message)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &listed.object_ref(&())).await {
+        warn!(error = %e, "could not publish an Event");
+    }
+    Ok(Action::await_change())
 }
 
 /// Says on the policy that Redis stopped the reconcile (`Ready=False`); best effort.
@@ -179,7 +253,10 @@ async fn reconcile_policy(policy: &SpendPolicy, ctx: &Context) -> Result<Action>
         .keys
         .state()
         .iter()
-        .filter(|k| k.namespace().as_deref() == Some(ns.as_str()) && k.spec.policy_ref.name == name)
+        .filter(|k| {
+            k.namespace().as_deref() == Some(ns.as_str())
+                && k.spec_str(&["policyRef", "name"]) == Some(name.as_str())
+        })
         .count() as u32;
 
     let (now_ms, _) = ctx.ledger.now().await?;
@@ -239,7 +316,7 @@ async fn reconcile_policy(policy: &SpendPolicy, ctx: &Context) -> Result<Action>
 }
 
 /// Failed reconciles are logged, counted and retried after a short, bounded delay.
-pub fn error_policy(policy: Arc<SpendPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(policy: Arc<Listed<SpendPolicy>>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(spendpolicy = %policy.name_any(), error = %err, "reconcile failed");
     ctx.metrics.failed("spendpolicy", err.label());
     Action::requeue(Duration::from_secs(5))

@@ -16,7 +16,7 @@ use std::{
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{
-    SpendPolicy, Vendor, spend_policy::Pricing, validate::validate_policy, vendor,
+    Listed, SpendPolicy, Vendor, spend_policy::Pricing, validate::validate_policy, vendor,
 };
 use keybrake_ledger::PolicyTag;
 use kube::{
@@ -179,6 +179,12 @@ pub fn state_of(
     }))
 }
 
+/// The state of a policy the API server stores and our types cannot read: every call of its
+/// keys is refused, naming the field.
+fn unreadable(ns: &str, name: &str, why: &keybrake_crds::Unreadable) -> PolicyState {
+    PolicyState::Unusable(format!("SpendPolicy {ns}/{name} cannot be read: {why}"))
+}
+
 /// Reads the Secret a policy names (`None` when it does not exist); an error or a timeout says
 /// nothing about the Secret and is returned as such.
 async fn credentials_secret(
@@ -225,13 +231,21 @@ pub async fn load_named(
     name: &str,
 ) -> Option<PolicyState> {
     let timeout = Duration::from_secs(2);
-    let policy = tokio::time::timeout(
+    let listed = tokio::time::timeout(
         timeout,
-        Api::<SpendPolicy>::namespaced(client.clone(), ns).get_opt(name),
+        Api::<Listed<SpendPolicy>>::namespaced(client.clone(), ns).get_opt(name),
     )
     .await
     .ok()?
     .ok()??;
+    let policy = match listed.parse() {
+        Ok(p) => p,
+        Err(why) => {
+            let state = unreadable(ns, name, &why);
+            policies.insert(PolicyTag::of(ns, name), state.clone());
+            return Some(state);
+        }
+    };
     let secret = credentials_secret(client, &policy, timeout).await.ok()?;
     let state = state_of(&policy, secret.as_ref(), &|v| config.default_upstream(v));
     tracing::info!(policy = %format!("{ns}/{name}"), "loaded a policy ahead of the watch");
@@ -242,15 +256,23 @@ pub async fn load_named(
 /// Rebuilds the table from the policies, fetching each credentials Secret by name.
 async fn refresh(
     policies: &Policies,
-    store: &reflector::Store<SpendPolicy>,
+    store: &reflector::Store<Listed<SpendPolicy>>,
     client: &Client,
     timeout: Duration,
     defaults: &crate::Config,
 ) {
     let mut table = HashMap::new();
-    for policy in store.state() {
-        let ns = policy.namespace().unwrap_or_default();
-        let tag = PolicyTag::of(&ns, &policy.name_any());
+    for listed in store.state() {
+        let ns = listed.namespace().unwrap_or_default();
+        let tag = PolicyTag::of(&ns, &listed.name_any());
+        let policy = match listed.parse() {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::warn!(error = %why, policy = %listed.name_any(), "unreadable SpendPolicy: its keys' calls are refused");
+                table.insert(tag, unreadable(&ns, &listed.name_any(), &why));
+                continue;
+            }
+        };
         let secret = match credentials_secret(client, &policy, timeout).await {
             Ok(s) => s,
             Err(why) => {
@@ -279,11 +301,13 @@ pub async fn watch(
     timeout: Duration,
     config: crate::Config,
 ) {
-    let (store, writer) = reflector::store::<SpendPolicy>();
+    // Listed as stored and parsed in `refresh`: a policy our types cannot read is refused
+    // alone, and the watch goes on seeing the others.
+    let (store, writer) = reflector::store::<Listed<SpendPolicy>>();
     let policy_events = reflector(
         writer,
         watcher(
-            Api::<SpendPolicy>::all(client.clone()),
+            Api::<Listed<SpendPolicy>>::all(client.clone()),
             watcher::Config::default(),
         ),
     )
@@ -305,10 +329,9 @@ pub async fn watch(
             return false;
         };
         let (ns, name) = (obj.namespace(), obj.name_any());
-        referenced
-            .state()
-            .iter()
-            .any(|p| p.namespace() == ns && p.spec.credentials_secret_ref.name == name)
+        referenced.state().iter().any(|p| {
+            p.namespace() == ns && p.spec_str(&["credentialsSecretRef", "name"]) == Some(&name)
+        })
     });
     let events = futures::stream::select(policy_events, secret_events);
     tokio::pin!(events);

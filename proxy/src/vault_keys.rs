@@ -3,10 +3,14 @@
 //! the key in Redis. Redis stays the primary check (every call goes through the reserve script);
 //! this is the second one, from the source of truth users edit with kubectl.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::{FutureExt, StreamExt};
-use keybrake_crds::VaultKey;
+use keybrake_crds::{Listed, VaultKey};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, reflector, reflector::ObjectRef, watcher},
@@ -23,27 +27,58 @@ pub enum Standing {
     Gone,
 }
 
-/// A cache of VaultKeys, kept by a watch.
+/// A cache of VaultKeys, kept by a watch. The watch lists them as stored (`Listed`): one
+/// object our types cannot read must not blind the proxy to every other revocation.
 #[derive(Clone)]
 pub struct KeyIndex {
-    store: reflector::Store<VaultKey>,
+    store: reflector::Store<Listed<VaultKey>>,
+    /// Keys the API server has that our types cannot read: refused as revoked (fail closed;
+    /// the operator revokes them in Redis too). Parsed once per watch event, not per call.
+    unreadable: Arc<Mutex<HashSet<ObjectRef<Listed<VaultKey>>>>>,
     client: Client,
 }
 
 impl KeyIndex {
     /// Starts watching all VaultKeys; the returned future runs the watch until dropped.
     pub fn start(client: Client) -> (KeyIndex, impl std::future::Future<Output = ()>) {
-        let (store, writer) = reflector::store::<VaultKey>();
+        let (store, writer) = reflector::store::<Listed<VaultKey>>();
+        let unreadable: Arc<Mutex<HashSet<ObjectRef<Listed<VaultKey>>>>> = Arc::default();
+        let marks = unreadable.clone();
         let events = reflector(
             writer,
             watcher(
-                Api::<VaultKey>::all(client.clone()),
+                Api::<Listed<VaultKey>>::all(client.clone()),
                 watcher::Config::default(),
             ),
         )
         .default_backoff()
-        .for_each(|_| futures::future::ready(()));
-        (KeyIndex { store, client }, events)
+        .for_each(move |event| {
+            if let (Ok(event), Ok(mut marks)) = (event, marks.lock()) {
+                match event {
+                    watcher::Event::Apply(k) | watcher::Event::InitApply(k) => {
+                        let at = ObjectRef::from_obj(&k);
+                        if k.parse().is_err() {
+                            marks.insert(at);
+                        } else {
+                            marks.remove(&at);
+                        }
+                    }
+                    watcher::Event::Delete(k) => {
+                        marks.remove(&ObjectRef::from_obj(&k));
+                    }
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+            }
+            futures::future::ready(())
+        });
+        (
+            KeyIndex {
+                store,
+                unreadable,
+                client,
+            },
+            events,
+        )
     }
 
     /// The standing of `namespace/name`. A key missing from the cache is looked up in the API
@@ -57,19 +92,25 @@ impl KeyIndex {
         if !synced {
             return Standing::Live;
         }
-        let of = |k: &VaultKey| {
-            if k.spec.revoked {
+        // Revoked by its flag, or unreadable (a flag we cannot trust either way).
+        let of = |k: &Listed<VaultKey>, unreadable: bool| {
+            if unreadable || k.spec_bool(&["revoked"]) == Some(true) {
                 Standing::Revoked
             } else {
                 Standing::Live
             }
         };
-        if let Some(k) = self.store.get(&ObjectRef::new(name).within(ns)) {
-            return of(&k);
+        let at = ObjectRef::new(name).within(ns);
+        if let Some(k) = self.store.get(&at) {
+            let unreadable = self.unreadable.lock().map_or(true, |u| u.contains(&at));
+            return of(&k, unreadable);
         }
-        let api: Api<VaultKey> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<Listed<VaultKey>> = Api::namespaced(self.client.clone(), ns);
         match tokio::time::timeout(Duration::from_secs(1), api.get_opt(name)).await {
-            Ok(Ok(Some(k))) => of(&k),
+            Ok(Ok(Some(k))) => {
+                let unreadable = k.parse().is_err();
+                of(&k, unreadable)
+            }
             Ok(Ok(None)) => Standing::Gone,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, vault_key, "could not look up a VaultKey missing from the cache");

@@ -6,6 +6,7 @@ pub mod ownership;
 pub mod plan;
 pub mod secret;
 mod status;
+mod unreadable;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -14,7 +15,7 @@ use k8s_openapi::api::{
     core::v1::Secret,
 };
 use keybrake_crds::{
-    KeyPhase, SpendPolicy, VaultKey,
+    KeyPhase, Listed, SpendPolicy, VaultKey,
     status::READY,
     validate::validate_policy,
     vault_key::{ISSUED_BY_API, ISSUED_BY_LABEL, WorkloadKind},
@@ -97,9 +98,17 @@ async fn retire(vk: &VaultKey, ctx: &Context, phase: KeyPhase, now_ms: i64) -> R
 }
 
 /// The reconcile entry point for the controller.
-#[instrument(skip_all, fields(vaultkey = %vk.name_any(), namespace = vk.namespace().unwrap_or_default()))]
-pub async fn reconcile(vk: Arc<VaultKey>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip_all, fields(vaultkey = %listed.name_any(), namespace = listed.namespace().unwrap_or_default()))]
+pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciled("vaultkey");
+    // Parsed here, not at the watch: an object our types cannot read is refused alone.
+    let vk = match listed.parse() {
+        Ok(vk) => Arc::new(vk),
+        Err(why) => return unreadable::reconcile(&listed, &why, &ctx).await,
+    };
+    if let Some(uid) = vk.uid() {
+        ctx.metrics.unreadable("vaultkey", &uid, false);
+    }
     let ns = vk
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -143,7 +152,7 @@ async fn redis_failed(vk: &VaultKey, ctx: &Context, cause: &keybrake_ledger::Led
 }
 
 /// Failed reconciles are logged, counted and retried after a short, bounded delay.
-pub fn error_policy(vk: Arc<VaultKey>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(vk: Arc<Listed<VaultKey>>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(vaultkey = %vk.name_any(), error = %err, "reconcile failed");
     ctx.metrics.failed("vaultkey", err.label());
     Action::requeue(Duration::from_secs(5))
@@ -153,22 +162,18 @@ pub fn error_policy(vk: Arc<VaultKey>, err: &Error, ctx: Arc<Context>) -> Action
 /// it does not own), and only when the key record in Redis names this VaultKey, so a status
 /// written by someone else cannot make the operator revoke or delete another key.
 async fn known_key_id(
-    vk: &VaultKey,
+    status_key_id: Option<&str>,
+    uid: &str,
     secret: Option<&Secret>,
     ctx: &Context,
     vault_key: &str,
 ) -> Result<Option<KeyId>> {
-    let uid = vk.uid().unwrap_or_default();
-    let from_status = vk
-        .status
-        .as_ref()
-        .and_then(|s| s.key_id.as_deref())
-        .and_then(|k| KeyId::parse(k).ok());
+    let from_status = status_key_id.and_then(|k| KeyId::parse(k).ok());
     let from_secret = secret
         .and_then(|s| s.annotations().get(secret::KEY_ID))
         .and_then(|k| KeyId::parse(k).ok());
     for id in [from_status, from_secret].into_iter().flatten() {
-        if ctx.ledger.key_belongs_to(&id, vault_key, &uid).await? {
+        if ctx.ledger.key_belongs_to(&id, vault_key, uid).await? {
             return Ok(Some(id));
         }
         warn!(key_id = %id, vault_key, "a key id that names no record of this VaultKey; ignored");
@@ -195,7 +200,8 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         Standing::Ours(s) => Some(s),
         Standing::Absent | Standing::Foreign(_) => None,
     };
-    let known = known_key_id(vk, ours, ctx, &format!("{ns}/{name}")).await?;
+    let status_key_id = vk.status.as_ref().and_then(|s| s.key_id.as_deref());
+    let known = known_key_id(status_key_id, &uid, ours, ctx, &format!("{ns}/{name}")).await?;
     let policy_name = vk.spec.policy_ref.name.clone();
     // One key id for the VaultKey's whole life (a key issued before ids were derived keeps the
     // one it was issued).
@@ -203,12 +209,17 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let derived = KeyId::of_vault_key(&tag, &uid);
     let life_id = known.clone().unwrap_or_else(|| derived.clone());
     let retired = ctx.ledger.is_retired(&life_id).await?;
-    let policies: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let policy = if vk.spec.revoked || retired {
+    let policies: Api<Listed<SpendPolicy>> = Api::namespaced(ctx.client.clone(), &ns);
+    let listed_policy = if vk.spec.revoked || retired {
         None
     } else {
         ctx.timed("get policy", policies.get_opt(&policy_name))
             .await?
+    };
+    let (policy, policy_unreadable) = match listed_policy.as_ref().map(Listed::parse) {
+        Some(Ok(p)) => (Some(p), None),
+        Some(Err(why)) => (None, Some(why.to_string())),
+        None => (None, None),
     };
     // The slot is claimed for a policy that exists and is valid, as before it is written to.
     let slot_owner = match &policy {
@@ -234,6 +245,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         known: known.is_some(),
         retired,
         policy: policy.as_ref(),
+        policy_unreadable: policy_unreadable.as_deref(),
         slot_owner,
         stored,
         spend,
@@ -418,7 +430,8 @@ async fn cleanup(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     };
     let vault_key = format!("{ns}/{}", vk.name_any());
     let derived = KeyId::of_vault_key(&PolicyTag::of(&ns, &vk.spec.policy_ref.name), &uid);
-    let known = known_key_id(vk, ours, ctx, &vault_key).await?;
+    let status_key_id = vk.status.as_ref().and_then(|s| s.key_id.as_deref());
+    let known = known_key_id(status_key_id, &uid, ours, ctx, &vault_key).await?;
     for id in known.into_iter().chain([derived]) {
         ctx.ledger.revoke(&id).await?;
         ctx.ledger.delete_key(&id).await?;

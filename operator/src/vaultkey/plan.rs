@@ -56,6 +56,8 @@ pub struct Observed<'a> {
     pub retired: bool,
     /// The policy (`None`: not found).
     pub policy: Option<&'a SpendPolicy>,
+    /// Why the policy the API server has cannot be read (then `policy` is `None`).
+    pub policy_unreadable: Option<&'a str>,
     /// Another policy owning the policy's Redis slot.
     pub slot_owner: Option<String>,
     /// The Redis record of `life_id`.
@@ -271,6 +273,18 @@ pub fn plan(o: &Observed) -> Result<Plan, Incomplete> {
         ));
     }
 
+    if let Some(why) = o.policy_unreadable {
+        report.phase = Some(KeyPhase::Pending);
+        report.reason = "PolicyInvalid".into();
+        report.message = format!("SpendPolicy {ns}/{policy_name} cannot be read: {why}");
+        return Ok(ended(
+            report,
+            vec![],
+            SecretStep::Keep,
+            None,
+            Next::Requeue(RECHECK),
+        ));
+    }
     let Some(policy) = o.policy else {
         report.phase = Some(KeyPhase::Pending);
         report.reason = "PolicyNotFound".into();
@@ -710,6 +724,7 @@ mod tests {
     struct World {
         vk: VaultKey,
         policy: Option<SpendPolicy>,
+        policy_unreadable: Option<&'static str>,
         secret: Option<Secret>,
         stored: Option<KeyRecord>,
         spend: Spend,
@@ -724,6 +739,7 @@ mod tests {
             World {
                 vk,
                 policy: Some(policy()),
+                policy_unreadable: None,
                 secret: None,
                 stored: None,
                 spend: Spend::default(),
@@ -745,6 +761,7 @@ mod tests {
                 known: self.known,
                 retired: self.retired,
                 policy: self.policy.as_ref(),
+                policy_unreadable: self.policy_unreadable,
                 slot_owner: self.slot_owner.clone(),
                 stored: self.stored.clone(),
                 spend: self.spend,
@@ -772,6 +789,7 @@ mod tests {
                     known: true,
                     retired: false,
                     policy: None,
+                    policy_unreadable: None,
                     slot_owner: None,
                     stored: None,
                     spend: Spend::default(),
@@ -960,6 +978,18 @@ mod tests {
         w.policy = Some(bad);
         let p = w.plan();
         assert_eq!(phase(&p), (Some(KeyPhase::Pending), "PolicyInvalid"));
+        // A policy the API server stores and our types cannot read holds the key the same way,
+        // saying which field.
+        w.policy = None;
+        w.policy_unreadable = Some("spec.limits.maxTtl: duration \"0s\" is zero");
+        let p = w.plan();
+        assert_eq!(phase(&p), (Some(KeyPhase::Pending), "PolicyInvalid"));
+        assert!(
+            p.report
+                .message
+                .contains("cannot be read: spec.limits.maxTtl")
+        );
+        assert!(p.ledger.is_empty() && p.secret == SecretStep::Keep);
     }
 
     #[test]

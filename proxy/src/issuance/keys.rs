@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use hyper::StatusCode;
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{
-    KeyPhase, SpendPolicy, VaultKey, VaultKeySpec, Vendor,
+    KeyPhase, Listed, SpendPolicy, VaultKey, VaultKeySpec, Vendor,
     validate::{is_dns_label, resolve_key},
     vault_key::PolicyRef,
 };
@@ -397,8 +397,13 @@ async fn live_spend(app: &App, vk: &VaultKey) -> Option<keybrake_ledger::Spend> 
     app.ledger.key_spend(&id).await.ok()
 }
 
-/// The VaultKey `ns/name`, or a 404 naming it.
-async fn existing(keys: &Api<VaultKey>, ns: &str, name: &str) -> Result<VaultKey, ApiError> {
+/// The VaultKey `ns/name` as stored, or a 404 naming it. Listed, not parsed: a key our types
+/// cannot read can still be shown and revoked.
+async fn existing(
+    keys: &Api<Listed<VaultKey>>,
+    ns: &str,
+    name: &str,
+) -> Result<Listed<VaultKey>, ApiError> {
     keys.get_opt(name)
         .await
         .map_err(|e| kube_error("reading the VaultKey", e))?
@@ -410,21 +415,27 @@ async fn existing(keys: &Api<VaultKey>, ns: &str, name: &str) -> Result<VaultKey
         })
 }
 
-/// One key, with live spend.
-pub async fn show(app: &App, ns: &str, name: &str) -> Result<(StatusCode, Value), ApiError> {
-    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
-    let vk = existing(&keys, ns, name).await?;
-    let spend = live_spend(app, &vk).await;
-    Ok((StatusCode::OK, view::key(&vk, spend)))
+/// Live spend of a key as stored, when it can be read.
+async fn live_listed_spend(app: &App, listed: &Listed<VaultKey>) -> Option<keybrake_ledger::Spend> {
+    live_spend(app, &listed.parse().ok()?).await
 }
 
-/// The namespace's keys, optionally only one run's.
+/// One key, with live spend.
+pub async fn show(app: &App, ns: &str, name: &str) -> Result<(StatusCode, Value), ApiError> {
+    let keys: Api<Listed<VaultKey>> = Api::namespaced(app.client.clone(), ns);
+    let listed = existing(&keys, ns, name).await?;
+    let spend = live_listed_spend(app, &listed).await;
+    Ok((StatusCode::OK, view::listed_key(&listed, spend)))
+}
+
+/// The namespace's keys, optionally only one run's. A key our types cannot read is listed as
+/// invalid, saying why; it never hides the others.
 pub async fn list(
     app: &App,
     ns: &str,
     run_label: Option<&str>,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
+    let keys: Api<Listed<VaultKey>> = Api::namespaced(app.client.clone(), ns);
     let all = keys
         .list(&ListParams::default())
         .await
@@ -432,8 +443,8 @@ pub async fn list(
     let items: Vec<Value> = all
         .items
         .iter()
-        .filter(|k| run_label.is_none_or(|l| k.spec.run_label.as_deref() == Some(l)))
-        .map(|k| view::key(k, None))
+        .filter(|k| run_label.is_none_or(|l| k.spec_str(&["runLabel"]) == Some(l)))
+        .map(|k| view::listed_key(k, None))
         .collect();
     Ok((StatusCode::OK, json!({"keys": items})))
 }
@@ -441,17 +452,18 @@ pub async fn list(
 /// Revokes a key: `spec.revoked` first (one-way, so the operator revokes it in Redis for
 /// certain, whatever happens next), then in Redis, so the next call is refused at once. 200 only
 /// once Redis refuses the key: with Redis unreachable the answer is 503, the revocation stays
-/// recorded, and a retried DELETE finishes it.
+/// recorded, and a retried DELETE finishes it. A key our types cannot read is revoked the same
+/// way, from what can be read of it.
 pub async fn revoke(
     app: &App,
     caller: &Caller,
     ns: &str,
     name: &str,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
-    let vk = existing(&keys, ns, name).await?;
-    let patched = if vk.spec.revoked {
-        vk
+    let keys: Api<Listed<VaultKey>> = Api::namespaced(app.client.clone(), ns);
+    let listed = existing(&keys, ns, name).await?;
+    let patched = if listed.spec_bool(&["revoked"]) == Some(true) {
+        listed
     } else {
         keys.patch(
             name,
@@ -472,11 +484,13 @@ pub async fn revoke(
     // status when its record names this very object.
     let vault_key = format!("{ns}/{name}");
     let uid = patched.uid().unwrap_or_default();
-    let derived = KeyId::of_vault_key(&PolicyTag::of(ns, &patched.spec.policy_ref.name), &uid);
+    let policy = patched.spec_str(&["policyRef", "name"]).unwrap_or_default();
+    let derived = KeyId::of_vault_key(&PolicyTag::of(ns, policy), &uid);
     let from_status = patched
         .status
         .as_ref()
-        .and_then(|s| s.key_id.as_deref())
+        .and_then(|s| s.get("keyId"))
+        .and_then(Value::as_str)
         .and_then(|k| KeyId::parse(k).ok())
         .filter(|id| *id != derived);
     let refused = async {
@@ -495,8 +509,8 @@ pub async fn revoke(
             e,
         )
     })?;
-    let spend = live_spend(app, &patched).await;
-    Ok((StatusCode::OK, view::key(&patched, spend)))
+    let spend = live_listed_spend(app, &patched).await;
+    Ok((StatusCode::OK, view::listed_key(&patched, spend)))
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! How a key looks in the API's answers (Keybrake's field names; money as decimal strings).
 
-use keybrake_crds::{KeyPhase, Usd, VaultKey};
+use keybrake_crds::{KeyPhase, Listed, Unreadable, Usd, VaultKey};
 use keybrake_ledger::Spend;
 use kube::ResourceExt;
 use serde_json::{Value, json};
@@ -25,6 +25,28 @@ pub fn state(vk: &VaultKey) -> &'static str {
 }
 
 /// A key without its token. `spend` is the live ledger figure when known, else the status'.
+/// A key as stored: its view when our types can read it, else what can be said of it and why
+/// it is refused.
+pub fn listed_key(listed: &Listed<VaultKey>, spend: Option<Spend>) -> Value {
+    match listed.parse() {
+        Ok(vk) => key(&vk, spend),
+        Err(why) => unreadable(listed, &why),
+    }
+}
+
+/// A key our types cannot read: refused (the operator revokes what it was issued), with the
+/// field and why.
+pub fn unreadable(listed: &Listed<VaultKey>, why: &Unreadable) -> Value {
+    json!({
+        "key_id": listed.name_any(),
+        "namespace": listed.namespace(),
+        "policy": listed.spec_str(&["policyRef", "name"]),
+        "state": "invalid",
+        "message": format!("the VaultKey cannot be read: {why}"),
+        "agent_run_label": listed.spec_str(&["runLabel"]),
+    })
+}
+
 pub fn key(vk: &VaultKey, spend: Option<Spend>) -> Value {
     let status = vk.status.clone().unwrap_or_default();
     // Live ledger counters when known, else what the proxy last wrote to the status.

@@ -22,6 +22,7 @@ mod redis_sentinel;
 mod redis_tls;
 mod shipped_examples;
 mod stripe_parameters;
+mod unreadable_objects;
 mod upgrade;
 mod vendor_reading;
 mod vendor_sdks;

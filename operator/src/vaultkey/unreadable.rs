@@ -1,0 +1,254 @@
+//! A VaultKey the API server stores but our types cannot read: a value the CRD schema admits
+//! and our parser refuses (`ttl: 0s`, `POST /v1/../charges`), or one stored under an older
+//! schema. It is refused on its own, and fails closed:
+//! - whatever it was issued stops working (its record revoked in Redis, its Secret deleted);
+//! - its status says `Invalid` with `Stalled=True`, the field and the parser's words, and a
+//!   Warning Event says it once;
+//! - it carries the finalizer every key carries; deleted, it is cleaned up like any key: from its
+//!   metadata, the names it can still be read for, and the key ids its records confirm.
+//!
+//! Nothing else is affected: the watches list it like any other object.
+
+use k8s_openapi::api::core::v1::Secret;
+use keybrake_crds::{
+    KeyPhase, Listed, Unreadable, VaultKey,
+    status::{STALLED, conditions},
+};
+use keybrake_ledger::{KeyId, PolicyTag};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+    },
+};
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::{FINALIZER, delete_secret, known_key_id, ownership};
+use crate::{
+    clock,
+    context::{Context, MANAGER},
+    error::{Error, Result},
+};
+
+/// The `Ready` reason of an unreadable key.
+pub const REASON: &str = "Unreadable";
+
+/// What the status says about an unreadable key.
+pub fn message(why: &Unreadable) -> String {
+    format!(
+        "{why}; the operator cannot read this VaultKey, so it issues nothing and refuses what it was issued: fix the field"
+    )
+}
+
+/// Refuses an unreadable key, or cleans it up when it is being deleted.
+pub async fn reconcile(
+    listed: &Listed<VaultKey>,
+    why: &Unreadable,
+    ctx: &Context,
+) -> Result<Action> {
+    let ns = listed
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = listed.name_any();
+    let uid = listed.uid().ok_or(Error::MissingField("metadata.uid"))?;
+    let deleting = listed.meta().deletion_timestamp.is_some();
+    warn!(error = %why, deleting, "unreadable VaultKey");
+
+    // Fail closed: the key ids this VaultKey may have been issued, as its records confirm them.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_name = listed.spec_str(&["secretName"]).unwrap_or(&name).to_owned();
+    let found = ctx
+        .timed("get secret", secrets.get_opt(&secret_name))
+        .await?;
+    let ours = match ownership::standing(found.as_ref(), &uid) {
+        ownership::Standing::Ours(s) => Some(s),
+        ownership::Standing::Absent | ownership::Standing::Foreign(_) => None,
+    };
+    let vault_key = format!("{ns}/{name}");
+    let status_key_id = listed
+        .status
+        .as_ref()
+        .and_then(|s| s.get("keyId"))
+        .and_then(Value::as_str);
+    let known = known_key_id(status_key_id, &uid, ours, ctx, &vault_key).await?;
+    let derived = listed
+        .spec_str(&["policyRef", "name"])
+        .map(|policy| KeyId::of_vault_key(&PolicyTag::of(&ns, policy), &uid));
+    for id in known.into_iter().chain(derived) {
+        if deleting {
+            ctx.ledger.revoke(&id).await?;
+            ctx.ledger.delete_key(&id).await?;
+            info!(key_id = %id, "revoked on delete");
+        } else if ctx.ledger.key_record(&id).await?.is_some() {
+            // Revoked, not retired: once the field is fixed the key may work again, as an
+            // Invalid key does.
+            ctx.ledger.revoke(&id).await?;
+            info!(key_id = %id, "revoked: the VaultKey became unreadable");
+        }
+    }
+    delete_secret(ctx, &secrets, ours).await?;
+
+    let api: Api<Listed<VaultKey>> = Api::namespaced(ctx.client.clone(), &ns);
+    if deleting {
+        ctx.metrics.unreadable("vaultkey", &uid, false);
+        ctx.metrics.key_phase(&uid, None);
+        remove_finalizer(listed, &api, ctx).await?;
+        return Ok(Action::await_change());
+    }
+    // The finalizer every key carries, so its deletion is seen here too (and counted out).
+    add_finalizer(listed, &api, ctx).await?;
+    ctx.metrics.unreadable("vaultkey", &uid, true);
+    ctx.metrics.key_phase(&uid, Some(KeyPhase::Invalid));
+    let message = message(why);
+    if says(listed, &message) {
+        return Ok(Action::await_change());
+    }
+    let previous: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> = listed
+        .status
+        .as_ref()
+        .and_then(|s| s.get("conditions"))
+        .and_then(|c| serde_json::from_value(c.clone()).ok())
+        .unwrap_or_default();
+    let generation = listed.meta().generation;
+    let (now_ms, _) = ctx.ledger.now().await?;
+    let mut status = json!({
+        "observedGeneration": generation,
+        "phase": KeyPhase::Invalid,
+        "conditions": conditions(false, Some(STALLED), REASON, &message, generation, &previous, clock::time(now_ms)),
+    });
+    // The key id stays on record, so a fixed key is known again as the same key.
+    if let Some(id) = status_key_id {
+        status["keyId"] = id.into();
+    }
+    let patch = json!({
+        "apiVersion": "keybrake.com/v1alpha1",
+        "kind": "VaultKey",
+        "status": status,
+    });
+    ctx.timed(
+        "write vaultkey status",
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        ),
+    )
+    .await?;
+    let event = Event {
+        type_: EventType::Warning,
+        reason: REASON.into(),
+        note: Some(keybrake_crds::events::note(&message)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &listed.object_ref(&())).await {
+        warn!(error = %e, "could not publish an Event");
+    }
+    Ok(Action::await_change())
+}
+
+/// Whether the status already says `message` for this generation (a re-reconcile writes and
+/// announces nothing).
+fn says(listed: &Listed<VaultKey>, message: &str) -> bool {
+    let Some(status) = &listed.status else {
+        return false;
+    };
+    let stalled = status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == STALLED));
+    status.get("phase").and_then(Value::as_str) == Some("Invalid")
+        && status.get("observedGeneration").and_then(Value::as_i64) == listed.meta().generation
+        && stalled.is_some_and(|c| c["status"] == "True" && c["message"] == message)
+}
+
+/// Adds our finalizer, guarded by the resourceVersion read.
+async fn add_finalizer(
+    listed: &Listed<VaultKey>,
+    api: &Api<Listed<VaultKey>>,
+    ctx: &Context,
+) -> Result<()> {
+    if listed.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let mut all = listed.finalizers().to_vec();
+    all.push(FINALIZER.to_owned());
+    let patch = json!({
+        "metadata": {"finalizers": all, "resourceVersion": listed.resource_version()}
+    });
+    ctx.timed(
+        "add finalizer",
+        api.patch(
+            &listed.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes our finalizer, guarded by the resourceVersion read (a concurrent change makes the
+/// patch fail and the reconcile run again).
+async fn remove_finalizer(
+    listed: &Listed<VaultKey>,
+    api: &Api<Listed<VaultKey>>,
+    ctx: &Context,
+) -> Result<()> {
+    if !listed.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<&String> = listed
+        .finalizers()
+        .iter()
+        .filter(|f| f.as_str() != FINALIZER)
+        .collect();
+    let patch = json!({
+        "metadata": {"finalizers": rest, "resourceVersion": listed.resource_version()}
+    });
+    ctx.timed(
+        "remove finalizer",
+        api.patch(
+            &listed.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        ),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(status: Value) -> Listed<VaultKey> {
+        serde_json::from_value(json!({
+            "metadata": {"name": "k", "namespace": "ns", "generation": 2},
+            "spec": {"policyRef": {"name": "p"}, "ttl": "0s", "dailyUsdCap": 5},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_status_that_already_says_it_is_not_written_again() {
+        let why = listed(Value::Null).parse().unwrap_err();
+        let m = message(&why);
+        assert!(m.starts_with("spec.ttl: duration \"0s\" is zero"), "{m}");
+        let said = listed(json!({
+            "phase": "Invalid", "observedGeneration": 2,
+            "conditions": [{"type": "Stalled", "status": "True", "message": m}],
+        }));
+        assert!(says(&said, &m));
+        let older = listed(json!({
+            "phase": "Invalid", "observedGeneration": 1,
+            "conditions": [{"type": "Stalled", "status": "True", "message": m}],
+        }));
+        assert!(!says(&older, &m), "a new generation is announced again");
+        assert!(!says(&listed(json!({"phase": "Active"})), &m));
+    }
+}

@@ -1,0 +1,298 @@
+//! No object can blind the operator or the proxy: VaultKeys and SpendPolicies the real API
+//! server admits and our parsers refuse (one per kind of field), applied with kubectl, then both
+//! binaries restarted. Revocation of another key is still enforced at once, new keys still become
+//! Active, a working key made unreadable stops working, and each bad object is `Invalid` with
+//! `Stalled=True`, the field and the parser's words, an Event and a metric.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use keybrake_crds::{KeyPhase, SpendPolicy, VaultKey};
+use keybrake_e2e::{
+    example, http,
+    stack::{Stack, eventually},
+    upstream::RecordingUpstream,
+    with_upstream,
+};
+use kube::Api;
+use serde_json::Value;
+
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+/// A VaultKey on the example policy with `spec` lines added (YAML under `spec:`).
+fn key(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: keybrake.com/v1alpha1\nkind: VaultKey\nmetadata:\n  name: {name}\n  namespace: billing\nspec:\n  policyRef: {{name: stripe}}\n{spec}"
+    )
+}
+
+/// The bad VaultKeys: name, spec lines, and the field the refusal must name.
+const BAD_KEYS: [(&str, &str, &str); 5] = [
+    (
+        "bad-endpoint",
+        "  dailyUsdCap: 5\n  allowedEndpoints: [\"POST /v1/../charges\"]\n",
+        "spec.allowedEndpoints[0]",
+    ),
+    ("bad-ttl-zero", "  dailyUsdCap: 5\n  ttl: 0s\n", "spec.ttl"),
+    (
+        "bad-ttl-long",
+        "  dailyUsdCap: 5\n  ttl: 999999h\n",
+        "spec.ttl",
+    ),
+    (
+        "bad-rotation",
+        "  dailyUsdCap: 5\n  rotation: {period: 999999h, overlap: 1h}\n",
+        "spec.rotation.period",
+    ),
+    (
+        "bad-debounce",
+        "  dailyUsdCap: 5\n  restartDebounce: 0s\n",
+        "spec.restartDebounce",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<()> {
+    let upstream = RecordingUpstream::start().await?;
+    let (mut stack, proxy) = Stack::start_with_proxy().await?;
+    let env = stack.apply_stripe_run_key(&upstream.url()).await?;
+    stack
+        .cluster
+        .apply_ok(&key(
+            "to-revoke",
+            "  dailyUsdCap: 5\n  allowedEndpoints: [\"POST /v1/payment_intents\"]\n",
+        ))
+        .await?;
+    let doomed = stack.active_key_env("billing", "to-revoke").await?;
+
+    // The bad objects, each admitted by the real API server.
+    for (name, spec, _) in BAD_KEYS {
+        stack.cluster.apply_ok(&key(name, spec)).await?;
+    }
+    let policy = with_upstream(&example("stripe-policy.yaml"), &upstream.url());
+    let bad_policy = policy
+        .split("\n---\n")
+        .find(|d| d.contains("kind: SpendPolicy"))
+        .unwrap_or_default()
+        .replace("name: stripe\n", "name: bad-policy\n")
+        .replace(
+            "  scope:\n",
+            "  scope:\n    existingObjects: [\"POST /v1/../refunds\"]\n",
+        );
+    stack.cluster.apply_ok(&bad_policy).await?;
+    stack
+        .cluster
+        .apply_ok(
+            &key("on-bad-policy", "  dailyUsdCap: 5\n")
+                .replace("{name: stripe}", "{name: bad-policy}"),
+        )
+        .await?;
+
+    // Both binaries restart: their watches list every object, the bad ones included.
+    stack.stop_operator().await;
+    proxy.shutdown().await;
+    let mut config = stack.operator_config();
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
+    config.metrics_addr = metrics_addr;
+    stack.start_operator_with(config).await?;
+    let proxy = stack.start_proxy().await?;
+
+    let charge = |token: String| {
+        let addr = proxy.addr;
+        async move {
+            let auth = format!("Bearer {token}");
+            http(
+                addr,
+                "POST",
+                "/v1/payment_intents",
+                &[("Authorization", auth.as_str()), FORM],
+                b"amount=100&currency=usd",
+            )
+            .await
+        }
+    };
+    assert_eq!(charge(env["STRIPE_API_KEY"].clone()).await?.status, 200);
+
+    // Revocation with kubectl is enforced within the usual latency.
+    assert_eq!(charge(doomed["STRIPE_API_KEY"].clone()).await?.status, 200);
+    let revoked_at = Instant::now();
+    stack.revoke_with_kubectl("billing", "to-revoke").await?;
+    eventually("the revoked key to be refused", 5, || async {
+        let r = charge(doomed["STRIPE_API_KEY"].clone()).await.ok()?;
+        (r.status != 200).then_some(())
+    })
+    .await?;
+    println!(
+        "revocation enforced {:.2}s after kubectl patch, with {} unreadable objects in the cluster",
+        revoked_at.elapsed().as_secs_f64(),
+        BAD_KEYS.len() + 1
+    );
+
+    // A new key becomes Active.
+    stack
+        .cluster
+        .apply_ok(&key("fresh", "  dailyUsdCap: 5\n"))
+        .await?;
+    stack
+        .key_in_phase("billing", "fresh", KeyPhase::Active)
+        .await?;
+
+    // Each bad key is Invalid and Stalled, naming its field, with an Event.
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        stack.client.clone(),
+        "billing",
+        &kube::api::ApiResource::erase::<VaultKey>(&()),
+    );
+    for (name, _, field) in BAD_KEYS {
+        let obj = eventually(&format!("{name} to be Invalid"), 20, || async {
+            let o = raw.get(name).await.ok()?;
+            (o.data["status"]["phase"] == "Invalid").then_some(o)
+        })
+        .await?;
+        let stalled = stalled(&obj.data)?;
+        assert!(
+            stalled.starts_with(&format!("{field}: ")),
+            "{name}: {stalled}"
+        );
+        let described = stack
+            .cluster
+            .kubectl_ok(&["describe", "vk", "-n", "billing", name])
+            .await?;
+        assert!(
+            described.contains("Unreadable") && described.contains(field),
+            "{name}: {described}"
+        );
+        println!("{name:<14} Invalid: {stalled}");
+    }
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "wait",
+            "-n",
+            "billing",
+            "vk/bad-ttl-zero",
+            "--for=condition=Stalled=True",
+            "--timeout=20s",
+        ])
+        .await?;
+
+    // The unreadable policy is Stalled too, and holds its key, naming the field.
+    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        stack.client.clone(),
+        "billing",
+        &kube::api::ApiResource::erase::<SpendPolicy>(&()),
+    );
+    let p = eventually("the bad policy to be Stalled", 20, || async {
+        let o = policies.get("bad-policy").await.ok()?;
+        stalled(&o.data).ok()
+    })
+    .await?;
+    assert!(p.starts_with("spec.scope.existingObjects[0]: "), "{p}");
+    let held = eventually("the key on the bad policy to be held", 20, || async {
+        let o = raw.get("on-bad-policy").await.ok()?;
+        let s = stalled(&o.data).ok()?;
+        s.contains("cannot be read: spec.scope.existingObjects[0]")
+            .then_some(s)
+    })
+    .await?;
+    println!("on-bad-policy  held: {held}");
+
+    // A working key made unreadable stops working at once (fail closed), and says why.
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            "billing-agent-run-7f3a",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"ttl":"0s"}}"#,
+        ])
+        .await?;
+    eventually("the key made unreadable to be refused", 5, || async {
+        let r = charge(env["STRIPE_API_KEY"].clone()).await.ok()?;
+        (r.status != 200).then_some(())
+    })
+    .await?;
+    let secret = stack.secret_data("billing", "billing-agent-run-7f3a").await;
+    let gone = eventually("its Secret to go", 20, || async {
+        stack
+            .secret_data("billing", "billing-agent-run-7f3a")
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    if gone.is_err() {
+        bail!("the unreadable key's Secret stayed: {secret:?}");
+    }
+
+    // The metric counts them; deleting one lets it go.
+    let count = |body: &str, kind: &str| {
+        body.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "keybrake_operator_unreadable_objects{{kind=\"{kind}\"}}"
+                ))
+            })
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    eventually(
+        "the metric to count every unreadable object",
+        20,
+        || async {
+            let (_, body) = keybrake_e2e::raw_http(metrics_addr, "GET", "/metrics", &[], b"")
+                .await
+                .ok()?;
+            (count(&body, "vaultkey") == Some(BAD_KEYS.len() as i64 + 1)
+                && count(&body, "spendpolicy") == Some(1))
+            .then_some(())
+        },
+    )
+    .await?;
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "delete",
+            "vk",
+            "-n",
+            "billing",
+            "bad-ttl-zero",
+            "--timeout=20s",
+        ])
+        .await?;
+    eventually("the deleted key to leave the metric", 20, || async {
+        let (_, body) = keybrake_e2e::raw_http(metrics_addr, "GET", "/metrics", &[], b"")
+            .await
+            .ok()?;
+        (count(&body, "vaultkey") == Some(BAD_KEYS.len() as i64)).then_some(())
+    })
+    .await?;
+
+    // Nothing the binaries did was refused by the shipped RBAC.
+    stack.assert_deployables_never_refused()?;
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// The `Stalled` condition's message, when it is True.
+fn stalled(obj: &Value) -> Result<String> {
+    let conditions = obj["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    match conditions
+        .iter()
+        .find(|c| c["type"] == "Stalled" && c["status"] == "True")
+    {
+        Some(c) => Ok(c["message"].as_str().unwrap_or_default().to_owned()),
+        None => bail!("not Stalled: {obj}"),
+    }
+}
