@@ -11,6 +11,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The pattern the CRD schema enforces.
 pub const DURATION_PATTERN: &str = r"^([0-9]{1,6}h)?([0-9]{1,6}m)?([0-9]{1,6}s)?$";
 
+/// The CEL rule the CRD schema adds to [`DURATION_PATTERN`]: the parser's bounds.
+pub const BOUNDS_RULE: &str =
+    "duration(self) >= duration('1s') && duration(self) <= duration('100000h')";
+
 /// The longest duration accepted: about eleven years, far past any sane credential lifetime,
 /// and small enough that adding it to any timestamp cannot overflow.
 pub const MAX_SECONDS: u64 = 100_000 * 3600;
@@ -121,10 +125,17 @@ impl JsonSchema for KubeDuration {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // The pattern is the syntax; the bounds are a CEL rule (a pattern cannot say "not zero,
+        // at most 100000h" of a sum of units). Together they admit what the parser accepts.
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
             "minLength": 2,
+            "maxLength": 21,
+            "x-kubernetes-validations": [{
+                "rule": BOUNDS_RULE,
+                "message": "a duration is at least 1s and at most 100000h",
+            }],
         })
     }
 

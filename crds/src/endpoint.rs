@@ -12,8 +12,14 @@ use std::{borrow::Cow, fmt, str::FromStr};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The pattern the CRD schema enforces on each allowlist entry.
-pub const ENDPOINT_PATTERN: &str = r"^(GET|POST|PUT|PATCH|DELETE|HEAD) /[A-Za-z0-9._~*/-]*$";
+/// The pattern the CRD schema enforces on each allowlist entry: exactly what the parser accepts
+/// (segments that are `*` or literals of safe characters, never `.`, `..` or empty, one
+/// trailing slash at most), so the API server refuses what the binaries could not read. The
+/// agreement is tested over generated inputs (`agreement.rs`).
+pub const ENDPOINT_PATTERN: &str = r"^(GET|POST|PUT|PATCH|DELETE|HEAD) /((\*|[A-Za-z0-9_~-][A-Za-z0-9._~-]*|\.[A-Za-z0-9_~-][A-Za-z0-9._~-]*|\.\.[A-Za-z0-9._~-]+)(/(\*|[A-Za-z0-9_~-][A-Za-z0-9._~-]*|\.[A-Za-z0-9_~-][A-Za-z0-9._~-]*|\.\.[A-Za-z0-9._~-]+))*/?)?$";
+
+/// The longest entry the schema admits.
+pub const MAX_LEN: usize = 512;
 
 /// HTTP methods an allowlist may name.
 pub const METHODS: [&str; 6] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
@@ -127,6 +133,9 @@ impl FromStr for EndpointPattern {
     type Err = EndpointError;
 
     fn from_str(text: &str) -> Result<EndpointPattern, EndpointError> {
+        if text.len() > MAX_LEN {
+            return Err(EndpointError::Shape(text.to_owned()));
+        }
         let (method, path) = text
             .split_once(' ')
             .ok_or_else(|| EndpointError::Shape(text.to_owned()))?;
@@ -144,6 +153,9 @@ impl FromStr for EndpointPattern {
             return Err(path_err(
                 "a pattern has no query string or fragment; queries are ignored when matching",
             ));
+        }
+        if rest == "/" {
+            return Err(path_err("the path has an empty segment (//)"));
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let mut segments = Vec::new();
@@ -213,7 +225,7 @@ impl JsonSchema for EndpointPattern {
         json_schema!({
             "type": "string",
             "pattern": ENDPOINT_PATTERN,
-            "maxLength": 512,
+            "maxLength": MAX_LEN,
         })
     }
 

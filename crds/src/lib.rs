@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod administration;
+#[cfg(test)]
+mod agreement;
 pub mod compat;
 pub mod duration;
 pub mod endpoint;

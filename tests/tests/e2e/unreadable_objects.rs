@@ -1,8 +1,11 @@
-//! No object can blind the operator or the proxy: VaultKeys and SpendPolicies the real API
-//! server admits and our parsers refuse (one per kind of field), applied with kubectl, then both
-//! binaries restarted. Revocation of another key is still enforced at once, new keys still become
-//! Active, a working key made unreadable stops working, and each bad object is `Invalid` with
-//! `Stalled=True`, the field and the parser's words, an Event and a metric.
+//! No object can blind the operator or the proxy. The shipped CRDs refuse what our parsers
+//! cannot read (their patterns and CEL rules agree with the parsers, `crds/src/agreement.rs`),
+//! so the bad objects here are what a cluster can still hold: objects stored under an older,
+//! looser schema. They are written with kubectl under such a schema (one per kind of field),
+//! the shipped CRDs applied again, and both binaries restarted. Revocation of another key is
+//! still enforced at once, new keys still become Active, a working key made unreadable stops
+//! working, and each bad object is `Invalid` with `Stalled=True`, the field and the parser's
+//! words, an Event and a metric.
 
 use std::time::Instant;
 
@@ -27,7 +30,12 @@ fn key(name: &str, spec: &str) -> String {
 }
 
 /// The bad VaultKeys: name, spec lines, and the field the refusal must name.
-const BAD_KEYS: [(&str, &str, &str); 5] = [
+const BAD_KEYS: [(&str, &str, &str); 6] = [
+    (
+        "bad-money",
+        "  dailyUsdCap: \"5.0000001\"\n",
+        "spec.dailyUsdCap",
+    ),
     (
         "bad-endpoint",
         "  dailyUsdCap: 5\n  allowedEndpoints: [\"POST /v1/../charges\"]\n",
@@ -65,7 +73,16 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
         .await?;
     let doomed = stack.active_key_env("billing", "to-revoke").await?;
 
-    // The bad objects, each admitted by the real API server.
+    // The shipped schema refuses each bad key, with the API server's own message.
+    for (name, spec, _) in BAD_KEYS {
+        let out = stack.cluster.apply(&key(name, spec)).await?;
+        assert_ne!(out.code, 0, "{name} was admitted by the shipped CRD");
+        assert!(out.stderr.contains("is invalid"), "{name}: {}", out.stderr);
+    }
+
+    // Under an older, looser schema the API server admits them, and keeps them after the
+    // shipped CRDs are applied again (it does not re-validate stored objects).
+    stack.cluster.apply_ok(&loose_crds()?).await?;
     for (name, spec, _) in BAD_KEYS {
         stack.cluster.apply_ok(&key(name, spec)).await?;
     }
@@ -86,6 +103,27 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
             &key("on-bad-policy", "  dailyUsdCap: 5\n")
                 .replace("{name: stripe}", "{name: bad-policy}"),
         )
+        .await?;
+
+    // A working key made unreadable stops working at once (fail closed).
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            "billing-agent-run-7f3a",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"ttl":"0s"}}"#,
+        ])
+        .await?;
+    let crds = keybrake_e2e::workspace_root().join("manifests/crds");
+    stack
+        .cluster
+        .kubectl_ok(&["apply", "-f", crds.to_str().unwrap_or_default()])
         .await?;
 
     // Both binaries restart: their watches list every object, the bad ones included.
@@ -114,7 +152,6 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
             .await
         }
     };
-    assert_eq!(charge(env["STRIPE_API_KEY"].clone()).await?.status, 200);
 
     // Revocation with kubectl is enforced within the usual latency.
     assert_eq!(charge(doomed["STRIPE_API_KEY"].clone()).await?.status, 200);
@@ -200,21 +237,7 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
     .await?;
     println!("on-bad-policy  held: {held}");
 
-    // A working key made unreadable stops working at once (fail closed), and says why.
-    stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"ttl":"0s"}}"#,
-        ])
-        .await?;
+    // The key made unreadable is refused, and its Secret is gone.
     eventually("the key made unreadable to be refused", 5, || async {
         let r = charge(env["STRIPE_API_KEY"].clone()).await.ok()?;
         (r.status != 200).then_some(())
@@ -295,4 +318,31 @@ fn stalled(obj: &Value) -> Result<String> {
         Some(c) => Ok(c["message"].as_str().unwrap_or_default().to_owned()),
         None => bail!("not Stalled: {obj}"),
     }
+}
+
+/// The shipped CRDs with every string pattern and the duration bounds taken out: a schema as
+/// loose as an older release's.
+fn loose_crds() -> Result<String> {
+    fn loosen(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.remove("pattern");
+                if let Some(Value::Array(rules)) = map.get_mut("x-kubernetes-validations") {
+                    rules.retain(|r| r["rule"] != keybrake_crds::duration::BOUNDS_RULE);
+                }
+                map.values_mut().for_each(loosen);
+            }
+            Value::Array(items) => items.iter_mut().for_each(loosen),
+            _ => {}
+        }
+    }
+    let dir = keybrake_e2e::workspace_root().join("manifests/crds");
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        let mut crd: Value = serde_yaml_ng::from_str(&text)?;
+        loosen(&mut crd);
+        docs.push(serde_yaml_ng::to_string(&crd)?);
+    }
+    Ok(docs.join("\n---\n"))
 }
