@@ -996,6 +996,7 @@ fn the_dashboard_and_the_alerts_use_metrics_that_exist() -> Result<()> {
     operator.reconciled("vaultkey");
     operator.failed("vaultkey", "redis");
     operator.key_phase("uid", Some(keybrake_crds::KeyPhase::Active));
+    operator.unreadable("vaultkey", "uid", true);
     let exported = proxy.encode() + &operator.encode();
     let families: BTreeSet<&str> = exported
         .lines()
