@@ -72,8 +72,20 @@ impl<K> Listed<K>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned,
 {
-    /// The object as its type, or which field cannot be read and why.
+    /// The object as its type, or which field of its spec cannot be read and why. A status
+    /// that cannot be read is dropped rather than refused: it is the binaries' own report, which
+    /// they write again, and anyone allowed to write status must not be able to make a key
+    /// unusable by writing a bad one.
     pub fn parse(&self) -> Result<K, Unreadable> {
+        match self.parse_with(self.status.as_ref()) {
+            Err(e) if e.field == "status" || e.field.starts_with("status.") => {
+                self.parse_with(None)
+            }
+            parsed => parsed,
+        }
+    }
+
+    fn parse_with(&self, status: Option<&Value>) -> Result<K, Unreadable> {
         let mut object = serde_json::Map::new();
         object.insert("apiVersion".into(), K::api_version(&()).into());
         object.insert("kind".into(), K::kind(&()).into());
@@ -83,7 +95,7 @@ where
         })?;
         object.insert("metadata".into(), metadata);
         object.insert("spec".into(), self.spec.clone());
-        if let Some(status) = &self.status {
+        if let Some(status) = status {
             object.insert("status".into(), status.clone());
         }
         serde_path_to_error::deserialize::<_, K>(Value::Object(object)).map_err(|e| Unreadable {
@@ -194,6 +206,17 @@ mod tests {
             assert!(!err.message.contains(" at line "), "{err}");
             assert_eq!(key.spec_str(&["policyRef", "name"]), Some("stripe"));
         }
+    }
+
+    #[test]
+    fn an_unreadable_status_is_dropped_not_refused() {
+        let mut key =
+            listed::<VaultKey>(json!({"policyRef": {"name": "stripe"}, "dailyUsdCap": 5}));
+        key.status = Some(
+            json!({"phase": "Active", "expiresAt": "not a time", "rotation": {"rotations": -1}}),
+        );
+        let vk = key.parse().unwrap();
+        assert!(vk.status.is_none());
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub struct VaultKeySpec {
     pub ttl: Option<KubeDuration>,
     /// Absolute expiry (RFC 3339). Mutually exclusive with `ttl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::names::RFC3339_PATTERN))]
     pub expires_at: Option<Time>,
     /// Free text tying calls to a workflow run (e.g. `hatchet/billing-agent/<run id>`); shown in
     /// the audit trail.

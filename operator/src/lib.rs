@@ -246,6 +246,24 @@ pub async fn run(
     );
     let policy_store = policies.store();
     let policy_store2 = policies.store();
+    // The unreadable-objects gauge forgets objects that are gone (a reconcile never sees a
+    // deleted object that carried no finalizer of ours).
+    let pruning = {
+        let (keys, policies, metrics) = (ctx.keys.clone(), policies.store(), metrics.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                let live: std::collections::HashSet<String> = keys
+                    .state()
+                    .iter()
+                    .filter_map(|k| k.uid())
+                    .chain(policies.state().iter().filter_map(|p| p.uid()))
+                    .collect();
+                metrics.retain_unreadable(&live);
+            }
+        }
+    };
     let policies = policies
         // Metadata only, as `.owns` already does: the operator needs to know a credentials
         // Secret changed, not to hold every Secret's data of the cluster in memory.
@@ -298,7 +316,10 @@ pub async fn run(
         }
     };
     let controllers = async {
-        tokio::join!(keys, policies);
+        tokio::select! {
+            _ = async { tokio::join!(keys, policies) } => {}
+            () = pruning => {}
+        }
     };
     tokio::select! {
         _ = shutdown => {}

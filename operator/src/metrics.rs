@@ -143,6 +143,22 @@ impl Metrics {
         }
     }
 
+    /// Forgets the unreadable objects that no longer exist (`live` holds the uids the watches
+    /// list): a deleted object without our finalizer is never reconciled again.
+    pub fn retain_unreadable(&self, live: &std::collections::HashSet<String>) {
+        let gone: Vec<String> = match self.unreadable_uids.lock() {
+            Ok(uids) => uids
+                .keys()
+                .filter(|u| !live.contains(*u))
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for uid in gone {
+            self.unreadable("", &uid, false);
+        }
+    }
+
     /// Counts a restart target's roll: `rolled`, `not_opted_in` or `failed`.
     pub fn restart(&self, namespace: &str, workload_kind: &str, result: &str) {
         self.restarts

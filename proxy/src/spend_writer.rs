@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use keybrake_crds::{SpendPolicy, Usd, VaultKey, status::SpendStatus};
+use keybrake_crds::{Listed, SpendPolicy, Usd, VaultKey, status::SpendStatus};
 use keybrake_ledger::connection::Connection;
 use keybrake_ledger::{KeyId, Ledger, PolicyTag, Spend};
 use kube::{
@@ -159,7 +159,9 @@ pub async fn run(
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "could not read a key record for its metrics"),
             }
-            let api: Api<VaultKey> = Api::namespaced(client.clone(), ns);
+            // Listed: the answer is the object as stored, which must not fail to parse (an
+            // unreadable key would make this write look failed and retried forever).
+            let api: Api<Listed<VaultKey>> = Api::namespaced(client.clone(), ns);
             // Redis time of this read: the status' observedAt, and the day of a cap-hit Event.
             let now = ledger.now().await.ok();
             let observed = now.map(|(ms, _)| ms);
@@ -208,7 +210,7 @@ pub async fn run(
                 retry_policies.insert(policy);
                 continue;
             };
-            let api: Api<SpendPolicy> = Api::namespaced(client.clone(), ns);
+            let api: Api<Listed<SpendPolicy>> = Api::namespaced(client.clone(), ns);
             let observed = ledger.now().await.ok().map(|(ms, _)| ms);
             let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": {"spend": status_of(&spend, observed, &replica)}});
             let written = tokio::time::timeout(

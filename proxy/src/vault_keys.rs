@@ -53,20 +53,20 @@ impl KeyIndex {
         )
         .default_backoff()
         .for_each(move |event| {
-            if let (Ok(event), Ok(mut marks)) = (event, marks.lock()) {
-                match event {
-                    watcher::Event::Apply(k) | watcher::Event::InitApply(k) => {
-                        let at = ObjectRef::from_obj(&k);
-                        if k.parse().is_err() {
-                            marks.insert(at);
-                        } else {
-                            marks.remove(&at);
-                        }
-                    }
-                    watcher::Event::Delete(k) => {
-                        marks.remove(&ObjectRef::from_obj(&k));
-                    }
-                    watcher::Event::Init | watcher::Event::InitDone => {}
+            // Parsed before the lock is taken; a poisoned lock still holds a usable set.
+            let change = match event {
+                Ok(watcher::Event::Apply(k) | watcher::Event::InitApply(k)) => {
+                    Some((ObjectRef::from_obj(&k), k.parse().is_err()))
+                }
+                Ok(watcher::Event::Delete(k)) => Some((ObjectRef::from_obj(&k), false)),
+                _ => None,
+            };
+            if let Some((at, unreadable)) = change {
+                let mut marks = marks.lock().unwrap_or_else(|p| p.into_inner());
+                if unreadable {
+                    marks.insert(at);
+                } else {
+                    marks.remove(&at);
                 }
             }
             futures::future::ready(())
@@ -102,7 +102,11 @@ impl KeyIndex {
         };
         let at = ObjectRef::new(name).within(ns);
         if let Some(k) = self.store.get(&at) {
-            let unreadable = self.unreadable.lock().map_or(true, |u| u.contains(&at));
+            let unreadable = self
+                .unreadable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&at);
             return of(&k, unreadable);
         }
         let api: Api<Listed<VaultKey>> = Api::namespaced(self.client.clone(), ns);

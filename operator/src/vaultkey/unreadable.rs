@@ -59,14 +59,29 @@ pub async fn reconcile(
 
     // Fail closed: the key ids this VaultKey may have been issued, as its records confirm them.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let secret_name = listed.spec_str(&["secretName"]).unwrap_or(&name).to_owned();
-    let found = ctx
-        .timed("get secret", secrets.get_opt(&secret_name))
-        .await?;
-    let ours = match ownership::standing(found.as_ref(), &uid) {
-        ownership::Standing::Ours(s) => Some(s),
-        ownership::Standing::Absent | ownership::Standing::Foreign(_) => None,
-    };
+    // The Secret the spec names now and the one the status says was written (the spec may have
+    // changed in the same edit), each deleted only if it is this key's own.
+    let status_secret = listed
+        .status
+        .as_ref()
+        .and_then(|s| s.get("secretName"))
+        .and_then(Value::as_str);
+    let mut names = vec![listed.spec_str(&["secretName"]).unwrap_or(&name).to_owned()];
+    if let Some(n) = status_secret
+        && !names.iter().any(|m| m == n)
+    {
+        names.push(n.to_owned());
+    }
+    let mut owned = Vec::new();
+    for secret_name in &names {
+        let found = ctx
+            .timed("get secret", secrets.get_opt(secret_name))
+            .await?;
+        if let ownership::Standing::Ours(s) = ownership::standing(found.as_ref(), &uid) {
+            owned.push(s.clone());
+        }
+    }
+    let ours = owned.first();
     let vault_key = format!("{ns}/{name}");
     let status_key_id = listed
         .status
@@ -74,6 +89,8 @@ pub async fn reconcile(
         .and_then(|s| s.get("keyId"))
         .and_then(Value::as_str);
     let known = known_key_id(status_key_id, &uid, ours, ctx, &vault_key).await?;
+    // Only an id its record confirms stays on the status (never one written there by others).
+    let confirmed = known.as_ref().map(ToString::to_string);
     let derived = listed
         .spec_str(&["policyRef", "name"])
         .map(|policy| KeyId::of_vault_key(&PolicyTag::of(&ns, policy), &uid));
@@ -89,7 +106,9 @@ pub async fn reconcile(
             info!(key_id = %id, "revoked: the VaultKey became unreadable");
         }
     }
-    delete_secret(ctx, &secrets, ours).await?;
+    for secret in &owned {
+        delete_secret(ctx, &secrets, Some(secret)).await?;
+    }
 
     let api: Api<Listed<VaultKey>> = Api::namespaced(ctx.client.clone(), &ns);
     if deleting {
@@ -98,10 +117,11 @@ pub async fn reconcile(
         remove_finalizer(listed, &api, ctx).await?;
         return Ok(Action::await_change());
     }
-    // The finalizer every key carries, so its deletion is seen here too (and counted out).
-    add_finalizer(listed, &api, ctx).await?;
+    // Counted first: the alert must fire even if a write below is refused.
     ctx.metrics.unreadable("vaultkey", &uid, true);
     ctx.metrics.key_phase(&uid, Some(KeyPhase::Invalid));
+    // The finalizer every key carries, so its deletion is seen here too (and counted out).
+    add_finalizer(listed, &api, ctx).await?;
     let message = message(why);
     if says(listed, &message) {
         return Ok(Action::await_change());
@@ -120,7 +140,7 @@ pub async fn reconcile(
         "conditions": conditions(false, Some(STALLED), REASON, &message, generation, &previous, clock::time(now_ms)),
     });
     // The key id stays on record, so a fixed key is known again as the same key.
-    if let Some(id) = status_key_id {
+    if let Some(id) = confirmed {
         status["keyId"] = id.into();
     }
     let patch = json!({

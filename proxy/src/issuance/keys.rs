@@ -50,8 +50,10 @@ fn kube_error(what: &str, e: kube::Error) -> ApiError {
 }
 
 /// The policy a key draws on: the one named, else the namespace's only one for the vendor.
+/// Policies are listed as stored: one our types cannot read is refused when named and passed
+/// over otherwise, never failing the request for the others.
 async fn choose_policy(
-    api: &Api<SpendPolicy>,
+    api: &Api<Listed<SpendPolicy>>,
     ns: &str,
     vendor: Vendor,
     named: Option<&str>,
@@ -60,15 +62,20 @@ async fn choose_policy(
         let p = api
             .get_opt(name)
             .await
-            .map_err(|e| kube_error("reading the SpendPolicy", e))?;
+            .map_err(|e| kube_error("reading the SpendPolicy", e))?
+            .map(|p| p.parse());
         return match p {
-            Some(p) if p.spec.vendor == vendor => Ok(p),
-            Some(p) => Err(ApiError::field(
+            Some(Ok(p)) if p.spec.vendor == vendor => Ok(p),
+            Some(Ok(p)) => Err(ApiError::field(
                 "policy",
                 format!(
                     "SpendPolicy {ns}/{name} is for {}, not {vendor}",
                     p.spec.vendor
                 ),
+            )),
+            Some(Err(why)) => Err(ApiError::field(
+                "policy",
+                format!("SpendPolicy {ns}/{name} cannot be read: {why}"),
             )),
             None => Err(ApiError::field(
                 "policy",
@@ -82,7 +89,8 @@ async fn choose_policy(
         .map_err(|e| kube_error("listing SpendPolicies", e))?;
     let mut matching: Vec<SpendPolicy> = all
         .items
-        .into_iter()
+        .iter()
+        .filter_map(|p| p.parse().ok())
         .filter(|p| p.spec.vendor == vendor)
         .collect();
     match matching.len() {
@@ -182,7 +190,7 @@ pub async fn issue(
     ns: &str,
     req: IssueRequest,
 ) -> Result<(StatusCode, Value), ApiError> {
-    let policies: Api<SpendPolicy> = Api::namespaced(app.client.clone(), ns);
+    let policies: Api<Listed<SpendPolicy>> = Api::namespaced(app.client.clone(), ns);
     let policy = choose_policy(&policies, ns, req.vendor, req.policy.as_deref()).await?;
     let policy_name = policy.name_any();
     if let Some(name) = &req.name

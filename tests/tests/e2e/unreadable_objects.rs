@@ -22,6 +22,33 @@ use serde_json::Value;
 
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
+/// A $1 charge through the proxy at `addr` with `token`; the status and the refusal's code.
+async fn charge(addr: std::net::SocketAddr, token: &str) -> Result<(u16, String)> {
+    let auth = format!("Bearer {token}");
+    let r = http(
+        addr,
+        "POST",
+        "/v1/payment_intents",
+        &[("Authorization", auth.as_str()), FORM],
+        b"amount=100&currency=usd",
+    )
+    .await?;
+    let code = r.json()["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((r.status, code))
+}
+
+/// Waits until `token` is refused as revoked through the proxy at `addr`.
+async fn refused_as_revoked(addr: std::net::SocketAddr, token: &str, what: &str) -> Result<()> {
+    eventually(what, 5, || async {
+        let (status, code) = charge(addr, token).await.ok()?;
+        (status != 200 && code == "vault_key_revoked").then_some(())
+    })
+    .await
+}
+
 /// A VaultKey on the example policy with `spec` lines added (YAML under `spec:`).
 fn key(name: &str, spec: &str) -> String {
     format!(
@@ -73,18 +100,14 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
         .await?;
     let doomed = stack.active_key_env("billing", "to-revoke").await?;
 
-    // The shipped schema refuses each bad key, with the API server's own message.
+    assert_eq!(charge(proxy.addr, &env["STRIPE_API_KEY"]).await?.0, 200);
+
+    // The shipped schema refuses each bad key, and the bad policy, with the API server's own
+    // message.
     for (name, spec, _) in BAD_KEYS {
         let out = stack.cluster.apply(&key(name, spec)).await?;
         assert_ne!(out.code, 0, "{name} was admitted by the shipped CRD");
         assert!(out.stderr.contains("is invalid"), "{name}: {}", out.stderr);
-    }
-
-    // Under an older, looser schema the API server admits them, and keeps them after the
-    // shipped CRDs are applied again (it does not re-validate stored objects).
-    stack.cluster.apply_ok(&loose_crds()?).await?;
-    for (name, spec, _) in BAD_KEYS {
-        stack.cluster.apply_ok(&key(name, spec)).await?;
     }
     let policy = with_upstream(&example("stripe-policy.yaml"), &upstream.url());
     let bad_policy = policy
@@ -96,6 +119,19 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
             "  scope:\n",
             "  scope:\n    existingObjects: [\"POST /v1/../refunds\"]\n",
         );
+    let out = stack.cluster.apply(&bad_policy).await?;
+    assert!(
+        out.code != 0 && out.stderr.contains("spec.scope.existingObjects[0]"),
+        "the bad policy was admitted by the shipped CRD: {}",
+        out.stderr
+    );
+
+    // Under an older, looser schema the API server admits them, and keeps them after the
+    // shipped CRDs are applied again (it does not re-validate stored objects).
+    stack.cluster.apply_ok(&loose_crds()?).await?;
+    for (name, spec, _) in BAD_KEYS {
+        stack.cluster.apply_ok(&key(name, spec)).await?;
+    }
     stack.cluster.apply_ok(&bad_policy).await?;
     stack
         .cluster
@@ -105,7 +141,8 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
         )
         .await?;
 
-    // A working key made unreadable stops working at once (fail closed).
+    // A working key made unreadable stops working at once (fail closed), while the binaries
+    // run.
     stack
         .cluster
         .kubectl_ok(&[
@@ -120,6 +157,12 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
             r#"{"spec":{"ttl":"0s"}}"#,
         ])
         .await?;
+    refused_as_revoked(
+        proxy.addr,
+        &env["STRIPE_API_KEY"],
+        "the key made unreadable to be refused",
+    )
+    .await?;
     let crds = keybrake_e2e::workspace_root().join("manifests/crds");
     stack
         .cluster
@@ -138,34 +181,21 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
     stack.start_operator_with(config).await?;
     let proxy = stack.start_proxy().await?;
 
-    let charge = |token: String| {
-        let addr = proxy.addr;
-        async move {
-            let auth = format!("Bearer {token}");
-            http(
-                addr,
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", auth.as_str()), FORM],
-                b"amount=100&currency=usd",
-            )
-            .await
-        }
-    };
-
     // Revocation with kubectl is enforced within the usual latency.
-    assert_eq!(charge(doomed["STRIPE_API_KEY"].clone()).await?.status, 200);
+    assert_eq!(charge(proxy.addr, &doomed["STRIPE_API_KEY"]).await?.0, 200);
     let revoked_at = Instant::now();
     stack.revoke_with_kubectl("billing", "to-revoke").await?;
-    eventually("the revoked key to be refused", 5, || async {
-        let r = charge(doomed["STRIPE_API_KEY"].clone()).await.ok()?;
-        (r.status != 200).then_some(())
-    })
+    refused_as_revoked(
+        proxy.addr,
+        &doomed["STRIPE_API_KEY"],
+        "the revoked key to be refused",
+    )
     .await?;
     println!(
         "revocation enforced {:.2}s after kubectl patch, with {} unreadable objects in the cluster",
         revoked_at.elapsed().as_secs_f64(),
-        BAD_KEYS.len() + 1
+        // The bad keys, the key made unreadable and the bad policy.
+        BAD_KEYS.len() + 2
     );
 
     // A new key becomes Active.
@@ -237,11 +267,12 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
     .await?;
     println!("on-bad-policy  held: {held}");
 
-    // The key made unreadable is refused, and its Secret is gone.
-    eventually("the key made unreadable to be refused", 5, || async {
-        let r = charge(env["STRIPE_API_KEY"].clone()).await.ok()?;
-        (r.status != 200).then_some(())
-    })
+    // The key made unreadable is still refused after the restart, and its Secret is gone.
+    refused_as_revoked(
+        proxy.addr,
+        &env["STRIPE_API_KEY"],
+        "the unreadable key to stay refused",
+    )
     .await?;
     let secret = stack.secret_data("billing", "billing-agent-run-7f3a").await;
     let gone = eventually("its Secret to go", 20, || async {
@@ -296,6 +327,68 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
             .await
             .ok()?;
         (count(&body, "vaultkey") == Some(BAD_KEYS.len() as i64)).then_some(())
+    })
+    .await?;
+
+    // The issuance API names the unreadable policy when asked for it, and still issues on the
+    // readable one.
+    stack
+        .cluster
+        .apply_ok(keybrake_e2e::identities::RBAC)
+        .await?;
+    let worker = format!("Bearer {}", stack.cluster.tokens().await?.billing_worker);
+    let issue = |policy: &'static str| {
+        let (addr, worker) = (proxy.addr, worker.clone());
+        async move {
+            let body = serde_json::json!({"vendor": "stripe", "policy": policy, "daily_usd_cap": 5, "expires_in": "1h"});
+            http(
+                addr,
+                "POST",
+                "/vault/keys",
+                &[
+                    ("Authorization", worker.as_str()),
+                    ("Content-Type", "application/json"),
+                ],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let refused = issue("bad-policy").await?;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("cannot be read: spec.scope.existingObjects[0]"),
+        "{}",
+        refused.body
+    );
+    let issued = issue("stripe").await?;
+    assert_eq!(issued.status, 201, "{}", issued.body);
+
+    // Fixing the field brings a key back: Active, and out of the count.
+    stack
+        .cluster
+        .kubectl_ok(&[
+            "patch",
+            "vk",
+            "-n",
+            "billing",
+            "bad-ttl-long",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"ttl":"1h"}}"#,
+        ])
+        .await?;
+    stack
+        .key_in_phase("billing", "bad-ttl-long", KeyPhase::Active)
+        .await?;
+    eventually("the fixed key to leave the metric", 20, || async {
+        let (_, body) = keybrake_e2e::raw_http(metrics_addr, "GET", "/metrics", &[], b"")
+            .await
+            .ok()?;
+        (count(&body, "vaultkey") == Some(BAD_KEYS.len() as i64 - 1)).then_some(())
     })
     .await?;
 
