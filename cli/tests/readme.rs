@@ -57,6 +57,43 @@ async fn localstripe() -> (tokio::process::Child, u16) {
     (child, port)
 }
 
+/// Waits for `keybrake dev: ready` on the child's stdout; the line, and the rest of stdout
+/// (kept open: the child prints again when it stops).
+async fn wait_ready(
+    dev: &mut tokio::process::Child,
+) -> (
+    String,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("keybrake dev: ready") {
+                return line;
+            }
+        }
+        panic!("keybrake dev exited before it was ready")
+    })
+    .await
+    .expect("keybrake dev was not ready in 60s");
+    (ready, lines)
+}
+
+/// Ctrl-C stops everything and exits 0.
+async fn stops_on_ctrl_c(mut dev: tokio::process::Child) {
+    let pid = dev.id().unwrap().to_string();
+    tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
+        .await
+        .expect("keybrake dev did not stop")
+        .unwrap();
+    assert!(status.success(), "keybrake dev exited with {status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough_runs_verbatim() {
     let state = tempfile::tempdir().unwrap();
@@ -80,17 +117,7 @@ async fn the_readme_walkthrough_runs_verbatim() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("keybrake dev: ready") {
-                return line;
-            }
-        }
-        panic!("keybrake dev exited before it was ready")
-    })
-    .await
-    .expect("keybrake dev was not ready in 60s");
+    let (ready, _stdout) = wait_ready(&mut dev).await;
     println!("{ready}");
 
     // Verbatim but for where the state lives, and a private kubectl cache.
@@ -199,17 +226,7 @@ async fn the_readme_walkthrough_runs_verbatim() {
     );
 
     // Ctrl-C stops everything and exits 0.
-    let pid = dev.id().unwrap().to_string();
-    tokio::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
-        .await
-        .expect("keybrake dev did not stop")
-        .unwrap();
-    assert!(status.success(), "keybrake dev exited with {status}");
+    stops_on_ctrl_c(dev).await;
 }
 
 #[tokio::test]
@@ -261,17 +278,7 @@ async fn keybrake_dev_runs_against_an_existing_cluster() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("keybrake dev: ready") {
-                return line;
-            }
-        }
-        panic!("keybrake dev exited before it was ready")
-    })
-    .await
-    .expect("keybrake dev was not ready in 60s");
+    let (ready, _stdout) = wait_ready(&mut dev).await;
     assert!(
         ready.contains(&format!("api from {}", kubeconfig.display())),
         "{ready}"
@@ -299,17 +306,7 @@ async fn keybrake_dev_runs_against_an_existing_cluster() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pid = dev.id().unwrap().to_string();
-    tokio::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .await
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), dev.wait())
-        .await
-        .expect("keybrake dev did not stop")
-        .unwrap();
-    assert!(status.success(), "keybrake dev exited with {status}");
+    stops_on_ctrl_c(dev).await;
     // The user's cluster is still there, with the key.
     let client = plane.client().await.unwrap();
     kube::Api::<keybrake_crds::VaultKey>::namespaced(client, "billing")

@@ -114,14 +114,14 @@ pub async fn reconcile(
     if deleting {
         ctx.metrics.unreadable("vaultkey", &uid, false);
         ctx.metrics.key_phase(&uid, None);
-        remove_finalizer(listed, &api, ctx).await?;
+        set_finalizer(listed, &api, ctx, false).await?;
         return Ok(Action::await_change());
     }
     // Counted first: the alert must fire even if a write below is refused.
     ctx.metrics.unreadable("vaultkey", &uid, true);
     ctx.metrics.key_phase(&uid, Some(KeyPhase::Invalid));
     // The finalizer every key carries, so its deletion is seen here too (and counted out).
-    add_finalizer(listed, &api, ctx).await?;
+    set_finalizer(listed, &api, ctx, true).await?;
     let message = message(why);
     if says(listed, &message) {
         return Ok(Action::await_change());
@@ -185,52 +185,29 @@ fn says(listed: &Listed<VaultKey>, message: &str) -> bool {
         && stalled.is_some_and(|c| c["status"] == "True" && c["message"] == message)
 }
 
-/// Adds our finalizer, guarded by the resourceVersion read.
-async fn add_finalizer(
+/// Adds (`held`) or removes our finalizer, leaving the others, guarded by the resourceVersion
+/// read (a concurrent change makes the patch fail and the reconcile run again).
+async fn set_finalizer(
     listed: &Listed<VaultKey>,
     api: &Api<Listed<VaultKey>>,
     ctx: &Context,
+    held: bool,
 ) -> Result<()> {
-    if listed.finalizers().iter().any(|f| f == FINALIZER) {
+    let others = listed
+        .finalizers()
+        .iter()
+        .filter(|f| f.as_str() != FINALIZER)
+        .cloned();
+    let has = listed.finalizers().iter().any(|f| f == FINALIZER);
+    if has == held {
         return Ok(());
     }
-    let mut all = listed.finalizers().to_vec();
-    all.push(FINALIZER.to_owned());
+    let all: Vec<String> = others.chain(held.then(|| FINALIZER.to_owned())).collect();
     let patch = json!({
         "metadata": {"finalizers": all, "resourceVersion": listed.resource_version()}
     });
     ctx.timed(
-        "add finalizer",
-        api.patch(
-            &listed.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        ),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Removes our finalizer, guarded by the resourceVersion read (a concurrent change makes the
-/// patch fail and the reconcile run again).
-async fn remove_finalizer(
-    listed: &Listed<VaultKey>,
-    api: &Api<Listed<VaultKey>>,
-    ctx: &Context,
-) -> Result<()> {
-    if !listed.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
-    }
-    let rest: Vec<&String> = listed
-        .finalizers()
-        .iter()
-        .filter(|f| f.as_str() != FINALIZER)
-        .collect();
-    let patch = json!({
-        "metadata": {"finalizers": rest, "resourceVersion": listed.resource_version()}
-    });
-    ctx.timed(
-        "remove finalizer",
+        "write finalizers",
         api.patch(
             &listed.name_any(),
             &PatchParams::default(),
