@@ -10,7 +10,7 @@
 
 use std::{borrow::Cow, fmt, marker::PhantomData};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use kube::Resource;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -107,16 +107,25 @@ where
     /// A string field of the spec, read without parsing the rest (`["policyRef", "name"]`):
     /// what a watch needs to map one object to another even when the object is unreadable.
     pub fn spec_str(&self, path: &[&str]) -> Option<&str> {
-        path.iter()
-            .try_fold(&self.spec, |v, key| v.get(key))
-            .and_then(Value::as_str)
+        self.spec_at(path).and_then(Value::as_str)
     }
 
     /// A boolean field of the spec, read without parsing the rest.
     pub fn spec_bool(&self, path: &[&str]) -> Option<bool> {
-        path.iter()
-            .try_fold(&self.spec, |v, key| v.get(key))
-            .and_then(Value::as_bool)
+        self.spec_at(path).and_then(Value::as_bool)
+    }
+
+    fn spec_at(&self, path: &[&str]) -> Option<&Value> {
+        path.iter().try_fold(&self.spec, |v, key| v.get(key))
+    }
+
+    /// The status' conditions, those that read as conditions (none when the status has none).
+    pub fn conditions(&self) -> Vec<Condition> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.get("conditions"))
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default()
     }
 }
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod proxy_ca;
 pub mod spendpolicy;
 pub mod triggers;
+mod unreadable;
 pub mod vaultkey;
 
 use std::{future::Future, sync::Arc, time::Duration};

@@ -135,27 +135,29 @@ impl Metrics {
         } else if uids.remove(uid).is_none() {
             return;
         }
-        for kind in ["vaultkey", "spendpolicy"] {
-            let count = uids.values().filter(|k| k.as_str() == kind).count();
-            self.unreadable
-                .get_or_create(&KindLabel { kind: kind.into() })
-                .set(count as i64);
-        }
+        self.recount(&uids);
     }
 
     /// Forgets the unreadable objects that no longer exist (`live` holds the uids the watches
     /// list): a deleted object without our finalizer is never reconciled again.
     pub fn retain_unreadable(&self, live: &std::collections::HashSet<String>) {
-        let gone: Vec<String> = match self.unreadable_uids.lock() {
-            Ok(uids) => uids
-                .keys()
-                .filter(|u| !live.contains(*u))
-                .cloned()
-                .collect(),
-            Err(_) => return,
+        let Ok(mut uids) = self.unreadable_uids.lock() else {
+            return;
         };
-        for uid in gone {
-            self.unreadable("", &uid, false);
+        let before = uids.len();
+        uids.retain(|uid, _| live.contains(uid));
+        if uids.len() != before {
+            self.recount(&uids);
+        }
+    }
+
+    /// Sets the gauge per kind from the unreadable objects known.
+    fn recount(&self, uids: &BTreeMap<String, String>) {
+        for kind in ["vaultkey", "spendpolicy"] {
+            let count = uids.values().filter(|k| k.as_str() == kind).count();
+            self.unreadable
+                .get_or_create(&KindLabel { kind: kind.into() })
+                .set(count as i64);
         }
     }
 

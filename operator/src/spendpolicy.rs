@@ -12,7 +12,7 @@ use keybrake_crds::{
 };
 use keybrake_ledger::{PolicyRecord, PolicyTag};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::controller::Action,
 };
@@ -111,61 +111,13 @@ async fn unreadable(
     why: &Unreadable,
     ctx: &Context,
 ) -> Result<Action> {
-    let ns = listed.namespace().unwrap_or_default();
     let uid = listed.uid().unwrap_or_default();
     warn!(spendpolicy = %listed.name_any(), error = %why, "unreadable SpendPolicy");
     ctx.metrics.unreadable("spendpolicy", &uid, true);
     let message = format!(
         "{why}; the operator cannot read this SpendPolicy, so its keys are held and the proxy refuses their calls: fix the field"
     );
-    let previous: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> = listed
-        .status
-        .as_ref()
-        .and_then(|s| s.get("conditions"))
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default();
-    let generation = listed.metadata.generation;
-    let observed = listed
-        .status
-        .as_ref()
-        .and_then(|s| s.get("observedGeneration"))
-        .and_then(serde_json::Value::as_i64);
-    let said = observed == generation
-        && previous
-            .iter()
-            .any(|c| c.type_ == STALLED && c.status == "True" && c.message == message);
-    if said {
-        return Ok(Action::await_change());
-    }
-    let (now_ms, _) = ctx.ledger.now().await?;
-    let patch = json!({
-        "apiVersion": "keybrake.com/v1alpha1",
-        "kind": "SpendPolicy",
-        "status": {
-            "observedGeneration": generation,
-            "conditions": conditions(false, Some(STALLED), "Unreadable", &message, generation, &previous, clock::time(now_ms)),
-        },
-    });
-    let api: Api<Listed<SpendPolicy>> = Api::namespaced(ctx.client.clone(), &ns);
-    ctx.timed(
-        "write spendpolicy status",
-        api.patch_status(
-            &listed.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        ),
-    )
-    .await?;
-    let event = kube::runtime::events::Event {
-        type_: kube::runtime::events::EventType::Warning,
-        reason: "Unreadable".into(),
-        note: Some(keybrake_crds::events::note(&message)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &listed.object_ref(&())).await {
-        warn!(error = %e, "could not publish an Event");
-    }
+    crate::unreadable::report(listed, ctx, &message, Default::default()).await?;
     Ok(Action::await_change())
 }
 

@@ -405,17 +405,15 @@ impl Stack {
 
     /// `kubectl patch vk NAME --type merge -p '{"spec":{"revoked":true}}'`.
     pub async fn revoke_with_kubectl(&self, ns: &str, name: &str) -> Result<()> {
+        self.patch_key_with_kubectl(ns, name, r#"{"spec":{"revoked":true}}"#)
+            .await
+    }
+
+    /// `kubectl patch vk NAME --type merge -p PATCH`.
+    pub async fn patch_key_with_kubectl(&self, ns: &str, name: &str, patch: &str) -> Result<()> {
         self.cluster
             .kubectl_ok(&[
-                "patch",
-                "vk",
-                "-n",
-                ns,
-                name,
-                "--type",
-                "merge",
-                "-p",
-                r#"{"spec":{"revoked":true}}"#,
+                "patch", "vk", "-n", ns, name, "--type", "merge", "-p", patch,
             ])
             .await?;
         Ok(())

@@ -273,44 +273,34 @@ pub fn plan(o: &Observed) -> Result<Plan, Incomplete> {
         ));
     }
 
-    if let Some(why) = o.policy_unreadable {
+    // Held (Pending, nothing written, checked again) while the policy is unreadable, missing
+    // or invalid: the policy is the cause, and a change to it is the fix.
+    let held = |mut report: Report, reason: &str, message: String| {
         report.phase = Some(KeyPhase::Pending);
-        report.reason = "PolicyInvalid".into();
-        report.message = format!("SpendPolicy {ns}/{policy_name} cannot be read: {why}");
-        return Ok(ended(
+        report.reason = reason.into();
+        report.message = message;
+        Ok(ended(
             report,
             vec![],
             SecretStep::Keep,
             None,
             Next::Requeue(RECHECK),
-        ));
+        ))
+    };
+    if let Some(why) = o.policy_unreadable {
+        let message = format!("SpendPolicy {ns}/{policy_name} cannot be read: {why}");
+        return held(report, "PolicyInvalid", message);
     }
     let Some(policy) = o.policy else {
-        report.phase = Some(KeyPhase::Pending);
-        report.reason = "PolicyNotFound".into();
-        report.message = format!(
+        let message = format!(
             "SpendPolicy {ns}/{policy_name} not found; create it or fix spec.policyRef.name"
         );
-        return Ok(ended(
-            report,
-            vec![],
-            SecretStep::Keep,
-            None,
-            Next::Requeue(RECHECK),
-        ));
+        return held(report, "PolicyNotFound", message);
     };
     report.vendor = Some(policy.spec.vendor);
     if let Err(v) = validate_policy(&policy.spec) {
-        report.phase = Some(KeyPhase::Pending);
-        report.reason = "PolicyInvalid".into();
-        report.message = format!("SpendPolicy {ns}/{policy_name} is invalid: {v}");
-        return Ok(ended(
-            report,
-            vec![],
-            SecretStep::Keep,
-            None,
-            Next::Requeue(RECHECK),
-        ));
+        let message = format!("SpendPolicy {ns}/{policy_name} is invalid: {v}");
+        return held(report, "PolicyInvalid", message);
     }
 
     if let Standing::Foreign(other) = o.secret {

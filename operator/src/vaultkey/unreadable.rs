@@ -10,31 +10,21 @@
 //! Nothing else is affected: the watches list it like any other object.
 
 use k8s_openapi::api::core::v1::Secret;
-use keybrake_crds::{
-    KeyPhase, Listed, Unreadable, VaultKey,
-    status::{STALLED, conditions},
-};
+use keybrake_crds::{KeyPhase, Listed, Unreadable, VaultKey};
 use keybrake_ledger::{KeyId, PolicyTag};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{
-        controller::Action,
-        events::{Event, EventType},
-    },
+    runtime::controller::Action,
 };
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::{FINALIZER, delete_secret, known_key_id, ownership};
 use crate::{
-    clock,
-    context::{Context, MANAGER},
+    context::Context,
     error::{Error, Result},
 };
-
-/// The `Ready` reason of an unreadable key.
-pub const REASON: &str = "Unreadable";
 
 /// What the status says about an unreadable key.
 pub fn message(why: &Unreadable) -> String {
@@ -89,7 +79,6 @@ pub async fn reconcile(
         .and_then(|s| s.get("keyId"))
         .and_then(Value::as_str);
     let known = known_key_id(status_key_id, &uid, ours, ctx, &vault_key).await?;
-    // Only an id its record confirms stays on the status (never one written there by others).
     let confirmed = known.as_ref().map(ToString::to_string);
     let derived = listed
         .spec_str(&["policyRef", "name"])
@@ -122,67 +111,14 @@ pub async fn reconcile(
     ctx.metrics.key_phase(&uid, Some(KeyPhase::Invalid));
     // The finalizer every key carries, so its deletion is seen here too (and counted out).
     set_finalizer(listed, &api, ctx, true).await?;
-    let message = message(why);
-    if says(listed, &message) {
-        return Ok(Action::await_change());
-    }
-    let previous: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> = listed
-        .status
-        .as_ref()
-        .and_then(|s| s.get("conditions"))
-        .and_then(|c| serde_json::from_value(c.clone()).ok())
-        .unwrap_or_default();
-    let generation = listed.meta().generation;
-    let (now_ms, _) = ctx.ledger.now().await?;
-    let mut status = json!({
-        "observedGeneration": generation,
-        "phase": KeyPhase::Invalid,
-        "conditions": conditions(false, Some(STALLED), REASON, &message, generation, &previous, clock::time(now_ms)),
-    });
-    // The key id stays on record, so a fixed key is known again as the same key.
+    let mut fields = serde_json::Map::from_iter([("phase".to_owned(), json!(KeyPhase::Invalid))]);
+    // The key id stays on record, so a fixed key is known again as the same key; only an id its
+    // record confirms (never one written there by others).
     if let Some(id) = confirmed {
-        status["keyId"] = id.into();
+        fields.insert("keyId".into(), id.into());
     }
-    let patch = json!({
-        "apiVersion": "keybrake.com/v1alpha1",
-        "kind": "VaultKey",
-        "status": status,
-    });
-    ctx.timed(
-        "write vaultkey status",
-        api.patch_status(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
-        ),
-    )
-    .await?;
-    let event = Event {
-        type_: EventType::Warning,
-        reason: REASON.into(),
-        note: Some(keybrake_crds::events::note(&message)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &listed.object_ref(&())).await {
-        warn!(error = %e, "could not publish an Event");
-    }
+    crate::unreadable::report(listed, ctx, &message(why), fields).await?;
     Ok(Action::await_change())
-}
-
-/// Whether the status already says `message` for this generation (a re-reconcile writes and
-/// announces nothing).
-fn says(listed: &Listed<VaultKey>, message: &str) -> bool {
-    let Some(status) = &listed.status else {
-        return false;
-    };
-    let stalled = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .and_then(|cs| cs.iter().find(|c| c["type"] == STALLED));
-    status.get("phase").and_then(Value::as_str) == Some("Invalid")
-        && status.get("observedGeneration").and_then(Value::as_i64) == listed.meta().generation
-        && stalled.is_some_and(|c| c["status"] == "True" && c["message"] == message)
 }
 
 /// Adds (`held`) or removes our finalizer, leaving the others, guarded by the resourceVersion
@@ -222,30 +158,15 @@ async fn set_finalizer(
 mod tests {
     use super::*;
 
-    fn listed(status: Value) -> Listed<VaultKey> {
-        serde_json::from_value(json!({
+    #[test]
+    fn the_message_names_the_field_and_what_happens() {
+        let listed: Listed<VaultKey> = serde_json::from_value(json!({
             "metadata": {"name": "k", "namespace": "ns", "generation": 2},
             "spec": {"policyRef": {"name": "p"}, "ttl": "0s", "dailyUsdCap": 5},
-            "status": status,
         }))
-        .unwrap()
-    }
-
-    #[test]
-    fn a_status_that_already_says_it_is_not_written_again() {
-        let why = listed(Value::Null).parse().unwrap_err();
-        let m = message(&why);
+        .unwrap();
+        let m = message(&listed.parse().unwrap_err());
         assert!(m.starts_with("spec.ttl: duration \"0s\" is zero"), "{m}");
-        let said = listed(json!({
-            "phase": "Invalid", "observedGeneration": 2,
-            "conditions": [{"type": "Stalled", "status": "True", "message": m}],
-        }));
-        assert!(says(&said, &m));
-        let older = listed(json!({
-            "phase": "Invalid", "observedGeneration": 1,
-            "conditions": [{"type": "Stalled", "status": "True", "message": m}],
-        }));
-        assert!(!says(&older, &m), "a new generation is announced again");
-        assert!(!says(&listed(json!({"phase": "Active"})), &m));
+        assert!(m.contains("refuses what it was issued"), "{m}");
     }
 }

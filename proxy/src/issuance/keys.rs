@@ -423,17 +423,20 @@ async fn existing(
         })
 }
 
-/// Live spend of a key as stored, when it can be read.
-async fn live_listed_spend(app: &App, listed: &Listed<VaultKey>) -> Option<keybrake_ledger::Spend> {
-    live_spend(app, &listed.parse().ok()?).await
+/// A key's view with live spend, parsed once: what can be said of it and why it is refused when
+/// it cannot be read.
+async fn shown(app: &App, listed: &Listed<VaultKey>) -> Value {
+    match listed.parse() {
+        Ok(vk) => view::key(&vk, live_spend(app, &vk).await),
+        Err(why) => view::unreadable(listed, &why),
+    }
 }
 
 /// One key, with live spend.
 pub async fn show(app: &App, ns: &str, name: &str) -> Result<(StatusCode, Value), ApiError> {
     let keys: Api<Listed<VaultKey>> = Api::namespaced(app.client.clone(), ns);
     let listed = existing(&keys, ns, name).await?;
-    let spend = live_listed_spend(app, &listed).await;
-    Ok((StatusCode::OK, view::listed_key(&listed, spend)))
+    Ok((StatusCode::OK, shown(app, &listed).await))
 }
 
 /// The namespace's keys, optionally only one run's. A key our types cannot read is listed as
@@ -452,7 +455,10 @@ pub async fn list(
         .items
         .iter()
         .filter(|k| run_label.is_none_or(|l| k.spec_str(&["runLabel"]) == Some(l)))
-        .map(|k| view::listed_key(k, None))
+        .map(|k| match k.parse() {
+            Ok(vk) => view::key(&vk, None),
+            Err(why) => view::unreadable(k, &why),
+        })
         .collect();
     Ok((StatusCode::OK, json!({"keys": items})))
 }
@@ -517,8 +523,7 @@ pub async fn revoke(
             e,
         )
     })?;
-    let spend = live_listed_spend(app, &patched).await;
-    Ok((StatusCode::OK, view::listed_key(&patched, spend)))
+    Ok((StatusCode::OK, shown(app, &patched).await))
 }
 
 #[cfg(test)]

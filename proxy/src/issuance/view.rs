@@ -25,15 +25,6 @@ pub fn state(vk: &VaultKey) -> &'static str {
 }
 
 /// A key without its token. `spend` is the live ledger figure when known, else the status'.
-/// A key as stored: its view when our types can read it, else what can be said of it and why
-/// it is refused.
-pub fn listed_key(listed: &Listed<VaultKey>, spend: Option<Spend>) -> Value {
-    match listed.parse() {
-        Ok(vk) => key(&vk, spend),
-        Err(why) => unreadable(listed, &why),
-    }
-}
-
 /// A key our types cannot read: refused (the operator revokes what it was issued), with the
 /// field and why.
 pub fn unreadable(listed: &Listed<VaultKey>, why: &Unreadable) -> Value {

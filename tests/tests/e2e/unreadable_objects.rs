@@ -144,18 +144,11 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
     // A working key made unreadable stops working at once (fail closed), while the binaries
     // run.
     stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
+        .patch_key_with_kubectl(
             "billing",
             "billing-agent-run-7f3a",
-            "--type",
-            "merge",
-            "-p",
             r#"{"spec":{"ttl":"0s"}}"#,
-        ])
+        )
         .await?;
     refused_as_revoked(
         proxy.addr,
@@ -368,18 +361,7 @@ async fn objects_the_server_admits_and_we_cannot_read_blind_nothing() -> Result<
 
     // Fixing the field brings a key back: Active, and out of the count.
     stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            "bad-ttl-long",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"ttl":"1h"}}"#,
-        ])
+        .patch_key_with_kubectl("billing", "bad-ttl-long", r#"{"spec":{"ttl":"1h"}}"#)
         .await?;
     stack
         .key_in_phase("billing", "bad-ttl-long", KeyPhase::Active)
