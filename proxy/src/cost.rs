@@ -10,21 +10,17 @@ use serde_json::Value;
 use crate::{
     adapters::{Plan, Prefetch},
     app::App,
+    call::Call,
     forward::{self, Outgoing, UpstreamError},
     policies::PolicyConfig,
-    refusal::{self, Kind, Refusal},
+    refusal::Refusal,
 };
 
-/// The amount to reserve for `plan`.
-pub async fn resolve(
-    app: &App,
-    policy: &PolicyConfig,
-    key_id: &KeyId,
-    plan: Plan,
-) -> Result<Usd, Refusal> {
+/// The amount to reserve for `call`, by its `plan`.
+pub async fn resolve(app: &App, call: &Call, plan: Plan) -> Result<Usd, Refusal> {
     match plan {
         Plan::Known(usd) => Ok(usd),
-        Plan::Prefetch(p) => prefetched(app, policy, key_id, p).await,
+        Plan::Prefetch(p) => prefetched(app, &call.policy, &call.token.key_id, p).await,
     }
 }
 
@@ -63,15 +59,9 @@ async fn prefetched(
             },
         )
         .await;
-        let unreadable = |why: String| {
-            Refusal::new(
-                Kind::BadRequest,
-                "cost_unreadable",
-                "cost",
-                format!(
-                    "cost_unreadable: the call is costed from {path}, which could not be read ({why}); nothing was sent"
-                ),
-            )
+        let unreadable = |why: String| Refusal::CostUnreadable {
+            path: path.clone(),
+            why,
         };
         match read {
             Ok((200, _, body)) => objects.push(
@@ -80,15 +70,11 @@ async fn prefetched(
             ),
             Ok((status, _, _)) => return Err(unreadable(format!("the vendor answered {status}"))),
             Err(UpstreamError::NotSent(e) | UpstreamError::Unknown(e)) => {
-                return Err(Refusal::new(
-                    Kind::Unavailable,
-                    "upstream_unreachable",
-                    "upstream",
-                    format!(
-                        "upstream_unreachable: {path} could not be read from {} to cost the call ({e}); nothing was sent",
-                        policy.upstream
-                    ),
-                ));
+                return Err(Refusal::CostUpstreamUnreachable {
+                    path: path.clone(),
+                    upstream: policy.upstream.clone(),
+                    detail: e,
+                });
             }
         }
     }
@@ -96,9 +82,9 @@ async fn prefetched(
         Some(object) => app.ledger.counted(key_id, object).await.map_err(|e| {
             app.metrics.redis_error();
             tracing::error!(error = %e, "reading what a key counted failed; refusing (fail closed)");
-            refusal::accounting_unavailable()
+            Refusal::accounting()
         })?,
         None => Usd::ZERO,
     };
-    (p.cost)(&objects, counted).map_err(|e| refusal::unreadable(&e))
+    Ok((p.cost)(&objects, counted)?)
 }

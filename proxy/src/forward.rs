@@ -11,6 +11,7 @@ use hyper::{
 
 use crate::{
     app::{App, Body},
+    call::Call,
     policies::{Credentials, PolicyConfig},
 };
 
@@ -156,58 +157,51 @@ pub async fn send(
     Ok((status, headers, body))
 }
 
-/// The upstream path: Twilio's account SID in the path must be the key's, and becomes the real
-/// one. `None` when it names another account.
-pub fn upstream_path(key_sid: &str, credentials: &Credentials, path: &str) -> Option<String> {
-    let Credentials::Twilio { account_sid, .. } = credentials else {
-        return Some(path.to_owned());
-    };
-    let mut segs: Vec<&str> = path.split('/').collect();
-    match segs.iter().position(|s| *s == "Accounts") {
-        Some(i) => {
-            // `Accounts/{sid}.json` and `Accounts/{sid}/...` both name the account.
-            let next = segs.get(i + 1).copied().unwrap_or("");
-            let (sid, suffix) = next
-                .strip_suffix(".json")
-                .map_or((next, ""), |s| (s, ".json"));
-            if sid != key_sid {
-                return None;
-            }
-            let real = format!("{account_sid}{suffix}");
-            segs[i + 1] = &real;
-            Some(segs.join("/"))
-        }
-        None => Some(path.to_owned()),
-    }
+/// The forward stage: the call as the adapter encoded it, with the caller's Idempotency-Key
+/// made this vault key's own, to the policy's upstream.
+pub async fn forward(app: &App, call: &Call) -> Result<Forwarded, UpstreamError> {
+    let headers = vendor_idempotency_key(&call.request, &call.token.key_id);
+    let (query, body, content_type) = call.request.encoded();
+    let started = std::time::Instant::now();
+    let forwarded = send(
+        app,
+        &call.policy,
+        Outgoing {
+            method: &call.request.method,
+            path: &call.upstream_path,
+            query: query.as_deref(),
+            headers: &headers,
+            content_type,
+            body,
+        },
+    )
+    .await;
+    app.metrics
+        .upstream_latency(call.token.vendor, started.elapsed());
+    forwarded
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn twilio_paths_name_the_keys_account_and_get_the_real_one() {
-        let c = Credentials::Twilio {
-            account_sid: "ACreal".into(),
-            auth_token: "t".into(),
-        };
-        assert_eq!(
-            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACkey/Messages.json").as_deref(),
-            Some("/2010-04-01/Accounts/ACreal/Messages.json")
-        );
-        assert_eq!(
-            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACkey.json").as_deref(),
-            Some("/2010-04-01/Accounts/ACreal.json")
-        );
-        assert_eq!(
-            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACother/Messages.json"),
-            None
-        );
-        assert_eq!(upstream_path("ACkey", &c, "/2010-04-01/Accounts"), None);
-        let k = Credentials::ApiKey("sk".into());
-        assert_eq!(
-            upstream_path("x", &k, "/v1/charges").as_deref(),
-            Some("/v1/charges")
-        );
-    }
+/// The headers to forward, the caller's Idempotency-Key made this vault key's own: two keys
+/// that pick the same key (`order-123`) must not get each other's objects from the vendor.
+fn vendor_idempotency_key(
+    request: &crate::adapters::Call,
+    key_id: &keybrake_ledger::KeyId,
+) -> Vec<(HeaderName, HeaderValue)> {
+    use sha2::{Digest, Sha256};
+    request
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            if name.as_str() != "idempotency-key" {
+                return (name.clone(), value.clone());
+            }
+            let digest =
+                Sha256::digest([key_id.as_str().as_bytes(), b":", value.as_bytes()].concat());
+            let scoped = format!("kb-{}", &hex::encode(digest)[..48]);
+            (
+                name.clone(),
+                HeaderValue::from_str(&scoped).unwrap_or_else(|_| value.clone()),
+            )
+        })
+        .collect()
 }

@@ -3,6 +3,8 @@
 
 use keybrake_crds::Vendor;
 
+use crate::policies::Credentials;
+
 /// Why a path is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -53,6 +55,31 @@ pub fn canonical(vendor: Vendor, raw: &str) -> Result<String, PathError> {
         segments.remove(0);
     }
     Ok(format!("/{}", segments.join("/")))
+}
+
+/// The upstream path: Twilio's account SID in the path must be the key's, and becomes the real
+/// one. `None` when it names another account.
+pub fn upstream_path(key_sid: &str, credentials: &Credentials, path: &str) -> Option<String> {
+    let Credentials::Twilio { account_sid, .. } = credentials else {
+        return Some(path.to_owned());
+    };
+    let mut segs: Vec<&str> = path.split('/').collect();
+    match segs.iter().position(|s| *s == "Accounts") {
+        Some(i) => {
+            // `Accounts/{sid}.json` and `Accounts/{sid}/...` both name the account.
+            let next = segs.get(i + 1).copied().unwrap_or("");
+            let (sid, suffix) = next
+                .strip_suffix(".json")
+                .map_or((next, ""), |s| (s, ".json"));
+            if sid != key_sid {
+                return None;
+            }
+            let real = format!("{account_sid}{suffix}");
+            segs[i + 1] = &real;
+            Some(segs.join("/"))
+        }
+        None => Some(path.to_owned()),
+    }
 }
 
 #[cfg(test)]
@@ -125,5 +152,31 @@ mod tests {
         fn any_text_is_refused_or_canonical(raw in "\\PC{0,80}") {
             let _ = canonical(Vendor::Stripe, &raw);
         }
+    }
+
+    #[test]
+    fn twilio_paths_name_the_keys_account_and_get_the_real_one() {
+        let c = Credentials::Twilio {
+            account_sid: "ACreal".into(),
+            auth_token: "t".into(),
+        };
+        assert_eq!(
+            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACkey/Messages.json").as_deref(),
+            Some("/2010-04-01/Accounts/ACreal/Messages.json")
+        );
+        assert_eq!(
+            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACkey.json").as_deref(),
+            Some("/2010-04-01/Accounts/ACreal.json")
+        );
+        assert_eq!(
+            upstream_path("ACkey", &c, "/2010-04-01/Accounts/ACother/Messages.json"),
+            None
+        );
+        assert_eq!(upstream_path("ACkey", &c, "/2010-04-01/Accounts"), None);
+        let k = Credentials::ApiKey("sk".into());
+        assert_eq!(
+            upstream_path("x", &k, "/v1/charges").as_deref(),
+            Some("/v1/charges")
+        );
     }
 }

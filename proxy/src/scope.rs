@@ -9,7 +9,7 @@ use crate::{
         Call,
         reach::{self, Named},
     },
-    refusal::{Kind, Refusal},
+    refusal::Refusal,
 };
 
 /// What the ledger checks: objects that must be the key's own, and whether its run's count.
@@ -42,15 +42,10 @@ pub fn owned(call: &Call, scope: &Scope) -> Result<Owned, Refusal> {
     let reach = reach::reach(call);
     let existing = reaches_existing(call, scope);
     if reach.listing && !existing {
-        return Err(Refusal::new(
-            Kind::Forbidden,
-            "object_not_owned",
-            "object_not_owned",
-            format!(
-                "object_not_owned: {} {} reads objects no key created (a list, a search or the account); to allow it, list the endpoint in the SpendPolicy's spec.scope.existingObjects",
-                call.method, call.path
-            ),
-        ));
+        return Err(Refusal::ListingNotOwned {
+            method: call.method.clone(),
+            path: call.path.clone(),
+        });
     }
     let mut objects: Vec<String> = reach
         .named
@@ -118,7 +113,7 @@ mod tests {
         assert_eq!(owned(&capture, &worker).unwrap().objects, ["pi_3Nco"]);
         let list = call(Vendor::Stripe, "GET", "/v1/charges", "limit=3");
         let r = owned(&list, &worker).unwrap_err();
-        assert_eq!(r.code, "object_not_owned");
+        assert_eq!(r.code(), "object_not_owned");
         // `*` widens an object id, never a word of the API.
         let reader = scope(serde_json::json!({"existingObjects": ["GET /v1/customers/*"]}));
         let read = |path: &str| call(Vendor::Stripe, "GET", path, "");

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keybrake_crds::Usd;
-use keybrake_ledger::{Outcome, SettleRequest, Settlement, StoredResponse, Token};
+use keybrake_ledger::{Outcome, SettleRequest, Settlement, StoredResponse};
 
 use crate::{
     adapters::{self, Call, Settled},
+    admission::Reservation,
     app::App,
     forward::{Forwarded, UpstreamError},
     policies::PolicyConfig,
@@ -83,29 +84,49 @@ fn response_id(body: &[u8]) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The reservation a forwarded call settles.
-pub struct Reservation<'a> {
-    /// The key.
-    pub token: &'a Token,
-    /// The call as the adapter read it.
-    pub call: &'a Call,
-    /// The reservation id.
-    pub id: &'a str,
-    /// What was reserved.
-    pub reserved: Usd,
-    /// The Idempotency-Key the reservation was made under, if any.
-    pub idempotency_key: Option<&'a str>,
+/// The settle stage: what the answer means for the accounting, closed in Redis, counted in
+/// metrics and marked for the spend writer.
+pub async fn close(
+    app: &App,
+    call: &crate::call::Call,
+    reservation: &Reservation,
+    forwarded: &Result<Forwarded, UpstreamError>,
+) {
+    let reserved = call.reserved();
+    // What the call brings into being is the key's only if it acted on the key's own object.
+    let ending = outcome(
+        &call.request,
+        forwarded,
+        &call.policy,
+        reserved,
+        !call.owned.existing,
+    );
+    settle(app, call, &reservation.id, forwarded, &ending).await;
+    app.metrics.forwarded(
+        call.token.vendor,
+        crate::metrics::endpoint_label(&call.request.method, &call.request.path),
+        ending.outcome,
+        ending.settled.usd,
+    );
+    app.spend.touch(
+        &call.token.key_id,
+        &reservation.vault_key,
+        &reservation.policy,
+        None,
+    );
 }
 
 /// Closes the reservation with what the call cost.
-pub async fn settle(
+async fn settle(
     app: &App,
-    r: &Reservation<'_>,
+    call: &crate::call::Call,
+    reservation: &str,
     forwarded: &Result<Forwarded, UpstreamError>,
     ending: &Ending,
 ) {
-    let (token, call, reservation, reserved) = (r.token, r.call, r.id, r.reserved);
-    let idempotency_key = r.idempotency_key;
+    let (token, reserved) = (&call.token, call.reserved());
+    let idempotency_key = call.idempotency_key();
+    let call = &call.request;
     let (headers, body) = match forwarded {
         Ok((_, h, b)) => (h.clone(), b.clone()),
         Err(_) => (Vec::new(), Bytes::new()),

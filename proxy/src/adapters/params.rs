@@ -680,8 +680,8 @@ mod tests {
             "{plain}"
         );
         // A policy decision in Stripe's shape: 403, not retried, the code and the words.
-        let r = crate::refusal::unreadable(&e);
-        assert_eq!((r.code, r.rule), ("parameter_not_allowed", "parameter"));
+        let r = crate::refusal::Refusal::from(e.clone());
+        assert_eq!((r.code(), r.rule()), ("parameter_not_allowed", "parameter"));
         let (status, headers, body) = crate::refusal::render(Vendor::Stripe, &r);
         assert_eq!(status, 403);
         assert!(headers.contains(&("stripe-should-retry", "false".into())));
