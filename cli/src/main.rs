@@ -60,12 +60,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    keybrake_runtime::init("warn", keybrake_runtime::Logs::Stderr);
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Dev(args) => dev::run(args).await,

@@ -6,6 +6,7 @@ pub mod administration;
 #[cfg(test)]
 mod agreement;
 pub mod compat;
+pub mod credentials;
 pub mod duration;
 pub mod endpoint;
 pub mod events;

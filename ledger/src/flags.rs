@@ -90,8 +90,33 @@ impl RedisFlags {
         }
     }
 
+    /// Connects as these flags say, each response bounded by `timeout`; the error names the
+    /// URL without its credentials.
+    pub async fn open(
+        &self,
+        timeout: Duration,
+    ) -> Result<crate::connection::Connection, OpenError> {
+        crate::connection::connect(&self.connect_config(timeout))
+            .await
+            .map_err(|source| OpenError {
+                url: crate::connection::redacted(&self.url),
+                source,
+            })
+    }
+
     /// The key layout under the prefix.
     pub fn keyspace(&self) -> Keyspace {
         Keyspace::new(&self.prefix)
     }
+}
+
+/// Redis could not be reached (or its TLS settings are unusable).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach redis at {url}: {source}")]
+pub struct OpenError {
+    /// Where (without credentials).
+    pub url: String,
+    /// The connection or TLS failure.
+    #[source]
+    pub source: crate::connection::ConnectError,
 }

@@ -21,7 +21,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{Listed, SpendPolicy, VaultKey};
-use keybrake_ledger::{Ledger, LedgerConfig, connection};
+use keybrake_ledger::{Ledger, LedgerConfig};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{
@@ -31,6 +31,7 @@ use kube::{
         watcher,
     },
 };
+use tracing::Instrument;
 
 pub use crate::config::Config;
 use crate::{context::Context, metrics::Metrics};
@@ -53,13 +54,8 @@ pub enum StartError {
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     /// Redis could not be reached (or its TLS settings are unusable).
-    #[error("cannot reach redis at {url}: {source}")]
-    Redis {
-        /// Where (without credentials).
-        url: String,
-        /// The connection or TLS failure.
-        source: keybrake_ledger::connection::ConnectError,
-    },
+    #[error(transparent)]
+    Redis(#[from] keybrake_ledger::flags::OpenError),
     /// The metrics address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Metrics {
@@ -91,13 +87,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), StartError> {
     check_crds(&client).await?;
-    let conn =
-        keybrake_ledger::connection::connect(&config.redis.connect_config(config.call_timeout()))
-            .await
-            .map_err(|source| StartError::Redis {
-                url: connection::redacted(&config.redis.url),
-                source,
-            })?;
+    let conn = config.redis.open(config.call_timeout()).await?;
     let ledger = Ledger::new(
         conn,
         config.redis.keyspace(),
@@ -115,7 +105,9 @@ pub async fn run(
                 source,
             })?;
     tracing::info!(addr = %listener.local_addr().map_err(|source| StartError::Metrics { addr: config.metrics_addr, source })?, "serving /metrics, /healthz, /readyz");
-    let metrics_task = tokio::spawn(metrics::serve(listener, metrics.clone()));
+    let metrics_task = tokio::spawn(
+        metrics::serve(listener, metrics.clone()).instrument(tracing::info_span!("metrics_server")),
+    );
 
     tokio::pin!(shutdown);
     // The proxy's CA, when it has a private one: read before the first key is written, then
@@ -239,7 +231,8 @@ pub async fn run(
         )
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(vaultkey::reconcile, vaultkey::error_policy, ctx.clone())
-        .for_each(|_| async {});
+        .for_each(|_| async {})
+        .instrument(tracing::info_span!("controller", kind = "VaultKey"));
 
     let policies = Controller::new(
         Api::<Listed<SpendPolicy>>::all(client.clone()),
@@ -264,6 +257,7 @@ pub async fn run(
                 metrics.retain_unreadable(&live);
             }
         }
+        .instrument(tracing::info_span!("unreadable_pruning"))
     };
     let policies = policies
         // Metadata only, as `.owns` already does: the operator needs to know a credentials
@@ -308,7 +302,8 @@ pub async fn run(
         )
         .graceful_shutdown_on(stopped(stop_rx))
         .run(spendpolicy::reconcile, spendpolicy::error_policy, ctx)
-        .for_each(|_| async {});
+        .for_each(|_| async {})
+        .instrument(tracing::info_span!("controller", kind = "SpendPolicy"));
 
     let leadership = async {
         match &elector {

@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{
     Listed, SpendPolicy, SpendPolicyStatus, Unreadable,
+    credentials::Credentials,
     status::{RECONCILING, STALLED, conditions},
     validate::validate_policy,
 };
@@ -42,28 +43,9 @@ fn check_credentials(
         ));
     };
     let data = secret.data.clone().unwrap_or_default();
-    for key in policy.spec.vendor.credential_keys() {
-        match data.get(*key) {
-            None => {
-                return Err((
-                    "CredentialsMalformed",
-                    format!(
-                        "Secret {ns}/{name} has no key {key:?} ({} needs {})",
-                        policy.spec.vendor,
-                        policy.spec.vendor.credential_keys().join(" and ")
-                    ),
-                ));
-            }
-            Some(v) if v.0.iter().all(u8::is_ascii_whitespace) => {
-                return Err((
-                    "CredentialsMalformed",
-                    format!("Secret {ns}/{name} key {key:?} is empty"),
-                ));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
+    Credentials::from_secret_data(policy.spec.vendor, &data)
+        .map(|_| ())
+        .map_err(|why| ("CredentialsMalformed", format!("Secret {ns}/{name} {why}")))
 }
 
 fn budget_summary(policy: &SpendPolicy) -> String {

@@ -30,8 +30,9 @@ pub mod vault_keys;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use keybrake_ledger::{Ledger, LedgerConfig, connection};
+use keybrake_ledger::{Ledger, LedgerConfig};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tracing::{Instrument, info_span};
 
 pub use crate::config::Config;
 use crate::{app::App, metrics::Metrics, policies::Policies};
@@ -51,13 +52,8 @@ pub enum StartError {
     )]
     NoTls,
     /// Redis could not be reached (or its TLS settings are unusable).
-    #[error("cannot reach redis at {url}: {source}")]
-    Redis {
-        /// Where (without credentials).
-        url: String,
-        /// The connection or TLS failure.
-        source: keybrake_ledger::connection::ConnectError,
-    },
+    #[error(transparent)]
+    Redis(#[from] keybrake_ledger::flags::OpenError),
     /// The audit database settings can never work (its URL or CA file).
     #[error(transparent)]
     AuditDb(#[from] keybrake_audit::DbError),
@@ -120,16 +116,10 @@ pub async fn start(
     admin: SocketAddr,
 ) -> Result<Running, StartError> {
     keybrake_crds::compat::check(&client).await?;
-    let conn = keybrake_ledger::connection::connect(
-        &config
-            .redis
-            .connect_config(Duration::from_millis(config.redis_timeout_ms.max(100))),
-    )
-    .await
-    .map_err(|source| StartError::Redis {
-        url: connection::redacted(&config.redis.url),
-        source,
-    })?;
+    let conn = config
+        .redis
+        .open(Duration::from_millis(config.redis_timeout_ms.max(100)))
+        .await?;
     let ledger = Ledger::new(
         conn,
         config.redis.keyspace(),
@@ -146,28 +136,34 @@ pub async fn start(
         None => None,
     };
     let policies = Arc::new(Policies::default());
-    let watcher = tokio::spawn(policies::watch(
-        client.clone(),
-        policies.clone(),
-        BACKGROUND_API_TIMEOUT,
-        config.clone(),
-    ));
+    let watcher = tokio::spawn(
+        policies::watch(
+            client.clone(),
+            policies.clone(),
+            BACKGROUND_API_TIMEOUT,
+            config.clone(),
+        )
+        .instrument(info_span!("policy_watch")),
+    );
     let loading = tokio::time::Instant::now();
     while !policies.synced() && loading.elapsed() < POLICY_LOAD_WAIT {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (keys, key_watch) = vault_keys::KeyIndex::start(client.clone());
-    let key_watcher = tokio::spawn(key_watch);
+    let key_watcher = tokio::spawn(key_watch.instrument(info_span!("key_watch")));
     let spend = Arc::new(spend_writer::SpendWriter::default());
     let metrics = Arc::new(Metrics::default());
-    let writer = tokio::spawn(spend_writer::run(
-        spend.clone(),
-        ledger.clone(),
-        client.clone(),
-        metrics.clone(),
-        Duration::from_millis(config.spend_interval_ms),
-        BACKGROUND_API_TIMEOUT,
-    ));
+    let writer = tokio::spawn(
+        spend_writer::run(
+            spend.clone(),
+            ledger.clone(),
+            client.clone(),
+            metrics.clone(),
+            Duration::from_millis(config.spend_interval_ms),
+            BACKGROUND_API_TIMEOUT,
+        )
+        .instrument(info_span!("spend_writer")),
+    );
     let app = Arc::new(App {
         client: client.clone(),
         keys,
@@ -183,10 +179,10 @@ pub async fn start(
     // Each replica is one consumer of the audit streams, named by its pod. Without a database it
     // still reports streams a sink joined once, which the scripts no longer trim.
     let audit_task = match audit_db {
-        None => tokio::spawn(keybrake_audit::sink::watch_unexported(
-            app.ledger.clone(),
-            app.metrics.audit.clone(),
-        )),
+        None => tokio::spawn(
+            keybrake_audit::sink::watch_unexported(app.ledger.clone(), app.metrics.audit.clone())
+                .instrument(info_span!("audit_unexported")),
+        ),
         Some(db) => {
             let consumer = std::env::var("POD_NAME").unwrap_or_else(|_| {
                 format!("keybrake-proxy-{}", hex::encode(rand::random::<[u8; 4]>()))
@@ -198,13 +194,13 @@ pub async fn start(
                 &config.audit_db,
                 app.metrics.audit.clone(),
             );
-            tokio::spawn(sink.run())
+            tokio::spawn(sink.run().instrument(info_span!("audit_sink", consumer)))
         }
     };
 
     let sweeper = {
         let ledger = app.ledger.clone();
-        tokio::spawn(async move {
+        let sweep = async move {
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
                 match ledger.sweep(SWEEP_BATCH).await {
@@ -216,7 +212,8 @@ pub async fn start(
                     Err(e) => tracing::warn!(error = %e, "sweep failed"),
                 }
             }
-        })
+        };
+        tokio::spawn(sweep.instrument(info_span!("sweeper")))
     };
     let (acceptors, tls_follower) = match (&config.tls_secret, config.plaintext) {
         (Some(secret), plaintext) => {
@@ -236,12 +233,15 @@ pub async fn start(
                 acceptor(tls::Protocols::Both)?,
                 acceptor(tls::Protocols::Http1)?,
             );
-            let follower = tokio::spawn(tls::follow(
-                client.clone(),
-                secret.clone(),
-                certs.clone(),
-                app.metrics.clone(),
-            ));
+            let follower = tokio::spawn(
+                tls::follow(
+                    client.clone(),
+                    secret.clone(),
+                    certs.clone(),
+                    app.metrics.clone(),
+                )
+                .instrument(info_span!("tls_follow", secret)),
+            );
             (Some(both), Some(follower))
         }
         (None, true) => (None, None),
@@ -263,11 +263,17 @@ pub async fn start(
             addr: admin,
             source,
         })?;
-    let admin_task = tokio::spawn(server::serve_admin(admin_listener, app.clone(), admin_tls));
+    let admin_task = tokio::spawn(
+        server::serve_admin(admin_listener, app.clone(), admin_tls)
+            .instrument(info_span!("admin_server", %admin_addr)),
+    );
     let (stop, mut stopped) = watch::channel(false);
-    let server = tokio::spawn(server::serve(listener, app, data_tls, async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
+    let server = tokio::spawn(
+        server::serve(listener, app, data_tls, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .instrument(info_span!("data_server", %addr)),
+    );
     tracing::info!(%addr, %admin_addr, "keybrake-proxy serving");
     Ok(Running {
         addr,

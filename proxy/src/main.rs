@@ -16,14 +16,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    // redis-rs builds its TLS configs on the process-wide rustls provider: make it ring, the
-    // one the rest of the binary uses, before anything connects. Err only if one is already set.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    keybrake_runtime::init("info", keybrake_runtime::Logs::Stdout);
     let args = Args::parse();
     let client = match kube::Client::try_default().await {
         Ok(c) => c,
@@ -43,17 +36,7 @@ async fn main() -> ExitCode {
         "keybrake-proxy: listening on {} (admin {})",
         running.addr, running.admin_addr
     );
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("keybrake-proxy: cannot watch SIGTERM: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    keybrake_runtime::stop_signal().await;
     running.shutdown().await;
     ExitCode::SUCCESS
 }

@@ -5,7 +5,6 @@
 
 use std::{
     collections::HashMap,
-    fmt,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, Ordering},
@@ -15,8 +14,9 @@ use std::{
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
+pub use keybrake_crds::credentials::Credentials;
 use keybrake_crds::{
-    Listed, SpendPolicy, Vendor, spend_policy::Pricing, validate::validate_policy, vendor,
+    Listed, SpendPolicy, Vendor, spend_policy::Pricing, validate::validate_policy,
 };
 use keybrake_ledger::PolicyTag;
 use kube::{
@@ -24,26 +24,6 @@ use kube::{
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, reflector, watcher},
 };
-
-/// The real credentials of a vendor account. Never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// Stripe and Resend: one API key.
-    ApiKey(String),
-    /// Twilio: account SID and auth token.
-    Twilio {
-        /// `AC...`.
-        account_sid: String,
-        /// The auth token.
-        auth_token: String,
-    },
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Credentials(<redacted>)")
-    }
-}
 
 /// Everything the data path needs of one policy.
 #[derive(Debug, Clone)]
@@ -117,13 +97,6 @@ impl Policies {
     }
 }
 
-fn secret_value(secret: &Secret, key: &str) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(key)?;
-    let text = String::from_utf8(bytes.0.clone()).ok()?;
-    let text = text.trim().to_owned();
-    (!text.is_empty()).then_some(text)
-}
-
 /// The state of one policy given its credentials Secret (if found).
 pub fn state_of(
     policy: &SpendPolicy,
@@ -141,27 +114,14 @@ pub fn state_of(
             "SpendPolicy {ns}/{name}: credentials Secret {ns}/{secret_name} not found"
         ));
     };
-    let missing = |key: &str| {
-        PolicyState::Unusable(format!(
-            "SpendPolicy {ns}/{name}: Secret {ns}/{secret_name} has no usable key {key:?}"
-        ))
-    };
-    let credentials = match policy.spec.vendor {
-        Vendor::Stripe | Vendor::Resend => match secret_value(secret, vendor::API_KEY) {
-            Some(k) => Credentials::ApiKey(k),
-            None => return missing(vendor::API_KEY),
-        },
-        Vendor::Twilio => match (
-            secret_value(secret, vendor::ACCOUNT_SID),
-            secret_value(secret, vendor::AUTH_TOKEN),
-        ) {
-            (Some(account_sid), Some(auth_token)) => Credentials::Twilio {
-                account_sid,
-                auth_token,
-            },
-            (None, _) => return missing(vendor::ACCOUNT_SID),
-            (_, None) => return missing(vendor::AUTH_TOKEN),
-        },
+    let data = secret.data.clone().unwrap_or_default();
+    let credentials = match Credentials::from_secret_data(policy.spec.vendor, &data) {
+        Ok(c) => c,
+        Err(why) => {
+            return PolicyState::Unusable(format!(
+                "SpendPolicy {ns}/{name}: Secret {ns}/{secret_name} {why}"
+            ));
+        }
     };
     let upstream = policy
         .spec

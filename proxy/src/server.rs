@@ -15,6 +15,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::{app::App, audit, handler, issuance};
+use tracing::Instrument;
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -68,7 +69,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -93,21 +94,24 @@ pub async fn serve(
             }
         });
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
-        tokio::spawn(async move {
-            match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let _ = watcher.watch(conn.into_owned()).await;
-                }
-                Some(acceptor) => {
-                    if let Some(stream) = handshake(&acceptor, stream).await {
+        tokio::spawn(
+            async move {
+                match tls {
+                    None => {
                         let conn = builder.serve_connection(TokioIo::new(stream), service);
                         let _ = watcher.watch(conn.into_owned()).await;
                     }
+                    Some(acceptor) => {
+                        if let Some(stream) = handshake(&acceptor, stream).await {
+                            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                            let _ = watcher.watch(conn.into_owned()).await;
+                        }
+                    }
                 }
+                drop(permit);
             }
-            drop(permit);
-        });
+            .instrument(tracing::info_span!("connection", %peer)),
+        );
     }
     if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
         .await
@@ -166,27 +170,30 @@ async fn admin_response(app: &App, req: Request<Incoming>) -> Response<Full<Byte
 /// Serves the admin port until the task is dropped.
 pub async fn serve_admin(listener: TcpListener, app: Arc<App>, tls: Option<TlsAcceptor>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let (app, tls) = (app.clone(), tls.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(admin_response(&app, req).await) }
-            });
-            let http = hyper::server::conn::http1::Builder::new();
-            match tls {
-                None => {
-                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
-                }
-                Some(acceptor) => {
-                    if let Some(stream) = handshake(&acceptor, stream).await {
+        tokio::spawn(
+            async move {
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(admin_response(&app, req).await) }
+                });
+                let http = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
                         let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                    Some(acceptor) => {
+                        if let Some(stream) = handshake(&acceptor, stream).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
                     }
                 }
             }
-        });
+            .instrument(tracing::info_span!("admin_connection", %peer)),
+        );
     }
 }

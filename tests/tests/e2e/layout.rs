@@ -109,6 +109,7 @@ fn no_crate_has_a_module_cycle() -> Result<()> {
         "operator",
         "proxy",
         "control-plane",
+        "runtime",
         "cli",
         "tests",
     ];
