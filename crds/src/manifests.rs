@@ -144,8 +144,8 @@ mod tests {
     }
 
     #[test]
-    fn every_example_deserialises_validates_and_resolves() {
-        use crate::validate::{resolve_key, validate_key, validate_policy};
+    fn every_example_deserialises_and_validates() {
+        use crate::validate::{validate_key, validate_policy};
         let docs = example_docs();
         let mut policies = std::collections::BTreeMap::new();
         for (file, doc) in &docs {
@@ -169,10 +169,10 @@ mod tests {
                     serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
                 validate_key(&k.spec).unwrap_or_else(|e| panic!("{file}: {e}"));
                 let ns = k.metadata.namespace.clone().unwrap();
-                let policy = &policies[&(ns, k.spec.policy_ref.name.clone())];
-                let created = "2026-11-22T10:00:00Z".parse().unwrap();
-                resolve_key(&k.spec, &k.spec.policy_ref.name, &policy.spec, created)
-                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                assert!(
+                    policies.contains_key(&(ns, k.spec.policy_ref.name.clone())),
+                    "{file}: its SpendPolicy is not among the examples"
+                );
                 keys += 1;
             }
         }

@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod audit;
 pub mod connection;
+pub mod effective;
 pub mod error;
 pub mod export;
 pub mod flags;
@@ -19,6 +20,7 @@ mod sweep;
 pub mod tls;
 pub mod token;
 
+pub use effective::{EffectiveKey, resolve_key};
 pub use layout::{Keyspace, Slot};
 pub use ledger::{
     Admission, AuditEntry, Ledger, LedgerConfig, LedgerError, Mode, Outcome, Refusal,

@@ -7,10 +7,12 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use keybrake_crds::{
     KeyPhase, SpendPolicy, VaultKey,
-    validate::{EffectiveKey, resolve_key, validate_policy},
+    validate::validate_policy,
     vault_key::{RestartStatus, RotationStatus},
 };
-use keybrake_ledger::{KeyId, KeyRecord, Spend, Token, secret_env::ProxyCa};
+use keybrake_ledger::{
+    EffectiveKey, KeyId, KeyRecord, Spend, Token, resolve_key, secret_env::ProxyCa,
+};
 use kube::{ResourceExt, runtime::events::EventType};
 
 use super::{

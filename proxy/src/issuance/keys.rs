@@ -7,11 +7,10 @@ use std::collections::BTreeMap;
 use hyper::StatusCode;
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{
-    KeyPhase, Listed, SpendPolicy, VaultKey, VaultKeySpec, Vendor,
-    validate::{is_dns_label, resolve_key},
+    KeyPhase, Listed, SpendPolicy, VaultKey, VaultKeySpec, Vendor, validate::is_dns_label,
     vault_key::PolicyRef,
 };
-use keybrake_ledger::{KeyId, PolicyTag, secret_env};
+use keybrake_ledger::{KeyId, PolicyTag, resolve_key, secret_env};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
