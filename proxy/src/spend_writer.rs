@@ -108,7 +108,7 @@ fn transient(result: &Result<Result<(), kube::Error>, tokio::time::error::Elapse
 /// Writes dirty keys every `interval` until the task is dropped. One loop: the key writes, their
 /// cap Events and the policies they touched are one round, retried together.
 pub async fn run(
-    writer: Arc<SpendWriter>,
+    dirty: Arc<SpendWriter>,
     ledger: Ledger<Connection>,
     client: Client,
     metrics: Arc<crate::metrics::Metrics>,
@@ -122,113 +122,160 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
-    // Which replica wrote a number (`status.spend.observedBy`): the pod's name, as in Events.
-    let replica = std::env::var("POD_NAME").unwrap_or_else(|_| MANAGER.to_owned());
-    let mut evented: HashMap<KeyId, i64> = HashMap::new();
-    // Policies whose last write failed for a reason that passes: written again next round.
-    let mut retry_policies: HashSet<String> = HashSet::new();
+    let mut rounds = Rounds {
+        ledger,
+        client,
+        metrics,
+        recorder,
+        // Which replica wrote a number (`status.spend.observedBy`): the pod's name, as in Events.
+        replica: std::env::var("POD_NAME").unwrap_or_else(|_| MANAGER.to_owned()),
+        timeout,
+        evented: HashMap::new(),
+        retry_policies: HashSet::new(),
+    };
     loop {
         tokio::time::sleep(interval).await;
-        let batch = writer.take();
+        rounds.round(&dirty).await;
+    }
+}
+
+/// What the write-back keeps from one round to the next.
+struct Rounds {
+    ledger: Ledger<Connection>,
+    client: Client,
+    metrics: Arc<crate::metrics::Metrics>,
+    recorder: Recorder,
+    replica: String,
+    timeout: Duration,
+    /// The day of each key's last cap-hit Event (one per key and day).
+    evented: HashMap<KeyId, i64>,
+    /// Policies whose last write failed for a reason that passes: written again next round.
+    retry_policies: HashSet<String>,
+}
+
+impl Rounds {
+    async fn round(&mut self, dirty: &SpendWriter) {
+        let batch = dirty.take();
         // Forget cap-hit Events of past days (one entry per key at most, only for today).
-        if let Ok((_, today)) = ledger.now().await {
-            evented.retain(|_, day| *day >= today);
+        if let Ok((_, today)) = self.ledger.now().await {
+            self.evented.retain(|_, day| *day >= today);
         }
-        let mut policies = std::mem::take(&mut retry_policies);
+        let mut policies = std::mem::take(&mut self.retry_policies);
         for (key, touch) in batch {
-            let Some((ns, name)) = split(&touch.vault_key) else {
+            if split(&touch.vault_key).is_none() {
                 continue;
-            };
+            }
             policies.insert(touch.policy.clone());
-            let spend = match ledger.key_spend(&key).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read spend");
-                    writer.touch(&key, &touch.vault_key, &touch.policy, touch.cap_hit);
-                    continue;
-                }
-            };
-            match ledger.key_record(&key).await {
-                Ok(Some(record)) => metrics.key_spend(
-                    &touch.vault_key,
-                    &touch.policy,
-                    &spend,
-                    record.daily_cap.map(|c| c.micros()),
-                    record.total_cap.map(|c| c.micros()),
-                ),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "could not read a key record for its metrics"),
-            }
-            // Listed: the answer is the object as stored, which must not fail to parse (an
-            // unreadable key would make this write look failed and retried forever).
-            let api: Api<Listed<VaultKey>> = Api::namespaced(client.clone(), ns);
-            // Redis time of this read: the status' observedAt, and the day of a cap-hit Event.
-            let now = ledger.now().await.ok();
-            let observed = now.map(|(ms, _)| ms);
-            let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend, observed, &replica)}});
-            let params = PatchParams::apply(MANAGER).force();
-            let written = tokio::time::timeout(
-                timeout,
-                api.patch_status(name, &params, &Patch::Apply(&patch)),
-            )
-            .await;
-            match written {
-                Ok(Ok(vk)) => {
-                    if let Some(message) = touch.cap_hit {
-                        let day = now.map(|(_, d)| d).unwrap_or_default();
-                        if evented.get(&key) != Some(&day) {
-                            evented.insert(key.clone(), day);
-                            let event = Event {
-                                type_: EventType::Warning,
-                                reason: "CapReached".into(),
-                                note: Some(keybrake_crds::events::note(&message)),
-                                action: "Refuse".into(),
-                                secondary: None,
-                            };
-                            if let Err(e) = recorder.publish(&event, &vk.object_ref(&())).await {
-                                tracing::warn!(error = %e, "could not publish the cap-hit Event");
-                            }
-                        }
-                    }
-                }
-                Ok(Err(kube::Error::Api(s))) if s.is_not_found() => {}
-                failed => {
-                    let failed = failed.map(|r| r.map(drop));
-                    let again = transient(&failed);
-                    tracing::warn!(vaultkey = %touch.vault_key, retry = again, error = ?failed, "could not write spend");
-                    if again {
-                        writer.touch(&key, &touch.vault_key, &touch.policy, touch.cap_hit);
-                    }
-                }
-            }
+            self.write_key(dirty, key, touch).await;
         }
         for policy in policies {
-            let Some((ns, name)) = split(&policy) else {
-                continue;
-            };
-            let Ok(spend) = ledger.policy_spend(&PolicyTag::of(ns, name)).await else {
-                retry_policies.insert(policy);
-                continue;
-            };
-            let api: Api<Listed<SpendPolicy>> = Api::namespaced(client.clone(), ns);
-            let observed = ledger.now().await.ok().map(|(ms, _)| ms);
-            let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": {"spend": status_of(&spend, observed, &replica)}});
-            let written = tokio::time::timeout(
-                timeout,
-                api.patch_status(
-                    name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&patch),
-                ),
-            )
-            .await
-            .map(|r| r.map(drop));
-            if !matches!(written, Ok(Ok(()))) {
-                let again = transient(&written);
-                tracing::warn!(policy = %policy, retry = again, error = ?written, "could not write policy spend");
-                if again {
-                    retry_policies.insert(policy);
+            self.write_policy(policy).await;
+        }
+    }
+
+    /// One key's `status.spend`, and its cap-hit Event once a day; touched again when the write
+    /// failed for a reason that passes.
+    async fn write_key(&mut self, dirty: &SpendWriter, key: KeyId, touch: Touch) {
+        let Some((ns, name)) = split(&touch.vault_key) else {
+            return;
+        };
+        let spend = match self.ledger.key_spend(&key).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read spend");
+                dirty.touch(&key, &touch.vault_key, &touch.policy, touch.cap_hit);
+                return;
+            }
+        };
+        match self.ledger.key_record(&key).await {
+            Ok(Some(record)) => self.metrics.key_spend(
+                &touch.vault_key,
+                &touch.policy,
+                &spend,
+                record.daily_cap.map(|c| c.micros()),
+                record.total_cap.map(|c| c.micros()),
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read a key record for its metrics"),
+        }
+        // Listed: the answer is the object as stored, which must not fail to parse (an
+        // unreadable key would make this write look failed and retried forever).
+        let api: Api<Listed<VaultKey>> = Api::namespaced(self.client.clone(), ns);
+        // Redis time of this read: the status' observedAt, and the day of a cap-hit Event.
+        let now = self.ledger.now().await.ok();
+        let observed = now.map(|(ms, _)| ms);
+        let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": {"spend": status_of(&spend, observed, &self.replica)}});
+        let params = PatchParams::apply(MANAGER).force();
+        let written = tokio::time::timeout(
+            self.timeout,
+            api.patch_status(name, &params, &Patch::Apply(&patch)),
+        )
+        .await;
+        match written {
+            Ok(Ok(vk)) => {
+                if let Some(message) = touch.cap_hit {
+                    let day = now.map(|(_, d)| d).unwrap_or_default();
+                    self.cap_event(&key, day, &message, &vk).await;
                 }
+            }
+            Ok(Err(kube::Error::Api(s))) if s.is_not_found() => {}
+            failed => {
+                let failed = failed.map(|r| r.map(drop));
+                let again = transient(&failed);
+                tracing::warn!(vaultkey = %touch.vault_key, retry = again, error = ?failed, "could not write spend");
+                if again {
+                    dirty.touch(&key, &touch.vault_key, &touch.policy, touch.cap_hit);
+                }
+            }
+        }
+    }
+
+    /// The first cap hit of a key in a (Redis) day raises a Warning Event on it.
+    async fn cap_event(&mut self, key: &KeyId, day: i64, message: &str, vk: &Listed<VaultKey>) {
+        if self.evented.get(key) == Some(&day) {
+            return;
+        }
+        self.evented.insert(key.clone(), day);
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "CapReached".into(),
+            note: Some(keybrake_crds::events::note(message)),
+            action: "Refuse".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &vk.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not publish the cap-hit Event");
+        }
+    }
+
+    /// A policy's aggregate `status.spend`; kept for the next round when the write failed for a
+    /// reason that passes.
+    async fn write_policy(&mut self, policy: String) {
+        let Some((ns, name)) = split(&policy) else {
+            return;
+        };
+        let Ok(spend) = self.ledger.policy_spend(&PolicyTag::of(ns, name)).await else {
+            self.retry_policies.insert(policy);
+            return;
+        };
+        let api: Api<Listed<SpendPolicy>> = Api::namespaced(self.client.clone(), ns);
+        let observed = self.ledger.now().await.ok().map(|(ms, _)| ms);
+        let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": {"spend": status_of(&spend, observed, &self.replica)}});
+        let written = tokio::time::timeout(
+            self.timeout,
+            api.patch_status(
+                name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            ),
+        )
+        .await
+        .map(|r| r.map(drop));
+        if !matches!(written, Ok(Ok(()))) {
+            let again = transient(&written);
+            tracing::warn!(policy = %policy, retry = again, error = ?written, "could not write policy spend");
+            if again {
+                self.retry_policies.insert(policy);
             }
         }
     }

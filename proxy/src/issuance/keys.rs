@@ -181,14 +181,50 @@ fn settled(vk: Option<&VaultKey>) -> bool {
         .is_some_and(|p| p != KeyPhase::Pending)
 }
 
-/// Issues a key and returns it with its token, once the key works. One function: choosing the
-/// policy, creating the VaultKey and waiting for it are one request's steps, in order.
+/// Issues a key and returns it with its token, once the key works: the request checked against
+/// its policy, the VaultKey created, waited for, and its token read from the Secret the
+/// operator made for it.
 pub async fn issue(
     app: &App,
     caller: &Caller,
     ns: &str,
     req: IssueRequest,
 ) -> Result<(StatusCode, Value), ApiError> {
+    let (policy_name, object) = checked(app, caller, ns, &req).await?;
+    let name = object.name_any();
+    let secrets = Api::<Secret>::namespaced(app.client.clone(), ns);
+    refuse_a_taken_secret(&secrets, ns, &name).await?;
+    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
+    let uid = match keys.create(&PostParams::default(), &object).await {
+        Ok(created) => created.metadata.uid.unwrap_or_default(),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                message: format!("name: a VaultKey {ns}/{name} already exists"),
+                field: Some("name".into()),
+            });
+        }
+        Err(e) => return Err(kube_error("creating the VaultKey", e)),
+    };
+    tracing::info!(
+        namespace = ns,
+        name,
+        policy = policy_name,
+        user = caller.username,
+        "issuing a vault key"
+    );
+    let vk = active(&keys, ns, &name, &uid, app.config.issue_timeout()).await?;
+    handed_out(&secrets, ns, &name, &vk, req.vendor).await
+}
+
+/// The VaultKey to create for `req`, checked against its SpendPolicy's limits (in Redis time)
+/// and with the policy usable by the proxy; and the policy's name.
+async fn checked(
+    app: &App,
+    caller: &Caller,
+    ns: &str,
+    req: &IssueRequest,
+) -> Result<(String, VaultKey), ApiError> {
     let policies: Api<Listed<SpendPolicy>> = Api::namespaced(app.client.clone(), ns);
     let policy = choose_policy(&policies, ns, req.vendor, req.policy.as_deref()).await?;
     let policy_name = policy.name_any();
@@ -204,7 +240,7 @@ pub async fn issue(
         .name
         .clone()
         .unwrap_or_else(|| generated_name(req.run_label.as_deref()));
-    let object = key_object(&name, caller, &policy_name, &req);
+    let object = key_object(&name, caller, &policy_name, req);
     // Redis time is the truth for expiry; without Redis no key could work anyway.
     let (now_ms, _) = app
         .ledger
@@ -221,88 +257,82 @@ pub async fn issue(
         }
     };
     match loaded {
-        Some(PolicyState::Ready(_)) => {}
-        Some(PolicyState::Unusable(why)) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                format!("the SpendPolicy cannot be used: {why}"),
-            ));
-        }
-        None => {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "SpendPolicy {ns}/{policy_name} or its credentials could not be read from the Kubernetes API; retry in a few seconds"
-                ),
-            ));
-        }
+        Some(PolicyState::Ready(_)) => Ok((policy_name, object)),
+        Some(PolicyState::Unusable(why)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the SpendPolicy cannot be used: {why}"),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "SpendPolicy {ns}/{policy_name} or its credentials could not be read from the Kubernetes API; retry in a few seconds"
+            ),
+        )),
     }
-    // The operator never adopts a Secret it did not create: a name that is taken is refused
-    // here, before anything is made.
-    let secrets = Api::<Secret>::namespaced(app.client.clone(), ns);
-    if let Some(taken) = secrets
-        .get_metadata_opt(&name)
+}
+
+/// The operator never adopts a Secret it did not create: a name that is taken is refused
+/// here, before anything is made.
+async fn refuse_a_taken_secret(
+    secrets: &Api<Secret>,
+    ns: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    let Some(taken) = secrets
+        .get_metadata_opt(name)
         .await
         .map_err(|e| kube_error(&format!("reading Secret {ns}/{name}"), e))?
-    {
-        let owner = taken
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|o| o.controller == Some(true))
-            .map_or_else(
-                || "not made by Keybrake".to_owned(),
-                |o| format!("owned by {} {}", o.kind, o.name),
-            );
-        return Err(ApiError {
-            status: StatusCode::CONFLICT,
-            message: format!(
-                "name: a Secret {ns}/{name} already exists ({owner}); a vault key never takes over a Secret, choose another name"
-            ),
-            field: Some("name".into()),
-        });
-    }
-    let keys: Api<VaultKey> = Api::namespaced(app.client.clone(), ns);
-    let uid = match keys.create(&PostParams::default(), &object).await {
-        Ok(created) => created.metadata.uid.unwrap_or_default(),
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            return Err(ApiError {
-                status: StatusCode::CONFLICT,
-                message: format!("name: a VaultKey {ns}/{name} already exists"),
-                field: Some("name".into()),
-            });
-        }
-        Err(e) => return Err(kube_error("creating the VaultKey", e)),
+    else {
+        return Ok(());
     };
-    // Everything after this acts on the object created here, by its uid: a VaultKey deleted and
-    // made again under the same name meanwhile is someone else's.
+    let owner = taken
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map_or_else(
+            || "not made by Keybrake".to_owned(),
+            |o| format!("owned by {} {}", o.kind, o.name),
+        );
+    Err(ApiError {
+        status: StatusCode::CONFLICT,
+        message: format!(
+            "name: a Secret {ns}/{name} already exists ({owner}); a vault key never takes over a Secret, choose another name"
+        ),
+        field: Some("name".into()),
+    })
+}
+
+/// Waits for the VaultKey created here (uid `uid`) to be Active. Everything acts on that
+/// object by its uid: a VaultKey deleted and made again under the same name meanwhile is
+/// someone else's. A key that does not become Active is deleted: nothing half-made stays.
+async fn active(
+    keys: &Api<VaultKey>,
+    ns: &str,
+    name: &str,
+    uid: &str,
+    timeout: std::time::Duration,
+) -> Result<VaultKey, ApiError> {
     let only_ours = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: Some(uid.clone()),
+            uid: Some(uid.to_owned()),
             resource_version: None,
         }),
         ..DeleteParams::default()
     };
     let ours = {
-        let uid = uid.clone();
+        let uid = uid.to_owned();
         move |vk: Option<&VaultKey>| {
             vk.is_some_and(|k| k.metadata.uid.as_deref() == Some(uid.as_str()))
         }
     };
-    tracing::info!(
-        namespace = ns,
-        name,
-        user = caller.username,
-        "issuing a vault key"
-    );
-    let timeout = app.config.issue_timeout();
     // Done when ours is settled, or no longer there (deleted, or replaced under the same name).
     let done = {
         let ours = ours.clone();
         move |vk: Option<&VaultKey>| !ours(vk) || settled(vk)
     };
-    let waited = tokio::time::timeout(timeout, await_condition(keys.clone(), &name, done)).await;
+    let waited = tokio::time::timeout(timeout, await_condition(keys.clone(), name, done)).await;
     let vk = match waited {
         Ok(Ok(Some(vk))) if ours(Some(&vk)) && settled(Some(&vk)) => vk,
         Ok(Ok(_)) => {
@@ -316,12 +346,12 @@ pub async fn issue(
         outcome => {
             // Nothing half-made stays behind: the caller never got a token.
             let now = keys
-                .get_opt(&name)
+                .get_opt(name)
                 .await
                 .ok()
                 .flatten()
                 .filter(|k| ours(Some(k)));
-            let _ = keys.delete(&name, &only_ours).await;
+            let _ = keys.delete(name, &only_ours).await;
             let why = now
                 .as_ref()
                 .and_then(|k| view::key(k, None)["message"].as_str().map(str::to_owned))
@@ -340,7 +370,7 @@ pub async fn issue(
         }
     };
     if vk.status.as_ref().and_then(|s| s.phase) != Some(KeyPhase::Active) {
-        let _ = keys.delete(&name, &only_ours).await;
+        let _ = keys.delete(name, &only_ours).await;
         let body = view::key(&vk, None);
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -351,11 +381,22 @@ pub async fn issue(
             ),
         ));
     }
+    Ok(vk)
+}
+
+/// The key with its token, read from the Secret the operator made for this very VaultKey.
+async fn handed_out(
+    secrets: &Api<Secret>,
+    ns: &str,
+    name: &str,
+    vk: &VaultKey,
+    vendor: Vendor,
+) -> Result<(StatusCode, Value), ApiError> {
     let secret_name = vk
         .status
         .as_ref()
         .and_then(|s| s.secret_name.clone())
-        .unwrap_or_else(|| name.clone());
+        .unwrap_or_else(|| name.to_owned());
     let secret = secrets
         .get(&secret_name)
         .await
@@ -381,15 +422,15 @@ pub async fn issue(
         .into_iter()
         .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
         .collect();
-    let token = secret_env::token_from(req.vendor, &data).ok_or_else(|| {
+    let token = secret_env::token_from(vendor, &data).ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("Secret {ns}/{secret_name} holds no {} token", req.vendor),
+            format!("Secret {ns}/{secret_name} holds no {vendor} token"),
         )
     })?;
-    let mut body = view::key(&vk, None);
+    let mut body = view::key(vk, None);
     body["base_url"] = json!(data.get("KEYBRAKE_PROXY_URL"));
-    match req.vendor {
+    match vendor {
         Vendor::Twilio => {
             body["account_sid"] = json!(token.twilio_sid());
             body["vault_key"] = json!(token.secret());
