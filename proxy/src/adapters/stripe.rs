@@ -8,7 +8,9 @@ use keybrake_crds::{Usd, spend_policy::Pricing};
 use serde_json::Value;
 
 use super::{
-    BadRequest, Call, Plan, Prefetch, Settled, money,
+    call::{Call, Plan, Prefetch, Settled},
+    error::BadRequest,
+    money,
     table::{Entry, Rule, e},
 };
 
