@@ -174,7 +174,7 @@ pub async fn load_missing(
     policies: &Policies,
     client: &Client,
     ledger: &keybrake_ledger::Ledger<keybrake_ledger::connection::Connection>,
-    config: &crate::Config,
+    config: &crate::config::Config,
     key: &keybrake_ledger::KeyId,
 ) -> Option<PolicyState> {
     let record = ledger.key_record(key).await.ok()??;
@@ -186,7 +186,7 @@ pub async fn load_missing(
 pub async fn load_named(
     policies: &Policies,
     client: &Client,
-    config: &crate::Config,
+    config: &crate::config::Config,
     ns: &str,
     name: &str,
 ) -> Option<PolicyState> {
@@ -219,7 +219,7 @@ async fn refresh(
     store: &reflector::Store<Listed<SpendPolicy>>,
     client: &Client,
     timeout: Duration,
-    defaults: &crate::Config,
+    defaults: &crate::config::Config,
 ) {
     let mut table = HashMap::new();
     for listed in store.state() {
@@ -259,7 +259,7 @@ pub async fn watch(
     client: Client,
     policies: Arc<Policies>,
     timeout: Duration,
-    config: crate::Config,
+    config: crate::config::Config,
 ) {
     // Listed as stored and parsed in `refresh`: a policy our types cannot read is refused
     // alone, and the watch goes on seeing the others.

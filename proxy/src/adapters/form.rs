@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::BadRequest;
+use super::error::BadRequest;
 
 /// A vendor's parameter grammar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

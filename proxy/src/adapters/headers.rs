@@ -8,7 +8,7 @@ use hyper::{
 };
 use keybrake_crds::Vendor;
 
-use super::BadRequest;
+use super::error::BadRequest;
 
 /// Forwarded for every vendor (content type and length are the proxy's own).
 const COMMON: [&str; 3] = ["user-agent", "accept", "accept-language"];

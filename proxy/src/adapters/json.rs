@@ -1,7 +1,7 @@
 //! JSON bodies read strictly: duplicate object keys (which parsers resolve differently) and
 //! trailing bytes are refused.
 
-use super::BadRequest;
+use super::error::BadRequest;
 
 /// Parses JSON, refusing duplicate object keys (which parsers resolve differently).
 pub fn strict(body: &[u8]) -> Result<serde_json::Value, BadRequest> {

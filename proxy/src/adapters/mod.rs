@@ -4,6 +4,14 @@
 //! of it. A request that cannot be read exactly so is refused. Pure functions: every parser and
 //! cost rule is tested without a network.
 
+//!
+//! This module reads a request ([`read`]) and sends the costing of a call to its vendor's
+//! adapter; what those adapters share is in modules of its own ([`Call`] in `call.rs`,
+//! [`BadRequest`] in `error.rs`, the metering table's types in [`table`]), so no adapter uses this
+//! one.
+
+mod call;
+mod error;
 pub mod form;
 pub mod headers;
 pub mod json;
@@ -15,124 +23,21 @@ pub mod stripe;
 pub mod table;
 pub mod twilio;
 
-use bytes::Bytes;
-use hyper::{
-    HeaderMap,
-    header::{CONTENT_TYPE, HeaderName, HeaderValue},
-};
+use hyper::{HeaderMap, header::CONTENT_TYPE};
 use keybrake_crds::{Usd, Vendor, spend_policy::Pricing};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-/// A request the proxy will not forward because it cannot read or cost it exactly as the vendor
-/// would; the message names the problem so the caller can fix it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BadRequest {
-    /// A field with a value that cannot be used.
-    #[error("{0}: {1}")]
-    Invalid(&'static str, String),
-    /// A field sent twice, which would let the vendor and the proxy read different values.
-    #[error("{0} is sent more than once; send it once")]
-    Duplicate(String),
-    /// A body that is not what the content type says.
-    #[error("the request body is not valid {0}: {1}")]
-    Body(&'static str, String),
-    /// A parameter name outside the vendor's grammar.
-    #[error("parameter name {0:?} is not one the vendor's API uses ({1})")]
-    Name(String, &'static str),
-    /// Parameters where the vendor's SDKs never put them for this method.
-    #[error("{0}")]
-    Placement(&'static str),
-    /// A content type the adapter does not read.
-    #[error("content type {0:?} is not accepted here; send {1}")]
-    ContentType(String, &'static str),
-    /// A header that is refused.
-    #[error("the {0} header {1}")]
-    Header(String, &'static str),
-    /// A currency the policy has no exchange rate for.
-    #[error(
-        "no exchange rate for currency {0:?} in the SpendPolicy's pricing.currencyUsdRates; the call cannot be costed"
-    )]
-    NoRate(String),
-    /// A call whose cost the proxy cannot bound, and the policy did not opt into.
-    #[error(
-        "{0}; the SpendPolicy must opt in with its worst case in pricing.worstCases to allow it"
-    )]
-    Unbounded(String),
-    /// A call the proxy never forwards.
-    #[error("{0}")]
-    Refused(String),
-    /// A parameter the endpoint does not take through the proxy, or a gated one (`grant`: the
-    /// name the SpendPolicy's `spec.scope.parameters` would turn on); see [`params`].
-    #[error("{}", params::refusal(.parameter, .endpoint, .grant))]
-    NotAllowed {
-        /// The parameter as sent (`payment_intent_data[transfer_data][destination]`).
-        parameter: String,
-        /// The endpoint, as an allowlist pattern.
-        endpoint: String,
-        /// The name to grant, when a grant can turn the parameter on.
-        grant: Option<String>,
-    },
-}
+use call::params_in_query;
+pub use call::{Call, MAX_PATH, Params, Plan, Prefetch, Settled};
+pub use error::BadRequest;
 
-impl BadRequest {
-    /// The machine code of the refusal.
-    pub fn code(&self) -> &'static str {
-        match self {
-            BadRequest::Header(..) => "header_not_allowed",
-            BadRequest::NoRate(_) => "currency_without_rate",
-            BadRequest::Unbounded(_) => "cost_unbounded",
-            BadRequest::Refused(_) => "call_not_metered",
-            BadRequest::NotAllowed { .. } => "parameter_not_allowed",
-            _ => "invalid_request",
-        }
+/// The metering table of `vendor`.
+pub fn endpoints(vendor: Vendor) -> &'static [table::Entry] {
+    match vendor {
+        Vendor::Stripe => stripe::ENDPOINTS,
+        Vendor::Twilio => twilio::ENDPOINTS,
+        Vendor::Resend => resend::ENDPOINTS,
     }
-
-    /// Whether this is a policy decision (403) rather than a request to fix (400).
-    pub fn is_policy(&self) -> bool {
-        matches!(
-            self,
-            BadRequest::Header(..)
-                | BadRequest::Unbounded(_)
-                | BadRequest::Refused(_)
-                | BadRequest::NotAllowed { .. }
-        )
-    }
-}
-
-/// The parameters of a call, as the vendor reads them.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Params {
-    /// Form parameters (Stripe, Twilio; also every vendor's query strings).
-    Form(Vec<(String, String)>),
-    /// A JSON body (Resend).
-    Json(Value),
-}
-
-/// One request, read as its vendor will read it.
-#[derive(Debug, Clone)]
-pub struct Call {
-    /// The vendor.
-    pub vendor: Vendor,
-    /// Upper-case method.
-    pub method: String,
-    /// Canonical path (no vendor prefix, no query, no trailing slash).
-    pub path: String,
-    /// The parameters: from the query for reads and deletes, from the body for other writes.
-    pub params: Params,
-    /// Headers to forward.
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// The caller's Idempotency-Key, on writes.
-    pub idempotency_key: Option<String>,
-}
-
-/// The longest path read: the vendors' own paths are far shorter, and a refusal writes the path
-/// into the audit stream.
-pub const MAX_PATH: usize = 512;
-
-/// Where a method's parameters travel, as the vendors' SDKs send them.
-fn params_in_query(method: &str) -> bool {
-    matches!(method, "GET" | "HEAD" | "DELETE")
 }
 
 fn content_type(headers: &HeaderMap) -> Result<Option<String>, BadRequest> {
@@ -159,7 +64,7 @@ fn content_type(headers: &HeaderMap) -> Result<Option<String>, BadRequest> {
     Ok(Some(essence))
 }
 
-/// Reads a request as `vendor` will. `path` is already canonical. One function: every refusal
+/// Reads a request as `vendor` will. `path` is already canonical. Long on purpose: every refusal
 /// of a request shape the vendors read differently is in one place, in the order they apply.
 pub fn read(
     vendor: Vendor,
@@ -262,125 +167,13 @@ pub fn read(
     })
 }
 
-impl Call {
-    /// A read: the only calls that pass a spent cap.
-    pub fn is_read(&self) -> bool {
-        matches!(self.method.as_str(), "GET" | "HEAD")
-    }
-
-    /// A form parameter's value.
-    pub fn field(&self, name: &str) -> Option<&str> {
-        match &self.params {
-            Params::Form(pairs) => form::field(pairs, name),
-            Params::Json(_) => None,
-        }
-    }
-
-    /// The form pairs (empty for JSON calls).
-    pub fn pairs(&self) -> &[(String, String)] {
-        match &self.params {
-            Params::Form(pairs) => pairs,
-            Params::Json(_) => &[],
-        }
-    }
-
-    /// What goes on the wire: the query string and the body with its content type, all the
-    /// proxy's own encoding of [`Call::params`].
-    pub fn encoded(&self) -> (Option<String>, Bytes, Option<&'static str>) {
-        match (&self.params, params_in_query(&self.method)) {
-            (Params::Form(pairs), true) => (
-                (!pairs.is_empty()).then(|| form::encode(pairs)),
-                Bytes::new(),
-                None,
-            ),
-            (Params::Form(pairs), false) => (
-                None,
-                Bytes::from(form::encode(pairs)),
-                Some("application/x-www-form-urlencoded"),
-            ),
-            (Params::Json(v), _) => (None, Bytes::from(v.to_string()), Some("application/json")),
-        }
-    }
-
-    /// What a reused Idempotency-Key must keep matching: the encoded call and the headers that
-    /// change how the vendor reads it (an API version the vendor would refuse could otherwise
-    /// turn a re-attempt into a 4xx).
-    pub fn fingerprint(&self) -> String {
-        let (query, body, _) = self.encoded();
-        let reading: Vec<u8> = self
-            .headers
-            .iter()
-            .filter(|(n, _)| matches!(n.as_str(), "stripe-version" | "x-batch-validation"))
-            .flat_map(|(n, v)| [n.as_str().as_bytes(), b":", v.as_bytes(), b"\n"].concat())
-            .collect();
-        hex::encode(Sha256::digest(
-            [
-                self.method.as_bytes(),
-                b"\n",
-                self.path.as_bytes(),
-                b"\n",
-                query.as_deref().unwrap_or("").as_bytes(),
-                b"\n",
-                &reading,
-                b"\n",
-                &body,
-            ]
-            .concat(),
-        ))
-    }
-
-    /// The path's segments.
-    pub fn segments(&self) -> Vec<&str> {
-        self.path.split('/').filter(|s| !s.is_empty()).collect()
-    }
-}
-
-/// Costs read from vendor objects, fetched with the real key once the key was admitted.
-pub struct Prefetch {
-    /// Vendor paths to GET.
-    pub reads: Vec<String>,
-    /// The object whose money this key may already have counted (subtracted from the cost).
-    pub object: Option<String>,
-    /// The cost from the objects read (in `reads` order) and what this key counted for `object`.
-    #[allow(clippy::type_complexity)]
-    pub cost: Box<dyn FnOnce(&[Value], Usd) -> Result<Usd, BadRequest> + Send>,
-}
-
-impl std::fmt::Debug for Prefetch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Prefetch")
-            .field("reads", &self.reads)
-            .field("object", &self.object)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How a call is costed before it is sent.
-#[derive(Debug)]
-pub enum Plan {
-    /// Known from the request (0 for calls that move no money).
-    Known(Usd),
-    /// Read vendor objects first.
-    Prefetch(Prefetch),
-}
-
-/// What a settled call cost, and the vendor object its money belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settled {
-    /// The actual cost.
-    pub usd: Usd,
-    /// The object (a PaymentIntent, a Charge) this key has now counted `usd` for.
-    pub object: Option<String>,
-}
-
 /// Costs a call before it is sent: from the request, from objects to read first, or from the
 /// policy's opt-in worst case; refused when none applies.
 pub fn plan(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
     if call.is_read() {
         return Ok(Plan::Known(Usd::ZERO));
     }
-    let entries = table::of(call.vendor);
-    let entry = table::find(entries, &call.method, &call.path);
+    let entry = table::find(endpoints(call.vendor), &call.method, &call.path);
     let rule = entry.map_or(table::Rule::WorstCase, |e| e.rule);
     match rule {
         table::Rule::Free | table::Rule::Priced | table::Rule::Prefetched => {
@@ -455,6 +248,8 @@ pub fn actual(call: &Call, v: Option<&Value>, pricing: &Pricing, reserved: Usd) 
 
 #[cfg(test)]
 pub(crate) mod testing {
+    use hyper::header::HeaderValue;
+
     use super::*;
 
     /// A call as `read` would make it, from a method, a path and a body or query.
@@ -504,6 +299,8 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use hyper::header::HeaderValue;
+
     use super::{testing::*, *};
 
     fn raw(

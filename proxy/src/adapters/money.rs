@@ -3,7 +3,7 @@
 
 use keybrake_crds::{Usd, spend_policy::Pricing};
 
-use super::BadRequest;
+use super::error::BadRequest;
 
 /// Currencies without a minor unit (Stripe's list).
 const ZERO_DECIMAL: [&str; 16] = [

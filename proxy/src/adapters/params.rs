@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 
 use keybrake_crds::{Vendor, scope::Scope};
 
-use super::{BadRequest, Call, stripe, table};
+use super::{call::Call, error::BadRequest, stripe, table};
 
 /// Why the parameter data is not usable (a test fails on it; at run time every Stripe call is
 /// then refused).
@@ -235,19 +235,6 @@ fn grant_endpoint(call: &Call, entry: Option<&table::Entry>) -> String {
         None => call.path.clone(),
     };
     format!("{} {path}", call.method)
-}
-
-/// The words of a [`BadRequest::NotAllowed`]: with the name to grant when the parameter is one
-/// the policy can turn on.
-pub(super) fn refusal(parameter: &str, endpoint: &str, grant: &Option<String>) -> String {
-    match grant {
-        None => format!(
-            "{parameter} is not a parameter of {endpoint} that the proxy forwards: only those Stripe documents for the endpoint are"
-        ),
-        Some(g) => format!(
-            "{parameter} on {endpoint} is off unless the SpendPolicy turns it on (parameters that reach connected accounts, expand linked objects, apply discounts or set default payment methods are): add {{endpoint: \"{endpoint}\", parameters: [\"{g}\"]}} to spec.scope.parameters"
-        ),
-    }
 }
 
 #[cfg(test)]

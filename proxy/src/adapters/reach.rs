@@ -7,7 +7,7 @@
 use keybrake_crds::Vendor;
 use serde_json::Value;
 
-use super::Call;
+use super::call::{Call, Params};
 
 /// One vendor object a call names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,8 +183,7 @@ pub fn reach(call: &Call) -> Reach {
             }
         }
     }
-    if let (Vendor::Resend, super::Params::Json(Value::Object(body))) = (call.vendor, &call.params)
-    {
+    if let (Vendor::Resend, Params::Json(Value::Object(body))) = (call.vendor, &call.params) {
         for field in RESEND_OBJECT_FIELDS {
             if let Some(id) = body.get(field).and_then(Value::as_str) {
                 named.push(Named::Object(id.to_owned()));
@@ -271,8 +270,8 @@ fn stripe_created(call: &Call, status: u16, v: &Value, on_own: bool, out: &mut V
 /// coupon may be created with its own `id`), so the answer echoing it proves nothing.
 fn sent(call: &Call) -> Vec<&str> {
     match &call.params {
-        super::Params::Form(pairs) => pairs.iter().map(|(_, v)| v.as_str()).collect(),
-        super::Params::Json(v) => {
+        Params::Form(pairs) => pairs.iter().map(|(_, v)| v.as_str()).collect(),
+        Params::Json(v) => {
             let mut out = Vec::new();
             let mut stack = vec![v];
             while let Some(v) = stack.pop() {

@@ -6,7 +6,8 @@ use keybrake_crds::{Usd, spend_policy::Pricing};
 use serde_json::Value;
 
 use super::{
-    BadRequest, Call, Params, Plan,
+    call::{Call, Params, Plan},
+    error::BadRequest,
     table::{Entry, Rule, e},
 };
 

@@ -19,7 +19,8 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::{
-    ApiError, Caller,
+    caller::Caller,
+    error::ApiError,
     request::{IssueRequest, violations_error},
     view,
 };

@@ -6,6 +6,7 @@
 //! name.
 
 mod caller;
+mod error;
 mod keys;
 mod request;
 mod view;
@@ -13,61 +14,16 @@ mod view;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header::CONTENT_TYPE};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub use caller::Caller;
+pub use error::ApiError;
 pub use request::IssueRequest;
 
 use crate::app::App;
 
 /// Largest issuance request body.
 const MAX_BODY: usize = 64 * 1024;
-
-/// An answer other than success: a status and a message that names the problem (and the
-/// request field, when one is at fault). The admin API's error shape: `{"error": ..., "field": ...}`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{status}: {message}")]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// What went wrong, for people.
-    pub message: String,
-    /// The request field at fault, in the API's own names.
-    pub field: Option<String>,
-}
-
-impl ApiError {
-    /// An error with no field.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-            field: None,
-        }
-    }
-
-    /// A 422 naming a field.
-    pub fn field(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            message: format!("{field}: {}", message.into()),
-            field: Some(field.to_owned()),
-        }
-    }
-
-    /// A 503 for a dependency (API server, Redis) that failed.
-    pub fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}: {e}"))
-    }
-
-    fn body(&self) -> Value {
-        let mut v = json!({"error": self.message});
-        if let Some(f) = &self.field {
-            v["field"] = json!(f);
-        }
-        v
-    }
-}
 
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use keybrake_crds::{EndpointPattern, KubeDuration, Usd, Vendor, validate::Violations};
 use serde_json::{Map, Value};
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// Fields `POST /vault/keys` accepts.
 const FIELDS: [&str; 12] = [

@@ -3,7 +3,7 @@
 
 use keybrake_ledger::{Refusal as Decision, Rule};
 
-use super::{CapHit, Refusal};
+use super::catalog::{CapHit, Refusal};
 
 /// The refusal for the reserve script's decision on `method path`; `owned` is the list of
 /// objects the call was checked against (the script names a position in it).

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use keybrake_crds::Vendor;
 use serde_json::json;
 
-use super::{Kind, Refusal};
+use super::catalog::{Kind, Refusal};
 
 /// The response for a refusal: status, headers, body.
 pub fn render(vendor: Vendor, r: &Refusal) -> (u16, Vec<(&'static str, String)>, Bytes) {

@@ -2,6 +2,7 @@ use keybrake_crds::Vendor;
 use keybrake_ledger::{Refusal as Decision, Rule};
 
 use super::*;
+use crate::adapters::BadRequest;
 
 fn decision(rule: Rule) -> Decision {
     Decision {

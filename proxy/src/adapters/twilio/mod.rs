@@ -8,7 +8,8 @@ use keybrake_crds::{Usd, spend_policy::Pricing};
 use serde_json::Value;
 
 use super::{
-    BadRequest, Call, Plan, Settled,
+    call::{Call, Plan, Settled},
+    error::BadRequest,
     table::{Entry, Rule, e},
 };
 

@@ -1,0 +1,285 @@
+//! The Stripe rows of the metering table: every endpoint the proxy meters or knows to move no
+//! money, with its rule. How each costed row is costed is in the file of its objects.
+
+use crate::adapters::table::{Entry, Rule, e};
+
+/// Every Stripe endpoint the proxy meters or knows to move no money. Literal rows come before
+/// `{id}` rows they could be mistaken for.
+pub const ENDPOINTS: &[Entry] = &[
+    e(
+        "POST",
+        "/v1/payment_intents",
+        Rule::Priced,
+        "`amount` in `currency`, counted at creation even when not confirmed yet",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}",
+        Rule::Prefetched,
+        "a new `amount` or `currency` costs what the PaymentIntent would then move over what this key counted for it; free without either",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}/confirm",
+        Rule::Prefetched,
+        "the PaymentIntent's `amount`, less what this key already counted for it",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}/capture",
+        Rule::Prefetched,
+        "`amount_to_capture` (else the PaymentIntent's `amount_capturable`), less what this key already counted for it",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}/increment_authorization",
+        Rule::Prefetched,
+        "the new total `amount`, less what this key already counted for the PaymentIntent",
+    ),
+    e(
+        "POST",
+        "/v1/payment_intents/{id}/cancel",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/charges",
+        Rule::Priced,
+        "`amount` in `currency`, counted at creation (also with `capture=false`)",
+    ),
+    e(
+        "POST",
+        "/v1/charges/{id}/capture",
+        Rule::Prefetched,
+        "`amount` (else the Charge's `amount`), less what this key already counted for it",
+    ),
+    e(
+        "POST",
+        "/v1/refunds",
+        Rule::Prefetched,
+        "`amount`, else the whole `payment_intent` or `charge`, in its currency (read first): money out counts against the caps",
+    ),
+    e(
+        "POST",
+        "/v1/refunds/{id}/cancel",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/transfers",
+        Rule::Priced,
+        "`amount` in `currency`",
+    ),
+    e(
+        "POST",
+        "/v1/payouts",
+        Rule::Priced,
+        "`amount` in `currency`",
+    ),
+    e("POST", "/v1/topups", Rule::Priced, "`amount` in `currency`"),
+    e(
+        "POST",
+        "/v1/invoices",
+        Rule::Free,
+        "only with `auto_advance=false` (an invoice that finalizes itself charges later without the proxy); refused otherwise",
+    ),
+    e(
+        "POST",
+        "/v1/invoices/create_preview",
+        Rule::Free,
+        "a preview moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/invoices/{id}/pay",
+        Rule::Prefetched,
+        "the invoice's `amount_remaining`",
+    ),
+    e(
+        "POST",
+        "/v1/invoices/{id}/finalize",
+        Rule::Prefetched,
+        "the invoice's `amount_due` when it charges automatically; free for `send_invoice`",
+    ),
+    e(
+        "POST",
+        "/v1/invoices/{id}/void",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/invoiceitems",
+        Rule::Priced,
+        "`amount` (or `unit_amount` times `quantity`) in `currency`, counted when created: a pending item is charged on the customer's next invoice, which may never pass the proxy",
+    ),
+    e(
+        "POST",
+        "/v1/subscriptions",
+        Rule::Prefetched,
+        "every period until `cancel_at`, which is required and may be no later than the key's expiry (so no renewal outlives the key): each item's price (read first) times its quantity times the periods that can start before `cancel_at` (months counted as 28 days, years as 365; one more with `billing_cycle_anchor`); refused when the customer has pending invoice items or a balance owed (the first invoice would charge them too), and for metered or tiered prices, tax, another currency and added invoice items",
+    ),
+    e(
+        "POST",
+        "/v1/subscriptions/{id}",
+        Rule::Free,
+        "only `metadata`, `description` and a `cancel_at` no later than the subscription's own (read first) and the key's expiry; anything that changes what a period charges or when it ends otherwise is refused (its renewals were reserved at creation)",
+    ),
+    e(
+        "POST",
+        "/v1/subscription_items",
+        Rule::Refused(
+            "changes what every renewal of a subscription charges; renewals are reserved only when the subscription is created",
+        ),
+        "",
+    ),
+    e(
+        "POST",
+        "/v1/subscription_items/{id}",
+        Rule::Refused(
+            "changes what every renewal of a subscription charges; renewals are reserved only when the subscription is created",
+        ),
+        "",
+    ),
+    e(
+        "DELETE",
+        "/v1/subscriptions/{id}",
+        Rule::Free,
+        "free; `invoice_now` other than `false` is refused (it bills at once)",
+    ),
+    e(
+        "POST",
+        "/v1/subscription_schedules",
+        Rule::Refused("a schedule's phases commit money over time, past any key's expiry"),
+        "",
+    ),
+    e(
+        "POST",
+        "/v1/checkout/sessions",
+        Rule::WorstCase,
+        "line items and modes the request does not bound; `mode=subscription` is refused even then (the subscription would renew after the key)",
+    ),
+    e(
+        "POST",
+        "/v1/payment_links",
+        Rule::Refused(
+            "anyone with the link can pay, any number of times, long after the key has expired",
+        ),
+        "",
+    ),
+    e(
+        "POST",
+        "/v1/credit_notes",
+        Rule::WorstCase,
+        "can refund or credit amounts the request does not bound",
+    ),
+    e(
+        "POST",
+        "/v1/quotes/{id}/accept",
+        Rule::Refused("creates an invoice or a subscription whose renewals no key bounds"),
+        "",
+    ),
+    e(
+        "POST",
+        "/v1/transfers/{id}/reversals",
+        Rule::WorstCase,
+        "reverses an amount of a transfer",
+    ),
+    e(
+        "POST",
+        "/v1/application_fees/{id}/refunds",
+        Rule::WorstCase,
+        "refunds an application fee",
+    ),
+    e(
+        "POST",
+        "/v1/customers",
+        Rule::Free,
+        "free; `balance`, `cash_balance`, `account_balance`, `plan`, `quantity` and `trial_end` are refused (they change what the next invoice charges, or subscribe under old API versions)",
+    ),
+    e(
+        "POST",
+        "/v1/customers/{id}",
+        Rule::Free,
+        "free; the same parameters are refused as on create",
+    ),
+    e("DELETE", "/v1/customers/{id}", Rule::Free, "moves no money"),
+    e("POST", "/v1/payment_methods", Rule::Free, "moves no money"),
+    e(
+        "POST",
+        "/v1/payment_methods/{id}",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/payment_methods/{id}/attach",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/payment_methods/{id}/detach",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/setup_intents",
+        Rule::Free,
+        "saves a payment method; moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/setup_intents/{id}",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/setup_intents/{id}/confirm",
+        Rule::Free,
+        "moves no money",
+    ),
+    e(
+        "POST",
+        "/v1/setup_intents/{id}/cancel",
+        Rule::Free,
+        "moves no money",
+    ),
+    e("POST", "/v1/products", Rule::Free, "moves no money"),
+    e(
+        "POST",
+        "/v1/products/{id}",
+        Rule::Free,
+        "free; `default_price` is refused (it re-prices the merchant's own Checkout and links)",
+    ),
+    e(
+        "POST",
+        "/v1/prices",
+        Rule::Free,
+        "free; `lookup_key`, `transfer_lookup_key` and `currency_options` are refused (they re-price flows outside the proxy)",
+    ),
+    e(
+        "POST",
+        "/v1/prices/{id}",
+        Rule::Free,
+        "free; `lookup_key`, `transfer_lookup_key` and `currency_options` are refused",
+    ),
+    e("POST", "/v1/plans", Rule::Free, "moves no money"),
+    e("POST", "/v1/tokens", Rule::Free, "moves no money"),
+    e(
+        "POST",
+        "/v1/coupons",
+        Rule::Free,
+        "lowers what invoices charge",
+    ),
+    e(
+        "POST",
+        "/v1/promotion_codes",
+        Rule::Free,
+        "lowers what invoices charge",
+    ),
+];
