@@ -4,7 +4,7 @@
 #![no_main]
 
 use keybrake_crds::{Vendor, spend_policy::Pricing};
-use keybrake_proxy::{auth, path, vendor};
+use keybrake_proxy::{adapters, auth, path};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,7 +25,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = path::canonical(vendor, &raw_path) {
         assert!(p.starts_with('/') && !p.contains("//"));
         let pricing = Pricing::default();
-        let _ = vendor::estimate(vendor, method, &p, body, &pricing);
-        let _ = vendor::actual(vendor, method, &p, body, &pricing, keybrake_crds::Usd::ZERO);
+        if let Ok(request) = adapters::read(vendor, method, &p, None, &headers, body) {
+            let _ = adapters::plan(&request, &pricing);
+        }
     }
 });

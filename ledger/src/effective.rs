@@ -393,4 +393,48 @@ mod tests {
         );
         assert!(validate_key(&key()).is_ok());
     }
+
+    /// Every shipped example VaultKey resolves against its example SpendPolicy: what the
+    /// README and the docs tell people to apply works as it is.
+    #[test]
+    fn every_example_key_resolves_against_its_policy() {
+        use keybrake_crds::{SpendPolicy, VaultKey};
+        use serde::Deserialize;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+        let mut docs = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                docs.push((name, serde_json::Value::deserialize(doc).unwrap()));
+            }
+        }
+        let policies: std::collections::BTreeMap<(String, String), SpendPolicy> = docs
+            .iter()
+            .filter(|(_, d)| d["kind"] == "SpendPolicy")
+            .map(|(_, d)| {
+                let p: SpendPolicy = serde_json::from_value(d.clone()).unwrap();
+                let at = (
+                    p.metadata.namespace.clone().unwrap(),
+                    p.metadata.name.clone().unwrap(),
+                );
+                (at, p)
+            })
+            .collect();
+        let mut resolved = 0;
+        for (file, doc) in docs.iter().filter(|(_, d)| d["kind"] == "VaultKey") {
+            let k: VaultKey = serde_json::from_value(doc.clone()).unwrap();
+            let ns = k.metadata.namespace.clone().unwrap();
+            let name = k.spec.policy_ref.name.clone();
+            let policy = &policies[&(ns, name.clone())];
+            resolve_key(&k.spec, &name, &policy.spec, created())
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            resolved += 1;
+        }
+        assert!(resolved >= 5, "only {resolved} example keys found");
+    }
 }

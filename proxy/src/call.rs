@@ -26,7 +26,7 @@ pub struct Call {
     /// The SpendPolicy whose credentials and pricing it uses.
     pub policy: Arc<PolicyConfig>,
     /// The request, as the vendor will read it (the adapter's one reading).
-    pub request: adapters::Call,
+    pub request: adapters::Request,
     /// The vendor path (a Twilio account SID made the real one).
     pub upstream_path: String,
     /// The objects the call must own, under the policy's scope.

@@ -184,7 +184,7 @@ pub async fn forward(app: &App, call: &Call) -> Result<Forwarded, UpstreamError>
 /// The headers to forward, the caller's Idempotency-Key made this vault key's own: two keys
 /// that pick the same key (`order-123`) must not get each other's objects from the vendor.
 fn vendor_idempotency_key(
-    request: &crate::adapters::Call,
+    request: &crate::adapters::Request,
     key_id: &keybrake_ledger::KeyId,
 ) -> Vec<(HeaderName, HeaderValue)> {
     use sha2::{Digest, Sha256};

@@ -6,7 +6,7 @@ use keybrake_crds::scope::{CustomerScope, ObjectScope, Scope};
 
 use crate::{
     adapters::{
-        Call,
+        Request,
         reach::{self, Named},
     },
     refusal::Refusal,
@@ -26,7 +26,7 @@ pub struct Owned {
 /// Whether `scope.existingObjects` lets `call` reach objects no key created. `*` stands for one
 /// object id of the vendor here, as in the allowlist the reserve script reads: a pattern never
 /// widens a word of the vendor's API (`GET /v1/customers/*` is not `/v1/customers/search`).
-pub fn reaches_existing(call: &Call, scope: &Scope) -> bool {
+pub fn reaches_existing(call: &Request, scope: &Scope) -> bool {
     let segs = call.segments();
     scope.existing_objects.iter().any(|pattern| {
         pattern.matches(&call.method, &call.path)
@@ -38,7 +38,7 @@ pub fn reaches_existing(call: &Call, scope: &Scope) -> bool {
 }
 
 /// The objects of `call` that must be the key's own under `scope`, or the refusal of a listing.
-pub fn owned(call: &Call, scope: &Scope) -> Result<Owned, Refusal> {
+pub fn owned(call: &Request, scope: &Scope) -> Result<Owned, Refusal> {
     let reach = reach::reach(call);
     let existing = reaches_existing(call, scope);
     if reach.listing && !existing {

@@ -8,7 +8,7 @@ use keybrake_crds::Usd;
 use keybrake_ledger::{Outcome, SettleRequest, Settlement, StoredResponse};
 
 use crate::{
-    adapters::{self, Call, Settled},
+    adapters::{self, Request, Settled},
     admission::Reservation,
     app::App,
     forward::{Forwarded, UpstreamError},
@@ -34,7 +34,7 @@ pub struct Ending {
 /// call acts on the key's own object (see [`adapters::reach::created`]). The answer is read as
 /// JSON once, for its cost and for what it created.
 pub fn outcome(
-    call: &Call,
+    call: &Request,
     forwarded: &Result<Forwarded, UpstreamError>,
     policy: &PolicyConfig,
     reserved: Usd,

@@ -1,16 +1,15 @@
 //! Vendor adapters: the only readers of a raw request. Each turns method, path, query, headers
-//! and body into one [`Call`], the request as that vendor will read it; the cost, the allowlist
+//! and body into one [`Request`], the request as that vendor will read it; the cost, the allowlist
 //! and the forwarder all use that one value, and what is forwarded is the proxy's own encoding
 //! of it. A request that cannot be read exactly so is refused. Pure functions: every parser and
 //! cost rule is tested without a network.
 
 //!
 //! This module reads a request ([`read`]) and sends the costing of a call to its vendor's
-//! adapter; what those adapters share is in modules of its own ([`Call`] in `call.rs`,
+//! adapter; what those adapters share is in modules of its own ([`Request`] in `request.rs`,
 //! [`BadRequest`] in `error.rs`, the metering table's types in [`table`]), so no adapter uses this
 //! one.
 
-mod call;
 mod error;
 pub mod form;
 pub mod headers;
@@ -18,6 +17,7 @@ pub mod json;
 pub mod money;
 pub mod params;
 pub mod reach;
+mod request;
 pub mod resend;
 pub mod stripe;
 pub mod table;
@@ -27,9 +27,9 @@ use hyper::{HeaderMap, header::CONTENT_TYPE};
 use keybrake_crds::{Usd, Vendor, spend_policy::Pricing};
 use serde_json::Value;
 
-use call::params_in_query;
-pub use call::{Call, MAX_PATH, Params, Plan, Prefetch, Settled};
 pub use error::BadRequest;
+use request::params_in_query;
+pub use request::{MAX_PATH, Params, Plan, Prefetch, Request, Settled};
 
 /// The metering table of `vendor`.
 pub fn endpoints(vendor: Vendor) -> &'static [table::Entry] {
@@ -73,7 +73,7 @@ pub fn read(
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Call, BadRequest> {
+) -> Result<Request, BadRequest> {
     let method = method.to_ascii_uppercase();
     if vendor == Vendor::Twilio && twilio::exposes_the_auth_token(path) {
         return Err(BadRequest::Refused(format!(
@@ -157,7 +157,7 @@ pub fn read(
             })
             .transpose()?
     };
-    Ok(Call {
+    Ok(Request {
         vendor,
         method,
         path: path.to_owned(),
@@ -169,7 +169,7 @@ pub fn read(
 
 /// Costs a call before it is sent: from the request, from objects to read first, or from the
 /// policy's opt-in worst case; refused when none applies.
-pub fn plan(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub fn plan(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     if call.is_read() {
         return Ok(Plan::Known(Usd::ZERO));
     }
@@ -197,7 +197,7 @@ pub fn plan(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
 
 /// Until when a call commits money, Unix ms (a subscription's `cancel_at`): the reserve script
 /// refuses it past the key's expiry.
-pub fn commitment(call: &Call) -> Result<Option<i64>, BadRequest> {
+pub fn commitment(call: &Request) -> Result<Option<i64>, BadRequest> {
     match call.vendor {
         Vendor::Stripe => stripe::commitment(call),
         Vendor::Twilio | Vendor::Resend => Ok(None),
@@ -205,7 +205,7 @@ pub fn commitment(call: &Call) -> Result<Option<i64>, BadRequest> {
 }
 
 /// The policy's opt-in worst case for a call whose cost cannot be bounded from the request.
-fn worst_case(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+fn worst_case(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     pricing
         .worst_cases
         .iter()
@@ -222,7 +222,7 @@ fn worst_case(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
 /// What a refused (4xx) call still left behind that can move money later, if anything: it stays
 /// counted (a declined PaymentIntent can be confirmed client-side).
 pub fn refused_but_counted(
-    call: &Call,
+    call: &Request,
     status: u16,
     v: Option<&Value>,
     reserved: Usd,
@@ -235,7 +235,7 @@ pub fn refused_but_counted(
 
 /// Costs a successful (2xx) response, its body read as JSON (`None` when it is not);
 /// `reserved` is what was reserved for it.
-pub fn actual(call: &Call, v: Option<&Value>, pricing: &Pricing, reserved: Usd) -> Settled {
+pub fn actual(call: &Request, v: Option<&Value>, pricing: &Pricing, reserved: Usd) -> Settled {
     match call.vendor {
         Vendor::Stripe => stripe::actual(call, v, pricing, reserved),
         Vendor::Twilio => twilio::actual(call, v, pricing, reserved),
@@ -253,7 +253,7 @@ pub(crate) mod testing {
     use super::*;
 
     /// A call as `read` would make it, from a method, a path and a body or query.
-    pub fn call(vendor: Vendor, method: &str, path: &str, params: &str) -> Call {
+    pub fn call(vendor: Vendor, method: &str, path: &str, params: &str) -> Request {
         try_call(vendor, method, path, params).unwrap()
     }
 
@@ -263,7 +263,7 @@ pub(crate) mod testing {
         method: &str,
         path: &str,
         params: &str,
-    ) -> Result<Call, BadRequest> {
+    ) -> Result<Request, BadRequest> {
         let mut h = HeaderMap::new();
         let (query, body) = if params_in_query(method) {
             (Some(params), "")
@@ -309,7 +309,7 @@ mod tests {
         query: Option<&str>,
         ct: Option<&'static str>,
         body: &str,
-    ) -> Result<Call, BadRequest> {
+    ) -> Result<Request, BadRequest> {
         let mut h = HeaderMap::new();
         if let Some(ct) = ct {
             h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));

@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 
 use keybrake_crds::{Vendor, scope::Scope};
 
-use super::{call::Call, error::BadRequest, stripe, table};
+use super::{error::BadRequest, request::Request, stripe, table};
 
 /// Why the parameter data is not usable (a test fails on it; at run time every Stripe call is
 /// then refused).
@@ -162,7 +162,7 @@ fn keys(name: &str) -> impl Iterator<Item = &str> {
 /// Refuses a Stripe call that sends a parameter its endpoint does not take, or a gated one the
 /// policy did not turn on for the endpoint. Calls to other vendors pass (Twilio and Resend check
 /// their parameters where they read them).
-pub fn check(call: &Call, scope: &Scope) -> Result<(), BadRequest> {
+pub fn check(call: &Request, scope: &Scope) -> Result<(), BadRequest> {
     if call.vendor != Vendor::Stripe {
         return Ok(());
     }
@@ -211,7 +211,7 @@ pub fn check(call: &Call, scope: &Scope) -> Result<(), BadRequest> {
 
 /// The endpoint as a grant would name it: `*` for the object ids where the metering table has
 /// `{id}` (`GET /v1/customers/*`), so the advice in a refusal covers more than the one object.
-fn grant_endpoint(call: &Call, entry: Option<&table::Entry>) -> String {
+fn grant_endpoint(call: &Request, entry: Option<&table::Entry>) -> String {
     let shape = entry.map(|e| e.path).or_else(|| {
         stripe::ENDPOINTS
             .iter()

@@ -7,7 +7,7 @@
 use keybrake_crds::Vendor;
 use serde_json::Value;
 
-use super::call::{Call, Params};
+use super::request::{Params, Request};
 
 /// One vendor object a call names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub fn is_id(vendor: Vendor, s: &str) -> bool {
 /// after `/v1/<collection>`; Twilio's after the account SID, which is checked against the key's
 /// own). Ids after it are its children (`/v1/customers/{id}/sources/{id}`, a message's
 /// `Media/{sid}`), which each vendor serves only under their own parent.
-fn path_object(call: &Call) -> Option<&str> {
+fn path_object(call: &Request) -> Option<&str> {
     let skip = match call.vendor {
         Vendor::Stripe => 2,
         Vendor::Twilio => 3,
@@ -157,7 +157,7 @@ fn payment_token(v: &str) -> bool {
 }
 
 /// Every object `call` names, and whether it lists a collection.
-pub fn reach(call: &Call) -> Reach {
+pub fn reach(call: &Request) -> Reach {
     let mut named = Vec::new();
     let object = path_object(call);
     if let Some(id) = object {
@@ -208,7 +208,7 @@ fn id_of(v: Option<&Value>) -> Option<&str> {
 /// A Stripe create: a POST to a collection (`/v1/payment_intents`), or to a literal row of the
 /// metering table (`/v1/checkout/sessions`). A path with an id Stripe does not shape as one
 /// (`/v1/products/gold`) acts on an object: what it answers is never taken for a new one.
-fn stripe_create(call: &Call) -> bool {
+fn stripe_create(call: &Request) -> bool {
     let segs = call.segments();
     call.method == "POST"
         && path_object(call).is_none()
@@ -221,7 +221,7 @@ fn stripe_create(call: &Call) -> bool {
 /// children a create, or a call on the key's own object, brings into being (a PaymentIntent's
 /// charge, a subscription's invoice, an invoice's PaymentIntent); never a linked object that
 /// existed before (its customer).
-fn stripe_created(call: &Call, status: u16, v: &Value, on_own: bool, out: &mut Vec<String>) {
+fn stripe_created(call: &Request, status: u16, v: &Value, on_own: bool, out: &mut Vec<String>) {
     let create = stripe_create(call);
     if status == 402 {
         // A declined PaymentIntent stays, and its creator may confirm it again.
@@ -268,7 +268,7 @@ fn stripe_created(call: &Call, status: u16, v: &Value, on_own: bool, out: &mut V
 
 /// Every value the caller sent: an id among them was chosen by the caller (a product, plan or
 /// coupon may be created with its own `id`), so the answer echoing it proves nothing.
-fn sent(call: &Call) -> Vec<&str> {
+fn sent(call: &Request) -> Vec<&str> {
     match &call.params {
         Params::Form(pairs) => pairs.iter().map(|(_, v)| v.as_str()).collect(),
         Params::Json(v) => {
@@ -291,7 +291,7 @@ fn sent(call: &Call) -> Vec<&str> {
 /// created. `on_own`: the call acts on an object the ledger found to be the key's own (not one a
 /// policy's `existingObjects` let it reach), so what it brings into being is the key's too.
 /// Reads create nothing, and an id the caller chose is never taken for one the vendor made.
-pub fn created(call: &Call, status: u16, v: Option<&Value>, on_own: bool) -> Vec<String> {
+pub fn created(call: &Request, status: u16, v: Option<&Value>, on_own: bool) -> Vec<String> {
     let Some(v) = v.filter(|_| !call.is_read()) else {
         return Vec::new();
     };
@@ -330,7 +330,7 @@ mod tests {
     use super::{super::testing::call, *};
 
     /// `created` of an answer's bytes.
-    fn created_from(call: &Call, status: u16, body: &[u8], on_own: bool) -> Vec<String> {
+    fn created_from(call: &Request, status: u16, body: &[u8], on_own: bool) -> Vec<String> {
         created(
             call,
             status,

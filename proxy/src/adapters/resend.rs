@@ -6,8 +6,8 @@ use keybrake_crds::{Usd, spend_policy::Pricing};
 use serde_json::Value;
 
 use super::{
-    call::{Call, Params, Plan},
     error::BadRequest,
+    request::{Params, Plan, Request},
     table::{Entry, Rule, e},
 };
 
@@ -154,7 +154,7 @@ fn recipients(email: &Value) -> Result<u64, BadRequest> {
 }
 
 /// Costs a Resend write under its table entry.
-pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub fn plan(entry: &Entry, call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let Params::Json(body) = &call.params else {
         return Err(BadRequest::Body("JSON", "Resend takes JSON bodies".into()));
     };

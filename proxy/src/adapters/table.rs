@@ -113,7 +113,7 @@ mod tests {
     };
 
     /// A request to a table row, with parameters that make it costable.
-    fn sample(vendor: Vendor, e: &Entry) -> super::super::Call {
+    fn sample(vendor: Vendor, e: &Entry) -> super::super::Request {
         let path = e
             .path
             .replace(

@@ -4,7 +4,7 @@
 //! using `super::table` depends on `adapters::table`, and `adapters/mod.rs` calling
 //! `stripe::plan` depends on `adapters::stripe`, so a parent that dispatches to its children
 //! cannot also hold what they use (that goes in a sibling). A path naming an item depends on the
-//! module that holds the item's name (`crate::adapters::Call` on `adapters`); a parent's
+//! module that holds the item's name (`crate::adapters::Request` on `adapters`); a parent's
 //! `mod x;` is no use of `x`. Test code (`#[cfg(test)]` items and the modules declared under
 //! one), comments and literals are left out.
 

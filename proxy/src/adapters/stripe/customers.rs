@@ -4,8 +4,8 @@
 use keybrake_crds::Usd;
 
 use crate::adapters::{
-    call::{Call, Plan},
     error::BadRequest,
+    request::{Plan, Request},
 };
 
 /// Customer parameters that change what its next invoice charges, or that subscribed it under
@@ -20,7 +20,7 @@ const CUSTOMER_REFUSED: [&str; 6] = [
 ];
 
 /// Creating or editing a customer.
-pub(super) fn edit(call: &Call) -> Result<Plan, BadRequest> {
+pub(super) fn edit(call: &Request) -> Result<Plan, BadRequest> {
     if let Some((name, _)) = call.pairs().iter().find(|(k, _)| {
         let root = k.split('[').next().unwrap_or_default();
         CUSTOMER_REFUSED.contains(&root)

@@ -6,9 +6,9 @@ use keybrake_crds::{Usd, spend_policy::Pricing};
 use serde_json::Value;
 
 use crate::adapters::{
-    call::{Call, Plan, Prefetch},
     error::BadRequest,
     money,
+    request::{Plan, Prefetch, Request},
 };
 
 /// A Stripe object id as the API issues them (`pi_3N...`, `cus_...`); nothing else is ever
@@ -46,14 +46,14 @@ pub(super) fn chosen_id<'a>(field: &'static str, v: &'a str) -> Result<&'a str, 
     }
 }
 
-pub(super) fn required<'a>(call: &'a Call, name: &'static str) -> Result<&'a str, BadRequest> {
+pub(super) fn required<'a>(call: &'a Request, name: &'static str) -> Result<&'a str, BadRequest> {
     call.field(name)
         .ok_or_else(|| BadRequest::Invalid(name, "is required to cost the call".into()))
 }
 
 /// `amount` in `currency` from the request.
 pub(super) fn amount_in(
-    call: &Call,
+    call: &Request,
     amount_field: &'static str,
     pricing: &Pricing,
 ) -> Result<Usd, BadRequest> {
@@ -112,7 +112,7 @@ pub(super) fn excess(
 
 /// The amount of a request field in the currency of the object read.
 pub(super) fn amount_of_object(
-    call: &Call,
+    call: &Request,
     field: &'static str,
 ) -> Result<Option<u64>, BadRequest> {
     call.field(field)
@@ -132,7 +132,7 @@ pub(super) fn in_currency_of(
 }
 
 /// The object id in a call's path (`/v1/<objects>/{id}/...`).
-pub(super) fn path_id(call: &Call) -> String {
+pub(super) fn path_id(call: &Request) -> String {
     call.segments()
         .get(2)
         .copied()

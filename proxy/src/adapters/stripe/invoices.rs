@@ -7,13 +7,13 @@ use serde_json::Value;
 
 use super::fields::{excess, first_usd, path_id, required};
 use crate::adapters::{
-    call::{Call, Plan},
     error::BadRequest,
     money,
+    request::{Plan, Request},
 };
 
 /// Paying an invoice: what it has left to charge.
-pub(super) fn pay(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn pay(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let id = path_id(call);
     Ok(excess(
         format!("/v1/invoices/{id}"),
@@ -25,7 +25,7 @@ pub(super) fn pay(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
 
 /// Finalizing an invoice: what it charges automatically once final (nothing when it is sent to
 /// be paid by the customer).
-pub(super) fn finalize(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn finalize(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let id = path_id(call);
     Ok(excess(
         format!("/v1/invoices/{id}"),
@@ -39,7 +39,7 @@ pub(super) fn finalize(call: &Call, pricing: &Pricing) -> Result<Plan, BadReques
 }
 
 /// Creating an invoice: free, and only when it waits to be finalized or paid through the proxy.
-pub(super) fn create(call: &Call) -> Result<Plan, BadRequest> {
+pub(super) fn create(call: &Request) -> Result<Plan, BadRequest> {
     match call.field("auto_advance") {
         Some("false") => Ok(Plan::Known(Usd::ZERO)),
         _ => Err(BadRequest::Refused(
@@ -49,7 +49,7 @@ pub(super) fn create(call: &Call) -> Result<Plan, BadRequest> {
 }
 
 /// An invoice item's amount: `amount`, or `unit_amount` times `quantity`, in `currency`.
-pub(super) fn item(call: &Call, pricing: &Pricing) -> Result<Usd, BadRequest> {
+pub(super) fn item(call: &Request, pricing: &Pricing) -> Result<Usd, BadRequest> {
     const ROOTS: [&str; 12] = [
         "customer",
         "amount",

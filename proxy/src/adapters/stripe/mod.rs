@@ -25,14 +25,14 @@ pub use endpoints::ENDPOINTS;
 pub use subscriptions::{commitment, outlives_the_key};
 
 use crate::adapters::{
-    call::{Call, Plan, Settled},
     error::BadRequest,
+    request::{Plan, Request, Settled},
     table::{Entry, Rule},
 };
 
 /// Costs a Stripe write under its table entry: one arm per costed endpoint, so the cost rule of
 /// each is found beside the others.
-pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub fn plan(entry: &Entry, call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     match (entry.method, entry.path) {
         (
             "POST",
@@ -68,7 +68,7 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
 /// A refused PaymentIntent that still exists: Stripe answers a declined card with 402 but keeps
 /// the PaymentIntent (`error.payment_intent`), which can then be confirmed client-side without
 /// the proxy. Its reservation stays counted, for that object.
-pub fn declined(call: &Call, status: u16, v: Option<&Value>, reserved: Usd) -> Option<Settled> {
+pub fn declined(call: &Request, status: u16, v: Option<&Value>, reserved: Usd) -> Option<Settled> {
     let segs = call.segments();
     if call.method == "POST"
         && matches!(segs.as_slice(), ["v1", "invoices", _, "pay"])
@@ -100,7 +100,7 @@ pub fn declined(call: &Call, status: u16, v: Option<&Value>, reserved: Usd) -> O
 /// Costs a 2xx Stripe response: never below what was reserved (a PaymentIntent counts its amount
 /// whatever its status), above it when the response shows more; and the object the money
 /// belongs to, so a later confirm or capture by this key costs only the excess.
-pub fn actual(call: &Call, v: Option<&Value>, pricing: &Pricing, reserved: Usd) -> Settled {
+pub fn actual(call: &Request, v: Option<&Value>, pricing: &Pricing, reserved: Usd) -> Settled {
     let segs = call.segments();
     let shown = |field: &str| {
         v.and_then(|v| fields::usd_of(v, field, pricing).ok().flatten())

@@ -10,18 +10,18 @@ use super::fields::{
     amount_in, amount_of_object, excess, first_usd, in_currency_of, path_id, required,
 };
 use crate::adapters::{
-    call::{Call, Plan},
     error::BadRequest,
     money,
+    request::{Plan, Request},
 };
 
 /// A create that moves its `amount` in `currency`.
-pub(super) fn create(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn create(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     amount_in(call, "amount", pricing).map(Plan::Known)
 }
 
 /// A PaymentIntent update: free unless it changes the amount or the currency.
-pub(super) fn update(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn update(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let amount = amount_of_object(call, "amount")?;
     let currency = call.field("currency").map(str::to_owned);
     if amount.is_none() && currency.is_none() {
@@ -50,7 +50,7 @@ pub(super) fn update(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest>
 }
 
 /// A PaymentIntent confirmation: its amount.
-pub(super) fn confirm(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn confirm(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let id = path_id(call);
     Ok(excess(
         format!("/v1/payment_intents/{id}"),
@@ -61,7 +61,7 @@ pub(super) fn confirm(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest
 }
 
 /// A PaymentIntent capture: `amount_to_capture`, or what it can capture.
-pub(super) fn capture(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn capture(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let to_capture = amount_of_object(call, "amount_to_capture")?;
     let id = path_id(call);
     Ok(excess(
@@ -77,7 +77,10 @@ pub(super) fn capture(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest
 }
 
 /// A raised authorization: the new `amount`, in the PaymentIntent's currency.
-pub(super) fn increment_authorization(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn increment_authorization(
+    call: &Request,
+    pricing: &Pricing,
+) -> Result<Plan, BadRequest> {
     let amount = money::parse_amount("amount", required(call, "amount")?)?;
     let id = path_id(call);
     Ok(excess(
@@ -89,7 +92,7 @@ pub(super) fn increment_authorization(call: &Call, pricing: &Pricing) -> Result<
 }
 
 /// A charge capture: `amount`, or the charge's.
-pub(super) fn capture_charge(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn capture_charge(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let amount = amount_of_object(call, "amount")?;
     let id = path_id(call);
     Ok(excess(

@@ -7,14 +7,14 @@ use serde_json::Value;
 
 use super::fields::usd_of;
 use crate::adapters::{
-    call::{Call, Plan},
     error::BadRequest,
     money,
+    request::{Plan, Request},
 };
 
 /// Creating or editing a price, or editing a product: free, unless it re-prices the merchant's
 /// own lookup-key, Checkout or multi-currency flows.
-pub(super) fn edit(call: &Call) -> Result<Plan, BadRequest> {
+pub(super) fn edit(call: &Request) -> Result<Plan, BadRequest> {
     const REPRICING: [&str; 4] = [
         "lookup_key",
         "transfer_lookup_key",

@@ -5,12 +5,12 @@ use keybrake_crds::spend_policy::Pricing;
 
 use super::fields::{amount_of_object, first_usd, in_currency_of, object_id};
 use crate::adapters::{
-    call::{Call, Plan, Prefetch},
     error::BadRequest,
+    request::{Plan, Prefetch, Request},
 };
 
 /// A refund of one PaymentIntent or Charge.
-pub(super) fn create(call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub(super) fn create(call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     let read = match (call.field("payment_intent"), call.field("charge")) {
         (Some(pi), None) => format!("/v1/payment_intents/{}", object_id("payment_intent", pi)?),
         (None, Some(ch)) => format!("/v1/charges/{}", object_id("charge", ch)?),

@@ -11,9 +11,9 @@ use super::{
     prices::{period_of, shortest_period, unit_price},
 };
 use crate::adapters::{
-    call::{Call, Plan, Prefetch},
     error::BadRequest,
     money,
+    request::{Plan, Prefetch, Request},
 };
 
 /// Parameters a subscription may carry and still be costed by its items.
@@ -48,7 +48,7 @@ enum Item {
 
 /// Why a call costed by a policy's worst case would still commit money past any key: a Checkout
 /// session that starts a subscription.
-pub fn outlives_the_key(call: &Call) -> Option<String> {
+pub fn outlives_the_key(call: &Request) -> Option<String> {
     let checkout = call.method == "POST" && call.path == "/v1/checkout/sessions";
     (checkout && call.field("mode") != Some("payment") && call.field("mode") != Some("setup")).then(|| {
         "POST /v1/checkout/sessions: only mode=payment or mode=setup; a subscription started by Checkout renews after the key has expired, unreserved".to_owned()
@@ -67,7 +67,7 @@ fn cancel_at(v: &str) -> Result<i64, BadRequest> {
 
 /// Until when a subscription create or update commits money: its `cancel_at`, in Unix
 /// milliseconds. The reserve script refuses it past the key's expiry, by Redis time.
-pub fn commitment(call: &Call) -> Result<Option<i64>, BadRequest> {
+pub fn commitment(call: &Request) -> Result<Option<i64>, BadRequest> {
     let segs = call.segments();
     let subscription = call.method == "POST"
         && matches!(
@@ -84,7 +84,7 @@ pub fn commitment(call: &Call) -> Result<Option<i64>, BadRequest> {
 /// script holds to the key's expiry. One function: the items, their prices, quantities and
 /// periods, and the refusal of every shape Stripe reads another way are one reading of the form.
 pub(super) fn create(
-    call: &Call,
+    call: &Request,
     pricing: &Pricing,
     now: std::time::SystemTime,
 ) -> Result<Plan, BadRequest> {
@@ -298,7 +298,7 @@ pub(super) fn create(
 /// Everything else changes what its periods charge or lets it renew past what was reserved at
 /// creation; a new `cancel_at` is read against the subscription's own (read first) and held to
 /// the key's expiry by the reserve script.
-pub(super) fn update(call: &Call) -> Result<Plan, BadRequest> {
+pub(super) fn update(call: &Request) -> Result<Plan, BadRequest> {
     let mut end = None;
     for (k, v) in call.pairs() {
         match k.split('[').next().unwrap_or_default() {
@@ -339,7 +339,7 @@ pub(super) fn update(call: &Call) -> Result<Plan, BadRequest> {
 }
 
 /// Cancelling a subscription: free, unless it bills or credits the unused time.
-pub(super) fn delete(call: &Call) -> Result<Plan, BadRequest> {
+pub(super) fn delete(call: &Request) -> Result<Plan, BadRequest> {
     match (call.field("invoice_now"), call.field("prorate")) {
         (Some(v), _) if v != "false" => Err(BadRequest::Refused(
             "DELETE /v1/subscriptions/{id} with invoice_now=true bills at once an amount the request does not bound".into(),

@@ -8,8 +8,8 @@ use keybrake_crds::{Usd, spend_policy::Pricing};
 use serde_json::Value;
 
 use super::{
-    call::{Call, Plan, Settled},
     error::BadRequest,
+    request::{Plan, Request, Settled},
     table::{Entry, Rule, e},
 };
 
@@ -175,18 +175,18 @@ fn no_price(to: &str, area: Option<&nanp::Area>) -> String {
 }
 
 /// Whether a flag parameter is sent as anything but `false` (Twilio reads it so).
-fn turned_on(call: &Call, field: &str) -> bool {
+fn turned_on(call: &Request, field: &str) -> bool {
     call.field(field)
         .is_some_and(|v| !v.eq_ignore_ascii_case("false"))
 }
 
 /// A message sent as an MMS: with media, or `SendAsMms`.
-fn is_mms(call: &Call) -> bool {
+fn is_mms(call: &Request) -> bool {
     call.field("MediaUrl").is_some() || turned_on(call, "SendAsMms")
 }
 
 /// Costs a Twilio write under its table entry.
-pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRequest> {
+pub fn plan(entry: &Entry, call: &Request, pricing: &Pricing) -> Result<Plan, BadRequest> {
     match (entry.method, entry.path) {
         ("POST", "/2010-04-01/Accounts/{id}/Messages.json") => {
             if let Some((k, _)) = call
@@ -263,7 +263,7 @@ pub fn plan(entry: &Entry, call: &Call, pricing: &Pricing) -> Result<Plan, BadRe
 
 /// Costs a 2xx Twilio response: Twilio's own `num_segments` (or `num_media`) when it reports
 /// them; a Messaging Service or scheduled send reports `0` at creation and keeps the estimate.
-pub fn actual(call: &Call, v: Option<&Value>, pricing: &Pricing, reserved: Usd) -> Settled {
+pub fn actual(call: &Request, v: Option<&Value>, pricing: &Pricing, reserved: Usd) -> Settled {
     let keep = Settled {
         usd: reserved,
         object: None,

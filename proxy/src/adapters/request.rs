@@ -1,4 +1,4 @@
-//! One request as its vendor will read it ([`Call`]), and how it is costed: before it is sent
+//! One request as its vendor will read it ([`Request`]), and how it is costed: before it is sent
 //! ([`Plan`]) and once answered ([`Settled`]).
 
 use bytes::Bytes;
@@ -20,7 +20,7 @@ pub enum Params {
 
 /// One request, read as its vendor will read it.
 #[derive(Debug, Clone)]
-pub struct Call {
+pub struct Request {
     /// The vendor.
     pub vendor: Vendor,
     /// Upper-case method.
@@ -43,7 +43,7 @@ pub(super) fn params_in_query(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "DELETE")
 }
 
-impl Call {
+impl Request {
     /// A read: the only calls that pass a spent cap.
     pub fn is_read(&self) -> bool {
         matches!(self.method.as_str(), "GET" | "HEAD")
@@ -66,7 +66,7 @@ impl Call {
     }
 
     /// What goes on the wire: the query string and the body with its content type, all the
-    /// proxy's own encoding of [`Call::params`].
+    /// proxy's own encoding of [`Request::params`].
     pub fn encoded(&self) -> (Option<String>, Bytes, Option<&'static str>) {
         match (&self.params, params_in_query(&self.method)) {
             (Params::Form(pairs), true) => (
