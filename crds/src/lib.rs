@@ -17,6 +17,8 @@ pub mod names;
 pub mod scope;
 pub mod spend_policy;
 pub mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;
 pub mod vault_key;
 pub mod vendor;

@@ -171,11 +171,7 @@ pub fn resolve_key(
 
 #[cfg(test)]
 mod tests {
-    use keybrake_crds::{
-        spend_policy::{PolicyLimits, SecretRef},
-        validate::validate_key,
-        vault_key::{PolicyRef, Rotation},
-    };
+    use keybrake_crds::{SpendPolicy, VaultKey, validate::validate_key, vault_key::Rotation};
 
     use super::*;
 
@@ -184,47 +180,24 @@ mod tests {
     }
 
     fn policy() -> SpendPolicySpec {
-        SpendPolicySpec {
-            vendor: Vendor::Stripe,
-            credentials_secret_ref: SecretRef {
-                name: "stripe-live".into(),
-            },
-            upstream: None,
-            limits: PolicyLimits {
-                max_daily_usd: usd("1000"),
-                max_total_usd: usd("5000"),
-                max_per_call_usd: usd("200"),
-                max_ttl: Some("24h".parse().unwrap()),
-                allowed_endpoints: Some(vec![
-                    "POST /v1/payment_intents".parse().unwrap(),
-                    "GET /v1/customers/*".parse().unwrap(),
-                ]),
-                allow_account_administration: false,
-            },
-            budget: Default::default(),
-            pricing: Default::default(),
-            scope: Default::default(),
-        }
+        SpendPolicy::test("billing", "stripe", Vendor::Stripe)
+            .credentials("stripe-live")
+            .limits(serde_json::json!({
+                "maxDailyUsd": "1000", "maxTotalUsd": "5000", "maxPerCallUsd": "200",
+                "maxTtl": "24h",
+                "allowedEndpoints": ["POST /v1/payment_intents", "GET /v1/customers/*"],
+            }))
+            .build()
+            .spec
     }
 
     fn key() -> VaultKeySpec {
-        VaultKeySpec {
-            policy_ref: PolicyRef {
-                name: "stripe".into(),
-            },
-            daily_usd_cap: usd("500"),
-            total_usd_cap: None,
-            per_call_usd_cap: None,
-            allowed_endpoints: None,
-            ttl: Some("2h".parse().unwrap()),
-            expires_at: None,
-            run_label: Some("hatchet/billing-agent/run-1".into()),
-            revoked: false,
-            rotation: None,
-            secret_name: None,
-            restart_targets: vec![],
-            restart_debounce: None,
-        }
+        VaultKey::test("billing", "run-1")
+            .endpoints(&[])
+            .spec(serde_json::json!({"allowedEndpoints": null}))
+            .run_label("hatchet/billing-agent/run-1")
+            .build()
+            .spec
     }
 
     fn created() -> Timestamp {

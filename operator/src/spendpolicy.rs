@@ -258,32 +258,18 @@ pub fn error_policy(policy: Arc<Listed<SpendPolicy>>, err: &Error, ctx: Arc<Cont
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use k8s_openapi::ByteString;
 
     use super::*;
 
     fn policy(vendor: &str) -> SpendPolicy {
-        serde_json::from_value(json!({
-            "apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy",
-            "metadata": {"name": "p", "namespace": "ns"},
-            "spec": {"vendor": vendor, "credentialsSecretRef": {"name": "creds"}, "budget": {"dailyUsd": 100}}
-        }))
-        .unwrap()
+        let vendor: keybrake_crds::Vendor = vendor.parse().unwrap();
+        SpendPolicy::test("ns", "p", vendor)
+            .credentials("creds")
+            .budget_daily("100")
+            .build()
     }
 
-    fn secret(pairs: &[(&str, &str)]) -> Secret {
-        Secret {
-            data: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            ..Default::default()
-        }
-    }
+    use keybrake_crds::testing::secret;
 
     #[test]
     fn credentials_are_checked_per_vendor() {

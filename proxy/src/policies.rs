@@ -310,33 +310,18 @@ pub async fn watch(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use k8s_openapi::ByteString;
-    use serde_json::json;
 
     use super::*;
 
     fn policy(vendor: &str) -> SpendPolicy {
-        serde_json::from_value(json!({
-            "apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy",
-            "metadata": {"name": "p", "namespace": "ns"},
-            "spec": {"vendor": vendor, "credentialsSecretRef": {"name": "creds"}, "upstream": "http://127.0.0.1:9/"}
-        }))
-        .unwrap()
+        let vendor: keybrake_crds::Vendor = vendor.parse().unwrap();
+        SpendPolicy::test("ns", "p", vendor)
+            .credentials("creds")
+            .upstream("http://127.0.0.1:9/")
+            .build()
     }
 
-    fn secret(pairs: &[(&str, &str)]) -> Secret {
-        Secret {
-            data: Some(
-                pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            ..Default::default()
-        }
-    }
+    use keybrake_crds::testing::secret;
 
     #[test]
     fn reads_credentials_per_vendor_and_never_prints_them() {

@@ -668,45 +668,23 @@ mod tests {
     const UID: &str = "uid-run-7f3a";
 
     fn key(spec: serde_json::Value) -> VaultKey {
-        let mut base = json!({
-            "policyRef": {"name": "stripe"},
-            "dailyUsdCap": 500,
-            "allowedEndpoints": ["POST /v1/payment_intents"],
-            "ttl": "2h",
-        });
-        if let (Some(b), Some(extra)) = (base.as_object_mut(), spec.as_object()) {
-            b.extend(extra.clone());
-        }
-        serde_json::from_value(json!({
-            "apiVersion": "keybrake.com/v1alpha1",
-            "kind": "VaultKey",
-            "metadata": {
-                "name": "run-7f3a",
-                "namespace": "billing",
+        VaultKey::test("billing", "run-7f3a")
+            .spec(spec)
+            .metadata(json!({
                 "uid": UID,
                 // Created a minute before NOW.
                 "creationTimestamp": jiff::Timestamp::from_millisecond(NOW - 60_000).unwrap().to_string(),
-            },
-            "spec": base,
-        }))
-        .unwrap()
+            }))
+            .build()
     }
 
     fn policy() -> SpendPolicy {
-        serde_json::from_value(json!({
-            "apiVersion": "keybrake.com/v1alpha1",
-            "kind": "SpendPolicy",
-            "metadata": {"name": "stripe", "namespace": "billing"},
-            "spec": {
-                "vendor": "stripe",
-                "credentialsSecretRef": {"name": "stripe-credentials"},
-                "limits": {
-                    "maxDailyUsd": 5000, "maxTotalUsd": 20000, "maxPerCallUsd": "1000",
-                    "maxTtl": "24h", "allowedEndpoints": ["POST /v1/payment_intents"],
-                },
-            },
-        }))
-        .unwrap()
+        SpendPolicy::test("billing", "stripe", Vendor::Stripe)
+            .limits(json!({
+                "maxDailyUsd": 5000, "maxTotalUsd": 20000, "maxPerCallUsd": "1000",
+                "maxTtl": "24h", "allowedEndpoints": ["POST /v1/payment_intents"],
+            }))
+            .build()
     }
 
     fn life_id() -> KeyId {

@@ -160,12 +160,11 @@ mod tests {
     use super::*;
 
     fn key() -> VaultKey {
-        serde_json::from_value(json!({
-            "apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey",
-            "metadata": {"name": "k", "namespace": "ns", "generation": 3},
-            "spec": {"policyRef": {"name": "p"}, "dailyUsdCap": 5, "ttl": "1h"}
-        }))
-        .unwrap()
+        VaultKey::test("ns", "k")
+            .policy("p")
+            .spec(json!({"dailyUsdCap": 5, "ttl": "1h"}))
+            .metadata(json!({"generation": 3}))
+            .build()
     }
 
     fn kinds(phase: Option<KeyPhase>, reason: &str, failing: bool) -> Vec<(String, String)> {
