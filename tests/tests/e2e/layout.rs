@@ -111,6 +111,7 @@ fn no_crate_has_a_module_cycle() -> Result<()> {
         "control-plane",
         "cli",
         "tests",
+        "redis-harness",
     ];
     for krate in crates {
         let src = root.join(krate).join("src");
@@ -127,8 +128,9 @@ fn no_crate_has_a_module_cycle() -> Result<()> {
             let entry = graph.entry(module.clone()).or_default();
             entry.extend(uses.into_iter().filter(|u| *u != module));
         }
+        // A crate of one file (redis-harness) has no modules to cycle through.
         assert!(
-            graph.len() > 1 || krate == "tests",
+            graph.len() > 1 || files.len() == 1 || krate == "tests",
             "{krate}: no modules found"
         );
         if let Some(c) = cycle(&graph) {
