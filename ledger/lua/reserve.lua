@@ -18,6 +18,9 @@ KEYS[9..] owners      {P}:owner:<h>        string "<key id>\n<run label>" per ve
                                            been created through the proxy by this key, or by a
                                            key of its run when ARGV[15] == "1"
 
+8 KEYS and one more per owned object (their number is not passed: 8 is a minimum), and exactly 16
+ARGV: the script refuses any other counts before it reads anything.
+
 ARGV[1]  sha256 hex of the presented secret
 ARGV[2]  method, upper case
 ARGV[3]  path, canonical (no query, no empty or dot segments, no trailing slash)
@@ -56,6 +59,13 @@ Example: a $12.50 PaymentIntent on a key with a $500 daily cap and $490 spent to
 {"refused", "daily_cap", "500000000", "490000000", "12500000", "billing/run-1", "billing/stripe"}.
 ]]
 
+-- The contract above, checked first: other counts mean a caller out of step with this script,
+-- which would read nil for an argument or write under the wrong key.
+if #KEYS < 8 or #ARGV ~= 16 then
+  return redis.error_reply(string.format(
+    "ERR reserve.lua: wants 8 KEYS or more and 16 ARGV, got %d KEYS and %d ARGV", #KEYS, #ARGV))
+end
+
 local function int(s)
   if s == nil or s == false or s == "" then return nil end
   return tonumber(s)
@@ -66,6 +76,8 @@ local function fmt(n)
   return string.format("%d", n)
 end
 
+-- audit-xadd: begin. Identical in reserve.lua and settle.lua (a unit test in ledger/src/ledger.rs
+-- compares the two blocks): change both together.
 -- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" or an audit
 -- sink reads the stream (it has a consumer group): then only the sink trims it, and only below
 -- what PostgreSQL holds, whatever a replica without the database was told.
@@ -79,6 +91,7 @@ local function xadd(stream, maxlen, fields)
   for _, f in ipairs(fields) do args[#args + 1] = f end
   return redis.call(unpack(args))
 end
+-- audit-xadd: end
 
 local estimate = int(ARGV[4])
 assert(estimate and estimate >= 0 and estimate <= 1e15, "estimate must be an integer in [0, 1e15]")

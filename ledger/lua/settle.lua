@@ -20,6 +20,9 @@ KEYS[10..] owners     {P}:owner:<h>          one per vendor object the call crea
                                              seconds or a day past the key's expiry, whichever is
                                              later; never taken over from another key
 
+9 KEYS and one more per created object (their number is not passed: 9 is a minimum), and exactly
+14 ARGV: the script refuses any other counts before it reads anything.
+
 ARGV[1]  reservation id
 ARGV[2]  actual cost, integer micro-dollars >= 0 (ignored for "unknown": the estimate stays)
 ARGV[3]  outcome: "ok" (the vendor did it), "vendor_error" (the vendor refused; nothing moved),
@@ -49,6 +52,13 @@ estimate is counted in full (never clipped to a cap) and written as `overshoot` 
 Example: a reservation of 12500000 settled "ok" with actual 12500000 returns a delta of 0; settled
 "not_sent" it returns -12500000 and the key's spend drops back.
 ]]
+
+-- The contract above, checked first: other counts mean a caller out of step with this script,
+-- which would read nil for an argument or write under the wrong key.
+if #KEYS < 9 or #ARGV ~= 14 then
+  return redis.error_reply(string.format(
+    "ERR settle.lua: wants 9 KEYS or more and 14 ARGV, got %d KEYS and %d ARGV", #KEYS, #ARGV))
+end
 
 local function int(s)
   if s == nil or s == false or s == "" then return nil end
@@ -105,6 +115,8 @@ local function own_created(key)
   end
 end
 
+-- audit-xadd: begin. Identical in reserve.lua and settle.lua (a unit test in ledger/src/ledger.rs
+-- compares the two blocks): change both together.
 -- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" or an audit
 -- sink reads the stream (it has a consumer group): then only the sink trims it, and only below
 -- what PostgreSQL holds, whatever a replica without the database was told.
@@ -118,6 +130,7 @@ local function xadd(stream, maxlen, fields)
   for _, f in ipairs(fields) do args[#args + 1] = f end
   return redis.call(unpack(args))
 end
+-- audit-xadd: end
 
 -- Appends the call's audit entry, under the reservation id (`id`, the audit table's key).
 local function audit(id, what, key, method, path, estimate, actual, overshoot)

@@ -582,4 +582,27 @@ mod tests {
         assert_eq!(Rule::parse("nope"), None);
         assert!(Rule::DailyCap.is_cap() && !Rule::Revoked.is_cap());
     }
+
+    /// The lines from `-- audit-xadd: begin` to `-- audit-xadd: end`, markers included; each
+    /// marker must be there exactly once.
+    fn audit_xadd_block(script: &str) -> &str {
+        const BEGIN: &str = "-- audit-xadd: begin";
+        const END: &str = "-- audit-xadd: end";
+        assert_eq!(script.matches(BEGIN).count(), 1, "one {BEGIN:?}");
+        assert_eq!(script.matches(END).count(), 1, "one {END:?}");
+        let start = script.find(BEGIN).unwrap();
+        let stop = script.find(END).unwrap() + END.len();
+        assert!(start < stop, "{BEGIN:?} comes before {END:?}");
+        &script[start..stop]
+    }
+
+    /// reserve.lua and settle.lua each append audit entries with their own copy of `xadd` (a
+    /// script cannot call another's functions): the two copies must trim the stream alike.
+    #[test]
+    fn reserve_and_settle_append_audit_entries_alike() {
+        let reserve = audit_xadd_block(include_str!("../lua/reserve.lua"));
+        let settle = audit_xadd_block(include_str!("../lua/settle.lua"));
+        assert!(reserve.contains("XADD"), "the block holds the XADD");
+        assert_eq!(reserve, settle, "the audit-xadd blocks differ");
+    }
 }

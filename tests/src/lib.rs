@@ -8,7 +8,6 @@ pub mod identities;
 pub mod pki;
 pub mod postgres;
 pub mod processes;
-pub mod redis_server;
 pub mod refusals;
 pub mod sdk;
 pub mod stack;
@@ -21,6 +20,9 @@ use keybrake_control_plane::{Binaries, ControlPlane, Options};
 use tempfile::TempDir;
 
 pub use identities::Tokens;
+/// Real redis-server processes, under the name the e2e tests know them by (the harness is a crate of
+/// its own, which the ledger's script tests use too).
+pub use keybrake_redis_harness as redis_server;
 
 /// The workspace root (the parent of this crate's folder).
 pub fn workspace_root() -> PathBuf {

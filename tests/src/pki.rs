@@ -127,3 +127,14 @@ impl TestPki {
         .to_vec()
     }
 }
+
+/// The harness's TLS-only servers take their certificates from here.
+impl keybrake_redis_harness::TlsMaterial for TestPki {
+    fn server_args(&self, port: u16, auth_clients: bool) -> Vec<String> {
+        TestPki::server_args(self, port, auth_clients)
+    }
+
+    fn certificates(&self, client: bool) -> Result<redis::TlsCertificates> {
+        TestPki::certificates(self, client)
+    }
+}

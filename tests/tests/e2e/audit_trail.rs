@@ -14,7 +14,7 @@ use keybrake_e2e::{
 use keybrake_ledger::{Admission, LedgerConfig, Outcome, export::GROUP};
 use redis::AsyncCommands;
 
-use super::ledger_scripts::{Conn, Fixture, Issued, usd};
+use super::ledger_fixture::{Conn, Fixture, Issued, usd};
 
 /// Scripts that leave trimming to the sink, as the proxy runs them with an audit database.
 fn exported() -> LedgerConfig {

@@ -3,12 +3,12 @@
 
 use anyhow::{Context, Result};
 use keybrake_crds::Usd;
-use keybrake_e2e::redis_server::{RedisCluster, RedisServer};
 use keybrake_ledger::{
     Admission, LedgerConfig, Mode, Outcome, ReserveRequest, Rule, SettleRequest, Settlement,
 };
+use keybrake_redis_harness::{RedisCluster, RedisServer};
 
-use crate::ledger_scripts::{Conn, Fixture, Issued, granted, usd};
+use crate::fixture::{Conn, Fixture, Issued, granted, usd};
 
 const PI: &str = "/v1/payment_intents";
 

@@ -1,5 +1,8 @@
-//! Real `redis-server` processes for tests: one node, or a three-node cluster, on loopback;
-//! with TLS only (a test-time CA, [`TestPki`]) where a test asks for it.
+//! keybrake-redis-harness: real `redis-server` processes for tests, killed on drop: one node, a
+//! three-primary Redis Cluster, or a primary, a replica and three sentinels, on loopback; TLS only
+//! (certificates from a test-time CA, [`TlsMaterial`]) where a test asks for it. The ledger's
+//! script tests and the end-to-end suite (`keybrake-e2e`) share it.
+#![forbid(unsafe_code)]
 
 use std::{
     path::Path,
@@ -11,7 +14,23 @@ use anyhow::{Context, Result, bail};
 use redis::TlsCertificates;
 use tempfile::TempDir;
 
-use crate::pki::TestPki;
+/// The certificates of a TLS-only server and its clients, from a CA made at test time
+/// (`keybrake-e2e`'s `TestPki`): a trait, so this crate makes no certificates of its own.
+pub trait TlsMaterial {
+    /// redis-server flags for TLS only, on `port` (no plain-text port); with `auth_clients`,
+    /// every client must show a certificate the CA signed.
+    fn server_args(&self, port: u16, auth_clients: bool) -> Vec<String>;
+    /// What redis-rs takes to trust the CA; with `client`, also the client certificate it shows.
+    fn certificates(&self, client: bool) -> Result<TlsCertificates>;
+}
+
+/// The workspace root (the parent of this crate's folder).
+fn workspace_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
 
 /// A free port below the kernel's ephemeral range (32768 and up), so no client connection of
 /// the tests can take it between now and the server binding it; tried at random until one
@@ -125,7 +144,7 @@ impl RedisServer {
     /// (`manifests/deploy/redis.yaml`, without its `--dir`), for tests of what it keeps.
     pub async fn start_shipped() -> Result<RedisServer> {
         let manifest =
-            std::fs::read_to_string(crate::workspace_root().join("manifests/deploy/redis.yaml"))?;
+            std::fs::read_to_string(workspace_root().join("manifests/deploy/redis.yaml"))?;
         let mut persistence = Vec::new();
         for doc in serde_yaml_ng::Deserializer::from_str(&manifest) {
             let v = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(doc)?;
@@ -179,7 +198,7 @@ impl RedisServer {
 
     /// Starts a server that speaks only TLS, with the certificate `pki` signed for 127.0.0.1;
     /// with `auth_clients`, it also requires a client certificate from that CA (mutual TLS).
-    pub async fn start_tls(pki: &TestPki, auth_clients: bool) -> Result<RedisServer> {
+    pub async fn start_tls(pki: &impl TlsMaterial, auth_clients: bool) -> Result<RedisServer> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let tls = ServerTls {
@@ -324,7 +343,10 @@ impl RedisCluster {
     /// certificate signed by `pki` for 127.0.0.1 (with `auth_clients`, clients need one too):
     /// the cluster client's TLS path (topology from `CLUSTER SLOTS`, then a TLS connection to
     /// the node it names) with one process.
-    pub async fn start_tls_one_node(pki: &TestPki, auth_clients: bool) -> Result<RedisCluster> {
+    pub async fn start_tls_one_node(
+        pki: &impl TlsMaterial,
+        auth_clients: bool,
+    ) -> Result<RedisCluster> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let mut args = pki.server_args(port, auth_clients);
@@ -656,7 +678,7 @@ impl RedisSentinelSet {
     /// replica: nothing here fails over).
     pub async fn start_tls(
         master: &str,
-        pki: &TestPki,
+        pki: &impl TlsMaterial,
         auth_clients: bool,
     ) -> Result<RedisSentinelSet> {
         let primary = RedisServer::start_tls(pki, auth_clients).await?;
