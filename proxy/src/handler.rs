@@ -1,9 +1,9 @@
-//! One request, in the stages of the data path: authenticate; read the call as the vendor will
-//! (the adapter); plan its cost; check the key before reading any vendor object; cost; reserve
-//! (one EVALSHA); forward the adapter's encoding with the real credential; settle (one EVALSHA);
+//! One request, in the stages of the data path ([`meter`] reads as their list): authenticate;
+//! read the call as the vendor will (the adapter) and plan its cost; hold the vendor object it
+//! is costed from; check the key before reading any vendor object; cost; reserve (one EVALSHA)
+//! and confirm; forward the adapter's encoding with the real credential; settle (one EVALSHA);
 //! answer. Nothing refused reaches the vendor; nothing forwarded goes unaccounted. The stages
-//! after the body is read run in a task of their own, so a caller that hangs up cannot skip
-//! settle.
+//! run in a task of their own, so a caller that hangs up cannot skip settle.
 
 use std::sync::Arc;
 
@@ -75,7 +75,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     // caller hangs up and hyper drops this future.
     let task = tokio::spawn({
         let app = app.clone();
-        async move { admit_and_forward(&app, req).await }.instrument(span.clone())
+        async move { authenticate_and_meter(&app, req).await }.instrument(span.clone())
     });
     async move {
         match task.await {
@@ -94,7 +94,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 type Refused = (Option<Vendor>, Refusal);
 
 /// Authenticates the call, then meters it.
-async fn admit_and_forward(app: &App, req: Request<Incoming>) -> Result<Response<Body>, Refused> {
+async fn authenticate_and_meter(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Refused> {
     let token = auth::credential(req.headers())
         .map_err(|e| (None, Refusal::BadCredential(e.to_string())))?;
     let vendor = token.vendor;
