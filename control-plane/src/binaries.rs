@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::Error;
+use crate::error::Error;
 
 /// The Kubernetes release the binaries are built from (`scripts/control-plane/go.mod`).
 pub const RELEASE: &str = "v1.37.2";

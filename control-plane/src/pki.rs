@@ -9,7 +9,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::{Error, io};
+use crate::error::{Error, io};
 
 pub const CA: &str = "ca.pem";
 pub const SERVING: &str = "apiserver.pem";

@@ -15,7 +15,7 @@ use std::{
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{Error, io};
+use crate::error::{Error, io};
 
 /// A child process (its watchdog), stopped on drop.
 pub struct Child {

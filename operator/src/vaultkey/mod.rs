@@ -6,6 +6,7 @@ pub mod ownership;
 pub mod plan;
 pub mod secret;
 mod status;
+mod teardown;
 mod unreadable;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -23,10 +24,7 @@ use keybrake_crds::{
 use keybrake_ledger::{KeyId, PolicyTag, Token};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{
-        ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
-        Preconditions,
-    },
+    api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -38,14 +36,14 @@ use tracing::{info, instrument, warn};
 
 use self::ownership::Standing;
 pub use self::status::Report;
+pub use self::teardown::FINALIZER;
+use self::teardown::{delete_secret, known_key_id};
 use crate::{
     clock,
     context::{Context, MANAGER},
     error::{Error, Result},
 };
 
-/// Held on every VaultKey until its key is revoked in Redis.
-pub const FINALIZER: &str = "keybrake.com/revoke";
 /// Pod-template annotation bumped on each rotation to roll a workload.
 pub const ROTATED_AT: &str = "keybrake.com/rotated-at";
 /// The workload annotation that lets a VaultKey's rotations roll it: the key's name (several,
@@ -156,29 +154,6 @@ pub fn error_policy(vk: Arc<Listed<VaultKey>>, err: &Error, ctx: Arc<Context>) -
     warn!(vaultkey = %vk.name_any(), error = %err, "reconcile failed");
     ctx.metrics.failed("vaultkey", err.label());
     Action::requeue(Duration::from_secs(5))
-}
-
-/// The key id this VaultKey was issued: from its status or its own Secret (never from a Secret
-/// it does not own), and only when the key record in Redis names this VaultKey, so a status
-/// written by someone else cannot make the operator revoke or delete another key.
-async fn known_key_id(
-    status_key_id: Option<&str>,
-    uid: &str,
-    secret: Option<&Secret>,
-    ctx: &Context,
-    vault_key: &str,
-) -> Result<Option<KeyId>> {
-    let from_status = status_key_id.and_then(|k| KeyId::parse(k).ok());
-    let from_secret = secret
-        .and_then(|s| s.annotations().get(secret::KEY_ID))
-        .and_then(|k| KeyId::parse(k).ok());
-    for id in [from_status, from_secret].into_iter().flatten() {
-        if ctx.ledger.key_belongs_to(&id, vault_key, uid).await? {
-            return Ok(Some(id));
-        }
-        warn!(key_id = %id, vault_key, "a key id that names no record of this VaultKey; ignored");
-    }
-    Ok(None)
 }
 
 /// One reconcile of a live key: read what the decision needs, decide ([`plan::plan`], pure),
@@ -388,28 +363,6 @@ async fn write_secret(
             .await?;
             Ok(contents_changed)
         }
-    }
-}
-
-/// Deletes the VaultKey's own Secret (`None` when it has none): only that object, by its uid.
-async fn delete_secret(ctx: &Context, secrets: &Api<Secret>, ours: Option<&Secret>) -> Result<()> {
-    let Some(secret) = ours else {
-        return Ok(());
-    };
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: secret.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match ctx
-        .timed("delete secret", secrets.delete(&secret.name_any(), &params))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(Error::Kube(kube::Error::Api(s))) if s.is_not_found() => Ok(()),
-        Err(e) => Err(e),
     }
 }
 

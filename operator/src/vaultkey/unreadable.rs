@@ -20,7 +20,10 @@ use kube::{
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::{FINALIZER, delete_secret, known_key_id, ownership};
+use super::{
+    ownership,
+    teardown::{FINALIZER, delete_secret, known_key_id},
+};
 use crate::{
     context::Context,
     error::{Error, Result},
