@@ -46,6 +46,19 @@ pub fn with_upstream(policy_yaml: &str, url: &str) -> String {
     )
 }
 
+/// A busybox Deployment `billing/name`, with `metadata` (YAML lines: labels, annotations) added
+/// under its metadata.
+pub fn busybox_deployment(name: &str, metadata: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: billing\n{metadata}spec:\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - {{name: worker, image: busybox}}\n"
+    )
+}
+
+/// The metadata lines that opt a workload in to be rolled when VaultKey `key` rotates.
+pub fn restart_on_rotation(key: &str) -> String {
+    format!("  annotations:\n    keybrake.com/restart-on-rotation: {key}\n")
+}
+
 /// kubectl of the control plane's release (or `KUBECTL`).
 pub fn kubectl_path() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("KUBECTL") {
@@ -189,15 +202,10 @@ impl Cluster {
     /// Runs kubectl with `args` (and `stdin`), against this server.
     pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         use tokio::io::AsyncWriteExt;
-        let mut cmd = tokio::process::Command::new(kubectl_path()?);
-        cmd.args(args)
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .env("KUBECONFIG", self.kubeconfig())
-            .stdin(std::process::Stdio::piped())
+        let mut cmd = self.kubectl_command(args)?;
+        cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().context("starting kubectl")?;
         if let Some(mut input) = child.stdin.take() {
             input.write_all(stdin.unwrap_or("").as_bytes()).await?;
@@ -223,6 +231,25 @@ impl Cluster {
     /// `kubectl apply -f -` of a manifest that must succeed; its output.
     pub async fn apply_ok(&self, manifest: &str) -> Result<String> {
         self.apply(manifest).await?.ok()
+    }
+
+    /// Applies Namespace `name`.
+    pub async fn apply_namespace(&self, name: &str) -> Result<String> {
+        self.apply_ok(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+        ))
+        .await
+    }
+
+    /// A kubectl command with `args` against this server, to spawn and watch while it runs.
+    pub fn kubectl_command(&self, args: &[&str]) -> Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(kubectl_path()?);
+        cmd.args(args)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .env("KUBECONFIG", self.kubeconfig())
+            .kill_on_drop(true);
+        Ok(cmd)
     }
 
     /// The API server's URL.
@@ -291,6 +318,19 @@ impl Reply {
     }
 }
 
+/// The `Content-Type` header of a form-encoded call (Stripe's, Twilio's).
+pub const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+
+/// A Stripe charge: `POST /v1/payment_intents` with the form `body`, sent with `authorization`.
+pub async fn payment_intent(
+    addr: std::net::SocketAddr,
+    authorization: &str,
+    body: &[u8],
+) -> Result<Reply> {
+    let headers = [("Authorization", authorization), FORM];
+    http(addr, "POST", "/v1/payment_intents", &headers, body).await
+}
+
 /// `n` Stripe charges (`POST /v1/payment_intents` with the form `body`) spawned over `addrs` in
 /// turn, the i-th sent `i * gap` after the start; each answers its reply and how long it took
 /// from being sent. The load the concurrency and failover tests share.
@@ -310,11 +350,7 @@ pub fn spawn_charges(
                     tokio::time::sleep(gap * i as u32).await;
                 }
                 let sent = std::time::Instant::now();
-                let headers = [
-                    ("Authorization", authorization.as_str()),
-                    ("Content-Type", "application/x-www-form-urlencoded"),
-                ];
-                let reply = http(addr, "POST", "/v1/payment_intents", &headers, body).await?;
+                let reply = payment_intent(addr, &authorization, body).await?;
                 Ok((reply, sent.elapsed()))
             })
         })

@@ -130,9 +130,7 @@ impl StackBuilder {
         cluster
             .kubectl_ok(&["apply", "-f", crds.to_str().unwrap_or_default()])
             .await?;
-        cluster
-            .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
-            .await?;
+        cluster.apply_namespace("billing").await?;
         cluster.install_shipped_rbac().await?;
         // After the CRDs: the garbage collector reads discovery again only every 30 s.
         cluster.start_controllers()?;
@@ -385,11 +383,7 @@ impl Stack {
     ) -> Result<std::collections::BTreeMap<String, String>> {
         let in_ns = |yaml: &str| yaml.replace("namespace: billing", &format!("namespace: {ns}"));
         if ns != "billing" {
-            self.cluster
-                .apply_ok(&format!(
-                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
-                ))
-                .await?;
+            self.cluster.apply_namespace(ns).await?;
         }
         self.cluster
             .apply_ok(&in_ns(&crate::with_upstream(
@@ -401,6 +395,17 @@ impl Stack {
             .apply_ok(&in_ns(&crate::example("stripe-run-key.yaml")))
             .await?;
         self.active_key_env(ns, "billing-agent-run-7f3a").await
+    }
+
+    /// Creates namespace `agents` and applies the example Twilio and Resend policies there,
+    /// their upstream set to `upstream_url`.
+    pub async fn apply_agents_policies(&self, upstream_url: &str) -> Result<()> {
+        self.cluster.apply_namespace("agents").await?;
+        for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
+            let yaml = crate::with_upstream(&crate::example(policy), upstream_url);
+            self.cluster.apply_ok(&yaml).await?;
+        }
+        Ok(())
     }
 
     /// `kubectl patch vk NAME --type merge -p '{"spec":{"revoked":true}}'`.
@@ -417,6 +422,25 @@ impl Stack {
             ])
             .await?;
         Ok(())
+    }
+
+    /// The pod template annotations of Deployment `ns/name` (where a roll is stamped).
+    pub async fn template_annotations(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let deploy = kube::Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(
+            self.client.clone(),
+            ns,
+        )
+        .get(name)
+        .await?;
+        Ok(deploy
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .unwrap_or_default())
     }
 
     /// A ledger on the operator's keyspace.

@@ -363,7 +363,7 @@ async fn text_rows(client: &tokio_postgres::Client, sql: &str) -> Result<Vec<Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_run_lands_once_in_postgres_and_the_five_queries_answer() -> Result<()> {
-    use keybrake_e2e::{http, identities, stack::Stack, upstream::Mode};
+    use keybrake_e2e::{http, identities, payment_intent, stack::Stack, upstream::Mode};
     let pg = TestPostgres::start().await?;
     let upstream = keybrake_e2e::upstream::RecordingUpstream::start().await?;
     let stack = Stack::start().await?;
@@ -378,14 +378,9 @@ async fn a_seed_run_lands_once_in_postgres_and_the_five_queries_answer() -> Resu
     let charge = |dollars: u32| {
         let bearer = bearer.clone();
         async move {
-            http(
+            payment_intent(
                 proxy.addr,
-                "POST",
-                "/v1/payment_intents",
-                &[
-                    ("Authorization", bearer.as_str()),
-                    ("Content-Type", "application/x-www-form-urlencoded"),
-                ],
+                &bearer,
                 format!("amount={}&currency=usd&confirm=true", dollars * 100).as_bytes(),
             )
             .await

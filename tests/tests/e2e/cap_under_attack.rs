@@ -6,15 +6,13 @@
 
 use anyhow::Result;
 use keybrake_e2e::{
-    http,
+    FORM, http,
     refusals::refusal,
     stack::{Stack, eventually},
     upstream::{Mode, RecordingUpstream},
 };
 use keybrake_ledger::Token;
 use serde_json::json;
-
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
 /// A Stripe policy that allows every endpoint an attacker could want, and one key on it:
 /// $500 a day, $400 a call.
@@ -544,21 +542,11 @@ async fn a_caller_that_hangs_up_is_still_counted() -> Result<()> {
 /// Twilio and Resend: parameters and recipients where the proxy might not look.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_and_resend_attacks_are_refused_or_counted_in_full() -> Result<()> {
-    use keybrake_e2e::{example, with_upstream};
+    use keybrake_e2e::example;
     let upstream = RecordingUpstream::start().await?;
     let (stack, proxy) = Stack::start_with_proxy().await?;
-    stack
-        .cluster
-        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?;
-    for (policy, key) in [
-        ("twilio-policy.yaml", "twilio-sms-key.yaml"),
-        ("resend-policy.yaml", "resend-email-key.yaml"),
-    ] {
-        stack
-            .cluster
-            .apply_ok(&with_upstream(&example(policy), &upstream.url()))
-            .await?;
+    stack.apply_agents_policies(&upstream.url()).await?;
+    for key in ["twilio-sms-key.yaml", "resend-email-key.yaml"] {
         stack.cluster.apply_ok(&example(key)).await?;
     }
     let sms = stack

@@ -14,8 +14,7 @@ async fn billing_cluster() -> Result<Cluster> {
         .await?;
     // Namespace deletion is kube-controller-manager's work.
     c.start_controllers()?;
-    c.apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: billing\n")
-        .await?;
+    c.apply_namespace("billing").await?;
     c.apply_ok(&example("stripe-policy.yaml")).await?;
     Ok(c)
 }
@@ -39,6 +38,20 @@ async fn merge_patch_run_key(c: &Cluster, status: bool, patch: &str) -> Result<S
     c.kubectl_ok(&args).await
 }
 
+/// `kubectl get` of the seeds' run key, printed `-o output`.
+async fn get_run_key(c: &Cluster, output: &str) -> Result<String> {
+    c.kubectl_ok(&[
+        "get",
+        "vk",
+        "-n",
+        "billing",
+        "billing-agent-run-7f3a",
+        "-o",
+        output,
+    ])
+    .await
+}
+
 fn jsonpath(field: &str) -> String {
     format!("jsonpath={field}")
 }
@@ -58,29 +71,9 @@ async fn apply_creates_then_configures_then_leaves_unchanged() -> Result<()> {
         .apply_ok(&key.replace("dailyUsdCap: 500", "dailyUsdCap: 450"))
         .await?;
     assert!(changed.contains("configured"), "{changed}");
-    let got = c
-        .kubectl_ok(&[
-            "get",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "-o",
-            &jsonpath("{.spec.dailyUsdCap} {.metadata.generation}"),
-        ])
-        .await?;
+    let got = get_run_key(&c, &jsonpath("{.spec.dailyUsdCap} {.metadata.generation}")).await?;
     assert_eq!(got, "450 2");
-    let annotations = c
-        .kubectl_ok(&[
-            "get",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "-o",
-            "jsonpath={.metadata.annotations}",
-        ])
-        .await?;
+    let annotations = get_run_key(&c, "jsonpath={.metadata.annotations}").await?;
     assert!(annotations.contains("kubectl.kubernetes.io/last-applied-configuration"));
     Ok(())
 }
@@ -135,17 +128,7 @@ async fn get_prints_the_printer_columns_yaml_and_wide() -> Result<()> {
             && category.contains("spendpolicy.keybrake.com/stripe"),
         "{category}"
     );
-    let yaml = c
-        .kubectl_ok(&[
-            "get",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "-o",
-            "yaml",
-        ])
-        .await?;
+    let yaml = get_run_key(&c, "yaml").await?;
     let parsed: keybrake_crds::VaultKey = serde_yaml_ng::from_str(&yaml)?;
     assert_eq!(
         parsed.status.unwrap().spend.unwrap().total_usd.to_string(),
@@ -158,20 +141,9 @@ async fn get_prints_the_printer_columns_yaml_and_wide() -> Result<()> {
 async fn get_watch_streams_changes() -> Result<()> {
     let c = billing_cluster().await?;
     c.apply_ok(&example("stripe-run-key.yaml")).await?;
-    let mut cmd = tokio::process::Command::new(keybrake_e2e::kubectl_path()?);
-    cmd.args([
-        "get",
-        "vk",
-        "-n",
-        "billing",
-        "-w",
-        "--output-watch-events",
-        "--cache-dir",
-    ])
-    .arg(c.dir().join("cache"))
-    .env("KUBECONFIG", c.kubeconfig())
-    .stdout(std::process::Stdio::piped())
-    .kill_on_drop(true);
+    let mut cmd =
+        c.kubectl_command(&["get", "vk", "-n", "billing", "-w", "--output-watch-events"])?;
+    cmd.stdout(std::process::Stdio::piped());
     let mut child = cmd.spawn()?;
     let stdout = child.stdout.take().unwrap();
     let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
@@ -207,17 +179,7 @@ async fn get_watch_streams_changes() -> Result<()> {
 async fn describe_shows_spec_status_and_events() -> Result<()> {
     let c = billing_cluster().await?;
     c.apply_ok(&example("stripe-run-key.yaml")).await?;
-    let uid = c
-        .kubectl_ok(&[
-            "get",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ])
-        .await?;
+    let uid = get_run_key(&c, "jsonpath={.metadata.uid}").await?;
     let event = format!(
         "apiVersion: v1\nkind: Event\nmetadata:\n  name: billing-agent-run-7f3a.cap\n  namespace: billing\n\
          involvedObject:\n  apiVersion: keybrake.com/v1alpha1\n  kind: VaultKey\n  name: billing-agent-run-7f3a\n  namespace: billing\n  uid: {uid}\n\
@@ -245,18 +207,7 @@ async fn patch_merge_and_status_subresource() -> Result<()> {
     c.apply_ok(&example("stripe-run-key.yaml")).await?;
     let get = |field: &'static str| {
         let c = &c;
-        async move {
-            c.kubectl_ok(&[
-                "get",
-                "vk",
-                "-n",
-                "billing",
-                "billing-agent-run-7f3a",
-                "-o",
-                &jsonpath(field),
-            ])
-            .await
-        }
+        async move { get_run_key(c, &jsonpath(field)).await }
     };
     // A main-resource patch cannot write status; a status patch cannot write spec.
     merge_patch_run_key(
@@ -281,19 +232,7 @@ async fn patch_merge_and_status_subresource() -> Result<()> {
     );
     // A patch that changes nothing bumps nothing.
     let rv = get("{.metadata.resourceVersion}").await?;
-    let out = c
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"revoked":true}}"#,
-        ])
-        .await?;
+    let out = merge_patch_run_key(&c, false, r#"{"spec":{"revoked":true}}"#).await?;
     assert!(out.contains("no change"), "{out}");
     assert_eq!(get("{.metadata.resourceVersion}").await?, rv);
     Ok(())
@@ -316,44 +255,20 @@ async fn delete_without_and_with_a_pending_finalizer() -> Result<()> {
         "{gone:?}"
     );
 
-    c.kubectl_ok(&[
-        "patch",
-        "vk",
-        "-n",
-        "billing",
-        "billing-agent-run-7f3a",
-        "--type",
-        "merge",
-        "-p",
+    merge_patch_run_key(
+        &c,
+        false,
         r#"{"metadata":{"finalizers":["keybrake.com/revoke"]}}"#,
-    ])
+    )
     .await?;
-    let deleting = {
-        let args = ["delete", "vk", "-n", "billing", "billing-agent-run-7f3a"];
-        let kubectl = keybrake_e2e::kubectl_path()?;
-        let mut cmd = tokio::process::Command::new(kubectl);
-        cmd.args(args)
-            .arg("--cache-dir")
-            .arg(c.dir().join("cache"))
-            .env("KUBECONFIG", c.kubeconfig())
-            .kill_on_drop(true);
-        cmd.output()
-    };
+    let deleting = c
+        .kubectl_command(&["delete", "vk", "-n", "billing", "billing-agent-run-7f3a"])?
+        .output();
     let deleting = tokio::spawn(deleting);
     // kubectl waits while the finalizer holds the object, now marked for deletion.
     let mut marked = String::new();
     for _ in 0..100 {
-        marked = c
-            .kubectl_ok(&[
-                "get",
-                "vk",
-                "-n",
-                "billing",
-                "billing-agent-run-7f3a",
-                "-o",
-                "jsonpath={.metadata.deletionTimestamp}",
-            ])
-            .await?;
+        marked = get_run_key(&c, "jsonpath={.metadata.deletionTimestamp}").await?;
         if !marked.is_empty() {
             break;
         }

@@ -52,6 +52,16 @@ async fn call(
     http(addr, method, path, &headers, body.as_bytes()).await
 }
 
+/// A call without a body, with `token`.
+async fn ask(addr: SocketAddr, method: &str, path: &str, token: &str) -> Result<Reply> {
+    call(addr, method, path, Some(token), &Value::Null).await
+}
+
+/// The seeds' issuance request, `POST /vault/keys` with `token`.
+async fn issue(addr: SocketAddr, token: &str) -> Result<Reply> {
+    call(addr, "POST", "/vault/keys", Some(token), &seed_request()).await
+}
+
 async fn vault_keys(stack: &Stack, ns: &str) -> Result<Vec<String>> {
     let api: Api<VaultKey> = Api::namespaced(stack.client.clone(), ns);
     Ok(api
@@ -150,12 +160,11 @@ async fn the_seeds_hatchet_flow_issues_fans_out_hits_the_cap_and_revokes_from_py
     assert_eq!(node["after_revoke"], "vault_key_revoked");
 
     // The admin listener serves the same API.
-    let shown = call(
+    let shown = ask(
         proxy.admin_addr,
         "GET",
         &format!("/vault/keys/{key_id}"),
-        Some(t.billing_worker.as_str()),
-        &Value::Null,
+        &t.billing_worker,
     )
     .await?;
     assert_eq!(shown.status, 200, "{}", shown.body);
@@ -243,22 +252,20 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
         ("DELETE", t.other_worker.as_str()),
         ("DELETE", t.billing_reader.as_str()),
     ] {
-        let reply = call(
+        let reply = ask(
             addr,
             method,
             "/vault/keys/billing-agent-run-7f3a?namespace=billing",
-            Some(token),
-            &Value::Null,
+            token,
         )
         .await?;
         assert_eq!(reply.status, 403, "{method}: {}", reply.body);
     }
-    let listed = call(
+    let listed = ask(
         addr,
         "GET",
         "/vault/keys?namespace=billing",
-        Some(t.other_worker.as_str()),
-        &Value::Null,
+        &t.other_worker,
     )
     .await?;
     assert_eq!(listed.status, 403, "{}", listed.body);
@@ -273,22 +280,20 @@ async fn callers_without_the_right_are_refused_and_nothing_is_created() -> Resul
     assert!(env.contains_key("STRIPE_API_KEY"));
 
     // The reader may read it, and an admin (system:masters) naming the namespace may revoke it.
-    let shown = call(
+    let shown = ask(
         addr,
         "GET",
         "/vault/keys/billing-agent-run-7f3a",
-        Some(t.billing_reader.as_str()),
-        &Value::Null,
+        &t.billing_reader,
     )
     .await?;
     assert_eq!(shown.status, 200, "{}", shown.body);
     assert_eq!(shown.json()["state"], "active");
-    let revoked = call(
+    let revoked = ask(
         addr,
         "DELETE",
         "/vault/keys/billing-agent-run-7f3a?namespace=billing",
-        Some(t.admin.as_str()),
-        &Value::Null,
+        &t.admin,
     )
     .await?;
     assert_eq!(revoked.status, 200, "{}", revoked.body);
@@ -367,48 +372,20 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
     )
     .await?;
     assert_eq!(reply.status, 413);
-    let reply = call(
-        addr,
-        "GET",
-        "/vault/keys/nope",
-        Some(t.billing_worker.as_str()),
-        &Value::Null,
-    )
-    .await?;
+    let reply = ask(addr, "GET", "/vault/keys/nope", &t.billing_worker).await?;
     assert_eq!(reply.status, 404, "{}", reply.body);
     for bad in [
         "/vault/keys/a/status",
         "/vault/keys/UPPER",
         "/vault/keys/..%2Fx",
     ] {
-        let reply = call(
-            addr,
-            "DELETE",
-            bad,
-            Some(t.billing_worker.as_str()),
-            &Value::Null,
-        )
-        .await?;
+        let reply = ask(addr, "DELETE", bad, &t.billing_worker).await?;
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
         assert_eq!(reply.json()["field"], "key_id");
     }
-    let reply = call(
-        addr,
-        "PUT",
-        "/vault/keys/nope",
-        Some(t.billing_worker.as_str()),
-        &Value::Null,
-    )
-    .await?;
+    let reply = ask(addr, "PUT", "/vault/keys/nope", &t.billing_worker).await?;
     assert_eq!(reply.status, 405, "{}", reply.body);
-    let reply = call(
-        addr,
-        "GET",
-        "/vault/keys?run=x",
-        Some(t.billing_worker.as_str()),
-        &Value::Null,
-    )
-    .await?;
+    let reply = ask(addr, "GET", "/vault/keys?run=x", &t.billing_worker).await?;
     assert_eq!(reply.status, 400, "{}", reply.body);
 
     // Two policies for the vendor: the request must name one.
@@ -416,14 +393,7 @@ async fn bad_requests_name_the_field_and_create_nothing() -> Result<()> {
         .cluster
         .apply_ok(&example("stripe-policy.yaml").replace("name: stripe\n", "name: stripe-eu\n"))
         .await?;
-    let reply = call(
-        addr,
-        "POST",
-        "/vault/keys",
-        Some(t.billing_worker.as_str()),
-        &seed_request(),
-    )
-    .await?;
+    let reply = issue(addr, &t.billing_worker).await?;
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert_eq!(reply.json()["field"], "policy");
     assert!(reply.body.contains("stripe, stripe-eu"), "{}", reply.body);
@@ -440,14 +410,7 @@ async fn without_an_operator_issuance_times_out_cleanly_and_leaves_nothing() -> 
     let (mut stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
     let t = stack.cluster.tokens().await?.clone();
     // The proxy loaded the policy; now the operator goes away.
-    let ready = call(
-        proxy.addr,
-        "POST",
-        "/vault/keys",
-        Some(t.billing_worker.as_str()),
-        &seed_request(),
-    )
-    .await?;
+    let ready = issue(proxy.addr, &t.billing_worker).await?;
     assert_eq!(ready.status, 201, "{}", ready.body);
     stack.stop_operator().await;
     let mut config = keybrake_proxy::Config::local(&stack.redis.url(), &stack.prefix);
@@ -455,14 +418,7 @@ async fn without_an_operator_issuance_times_out_cleanly_and_leaves_nothing() -> 
     let quick =
         keybrake_proxy::start(stack.proxy_client.clone(), config, "127.0.0.1:0".parse()?).await?;
     let started = std::time::Instant::now();
-    let reply = call(
-        quick.addr,
-        "POST",
-        "/vault/keys",
-        Some(t.billing_worker.as_str()),
-        &seed_request(),
-    )
-    .await?;
+    let reply = issue(quick.addr, &t.billing_worker).await?;
     println!(
         "no operator: {} after {:?}: {}",
         reply.status,
@@ -498,14 +454,7 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
     let mut config = stack.operator_config();
     config.issued_key_retention_secs = 1;
     stack.start_operator_with(config).await?;
-    let issued = call(
-        proxy.addr,
-        "POST",
-        "/vault/keys",
-        Some(t.billing_worker.as_str()),
-        &seed_request(),
-    )
-    .await?;
+    let issued = issue(proxy.addr, &t.billing_worker).await?;
     assert_eq!(issued.status, 201, "{}", issued.body);
     let key_id = issued.json()["key_id"]
         .as_str()
@@ -520,12 +469,11 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
         .await?;
 
     let started = std::time::Instant::now();
-    let revoked = call(
+    let revoked = ask(
         proxy.addr,
         "DELETE",
         &format!("/vault/keys/{key_id}"),
-        Some(t.billing_worker.as_str()),
-        &Value::Null,
+        &t.billing_worker,
     )
     .await?;
     assert_eq!(revoked.status, 200, "{}", revoked.body);
@@ -555,12 +503,11 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
         vault_keys(&stack, "billing").await?,
         vec!["billing-agent-run-7f3a".to_owned()]
     );
-    let gone = call(
+    let gone = ask(
         proxy.addr,
         "GET",
         &format!("/vault/keys/{key_id}"),
-        Some(t.billing_worker.as_str()),
-        &Value::Null,
+        &t.billing_worker,
     )
     .await?;
     assert_eq!(gone.status, 404);
@@ -577,14 +524,7 @@ async fn issued_keys_are_deleted_after_their_retention_and_kubectl_keys_are_kept
 async fn only_tokens_minted_for_the_keybrake_audience_are_accepted() -> Result<()> {
     let (stack, proxy) = stack_with_policy("http://127.0.0.1:9").await?;
     let t = stack.cluster.tokens().await?.clone();
-    let default_token = call(
-        proxy.addr,
-        "POST",
-        "/vault/keys",
-        Some(t.billing_worker_default.as_str()),
-        &seed_request(),
-    )
-    .await?;
+    let default_token = issue(proxy.addr, &t.billing_worker_default).await?;
     assert_eq!(default_token.status, 401, "{}", default_token.body);
     assert!(
         default_token
@@ -594,14 +534,7 @@ async fn only_tokens_minted_for_the_keybrake_audience_are_accepted() -> Result<(
         default_token.body
     );
     assert!(vault_keys(&stack, "billing").await?.is_empty());
-    let projected = call(
-        proxy.addr,
-        "POST",
-        "/vault/keys",
-        Some(t.billing_worker.as_str()),
-        &seed_request(),
-    )
-    .await?;
+    let projected = issue(proxy.addr, &t.billing_worker).await?;
     assert_eq!(projected.status, 201, "{}", projected.body);
     // The same token is no credential for the API server.
     let replayed =

@@ -6,7 +6,7 @@ use anyhow::Result;
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use keybrake_crds::{KeyPhase, SpendPolicy, Usd, VaultKey, Vendor};
 use keybrake_e2e::{
-    example,
+    busybox_deployment, example, restart_on_rotation,
     stack::{PROXY_URL, Stack, eventually},
 };
 use keybrake_ledger::{Admission, Ledger, ReserveRequest, Rule, Token};
@@ -172,7 +172,10 @@ async fn a_reconcile_with_no_change_writes_nothing_and_a_restart_reissues_nothin
         .cluster
         .apply_ok(&example("stripe-worker-key.yaml").replace("period: 6h", "period: 24h"))
         .await?;
-    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  selector:\n    matchLabels: {app: billing-worker}\n  template:\n    metadata:\n      labels: {app: billing-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
+    stack
+        .cluster
+        .apply_ok(&busybox_deployment("billing-worker", ""))
+        .await?;
     key_in_phase(&stack, "billing-worker", KeyPhase::Active).await?;
     let keys: Api<VaultKey> = Api::namespaced(stack.client.clone(), "billing");
     let secrets: Api<Secret> = Api::namespaced(stack.client.clone(), "billing");
@@ -214,17 +217,9 @@ async fn a_reconcile_with_no_change_writes_nothing_and_a_restart_reissues_nothin
     let after = secrets.get("billing-worker-stripe").await?;
     assert_eq!(after.data, before.1.data, "a restart reissued the token");
     assert_eq!(after.resource_version(), before.1.resource_version());
-    let deploy = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
-        .get("billing-worker")
+    let annotations = stack
+        .template_annotations("billing", "billing-worker")
         .await?;
-    let annotations = deploy
-        .spec
-        .unwrap()
-        .template
-        .metadata
-        .unwrap_or_default()
-        .annotations
-        .unwrap_or_default();
     assert!(
         !annotations.contains_key("keybrake.com/rotated-at"),
         "a restart rolled a workload"
@@ -389,14 +384,13 @@ async fn a_key_expires_in_redis_then_in_kubernetes() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> Result<()> {
     let mut stack = stripe_stack().await?;
-    stack.stop_operator().await;
-    let mut config = stack.operator_config();
-    config.metrics_addr = free_addr();
-    let metrics = config.metrics_addr;
-    stack.start_operator_with(config).await?;
+    let metrics = restart_operator_with_metrics(&mut stack).await?;
     // The worker opts in to be rolled by its key; a bystander the key also names does not.
-    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  selector:\n    matchLabels: {app: billing-worker}\n  template:\n    metadata:\n      labels: {app: billing-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
-    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bystander\n  namespace: billing\nspec:\n  selector:\n    matchLabels: {app: bystander}\n  template:\n    metadata:\n      labels: {app: bystander}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
+    stack.cluster.apply_ok(&opted_in_worker()).await?;
+    stack
+        .cluster
+        .apply_ok(&busybox_deployment("bystander", ""))
+        .await?;
     stack
         .cluster
         .apply_ok(
@@ -458,17 +452,9 @@ async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> 
         3_000_000,
         "all three charges counted on one key"
     );
-    let deploy = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
-        .get("billing-worker")
+    let rolled = stack
+        .template_annotations("billing", "billing-worker")
         .await?;
-    let rolled = deploy
-        .spec
-        .unwrap()
-        .template
-        .metadata
-        .unwrap_or_default()
-        .annotations
-        .unwrap_or_default();
     assert!(
         rolled.contains_key("keybrake.com/rotated-at"),
         "the Deployment was not rolled"
@@ -481,17 +467,7 @@ async fn rotation_keeps_both_tokens_for_the_overlap_and_rolls_targets_once() -> 
             "{text}"
         );
     }
-    let bystander = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
-        .get("bystander")
-        .await?;
-    let untouched = bystander
-        .spec
-        .unwrap()
-        .template
-        .metadata
-        .unwrap_or_default()
-        .annotations
-        .unwrap_or_default();
+    let untouched = stack.template_annotations("billing", "bystander").await?;
     assert!(
         !untouched.contains_key("keybrake.com/rotated-at"),
         "a workload that did not opt in was rolled"
@@ -636,6 +612,21 @@ fn free_addr() -> std::net::SocketAddr {
     keybrake_e2e::redis_server::free_addr().unwrap()
 }
 
+/// Deployment `billing-worker`, opted in to be rolled when its key rotates.
+fn opted_in_worker() -> String {
+    busybox_deployment("billing-worker", &restart_on_rotation("billing-worker"))
+}
+
+/// Restarts the operator with its metrics on a free address, which it returns.
+async fn restart_operator_with_metrics(stack: &mut Stack) -> Result<std::net::SocketAddr> {
+    stack.stop_operator().await;
+    let mut config = stack.operator_config();
+    config.metrics_addr = free_addr();
+    let metrics = config.metrics_addr;
+    stack.start_operator_with(config).await?;
+    Ok(metrics)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
     let mut stack = stripe_stack().await?;
@@ -715,12 +706,8 @@ async fn two_replicas_elect_one_leader_and_fail_over() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_credential_changes_rolls_the_targets_once() -> Result<()> {
     let mut stack = stripe_stack().await?;
-    stack.stop_operator().await;
-    let mut config = stack.operator_config();
-    config.metrics_addr = free_addr();
-    let metrics = config.metrics_addr;
-    stack.start_operator_with(config).await?;
-    stack.cluster.apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-worker\nspec:\n  selector:\n    matchLabels: {app: billing-worker}\n  template:\n    metadata:\n      labels: {app: billing-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
+    let metrics = restart_operator_with_metrics(&mut stack).await?;
+    stack.cluster.apply_ok(&opted_in_worker()).await?;
     stack
         .cluster
         .apply_ok(&example("stripe-worker-key.yaml").replace(
@@ -778,15 +765,11 @@ async fn a_burst_of_credential_changes_rolls_the_targets_once() -> Result<()> {
         "{pending:?}"
     );
     assert!(rolled.pending_since.is_none());
-    let deploy = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
-        .get("billing-worker")
-        .await?;
     assert!(
-        deploy
-            .spec
-            .and_then(|s| s.template.metadata)
-            .and_then(|m| m.annotations)
-            .is_some_and(|a| a.contains_key("keybrake.com/rotated-at")),
+        stack
+            .template_annotations("billing", "billing-worker")
+            .await?
+            .contains_key("keybrake.com/rotated-at"),
         "the Deployment was not rolled"
     );
     let text = metrics_text(metrics).await?;
@@ -804,13 +787,11 @@ async fn restart_targets_chosen_by_labels_roll_every_opted_in_match() -> Result<
     let stack = stripe_stack().await?;
     let deployment = |name: &str, team: &str, opt_in: bool| {
         let annotation = if opt_in {
-            "  annotations:\n    keybrake.com/restart-on-rotation: \"*\"\n"
+            restart_on_rotation("\"*\"")
         } else {
-            ""
+            String::new()
         };
-        format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: billing\n  labels:\n    team: {team}\n{annotation}spec:\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      containers:\n      - {{name: worker, image: busybox}}\n"
-        )
+        busybox_deployment(name, &format!("  labels:\n    team: {team}\n{annotation}"))
     };
     for (name, team, opt_in) in [
         ("worker-a", "billing", true),
@@ -883,11 +864,7 @@ async fn metrics_text(addr: std::net::SocketAddr) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_health_endpoints_answer() -> Result<()> {
     let mut stack = stripe_stack().await?;
-    stack.stop_operator().await;
-    let mut config = stack.operator_config();
-    config.metrics_addr = free_addr();
-    let addr = config.metrics_addr;
-    stack.start_operator_with(config).await?;
+    let addr = restart_operator_with_metrics(&mut stack).await?;
     stack
         .cluster
         .apply_ok(&example("stripe-run-key.yaml"))
@@ -1181,18 +1158,7 @@ async fn deleting_the_secret_or_unrevoking_cannot_reset_a_keys_spend() -> Result
     let without_rule = older.to_string();
     stack.cluster.apply_ok(&without_rule).await?;
     stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            name,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"revoked":false}}"#,
-        ])
+        .patch_key_with_kubectl("billing", name, r#"{"spec":{"revoked":false}}"#)
         .await?;
     let stays = eventually("the operator to say the key stays revoked", 20, || async {
         let vk = Api::<VaultKey>::namespaced(stack.client.clone(), "billing")

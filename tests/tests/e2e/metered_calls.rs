@@ -1,11 +1,14 @@
 //! The proxy's data path end to end: the real API server, the operator, a real Redis, the proxy, and a
 //! recording upstream standing in for the vendor.
 
+use std::net::SocketAddr;
+
 use anyhow::Result;
 use keybrake_crds::KeyPhase;
 use keybrake_e2e::{
+    FORM, Reply,
     api_faults::{ApiFaults, Fault},
-    example, http,
+    example, http, payment_intent,
     refusals::{check_all, refusal},
     spawn_charges,
     stack::{Stack, eventually},
@@ -15,6 +18,15 @@ use keybrake_e2e::{
 
 fn pointed_at(file: &str, upstream: &RecordingUpstream) -> String {
     with_upstream(&example(file), &upstream.url())
+}
+
+/// A Resend email: `POST /emails` with the JSON `body`, sent with `authorization`.
+async fn send_email(addr: SocketAddr, authorization: &str, body: &[u8]) -> Result<Reply> {
+    let headers = [
+        ("Authorization", authorization),
+        ("Content-Type", "application/json"),
+    ];
+    http(addr, "POST", "/emails", &headers, body).await
 }
 
 async fn active(stack: &Stack, ns: &str, name: &str) -> Result<()> {
@@ -53,8 +65,6 @@ async fn stripe() -> Result<Stripe> {
     })
 }
 
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capped_stripe_key_charges_until_the_cap_then_refuses_in_stripes_shape() -> Result<()> {
     let s = stripe().await?;
@@ -72,11 +82,9 @@ async fn a_capped_stripe_key_charges_until_the_cap_then_refuses_in_stripes_shape
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["status"], "succeeded");
     }
-    let r = http(
+    let r = payment_intent(
         s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, FORM],
+        &s.bearer,
         b"amount=20000&currency=usd&confirm=true",
     )
     .await?;
@@ -223,18 +231,7 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
     // between are still the key's own (it was valid until the operator revoked it in Redis).
     let patch = r#"{"spec":{"revoked":true}}"#;
     s.stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "-n",
-            "billing",
-            "billing-agent-run-7f3a",
-            "--type",
-            "merge",
-            "-p",
-            patch,
-        ])
+        .patch_key_with_kubectl("billing", "billing-agent-run-7f3a", patch)
         .await?;
     let patched = std::time::Instant::now();
     let revoked = eventually("the revoke to take effect", 10, || async {
@@ -256,11 +253,9 @@ async fn refusals_never_reach_the_vendor() -> Result<()> {
     );
     assert_eq!(revoked.json()["error"]["code"], "vault_key_revoked");
     let after = s.upstream.requests().len();
-    let r = http(
+    let r = payment_intent(
         s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, FORM],
+        &s.bearer,
         b"amount=100&currency=usd&confirm=true",
     )
     .await?;
@@ -326,13 +321,10 @@ async fn an_idempotency_key_is_forwarded_once_and_counted_once() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_fails_closed_and_upstream_failures_settle_correctly() -> Result<()> {
     let s = stripe().await?;
-    let auth = ("Authorization", s.bearer.as_str());
     s.upstream.set_mode(Mode::Fail);
-    let r = http(
+    let r = payment_intent(
         s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, FORM],
+        &s.bearer,
         b"amount=10000&currency=usd&confirm=true",
     )
     .await?;
@@ -346,11 +338,9 @@ async fn redis_down_fails_closed_and_upstream_failures_settle_correctly() -> Res
     );
     s.upstream.set_mode(Mode::Normal);
     drop(s.stack.redis);
-    let r = http(
+    let r = payment_intent(
         s.proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[auth, FORM],
+        &s.bearer,
         b"amount=10000&currency=usd&confirm=true",
     )
     .await?;
@@ -368,19 +358,8 @@ async fn redis_down_fails_closed_and_upstream_failures_settle_correctly() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_and_resend_keys_are_costed_and_shaped_their_way() -> Result<()> {
     let stack = Stack::start().await?;
-    stack
-        .cluster
-        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?;
     let upstream = RecordingUpstream::start().await?;
-    stack
-        .cluster
-        .apply_ok(&pointed_at("twilio-policy.yaml", &upstream))
-        .await?;
-    stack
-        .cluster
-        .apply_ok(&pointed_at("resend-policy.yaml", &upstream))
-        .await?;
+    stack.apply_agents_policies(&upstream.url()).await?;
     stack
         .cluster
         .apply_ok(&example("twilio-sms-key.yaml"))
@@ -445,30 +424,10 @@ async fn twilio_and_resend_keys_are_costed_and_shaped_their_way() -> Result<()> 
     let key = secret_value(&stack, "agents", "haystack-mailer-run-41", "RESEND_API_KEY").await?;
     let bearer = format!("Bearer {key}");
     let email = br#"{"from":"a@x.io","to":["b@y.io","c@y.io"],"cc":"d@y.io","subject":"receipt","html":"<p>ok</p>"}"#;
-    let r = http(
-        proxy.addr,
-        "POST",
-        "/emails",
-        &[
-            ("Authorization", bearer.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        email,
-    )
-    .await?;
+    let r = send_email(proxy.addr, &bearer, email).await?;
     assert_eq!(r.status, 200, "{}", r.body);
     let dup = br#"{"to":"a@x.io","to":["b","c"]}"#;
-    let r = http(
-        proxy.addr,
-        "POST",
-        "/emails",
-        &[
-            ("Authorization", bearer.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        dup,
-    )
-    .await?;
+    let r = send_email(proxy.addr, &bearer, dup).await?;
     assert_eq!(
         (r.status, r.json()["name"].as_str()),
         (400, Some("validation_error"))
@@ -494,10 +453,7 @@ async fn twilio_and_resend_keys_are_costed_and_shaped_their_way() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_estimates_are_what_the_vendor_counts_at_every_boundary() -> Result<()> {
     let stack = Stack::start().await?;
-    stack
-        .cluster
-        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?;
+    stack.cluster.apply_namespace("agents").await?;
     let upstream = RecordingUpstream::start().await?;
     stack
         .cluster
@@ -663,7 +619,6 @@ async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> 
     let through = server.client(s.stack.cluster.plane(), &proxy_token).await?;
     s.proxy.shutdown().await;
     s.proxy = s.stack.start_proxy_on(through, |_| {}).await?;
-    let auth = ("Authorization", s.bearer.as_str());
     server.inject(Fault {
         code: 429,
         path_contains: "/vaultkeys/billing-agent-run-7f3a/status".into(),
@@ -675,11 +630,9 @@ async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> 
         remaining: 2,
     });
     for _ in 0..3 {
-        http(
+        payment_intent(
             s.proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[auth, FORM],
+            &s.bearer,
             b"amount=20000&currency=usd&confirm=true",
         )
         .await?;
@@ -769,13 +722,10 @@ async fn spend_shows_in_kubectl_get_and_the_cap_hit_in_describe() -> Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_lists_calls_with_costs_request_ids_and_run_totals() -> Result<()> {
     let s = stripe().await?;
-    let auth = ("Authorization", s.bearer.as_str());
     for amount in ["12500", "20000", "30000"] {
-        http(
+        payment_intent(
             s.proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[auth, FORM],
+            &s.bearer,
             format!("amount={amount}&currency=usd&confirm=true").as_bytes(),
         )
         .await?;
@@ -911,13 +861,10 @@ async fn h2c_credential_refresh_and_metrics() -> Result<()> {
         "sk_test_rotated_by_the_platform_team",
     );
     s.stack.cluster.apply_ok(&rotated).await?;
-    let auth = ("Authorization", s.bearer.as_str());
     eventually("the proxy to use the new credential", 15, || async {
-        http(
+        payment_intent(
             s.proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[auth, FORM],
+            &s.bearer,
             b"amount=100&currency=usd&confirm=true",
         )
         .await
@@ -984,14 +931,7 @@ async fn oversized_headers_are_refused_and_shutdown_drains_in_flight_calls() -> 
     let addr = s.proxy.addr;
     let bearer = s.bearer.clone();
     let in_flight = tokio::spawn(async move {
-        http(
-            addr,
-            "POST",
-            "/v1/payment_intents",
-            &[("Authorization", bearer.as_str()), FORM],
-            b"amount=1000&currency=usd&confirm=true",
-        )
-        .await
+        payment_intent(addr, &bearer, b"amount=1000&currency=usd&confirm=true").await
     });
     eventually("the call to reach the upstream", 10, || async {
         (!s.upstream.requests().is_empty()).then_some(())

@@ -4,9 +4,7 @@
 //! requests as Stripe does and issues ids of Stripe's real shape.
 
 use anyhow::Result;
-use keybrake_e2e::{Reply, http, stack::Stack, upstream::RecordingUpstream};
-
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+use keybrake_e2e::{FORM, Reply, http, stack::Stack, upstream::RecordingUpstream};
 
 /// A policy with `scope` (YAML under `spec.scope`, or empty) and three keys: `a` and `c` of run
 /// `r1`, `b` of run `r2`; each may use every endpoint the tests call.

@@ -8,7 +8,7 @@ use anyhow::Result;
 use k8s_openapi::api::core::v1::Secret;
 use keybrake_crds::{KeyPhase, SpendPolicy, VaultKey};
 use keybrake_e2e::{
-    example, http, identities,
+    example, http, identities, payment_intent,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
     with_upstream,
@@ -249,17 +249,7 @@ async fn a_vaultkey_recreated_under_the_same_name_is_a_new_key() -> Result<()> {
         vec![new.uid().unwrap_or_default()]
     );
     let auth = format!("Bearer {old_token}");
-    let r = http(
-        proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        b"amount=100&currency=usd&confirm=true",
-    )
-    .await?;
+    let r = payment_intent(proxy.addr, &auth, b"amount=100&currency=usd&confirm=true").await?;
     assert_eq!(r.status, 401, "the old token: {}", r.body);
     proxy.shutdown().await;
     Ok(())
@@ -304,17 +294,7 @@ async fn a_forged_status_key_id_revokes_nothing_of_anothers() -> Result<()> {
     })
     .await?;
     let auth = format!("Bearer {}", victim_env["STRIPE_API_KEY"]);
-    let r = http(
-        proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        b"amount=100&currency=usd&confirm=true",
-    )
-    .await?;
+    let r = payment_intent(proxy.addr, &auth, b"amount=100&currency=usd&confirm=true").await?;
     assert_eq!(r.status, 200, "the victim's key still works: {}", r.body);
     stack
         .key_in_phase("billing", "billing-worker", KeyPhase::Active)
@@ -335,19 +315,7 @@ async fn a_planted_token_under_anothers_key_id_takes_nothing_over() -> Result<()
     let victim_bearer = format!("Bearer {}", victim_env["STRIPE_API_KEY"]);
     let charge = |bearer: String| {
         let addr = proxy.addr;
-        async move {
-            http(
-                addr,
-                "POST",
-                "/v1/payment_intents",
-                &[
-                    ("Authorization", bearer.as_str()),
-                    ("Content-Type", "application/x-www-form-urlencoded"),
-                ],
-                b"amount=100&currency=usd&confirm=true",
-            )
-            .await
-        }
+        async move { payment_intent(addr, &bearer, b"amount=100&currency=usd&confirm=true").await }
     };
     assert_eq!(charge(victim_bearer.clone()).await?.status, 200);
 

@@ -105,16 +105,7 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
         .cluster
         .apply_ok(&example("stripe-run-key.yaml"))
         .await?;
-    stack
-        .cluster
-        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?;
-    for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
-        stack
-            .cluster
-            .apply_ok(&with_upstream(&example(policy), &upstream.url()))
-            .await?;
-    }
+    stack.apply_agents_policies(&upstream.url()).await?;
     for key in ["twilio-sms-key.yaml", "resend-email-key.yaml"] {
         stack.cluster.apply_ok(&example(key)).await?;
     }
@@ -253,7 +244,11 @@ async fn the_sdks_trust_a_tls_proxy_from_the_key_secret_and_a_renewal_drops_no_c
     // the variables at start).
     stack
         .cluster
-        .apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: tls-worker\n  namespace: billing\n  annotations:\n    keybrake.com/restart-on-rotation: billing-agent-run-7f3a\nspec:\n  selector:\n    matchLabels: {app: tls-worker}\n  template:\n    metadata:\n      labels: {app: tls-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
+        .apply_ok(&keybrake_e2e::busybox_deployment(
+            "tls-worker",
+            &keybrake_e2e::restart_on_rotation("billing-agent-run-7f3a"),
+        ))
+        .await?;
     Api::<keybrake_crds::VaultKey>::namespaced(stack.client.clone(), "billing")
         .patch(
             "billing-agent-run-7f3a",

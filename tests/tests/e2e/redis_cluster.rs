@@ -6,13 +6,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use keybrake_e2e::{
-    http, spawn_charges,
+    payment_intent, spawn_charges,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
 };
 use keybrake_ledger::{Keyspace, PolicyTag, Token};
-
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Result<()> {
@@ -38,14 +36,7 @@ async fn policies_on_every_primary_work_and_500_callers_never_overshoot() -> Res
         "the test needs policies on more than one primary"
     );
     for b in &bearers {
-        let r = http(
-            proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[("Authorization", b.as_str()), FORM],
-            b"amount=100&currency=usd&confirm=true",
-        )
-        .await?;
+        let r = payment_intent(proxy.addr, b, b"amount=100&currency=usd&confirm=true").await?;
         assert_eq!(r.status, 200, "{}", r.body);
     }
 

@@ -8,13 +8,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use keybrake_e2e::{
-    http, spawn_charges,
+    payment_intent, spawn_charges,
     stack::{SENTINEL_MASTER, Stack, eventually},
     upstream::RecordingUpstream,
 };
 use keybrake_ledger::Token;
-
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
 /// 300 callers ($1 each) over about a second through two proxies; the primary SIGKILLed a
 /// third of the way in. Returns (moved, recorded, refused) for this run.
@@ -98,15 +96,9 @@ async fn load_with_the_primary_killed(
     if acks == 0 {
         // The proxies find the new primary on their own: calls go through again.
         let ok = eventually("calls to go through the new primary", 30, || async {
-            let r = http(
-                addrs[0],
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", bearer), FORM],
-                b"amount=100&currency=usd&confirm=true",
-            )
-            .await
-            .ok()?;
+            let r = payment_intent(addrs[0], bearer, b"amount=100&currency=usd&confirm=true")
+                .await
+                .ok()?;
             (r.status == 200).then_some(())
         })
         .await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use keybrake_e2e::{
-    http,
+    payment_intent,
     pki::TestPki,
     redis_server::{RedisCluster, RedisSentinelSet, RedisServer},
     stack::Stack,
@@ -20,7 +20,6 @@ use keybrake_ledger::{
     connection::{ConnectConfig, Connection, Mode, TlsFiles, connect},
 };
 
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 const MASTER: &str = "keybrake-tls";
 
 fn config(mode: Mode, urls: &str, tls: TlsFiles) -> ConnectConfig {
@@ -71,14 +70,7 @@ async fn a_charge_goes_through_the_proxy_on_a_tls_only_redis_and_nothing_falls_b
     // its environment (REDIS_URL=rediss://..., KEYBRAKE_REDIS_CA_FILE).
     let (_binary, binary) = keybrake_e2e::processes::proxy(&stack).await?;
     for addr in [proxy.addr, binary] {
-        let r = http(
-            addr,
-            "POST",
-            "/v1/payment_intents",
-            &[("Authorization", bearer.as_str()), FORM],
-            b"amount=100&currency=usd&confirm=true",
-        )
-        .await?;
+        let r = payment_intent(addr, &bearer, b"amount=100&currency=usd&confirm=true").await?;
         assert_eq!(r.status, 200, "{}", r.body);
     }
     let token = Token::parse_bearer(&env["STRIPE_API_KEY"])?;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use keybrake_crds::{KeyPhase, SpendPolicy, VaultKey};
 use keybrake_e2e::{
-    example, http,
+    example, http, payment_intent,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
     with_upstream,
@@ -20,19 +20,10 @@ use keybrake_e2e::{
 use kube::Api;
 use serde_json::Value;
 
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
-
 /// A $1 charge through the proxy at `addr` with `token`; the status and the refusal's code.
 async fn charge(addr: std::net::SocketAddr, token: &str) -> Result<(u16, String)> {
     let auth = format!("Bearer {token}");
-    let r = http(
-        addr,
-        "POST",
-        "/v1/payment_intents",
-        &[("Authorization", auth.as_str()), FORM],
-        b"amount=100&currency=usd",
-    )
-    .await?;
+    let r = payment_intent(addr, &auth, b"amount=100&currency=usd").await?;
     let code = r.json()["error"]["code"]
         .as_str()
         .unwrap_or_default()

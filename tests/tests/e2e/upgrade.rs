@@ -13,7 +13,7 @@ use anyhow::Result;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use keybrake_crds::KeyPhase;
 use keybrake_e2e::{
-    http,
+    http, payment_intent,
     stack::{LEASE_NAMESPACE, Stack, eventually},
     upstream::RecordingUpstream,
 };
@@ -157,14 +157,9 @@ async fn a_rolling_upgrade_of_operator_and_proxy_loses_no_call_and_reissues_noth
     stack
         .key_in_phase("billing", "billing-agent-run-7f3a", KeyPhase::Revoked)
         .await?;
-    let r = http(
+    let r = payment_intent(
         new_proxies[0].addr,
-        "POST",
-        "/v1/payment_intents",
-        &[
-            ("Authorization", bearer.as_str()),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
+        &bearer,
         b"amount=100&currency=usd&confirm=true",
     )
     .await?;

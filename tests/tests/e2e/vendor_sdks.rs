@@ -140,14 +140,7 @@ async fn agents_stack() -> Result<(
 )> {
     let upstream = keybrake_e2e::upstream::RecordingUpstream::start().await?;
     let (stack, proxy) = Stack::start_with_proxy().await?;
-    stack
-        .cluster
-        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?;
-    for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
-        let yaml = with_upstream(&example(policy), &upstream.url());
-        stack.cluster.apply_ok(&yaml).await?;
-    }
+    stack.apply_agents_policies(&upstream.url()).await?;
     Ok((stack, proxy, upstream))
 }
 

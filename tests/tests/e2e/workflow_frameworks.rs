@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use keybrake_e2e::{
-    example,
+    example, payment_intent,
     sdk::{LocalStripe, run},
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
@@ -87,16 +87,7 @@ async fn hatchet_fan_out(stack: Stack, proxy: keybrake_proxy::Running) -> Result
 async fn haystack_agent_loop_is_capped_per_tool() -> Result<()> {
     let upstream = RecordingUpstream::start().await?;
     let (stack, proxy) = Stack::start_with_proxy().await?;
-    stack
-        .cluster
-        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: agents\n")
-        .await?;
-    for policy in ["twilio-policy.yaml", "resend-policy.yaml"] {
-        stack
-            .cluster
-            .apply_ok(&with_upstream(&example(policy), &upstream.url()))
-            .await?;
-    }
+    stack.apply_agents_policies(&upstream.url()).await?;
     // $0.05 of texts (4 one-segment texts at $0.0113) and $0.003 of email (3 at $0.0009).
     stack
         .cluster
@@ -148,18 +139,9 @@ async fn revocation_by_kubectl_patch_and_delete_refuses_the_next_call() -> Resul
         async move {
             let bearer = format!("Bearer {key}");
             eventually("the first refusal", 10, || async {
-                let r = keybrake_e2e::http(
-                    addr,
-                    "POST",
-                    "/v1/payment_intents",
-                    &[
-                        ("Authorization", bearer.as_str()),
-                        ("Content-Type", "application/x-www-form-urlencoded"),
-                    ],
-                    b"amount=0&currency=usd",
-                )
-                .await
-                .ok()?;
+                let r = payment_intent(addr, &bearer, b"amount=0&currency=usd")
+                    .await
+                    .ok()?;
                 (r.status == 401).then_some(started.elapsed())
             })
             .await

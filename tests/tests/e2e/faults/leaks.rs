@@ -2,13 +2,11 @@
 
 use anyhow::Result;
 use keybrake_e2e::{
-    example, http,
+    example, http, payment_intent,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
     with_upstream,
 };
-
-use super::FORM;
 
 /// Every log line of this test process (all tests' in-process operators and proxies), at debug.
 fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
@@ -70,24 +68,15 @@ async fn no_real_secret_or_vault_token_leaks_into_logs_metrics_status_events_or_
         .to_owned();
     let bearer = format!("Bearer {token}");
     for _ in 0..3 {
-        http(
+        payment_intent(
             proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[("Authorization", bearer.as_str()), FORM],
+            &bearer,
             b"amount=20000&currency=usd&confirm=true",
         )
         .await?;
     }
     let forged = format!("Bearer {}", token.replace(&secret[..8], "00000000"));
-    http(
-        proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[("Authorization", forged.as_str()), FORM],
-        b"amount=100&currency=usd",
-    )
-    .await?;
+    payment_intent(proxy.addr, &forged, b"amount=100&currency=usd").await?;
     stack
         .revoke_with_kubectl("billing", "billing-agent-run-7f3a")
         .await?;
@@ -98,14 +87,7 @@ async fn no_real_secret_or_vault_token_leaks_into_logs_metrics_status_events_or_
             keybrake_crds::KeyPhase::Revoked,
         )
         .await?;
-    http(
-        proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[("Authorization", bearer.as_str()), FORM],
-        b"amount=100&currency=usd",
-    )
-    .await?;
+    payment_intent(proxy.addr, &bearer, b"amount=100&currency=usd").await?;
     eventually("the spend write-back", 15, || async {
         let spent = stack
             .cluster

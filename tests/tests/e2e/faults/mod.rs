@@ -7,6 +7,3 @@ mod replicas;
 mod restarts;
 mod tenants;
 mod upstream;
-
-/// The content type of Stripe's form bodies.
-const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");

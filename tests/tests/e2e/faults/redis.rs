@@ -2,13 +2,11 @@
 
 use anyhow::Result;
 use keybrake_e2e::{
-    http,
+    http, payment_intent,
     stack::{Stack, eventually},
     upstream::{Mode, RecordingUpstream},
 };
 use keybrake_ledger::PolicyTag;
-
-use super::FORM;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact() -> Result<()> {
@@ -19,11 +17,9 @@ async fn redis_killed_fails_closed_and_a_restart_recovers_with_counters_intact()
     let charge = || {
         let bearer = bearer.clone();
         async move {
-            http(
+            payment_intent(
                 proxy.addr,
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", bearer.as_str()), FORM],
+                &bearer,
                 b"amount=10000&currency=usd&confirm=true",
             )
             .await
@@ -154,11 +150,9 @@ async fn a_stalled_redis_turns_calls_into_refusals_not_unaccounted_forwards() ->
     });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let started = std::time::Instant::now();
-    let r = http(
+    let r = payment_intent(
         proxy.addr,
-        "POST",
-        "/v1/payment_intents",
-        &[("Authorization", bearer.as_str()), FORM],
+        &bearer,
         b"amount=10000&currency=usd&confirm=true",
     )
     .await?;
@@ -175,11 +169,9 @@ async fn a_stalled_redis_turns_calls_into_refusals_not_unaccounted_forwards() ->
     let _ = stall.await;
     // Once Redis answers again (and the breaker's cool-off is over), calls pass and are counted.
     eventually("calls to pass again", 10, || async {
-        let r = http(
+        let r = payment_intent(
             proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[("Authorization", bearer.as_str()), FORM],
+            &bearer,
             b"amount=10000&currency=usd&confirm=true",
         )
         .await
@@ -213,16 +205,7 @@ async fn a_settle_during_a_redis_stall_is_retried_until_it_lands() -> Result<()>
     let bearer = format!("Bearer {}", env["STRIPE_API_KEY"]);
     let call = tokio::spawn({
         let addr = proxy.addr;
-        async move {
-            http(
-                addr,
-                "POST",
-                "/v1/payment_intents",
-                &[("Authorization", bearer.as_str()), FORM],
-                b"amount=10000&currency=usd&confirm=true",
-            )
-            .await
-        }
+        async move { payment_intent(addr, &bearer, b"amount=10000&currency=usd&confirm=true").await }
     });
     // The call is at the vendor; Redis stalls past the vendor's answer, so the first settle
     // times out (500 ms) and only a retry can land.

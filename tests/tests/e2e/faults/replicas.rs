@@ -2,13 +2,11 @@
 
 use anyhow::Result;
 use keybrake_e2e::{
-    http,
+    FORM, http, payment_intent,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
 };
 use keybrake_ledger::PolicyTag;
-
-use super::FORM;
 
 /// The `keybrake-proxy` binary next to this test binary (`cargo test --workspace` builds it).
 fn proxy_binary() -> Result<std::path::PathBuf> {
@@ -79,11 +77,9 @@ async fn a_proxy_killed_with_calls_in_flight_loses_no_spend_and_another_replica_
         .map(|_| {
             let bearer = bearer.clone();
             tokio::spawn(async move {
-                http(
+                payment_intent(
                     doomed_addr,
-                    "POST",
-                    "/v1/payment_intents",
-                    &[("Authorization", bearer.as_str()), FORM],
+                    &bearer,
                     b"amount=100&currency=usd&confirm=true",
                 )
                 .await

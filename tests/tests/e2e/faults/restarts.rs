@@ -2,13 +2,11 @@
 
 use anyhow::Result;
 use keybrake_e2e::{
-    example, http,
+    example, payment_intent,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
     with_upstream,
 };
-
-use super::FORM;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_or_a_delete_while_the_operator_is_down_is_refused_at_once() -> Result<()> {
@@ -23,14 +21,7 @@ async fn a_revoke_or_a_delete_while_the_operator_is_down_is_refused_at_once() ->
     let second = stack.active_key_env("billing", "second-run").await?;
     let charge = |key: String| async move {
         let bearer = format!("Bearer {key}");
-        http(
-            proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[("Authorization", bearer.as_str()), FORM],
-            b"amount=100&currency=usd&confirm=true",
-        )
-        .await
+        payment_intent(proxy.addr, &bearer, b"amount=100&currency=usd&confirm=true").await
     };
     assert_eq!(charge(env["STRIPE_API_KEY"].clone()).await?.status, 200);
     assert_eq!(charge(second["STRIPE_API_KEY"].clone()).await?.status, 200);
@@ -44,18 +35,11 @@ async fn a_revoke_or_a_delete_while_the_operator_is_down_is_refused_at_once() ->
         .await?;
     // The finalizer would wait for the operator: an admin removes it, and the key is gone.
     stack
-        .cluster
-        .kubectl_ok(&[
-            "patch",
-            "vk",
-            "second-run",
-            "-n",
+        .patch_key_with_kubectl(
             "billing",
-            "--type",
-            "merge",
-            "-p",
+            "second-run",
             r#"{"metadata":{"finalizers":null}}"#,
-        ])
+        )
         .await?;
     stack
         .cluster
@@ -135,8 +119,6 @@ async fn a_revoke_or_a_delete_while_the_operator_is_down_is_refused_at_once() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_restart_reissues_nothing_rolls_nothing_and_keys_keep_working() -> Result<()>
 {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use kube::Api;
     let upstream = RecordingUpstream::start().await?;
     let (mut stack, proxy) = Stack::builder().start_with_proxy().await?;
     stack
@@ -148,7 +130,8 @@ async fn an_api_server_restart_reissues_nothing_rolls_nothing_and_keys_keep_work
         .await?;
     stack
         .cluster
-        .apply_ok("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: billing-worker\n  namespace: billing\nspec:\n  selector:\n    matchLabels: {app: billing-worker}\n  template:\n    metadata:\n      labels: {app: billing-worker}\n    spec:\n      containers:\n      - {name: worker, image: busybox}\n").await?;
+        .apply_ok(&keybrake_e2e::busybox_deployment("billing-worker", ""))
+        .await?;
     stack
         .cluster
         .apply_ok(&example("stripe-worker-key.yaml"))
@@ -161,14 +144,7 @@ async fn an_api_server_restart_reissues_nothing_rolls_nothing_and_keys_keep_work
         .await?;
     let bearer = format!("Bearer {}", before["STRIPE_API_KEY"]);
     let charge = || async {
-        http(
-            proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[("Authorization", bearer.as_str()), FORM],
-            b"amount=100&currency=usd&confirm=true",
-        )
-        .await
+        payment_intent(proxy.addr, &bearer, b"amount=100&currency=usd&confirm=true").await
     };
     assert_eq!(charge().await?.status, 200);
 
@@ -213,14 +189,9 @@ async fn an_api_server_restart_reissues_nothing_rolls_nothing_and_keys_keep_work
         .secret_data("billing", "billing-worker-stripe")
         .await?;
     assert_eq!(after, before, "the restart reissued the token");
-    let deploy = Api::<Deployment>::namespaced(stack.client.clone(), "billing")
-        .get("billing-worker")
+    let annotations = stack
+        .template_annotations("billing", "billing-worker")
         .await?;
-    let annotations = deploy
-        .spec
-        .and_then(|s| s.template.metadata)
-        .and_then(|m| m.annotations)
-        .unwrap_or_default();
     assert!(
         !annotations.contains_key("keybrake.com/rotated-at"),
         "the restart rolled a workload: {annotations:?}"

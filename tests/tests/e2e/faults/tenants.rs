@@ -2,13 +2,11 @@
 
 use anyhow::Result;
 use keybrake_e2e::{
-    example, http,
+    FORM, example, http,
     stack::{Stack, eventually},
     upstream::RecordingUpstream,
     with_upstream,
 };
-
-use super::FORM;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_stay_apart_policies_secrets_and_connected_accounts() -> Result<()> {
@@ -23,10 +21,7 @@ async fn tenants_stay_apart_policies_secrets_and_connected_accounts() -> Result<
             "sk_test_replace_me_with_the_real_secret_key",
             "sk_test_other_tenant",
         );
-    stack
-        .cluster
-        .apply_ok("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n")
-        .await?;
+    stack.cluster.apply_namespace("other").await?;
     stack.cluster.apply_ok(&other).await?;
 
     // A VaultKey in billing naming other's policy: references stay in their namespace.

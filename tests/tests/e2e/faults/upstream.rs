@@ -1,10 +1,10 @@
 //! Vendor failures settle by what the vendor may have done.
 
 use anyhow::Result;
-use keybrake_e2e::{example, http, stack::Stack, upstream::RecordingUpstream, with_upstream};
+use keybrake_e2e::{
+    FORM, example, http, payment_intent, stack::Stack, upstream::RecordingUpstream, with_upstream,
+};
 use keybrake_ledger::PolicyTag;
-
-use super::FORM;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_settle_by_what_the_vendor_may_have_done() -> Result<()> {
@@ -118,11 +118,9 @@ async fn upstream_failures_settle_by_what_the_vendor_may_have_done() -> Result<(
             .await?["STRIPE_API_KEY"]
             .clone();
         let bearer = format!("Bearer {token}");
-        let r = http(
+        let r = payment_intent(
             proxy.addr,
-            "POST",
-            "/v1/payment_intents",
-            &[("Authorization", bearer.as_str()), FORM],
+            &bearer,
             b"amount=10000&currency=usd&confirm=true",
         )
         .await?;
