@@ -165,6 +165,30 @@ impl Fixture<SpendPolicy> {
     }
 }
 
+/// The spec of a Stripe policy with every limit set: $1,000 a day, $5,000 in all, $200 a call,
+/// 24 hours, `POST /v1/payment_intents` and `GET /v1/customers/*`; credentials `stripe-live`.
+pub fn limited_policy_spec() -> crate::spend_policy::SpendPolicySpec {
+    SpendPolicy::test("billing", "stripe", Vendor::Stripe)
+        .credentials("stripe-live")
+        .limits(json!({
+            "maxDailyUsd": "1000", "maxTotalUsd": "5000", "maxPerCallUsd": "200",
+            "maxTtl": "24h",
+            "allowedEndpoints": ["POST /v1/payment_intents", "GET /v1/customers/*"],
+        }))
+        .build()
+        .spec
+}
+
+/// The spec of a run's key under [`limited_policy_spec`]: $500 a day, 2 hours, a run label,
+/// and no allowlist of its own (its policy's applies).
+pub fn run_key_spec() -> crate::vault_key::VaultKeySpec {
+    VaultKey::test("billing", "run-1")
+        .spec(json!({"allowedEndpoints": null}))
+        .run_label("hatchet/billing-agent/run-1")
+        .build()
+        .spec
+}
+
 /// A Secret holding `pairs` as its data (a credentials Secret, for instance).
 pub fn secret(pairs: &[(&str, &str)]) -> Secret {
     Secret {

@@ -305,28 +305,7 @@ pub fn check_key(spec: &VaultKeySpec, check: &mut Check) {
 mod tests {
     use super::*;
 
-    use crate::{SpendPolicy, VaultKey, vendor::Vendor};
-
-    fn policy() -> SpendPolicySpec {
-        SpendPolicy::test("billing", "stripe", Vendor::Stripe)
-            .credentials("stripe-live")
-            .limits(serde_json::json!({
-                "maxDailyUsd": "1000", "maxTotalUsd": "5000", "maxPerCallUsd": "200",
-                "maxTtl": "24h",
-                "allowedEndpoints": ["POST /v1/payment_intents", "GET /v1/customers/*"],
-            }))
-            .build()
-            .spec
-    }
-
-    fn key() -> VaultKeySpec {
-        VaultKey::test("billing", "run-1")
-            .endpoints(&[])
-            .spec(serde_json::json!({"allowedEndpoints": null}))
-            .run_label("hatchet/billing-agent/run-1")
-            .build()
-            .spec
-    }
+    use crate::testing::{limited_policy_spec as policy, run_key_spec as key};
 
     #[test]
     fn violations_read_as_one_message() {

@@ -171,33 +171,16 @@ pub fn resolve_key(
 
 #[cfg(test)]
 mod tests {
-    use keybrake_crds::{SpendPolicy, VaultKey, validate::validate_key, vault_key::Rotation};
+    use keybrake_crds::{
+        testing::{limited_policy_spec as policy, run_key_spec as key},
+        validate::validate_key,
+        vault_key::Rotation,
+    };
 
     use super::*;
 
     fn usd(s: &str) -> Option<Usd> {
         Some(s.parse().unwrap())
-    }
-
-    fn policy() -> SpendPolicySpec {
-        SpendPolicy::test("billing", "stripe", Vendor::Stripe)
-            .credentials("stripe-live")
-            .limits(serde_json::json!({
-                "maxDailyUsd": "1000", "maxTotalUsd": "5000", "maxPerCallUsd": "200",
-                "maxTtl": "24h",
-                "allowedEndpoints": ["POST /v1/payment_intents", "GET /v1/customers/*"],
-            }))
-            .build()
-            .spec
-    }
-
-    fn key() -> VaultKeySpec {
-        VaultKey::test("billing", "run-1")
-            .endpoints(&[])
-            .spec(serde_json::json!({"allowedEndpoints": null}))
-            .run_label("hatchet/billing-agent/run-1")
-            .build()
-            .spec
     }
 
     fn created() -> Timestamp {
