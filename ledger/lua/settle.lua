@@ -117,29 +117,40 @@ end
 
 -- audit-xadd: begin. Identical in reserve.lua and settle.lua (a unit test in ledger/src/ledger.rs
 -- compares the two blocks): change both together.
--- XADD of `fields` to `stream`, trimmed to about `maxlen` entries unless it is "0" or an audit
--- sink reads the stream (it has a consumer group): then only the sink trims it, and only below
--- what PostgreSQL holds, whatever a replica without the database was told.
-local function xadd(stream, maxlen, fields)
-  local args = {"XADD", stream}
-  if maxlen ~= "0" and not (redis.call("EXISTS", stream) == 1
-      and #redis.call("XINFO", "GROUPS", stream) > 0) then
-    args = {"XADD", stream, "MAXLEN", "~", maxlen}
+-- Appends entry `e` (every entry has the same fields; absent ones are written empty) to
+-- `stream`, trimmed to about `maxlen` entries unless it is "0" or an audit sink reads the stream
+-- (it has a consumer group): then only the sink trims it, and only below what PostgreSQL holds,
+-- whatever a replica without the database was told. One XADD with its fields spelled out: a
+-- table of arguments and `unpack` cost more than the XADD itself.
+local function xadd(stream, maxlen, e)
+  local trim = maxlen ~= "0"
+  if trim then
+    local groups = redis.pcall("XINFO", "GROUPS", stream)
+    trim = groups.err ~= nil or #groups == 0 -- an error: no stream yet, so no group either
   end
-  args[#args + 1] = "*"
-  for _, f in ipairs(fields) do args[#args + 1] = f end
-  return redis.call(unpack(args))
+  -- MINID ~ 0 trims nothing (no id is below 0-0): one call site for both cases.
+  local how, bound = "MINID", "0"
+  if trim then how, bound = "MAXLEN", maxlen end
+  return redis.call("XADD", stream, how, "~", bound, "*", "id", e.id, "ts", e.ts, "key", e.key,
+    "vk", e.vk, "run", e.run, "vendor", e.vendor, "method", e.method, "path", e.path,
+    "estimate", e.estimate, "actual", e.actual, "status", e.status or "",
+    "request_id", e.request_id or "", "outcome", e.outcome, "rule", e.rule or "",
+    "overshoot", e.overshoot or "0")
 end
 -- audit-xadd: end
 
 -- Appends the call's audit entry, under the reservation id (`id`, the audit table's key).
-local function audit(id, what, key, method, path, estimate, actual, overshoot)
-  local k = redis.call("HMGET", KEYS[7], "vault_key", "run_label")
-  xadd(KEYS[6], ARGV[9], {"id", id,
-    "ts", fmt(now_ms), "key", key, "vk", k[1] or "", "run", k[2] or "", "vendor", ARGV[10],
-    "method", method, "path", path, "estimate", fmt(estimate), "actual", fmt(actual),
-    "status", ARGV[4], "request_id", ARGV[5], "outcome", what, "rule", "",
-    "overshoot", fmt(overshoot)})
+-- `vk` and `run` are the VaultKey and run label the reservation recorded; one made before they
+-- were recorded (or a late settle's) reads them from the key record.
+local function audit(id, what, key, method, path, estimate, actual, overshoot, vk, run)
+  if vk == nil then
+    local k = redis.call("HMGET", KEYS[7], "vault_key", "run_label")
+    vk, run = k[1] or "", k[2] or ""
+  end
+  xadd(KEYS[6], ARGV[9], {id = id, ts = fmt(now_ms), key = key, vk = vk,
+    run = run or "", vendor = ARGV[10], method = method, path = path,
+    estimate = fmt(estimate), actual = fmt(actual), status = ARGV[4], request_id = ARGV[5],
+    outcome = what, overshoot = fmt(overshoot)})
 end
 
 local res = redis.call("HGETALL", KEYS[1])
@@ -213,17 +224,20 @@ if r.floor == "1" and actual < amount then actual = amount end
 local delta = actual - amount
 
 -- model: settle.adjust
-local today, total = 0, 0
+-- The key's counters in one read and one write: the delta (as `adjust` moves it), the call
+-- count and the last call's time.
+local ks = redis.call("HMGET", KEYS[2], "day", "today", "total", "calls")
+local today, total = int(ks[2]) or 0, int(ks[3]) or 0
 if delta ~= 0 then
-  today, total = adjust(KEYS[2], delta, r.day)
+  total = math.max(0, total + delta)
+  if ks[1] == r.day then today = math.max(0, today + delta) end
   adjust(KEYS[3], delta, r.day)
-else
-  local s = redis.call("HMGET", KEYS[2], "today", "total")
-  today, total = int(s[1]) or 0, int(s[2]) or 0
 end
 if outcome ~= "not_sent" then
-  redis.call("HINCRBY", KEYS[2], "calls", 1)
-  redis.call("HSET", KEYS[2], "last_call_ms", fmt(now_ms))
+  redis.call("HSET", KEYS[2], "today", fmt(today), "total", fmt(total),
+    "calls", fmt((int(ks[4]) or 0) + 1), "last_call_ms", fmt(now_ms))
+elseif delta ~= 0 then
+  redis.call("HSET", KEYS[2], "today", fmt(today), "total", fmt(total))
 end
 
 -- model: settle.objects
@@ -252,7 +266,7 @@ if r.idem and r.idem ~= "" then
 end
 
 audit(ARGV[1], outcome, r.key or "", r.method or "", r.path or "", amount, actual,
-  math.max(0, actual - amount))
+  math.max(0, actual - amount), r.vk, r.run)
 
 -- model: settle.tombstone
 if outcome == "unknown" and ARGV[14] == "1" then

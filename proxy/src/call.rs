@@ -36,7 +36,8 @@ pub struct Call {
     /// What the call is costed at, once the cost stage has run.
     pub estimate: Option<Usd>,
     secret_hash: String,
-    fingerprint: String,
+    /// What a reused Idempotency-Key must match; only worked out for a call that carries one.
+    fingerprint: Option<String>,
 }
 
 /// The first stage: the request read as the vendor will read it, checked against the key's
@@ -68,7 +69,10 @@ pub async fn read(
     let commits_until_ms = adapters::commitment(&request)?;
     let call = Call {
         secret_hash: token.secret_hash(),
-        fingerprint: request.fingerprint(),
+        fingerprint: request
+            .idempotency_key
+            .is_some()
+            .then(|| request.fingerprint()),
         token,
         policy,
         request,
@@ -91,7 +95,7 @@ impl Call {
             estimate: self.reserved(),
             idempotency: self
                 .idempotency_key()
-                .map(|k| (k, self.fingerprint.as_str())),
+                .map(|k| (k, self.fingerprint.as_deref().unwrap_or_default())),
             read: self.request.is_read(),
             mode,
             owned: &self.owned.objects,

@@ -5,7 +5,7 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
-    Request, Response, StatusCode,
+    HeaderMap, Request, Response, StatusCode,
     header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderName, HeaderValue},
 };
 
@@ -39,8 +39,8 @@ pub enum UpstreamError {
     Unknown(String),
 }
 
-/// A vendor's answer: status, headers, body.
-pub type Forwarded = (u16, Vec<(String, String)>, Bytes);
+/// A vendor's answer: status, headers (hop-by-hop ones already dropped), body.
+pub type Forwarded = (u16, HeaderMap, Bytes);
 
 /// What to send upstream.
 pub struct Outgoing<'a> {
@@ -78,6 +78,14 @@ pub fn respond<K: AsRef<str>>(
             resp.headers_mut().append(name, value);
         }
     }
+    resp
+}
+
+/// The vendor's answer passed back as it came (its headers were filtered when it arrived).
+pub fn pass_back(status: u16, headers: HeaderMap, body: Bytes) -> Response<Body> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    *resp.headers_mut() = headers;
     resp
 }
 
@@ -134,17 +142,12 @@ pub async fn send(
         }
     };
     let status = response.status().as_u16();
-    let headers: Vec<(String, String)> = response
-        .headers()
-        .iter()
-        .filter(|(k, _)| !DROPPED.contains(&k.as_str()))
-        .filter_map(|(k, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (k.as_str().to_owned(), v.to_owned()))
-        })
-        .collect();
-    let limited = Limited::new(response.into_body(), app.config.max_response_bytes);
+    let (parts, incoming) = response.into_parts();
+    let mut headers = parts.headers;
+    for dropped in DROPPED {
+        headers.remove(dropped);
+    }
+    let limited = Limited::new(incoming, app.config.max_response_bytes);
     let body = match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) => return Err(UpstreamError::Unknown(format!("reading the response: {e}"))),

@@ -18,7 +18,7 @@ use crate::{
     auth,
     call::{self, Call},
     cost,
-    forward::{self, Forwarded, UpstreamError, respond},
+    forward::{self, Forwarded, UpstreamError, pass_back, respond},
     lock,
     policies::PolicyConfig,
     refusal::{self, Refusal},
@@ -148,7 +148,7 @@ fn answer(
 ) -> Result<Response<Body>, Refusal> {
     let upstream = policy.upstream.clone();
     match forwarded {
-        Ok((status, headers, body)) => Ok(respond(status, headers, body)),
+        Ok((status, headers, body)) => Ok(pass_back(status, headers, body)),
         Err(UpstreamError::NotSent(detail)) => {
             Err(Refusal::UpstreamUnreachable { upstream, detail })
         }

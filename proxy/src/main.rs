@@ -4,6 +4,10 @@ use std::{net::SocketAddr, process::ExitCode};
 
 use clap::Parser;
 use keybrake_proxy::Config;
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static ALLOCATOR: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
 struct Args {

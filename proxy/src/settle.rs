@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use keybrake_crds::Usd;
 use keybrake_ledger::{Outcome, SettleRequest, Settlement, StoredResponse};
 
@@ -26,6 +25,8 @@ pub struct Ending {
     pub status: Option<u16>,
     /// Vendor objects the answer shows the call created (recorded as the key's own).
     pub created: Vec<String>,
+    /// The id of the object the answer shows (`pi_...`, `SM...`), for the audit trail.
+    pub response_id: Option<String>,
 }
 
 /// What a vendor's answer means for the accounting. A 2xx costs what the adapter reads from it
@@ -46,6 +47,7 @@ pub fn outcome(
         settled,
         status,
         created: Vec::new(),
+        response_id: None,
     };
     let (status, v) = match forwarded {
         Ok((status, _, body)) if *status < 500 => (
@@ -66,22 +68,22 @@ pub fn outcome(
     } else {
         adapters::refused_but_counted(call, status, v.as_ref(), reserved)
     };
+    let response_id = v
+        .as_ref()
+        .and_then(|v| v.get("id").or_else(|| v.get("sid")))
+        .and_then(|i| i.as_str())
+        .map(str::to_owned);
     match counted {
         Some(settled) => Ending {
             created: adapters::reach::created(call, status, v.as_ref(), on_own),
+            response_id,
             ..ending(Outcome::Ok, settled, Some(status))
         },
-        None => ending(Outcome::VendorError, none(Usd::ZERO), Some(status)),
+        None => Ending {
+            response_id,
+            ..ending(Outcome::VendorError, none(Usd::ZERO), Some(status))
+        },
     }
-}
-
-/// The vendor object id in a JSON response (`pi_...`, `SM...`, Resend's id), for the audit trail.
-fn response_id(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v.get("id")
-        .or_else(|| v.get("sid"))
-        .and_then(|i| i.as_str())
-        .map(str::to_owned)
 }
 
 /// The settle stage: what the answer means for the accounting, closed in Redis, counted in
@@ -127,22 +129,24 @@ async fn settle(
     let (token, reserved) = (&call.token, call.reserved());
     let idempotency_key = call.idempotency_key();
     let call = &call.request;
-    let (headers, body) = match forwarded {
-        Ok((_, h, b)) => (h.clone(), b.clone()),
-        Err(_) => (Vec::new(), Bytes::new()),
-    };
-    let request_id = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("request-id"))
-        .map(|(_, v)| v.clone())
-        .or_else(|| response_id(&body))
+    let answer = forwarded.as_ref().ok();
+    let request_id = answer
+        .and_then(|(_, headers, _)| headers.get("request-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| ending.response_id.clone())
         .unwrap_or_default();
-    let stored = StoredResponse {
-        status: ending.status.unwrap_or(0),
-        headers_json: serde_json::to_string(&headers).unwrap_or_else(|_| "[]".into()),
-        body: body.to_vec(),
-        kept: true,
-    };
+    // Only a call with an Idempotency-Key has its answer kept for a replay: nothing else is
+    // copied or sent to Redis.
+    let stored = answer
+        .filter(|_| idempotency_key.is_some())
+        .filter(|_| matches!(ending.outcome, Outcome::Ok | Outcome::VendorError))
+        .map(|(_, headers, body)| StoredResponse {
+            status: ending.status.unwrap_or(0),
+            headers_json: stored_headers(headers),
+            body: body.to_vec(),
+            kept: true,
+        });
     let request = SettleRequest {
         key_id: &token.key_id,
         vendor: Some(call.vendor),
@@ -152,7 +156,7 @@ async fn settle(
         status: ending.status,
         request_id: &request_id,
         idempotency_key,
-        response: matches!(ending.outcome, Outcome::Ok | Outcome::VendorError).then_some(&stored),
+        response: stored.as_ref(),
         object: ending.settled.object.as_deref(),
         created: &ending.created,
     };
@@ -183,6 +187,16 @@ async fn settle(
             tracing::error!(error = %e, reservation, "could not settle; the sweeper will keep the estimate counted");
         }
     }
+}
+
+/// The headers of an answer kept for a replay, as `[name, value]` pairs (values that are not
+/// text are left out).
+fn stored_headers(headers: &hyper::HeaderMap) -> String {
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+        .collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
 }
 
 /// How long a failing settle is retried. Settling is exactly once (a retry after a lost reply
@@ -223,6 +237,7 @@ async fn settle_with_retries(
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use keybrake_crds::Vendor;
 
     use super::*;
@@ -251,7 +266,7 @@ mod tests {
         let five: Usd = "5".parse().unwrap();
         let ok: Result<Forwarded, UpstreamError> = Ok((
             200,
-            vec![],
+            Default::default(),
             Bytes::from(r#"{"id":"pi_7","amount":900,"currency":"usd","status":"succeeded"}"#),
         ));
         let e = outcome(&call, &ok, &policy(), five, true);
@@ -259,12 +274,12 @@ mod tests {
             (e.outcome, e.settled.usd, e.settled.object.as_deref()),
             (Outcome::Ok, "9".parse().unwrap(), Some("pi_7"))
         );
-        let declined: Result<Forwarded, UpstreamError> = Ok((402, vec![], Bytes::new()));
+        let declined: Result<Forwarded, UpstreamError> = Ok((402, Default::default(), Bytes::new()));
         assert_eq!(
             outcome(&call, &declined, &policy(), five, true).settled.usd,
             Usd::ZERO
         );
-        let failed: Result<Forwarded, UpstreamError> = Ok((502, vec![], Bytes::new()));
+        let failed: Result<Forwarded, UpstreamError> = Ok((502, Default::default(), Bytes::new()));
         let e = outcome(&call, &failed, &policy(), five, true);
         assert_eq!((e.outcome, e.settled.usd), (Outcome::Unknown, five));
         let lost: Result<Forwarded, UpstreamError> = Err(UpstreamError::Unknown("reset".into()));

@@ -169,6 +169,7 @@ async fn the_endpoint_allowlist_matches_like_the_crds_matcher<C: Conn>(
 ) -> Result<()> {
     let patterns: Vec<EndpointPattern> = [
         "POST /v1/payment_intents",
+        "GET /v1/balance",
         "GET /v1/customers/*",
         "POST /2010-04-01/Accounts/*/Messages.json",
         "GET /",
@@ -198,6 +199,11 @@ async fn the_endpoint_allowlist_matches_like_the_crds_matcher<C: Conn>(
         ("GET", "/", true),
         ("DELETE", "/v1/customers/cus_1", false),
         ("POST", "/V1/payment_intents", false),
+        ("GET", "/v1/balance", true),
+        // The script's whole-line search must not widen the match: a literal `*` is no id, and
+        // a call spanning two lines of the allowlist is neither.
+        ("GET", "/v1/customers/*", false),
+        ("POST", "/v1/payment_intents\nGET /v1/balance", false),
     ];
     for (method, path, want) in cases {
         let by_crds = keybrake_crds::endpoint::any_matches(&patterns, method, path);
