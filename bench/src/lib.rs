@@ -259,9 +259,18 @@ pub fn print_table(title: &str, rows: &[Row]) {
     }
 }
 
-/// Writes a JSON result under `bench/results/`.
+/// `BENCH_SMOKE=1`: a run of a few seconds with small sizes, to show the benchmark still runs
+/// (CI runs each this way; its figures mean nothing).
+pub fn smoke() -> bool {
+    std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1")
+}
+
+/// Writes a JSON result under `bench/results/`, or under `BENCH_RESULTS_DIR` when set (a smoke
+/// run must not replace the measured figures).
 pub fn write_results(name: &str, value: &serde_json::Value) -> Result<PathBuf> {
-    let dir = workspace_root().join("bench/results");
+    let dir = std::env::var_os("BENCH_RESULTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("bench/results"));
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_string_pretty(value)?)?;

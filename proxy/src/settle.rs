@@ -274,7 +274,8 @@ mod tests {
             (e.outcome, e.settled.usd, e.settled.object.as_deref()),
             (Outcome::Ok, "9".parse().unwrap(), Some("pi_7"))
         );
-        let declined: Result<Forwarded, UpstreamError> = Ok((402, Default::default(), Bytes::new()));
+        let declined: Result<Forwarded, UpstreamError> =
+            Ok((402, Default::default(), Bytes::new()));
         assert_eq!(
             outcome(&call, &declined, &policy(), five, true).settled.usd,
             Usd::ZERO

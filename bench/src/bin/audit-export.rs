@@ -20,14 +20,14 @@ use keybrake_ledger::{
 use serde_json::json;
 
 /// Entries in the backlog.
-const BACKLOG: usize = 1_000_000;
+const FULL_BACKLOG: usize = 1_000_000;
 /// Policies (streams) the entries are spread over.
 const POLICIES: usize = 4;
 /// The proxy's saturation on this kind of machine (bench/results/proxy.json, 2 cores): every
 /// metered call writes one entry, so an export slower than this falls behind a saturated proxy.
 const PROXY_CALLS_PER_SEC: f64 = 11_938.0;
 /// How long the steady phase runs.
-const STEADY: Duration = Duration::from_secs(20);
+const FULL_STEADY: Duration = Duration::from_secs(20);
 
 fn fields(i: usize) -> Vec<(&'static str, String)> {
     vec![
@@ -81,6 +81,11 @@ fn lag(metrics: &ExportMetrics, tags: &[PolicyTag]) -> (i64, f64) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let (backlog, steady) = if keybrake_bench::smoke() {
+        (10_000, Duration::from_secs(2))
+    } else {
+        (FULL_BACKLOG, FULL_STEADY)
+    };
     let (_redis, port) = start_redis().await?;
     let redis_url = format!("redis://127.0.0.1:{port}/");
     let dir = tempfile::tempdir()?;
@@ -108,9 +113,9 @@ async fn main() -> Result<()> {
             .await?;
     }
     let started = Instant::now();
-    produce(&mut conn, &streams, 0, BACKLOG).await?;
+    produce(&mut conn, &streams, 0, backlog).await?;
     let fill = started.elapsed();
-    println!("backlog: {BACKLOG} entries written in {fill:.1?}");
+    println!("backlog: {backlog} entries written in {fill:.1?}");
 
     // Two sinks, as two proxy replicas run them.
     let metrics = ExportMetrics::default();
@@ -137,25 +142,25 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let exported = metrics.exported.get();
         peak_lag = peak_lag.max(lag(&metrics, &tags).0);
-        if exported >= BACKLOG as u64 {
+        if exported >= backlog as u64 {
             break;
         }
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(1200),
-            "the backlog was not exported in 20 minutes ({exported} of {BACKLOG})"
+            "the backlog was not exported in 20 minutes ({exported} of {backlog})"
         );
     }
     let drain = started.elapsed();
-    let backlog_rate = BACKLOG as f64 / drain.as_secs_f64();
+    let backlog_rate = backlog as f64 / drain.as_secs_f64();
 
     // Steady: entries arrive at the proxy's saturation rate while the sinks export.
     let per_tick = (PROXY_CALLS_PER_SEC / 10.0) as usize;
     let started = Instant::now();
-    let mut next = BACKLOG;
+    let mut next = backlog;
     let mut worst_lag_s = 0.0f64;
     let mut worst_lag_n = 0i64;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    while started.elapsed() < STEADY {
+    while started.elapsed() < steady {
         tick.tick().await;
         produce(&mut conn, &streams, next, next + per_tick).await?;
         next += per_tick;
@@ -163,7 +168,7 @@ async fn main() -> Result<()> {
         worst_lag_n = worst_lag_n.max(n);
         worst_lag_s = worst_lag_s.max(s);
     }
-    let steady_rate = (next - BACKLOG) as f64 / started.elapsed().as_secs_f64();
+    let steady_rate = (next - backlog) as f64 / started.elapsed().as_secs_f64();
     let caught_up = Instant::now();
     while metrics.exported.get() < next as u64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -204,11 +209,11 @@ async fn main() -> Result<()> {
             ),
         },
         Row {
-            what: "1,000,000-entry backlog drained in".into(),
+            what: format!("{backlog}-entry backlog drained in"),
             value: format!("{:.1} s", drain.as_secs_f64()),
             target: format!(
                 "<= {:.0} s at that rate",
-                BACKLOG as f64 / PROXY_CALLS_PER_SEC
+                backlog as f64 / PROXY_CALLS_PER_SEC
             ),
         },
         Row {
@@ -246,7 +251,7 @@ async fn main() -> Result<()> {
     let path = write_results(
         "audit-export",
         &json!({
-            "backlog_entries": BACKLOG,
+            "backlog_entries": backlog,
             "streams": POLICIES,
             "sinks": 2,
             "batch": flags.batch,

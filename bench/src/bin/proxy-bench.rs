@@ -570,7 +570,7 @@ async fn main() -> Result<()> {
             "-p",
             &redis_port.to_string(),
             "-n",
-            "200000",
+            &(secs * 20_000).to_string(),
             "-c",
             "50",
             "-r",

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit_trail;
+mod benchmarks;
 mod cap_under_attack;
 mod crds_in_kubectl;
 mod faults;
