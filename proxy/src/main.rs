@@ -18,9 +18,18 @@ struct Args {
     admin_listen: SocketAddr,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     keybrake_runtime::init("info", keybrake_runtime::Logs::Stdout);
+    match keybrake_runtime::runtime() {
+        Ok(rt) => rt.block_on(serve()),
+        Err(e) => {
+            eprintln!("keybrake-proxy: cannot start the runtime: {e}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
     let args = Args::parse();
     let client = match kube::Client::try_default().await {
         Ok(c) => c,

@@ -28,6 +28,27 @@ pub fn init(default_filter: &str, logs: Logs) {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The tokio runtime of a deployable. With one worker thread (`TOKIO_WORKER_THREADS=1`, or one
+/// CPU) a current-thread runtime, as linkerd2-proxy runs on one core: no work-stealing, and a
+/// task woken by a burst of requests runs after them, so the Redis connection writes the burst's
+/// commands in one `writev` instead of one each (measured: 4 writes per proxied call became
+/// fewer; bench/results/README.md). Otherwise the multi-thread runtime, sized by tokio itself.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+}
+
 /// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C. Where SIGTERM cannot be
 /// watched, Ctrl-C alone.
 pub async fn stop_signal() {
