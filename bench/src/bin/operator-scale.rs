@@ -41,7 +41,7 @@ fn failures(text: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with("keybrake_operator_reconcile_failures_total"))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// How long the run may take from the first create (`KEYBRAKE_BENCH_DEADLINE_S`, default 600)
@@ -213,13 +213,18 @@ async fn main() -> Result<()> {
             let text = http_get(metrics_port, "/metrics").await.unwrap_or_default();
             bail!(
                 "deadline of {}s (KEYBRAKE_BENCH_DEADLINE_S) passed: {} of {n} keys created, {} Active; \
-                 operator peak RSS {:.1} MiB, {:.0} VaultKey reconciles, {:.0} failed reconciles",
+                 operator peak RSS {:.1} MiB, {:.0} VaultKey reconciles, {:.0} failed reconciles \
+                 (all {n} created in {:.1}s with no operator)",
                 deadline.as_secs(),
                 created.load(Ordering::Relaxed),
                 *active_rx.borrow(),
                 operator.memory_mib().0.max(peak_rss),
-                metric(&text, "keybrake_operator_reconciles_total{kind=\"vaultkey\"}"),
+                metric(
+                    &text,
+                    "keybrake_operator_reconciles_total{kind=\"vaultkey\"}"
+                ),
                 failures(&text),
+                ceiling.as_secs_f64(),
             );
         }
         let _ = tokio::time::timeout(Duration::from_millis(250), active_rx.changed()).await;

@@ -16,7 +16,7 @@ use k8s_openapi::api::{
     core::v1::Secret,
 };
 use keybrake_crds::{
-    KeyPhase, Listed, SpendPolicy, VaultKey,
+    KeyPhase, Listed, VaultKey,
     status::READY,
     validate::validate_policy,
     vault_key::{ISSUED_BY_API, ISSUED_BY_LABEL, WorkloadKind},
@@ -29,6 +29,7 @@ use kube::{
         controller::Action,
         events::{Event, EventType},
         finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
     },
 };
 use serde_json::json;
@@ -110,10 +111,30 @@ pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Resu
     let ns = vk
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    // The finalizer is added here rather than by `finalizer` below, which would end this
+    // reconcile and leave the key to the one its echo starts: the key is issued now, from the
+    // object the patch returns.
+    let first =
+        vk.meta().deletion_timestamp.is_none() && !vk.finalizers().iter().any(|f| f == FINALIZER);
+    let vk = if first {
+        match add_finalizer(&vk, &ctx).await? {
+            Some(vk) => Arc::new(vk),
+            None => return Ok(Action::await_change()),
+        }
+    } else {
+        vk
+    };
     let api: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, vk.clone(), |event| async {
         match event {
-            Finalizer::Apply(vk) => apply(&vk, &ctx).await,
+            Finalizer::Apply(vk) => match apply(&vk, &ctx, first).await {
+                // A first reconcile does not read the Secret (no reconcile has made it yet);
+                // when the name was taken after all, the key is decided again from it.
+                Err(Error::Kube(kube::Error::Api(e))) if first && e.code == 409 => {
+                    apply(&vk, &ctx, false).await
+                }
+                other => other,
+            },
             Finalizer::Cleanup(vk) => cleanup(&vk, &ctx).await,
         }
     })
@@ -127,6 +148,43 @@ pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Resu
     result
 }
 
+/// Adds the finalizer, as `kube`'s `finalizer` does (a JSON Patch that first tests the list it
+/// extends, so a concurrent change fails it), and returns the key as the API server now has it;
+/// its echo starts no reconcile. `None`: the key became unreadable meanwhile (then that change
+/// starts a reconcile of its own, as it is not remembered as ours).
+async fn add_finalizer(vk: &VaultKey, ctx: &Context) -> Result<Option<VaultKey>> {
+    let ns = vk.namespace().unwrap_or_default();
+    let api: Api<Listed<VaultKey>> = Api::namespaced(ctx.client.clone(), &ns);
+    let ops = if vk.finalizers().is_empty() {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": vk.finalizers()},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(ops).map_err(|_| Error::MissingField("a JSON Patch"))?;
+    let listed = ctx
+        .timed(
+            "add finalizer",
+            api.patch(
+                &vk.name_any(),
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            ),
+        )
+        .await?;
+    let Ok(parsed) = listed.parse() else {
+        return Ok(None);
+    };
+    ctx.own_writes.record(&listed.metadata);
+    Ok(Some(parsed))
+}
+
 /// Says on the object that Redis stopped the reconcile: `Ready=False` and a Warning Event, so
 /// it shows where people look, not only in the operator's log. Best effort: the reconcile is
 /// retried anyway.
@@ -136,7 +194,7 @@ async fn redis_failed(vk: &VaultKey, ctx: &Context, cause: &keybrake_ledger::Led
     );
     let report = Report::failing(vk, "RedisUnavailable", message.clone());
     // Redis is the clock for caps and expiry; a condition's time can come from this host.
-    if let Err(e) = status::write(vk, &report, ctx, clock::local_ms()).await {
+    if let Err(e) = status::write(vk, &report, ctx, clock::local_ms(), false).await {
         warn!(error = %e, "could not report the Redis failure on the VaultKey");
     }
     let already = vk
@@ -157,8 +215,10 @@ pub fn error_policy(vk: Arc<Listed<VaultKey>>, err: &Error, ctx: Arc<Context>) -
 }
 
 /// One reconcile of a live key: read what the decision needs, decide ([`plan::plan`], pure),
-/// carry the plan out.
-async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
+/// carry the plan out. `first`: the reconcile that added the finalizer, so no reconcile has
+/// made the key's Secret (a Secret of that name anyone else made fails the create, and the key
+/// is then decided again with it read); `vk` is then the API server's own answer.
+async fn apply(vk: &VaultKey, ctx: &Context, first: bool) -> Result<Action> {
     let ns = vk
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -167,9 +227,12 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let uid = vk.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = vk.spec.secret_name.clone().unwrap_or_else(|| name.clone());
-    let found = ctx
-        .timed("get secret", secrets.get_opt(&secret_name))
-        .await?;
+    let found = if first {
+        None
+    } else {
+        ctx.timed("get secret", secrets.get_opt(&secret_name))
+            .await?
+    };
     let standing = ownership::standing(found.as_ref(), &uid);
     let ours = match standing {
         Standing::Ours(s) => Some(s),
@@ -184,14 +247,15 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let derived = KeyId::of_vault_key(&tag, &uid);
     let life_id = known.clone().unwrap_or_else(|| derived.clone());
     let retired = ctx.ledger.is_retired(&life_id).await?;
-    let policies: Api<Listed<SpendPolicy>> = Api::namespaced(ctx.client.clone(), &ns);
+    // From the SpendPolicy watch's cache, complete once it has listed: a policy's keys are
+    // reconciled again when its spec changes, after the cache holds the change.
+    let _ = ctx.policies.wait_until_ready().await;
     let listed_policy = if vk.spec.revoked || retired {
         None
     } else {
-        ctx.timed("get policy", policies.get_opt(&policy_name))
-            .await?
+        ctx.policies.get(&ObjectRef::new(&policy_name).within(&ns))
     };
-    let (policy, policy_unreadable) = match listed_policy.as_ref().map(Listed::parse) {
+    let (policy, policy_unreadable) = match listed_policy.as_deref().map(Listed::parse) {
         Some(Ok(p)) => (Some(p), None),
         Some(Err(why)) => (None, Some(why.to_string())),
         None => (None, None),
@@ -230,7 +294,22 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         ca: ca.as_ref(),
     };
     let decided = plan::plan(&observed).map_err(|e| Error::MissingField(e.0))?;
-    execute(vk, ctx, &secrets, &secret_name, ours, decided, &observed).await
+    let target = Target {
+        secrets: &secrets,
+        name: &secret_name,
+        ours,
+        fresh: first,
+    };
+    execute(vk, ctx, &target, decided, &observed).await
+}
+
+/// The key's Secret as the executor needs it: where, whose, and whether `vk` is fresh from the
+/// API server (then the status is written without reading the key again).
+struct Target<'a> {
+    secrets: &'a Api<Secret>,
+    name: &'a str,
+    ours: Option<&'a Secret>,
+    fresh: bool,
 }
 
 /// Carries a plan out: Redis first (a Secret never holds a token the proxy does not know,
@@ -239,12 +318,11 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
 async fn execute(
     vk: &VaultKey,
     ctx: &Context,
-    secrets: &Api<Secret>,
-    secret_name: &str,
-    ours: Option<&Secret>,
+    target: &Target<'_>,
     plan: plan::Plan,
     observed: &plan::Observed<'_>,
 ) -> Result<Action> {
+    let (secrets, secret_name, ours) = (target.secrets, target.name, target.ours);
     for step in &plan.ledger {
         match step {
             plan::LedgerStep::Retire(id) => ctx.ledger.retire(id).await?,
@@ -275,7 +353,7 @@ async fn execute(
         roll_targets(vk, ctx, &ns, observed.now_ms).await;
     }
     metrics_phase(vk, ctx, plan.report.phase);
-    status::write(vk, &plan.report, ctx, observed.now_ms).await?;
+    status::write(vk, &plan.report, ctx, observed.now_ms, target.fresh).await?;
     match plan.next {
         plan::Next::Retire(phase) => retire(vk, ctx, phase, observed.now_ms).await,
         plan::Next::Requeue(after) => Ok(Action::requeue(after)),
@@ -337,11 +415,13 @@ async fn write_secret(
             };
             // Someone making it between the read and now fails this with 409; the next reconcile
             // then sees whose it is.
-            ctx.timed(
-                "create secret",
-                secrets.create(&PostParams::default(), &secret),
-            )
-            .await?;
+            let created = ctx
+                .timed(
+                    "create secret",
+                    secrets.create(&PostParams::default(), &secret),
+                )
+                .await?;
+            ctx.own_writes.record(&created.metadata);
             Ok(false)
         }
         // Ours: changed only at the version that was read, so a Secret that changed hands in
@@ -356,11 +436,13 @@ async fn write_secret(
                 },
                 "data": data,
             });
-            ctx.timed(
-                "update secret",
-                secrets.patch(name, &PatchParams::default(), &Patch::Merge(body)),
-            )
-            .await?;
+            let patched = ctx
+                .timed(
+                    "update secret",
+                    secrets.patch(name, &PatchParams::default(), &Patch::Merge(body)),
+                )
+                .await?;
+            ctx.own_writes.record(&patched.metadata);
             Ok(contents_changed)
         }
     }
