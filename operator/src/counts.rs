@@ -7,8 +7,9 @@ use std::{
     sync::Mutex,
 };
 
-use keybrake_crds::{Listed, VaultKey};
 use kube::{ResourceExt, runtime::watcher::Event};
+
+use crate::cached::CachedKey;
 
 /// A policy, by namespace and name.
 pub type PolicyName = (String, String);
@@ -49,16 +50,13 @@ impl Inner {
 
 /// The policy a key draws on, read without parsing the rest of it (an unreadable key with a
 /// policy name counts, as it did when keys were counted from the cache).
-fn policy_of(key: &Listed<VaultKey>) -> Option<PolicyName> {
-    Some((
-        key.namespace()?,
-        key.spec_str(&["policyRef", "name"])?.to_owned(),
-    ))
+fn policy_of(key: &CachedKey) -> Option<PolicyName> {
+    Some((key.namespace()?, key.policy_name()?.to_owned()))
 }
 
 impl KeyCounts {
     /// Takes in one event of the VaultKey watch.
-    pub fn observe(&self, event: &Event<Listed<VaultKey>>) {
+    pub fn observe(&self, event: &Event<CachedKey>) {
         let Ok(mut inner) = self.0.lock() else {
             return;
         };
@@ -118,7 +116,7 @@ mod tests {
 
     use super::*;
 
-    fn key(uid: &str, policy: &str) -> Listed<VaultKey> {
+    fn key(uid: &str, policy: &str) -> CachedKey {
         serde_json::from_value(json!({
             "metadata": {"name": uid, "namespace": "ns", "uid": uid},
             "spec": {"policyRef": {"name": policy}},

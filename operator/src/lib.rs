@@ -4,6 +4,7 @@
 //! record with its aggregate budget.
 #![forbid(unsafe_code)]
 
+pub mod cached;
 pub mod clock;
 pub mod config;
 pub mod context;

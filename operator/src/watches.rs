@@ -20,10 +20,12 @@ use kube::{
 };
 use tracing::warn;
 
-use crate::{counts::KeyCounts, own_writes::OwnWrites, triggers::GenerationChanges};
+use crate::{
+    cached::CachedKey, counts::KeyCounts, own_writes::OwnWrites, triggers::GenerationChanges,
+};
 
 /// A VaultKey to reconcile.
-pub type KeyRef = ObjectRef<Listed<VaultKey>>;
+pub type KeyRef = ObjectRef<CachedKey>;
 /// A SpendPolicy to reconcile.
 pub type PolicyRef = ObjectRef<Listed<SpendPolicy>>;
 
@@ -43,10 +45,10 @@ fn slim<K: Resource>(obj: &mut K) {
 /// keys to reconcile (every change but the echoes of the operator's own writes).
 pub fn keys(
     client: Client,
-    writer: Writer<Listed<VaultKey>>,
+    writer: Writer<CachedKey>,
     counts: Arc<KeyCounts>,
     own: Arc<OwnWrites>,
-) -> impl Stream<Item = Result<Listed<VaultKey>, watcher::Error>> + Send + 'static {
+) -> impl Stream<Item = Result<CachedKey, watcher::Error>> + Send + 'static {
     let forget = own.clone();
     watcher(Api::all(client), watcher::Config::default())
         .modify(slim)
@@ -70,7 +72,7 @@ pub fn keys(
 pub fn policies(
     client: Client,
     writer: Writer<Listed<SpendPolicy>>,
-    keys: Store<Listed<VaultKey>>,
+    keys: Store<CachedKey>,
     own: Arc<OwnWrites>,
     to_keys: UnboundedSender<KeyRef>,
 ) -> impl Stream<Item = Result<Listed<SpendPolicy>, watcher::Error>> + Send + 'static {
@@ -86,7 +88,7 @@ pub fn policies(
             let ns = policy.namespace();
             let name = policy.name_any();
             for key in keys.state() {
-                if key.namespace() == ns && key.spec_str(&["policyRef", "name"]) == Some(&name) {
+                if key.namespace() == ns && key.policy_name() == Some(&name) {
                     let _ = to_keys.unbounded_send(ObjectRef::from_obj(&*key));
                 }
             }

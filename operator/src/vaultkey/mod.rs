@@ -16,7 +16,7 @@ use k8s_openapi::api::{
     core::v1::Secret,
 };
 use keybrake_crds::{
-    KeyPhase, Listed, VaultKey,
+    KeyPhase, Listed, SpendPolicy, VaultKey,
     status::READY,
     validate::validate_policy,
     vault_key::{ISSUED_BY_API, ISSUED_BY_LABEL, WorkloadKind},
@@ -40,6 +40,7 @@ pub use self::status::Report;
 pub use self::teardown::FINALIZER;
 use self::teardown::{delete_secret, known_key_id};
 use crate::{
+    cached::CachedKey,
     clock,
     context::{Context, MANAGER},
     error::{Error, Result},
@@ -97,13 +98,15 @@ async fn retire(vk: &VaultKey, ctx: &Context, phase: KeyPhase, now_ms: i64) -> R
 }
 
 /// The reconcile entry point for the controller.
-#[instrument(skip_all, fields(vaultkey = %listed.name_any(), namespace = listed.namespace().unwrap_or_default()))]
-pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip_all, fields(vaultkey = %cached.name_any(), namespace = cached.namespace().unwrap_or_default()))]
+pub async fn reconcile(cached: Arc<CachedKey>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciled("vaultkey");
-    // Parsed here, not at the watch: an object our types cannot read is refused alone.
-    let vk = match listed.parse() {
-        Ok(vk) => Arc::new(vk),
-        Err(why) => return unreadable::reconcile(&listed, &why, &ctx).await,
+    // Parsed per object at the watch: an object our types cannot read is refused alone.
+    let vk = match &*cached {
+        CachedKey::Read(vk) => Arc::new(VaultKey::clone(vk)),
+        CachedKey::Unreadable(listed, why) => {
+            return unreadable::reconcile(listed, why, &ctx).await;
+        }
     };
     if let Some(uid) = vk.uid() {
         ctx.metrics.unreadable("vaultkey", &uid, false);
@@ -116,13 +119,13 @@ pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Resu
     // object the patch returns.
     let first =
         vk.meta().deletion_timestamp.is_none() && !vk.finalizers().iter().any(|f| f == FINALIZER);
-    let vk = if first {
-        match add_finalizer(&vk, &ctx).await? {
-            Some(vk) => Arc::new(vk),
+    let (vk, first) = if first {
+        match with_finalizer(&vk, &ctx).await? {
+            Some((vk, first)) => (Arc::new(vk), first),
             None => return Ok(Action::await_change()),
         }
     } else {
-        vk
+        (vk, false)
     };
     let api: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, vk.clone(), |event| async {
@@ -146,6 +149,28 @@ pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Resu
         redis_failed(&vk, &ctx, cause).await;
     }
     result
+}
+
+/// The key with the finalizer added, and whether this reconcile added it. The cache can trail
+/// the key (often: our own add, its echo not yet seen), and then the patch's test fails; the key
+/// is then read again.
+async fn with_finalizer(vk: &VaultKey, ctx: &Context) -> Result<Option<(VaultKey, bool)>> {
+    match add_finalizer(vk, ctx).await {
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 => {
+            let ns = vk.namespace().unwrap_or_default();
+            let api: Api<Listed<VaultKey>> = Api::namespaced(ctx.client.clone(), &ns);
+            let name = vk.name_any();
+            let read = ctx.timed("get vaultkey", api.get_opt(&name)).await?;
+            let Some(Ok(fresh)) = read.map(|l| l.parse()) else {
+                return Ok(None); // gone, or unreadable: its own event says so
+            };
+            if fresh.finalizers().iter().any(|f| f == FINALIZER) {
+                return Ok(Some((fresh, false)));
+            }
+            Ok(add_finalizer(&fresh, ctx).await?.map(|vk| (vk, true)))
+        }
+        added => Ok(added?.map(|vk| (vk, true))),
+    }
 }
 
 /// Adds the finalizer, as `kube`'s `finalizer` does (a JSON Patch that first tests the list it
@@ -208,10 +233,31 @@ async fn redis_failed(vk: &VaultKey, ctx: &Context, cause: &keybrake_ledger::Led
 }
 
 /// Failed reconciles are logged, counted and retried after a short, bounded delay.
-pub fn error_policy(vk: Arc<Listed<VaultKey>>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(vk: Arc<CachedKey>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(vaultkey = %vk.name_any(), error = %err, "reconcile failed");
     ctx.metrics.failed("vaultkey", err.label());
     Action::requeue(Duration::from_secs(5))
+}
+
+/// The key's Secret, read from the API server: not on the key's first reconcile, when no
+/// reconcile can have made it yet.
+async fn read_secret(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    name: &str,
+    first: bool,
+) -> Result<Option<Secret>> {
+    if first {
+        return Ok(None);
+    }
+    ctx.timed("get secret", secrets.get_opt(name)).await
+}
+
+/// The policy, from the SpendPolicy watch's cache once it has listed: a policy's keys are
+/// reconciled again when its spec changes, after the cache holds the change.
+async fn cached_policy(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Listed<SpendPolicy>>> {
+    let _ = ctx.policies.wait_until_ready().await;
+    ctx.policies.get(&ObjectRef::new(name).within(ns))
 }
 
 /// One reconcile of a live key: read what the decision needs, decide ([`plan::plan`], pure),
@@ -227,12 +273,7 @@ async fn apply(vk: &VaultKey, ctx: &Context, first: bool) -> Result<Action> {
     let uid = vk.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = vk.spec.secret_name.clone().unwrap_or_else(|| name.clone());
-    let found = if first {
-        None
-    } else {
-        ctx.timed("get secret", secrets.get_opt(&secret_name))
-            .await?
-    };
+    let found = read_secret(ctx, &secrets, &secret_name, first).await?;
     let standing = ownership::standing(found.as_ref(), &uid);
     let ours = match standing {
         Standing::Ours(s) => Some(s),
@@ -247,13 +288,10 @@ async fn apply(vk: &VaultKey, ctx: &Context, first: bool) -> Result<Action> {
     let derived = KeyId::of_vault_key(&tag, &uid);
     let life_id = known.clone().unwrap_or_else(|| derived.clone());
     let retired = ctx.ledger.is_retired(&life_id).await?;
-    // From the SpendPolicy watch's cache, complete once it has listed: a policy's keys are
-    // reconciled again when its spec changes, after the cache holds the change.
-    let _ = ctx.policies.wait_until_ready().await;
     let listed_policy = if vk.spec.revoked || retired {
         None
     } else {
-        ctx.policies.get(&ObjectRef::new(&policy_name).within(&ns))
+        cached_policy(ctx, &ns, &policy_name).await
     };
     let (policy, policy_unreadable) = match listed_policy.as_deref().map(Listed::parse) {
         Some(Ok(p)) => (Some(p), None),
@@ -398,7 +436,7 @@ async fn write_secret(
     if let Some(name) = secret::vault_key_label(&vk.name_any()) {
         labels.insert(secret::VAULT_KEY.to_owned(), name);
     }
-    match existing {
+    let written = match existing {
         // Only ever created, never applied over something that exists.
         None => {
             let secret = Secret {
@@ -415,14 +453,9 @@ async fn write_secret(
             };
             // Someone making it between the read and now fails this with 409; the next reconcile
             // then sees whose it is.
-            let created = ctx
-                .timed(
-                    "create secret",
-                    secrets.create(&PostParams::default(), &secret),
-                )
-                .await?;
-            ctx.own_writes.record(&created.metadata);
-            Ok(false)
+            let params = PostParams::default();
+            ctx.timed("create secret", secrets.create(&params, &secret))
+                .await?
         }
         // Ours: changed only at the version that was read, so a Secret that changed hands in
         // between is not written.
@@ -436,16 +469,13 @@ async fn write_secret(
                 },
                 "data": data,
             });
-            let patched = ctx
-                .timed(
-                    "update secret",
-                    secrets.patch(name, &PatchParams::default(), &Patch::Merge(body)),
-                )
-                .await?;
-            ctx.own_writes.record(&patched.metadata);
-            Ok(contents_changed)
+            let (params, patch) = (PatchParams::default(), Patch::Merge(body));
+            ctx.timed("update secret", secrets.patch(name, &params, &patch))
+                .await?
         }
-    }
+    };
+    ctx.own_writes.record(&written.metadata);
+    Ok(contents_changed)
 }
 
 /// Deleting a VaultKey: revoke and forget the key in Redis, then delete its Secret.
