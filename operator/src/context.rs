@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use keybrake_crds::{Listed, VaultKey};
+use keybrake_crds::{Listed, SpendPolicy};
 use keybrake_ledger::Ledger;
 use keybrake_ledger::connection::Connection;
 use kube::{
@@ -10,7 +10,7 @@ use kube::{
     runtime::{events::Recorder, reflector::Store},
 };
 
-use crate::{config::Config, metrics::Metrics};
+use crate::{config::Config, counts::KeyCounts, metrics::Metrics, own_writes::OwnWrites};
 
 /// Field manager of everything the operator writes (server-side apply).
 pub const MANAGER: &str = "keybrake-operator";
@@ -27,9 +27,13 @@ pub struct Context {
     pub recorder: Recorder,
     /// The operator's Prometheus metrics.
     pub metrics: Arc<Metrics>,
-    /// Every VaultKey, as the VaultKey controller sees them (for per-policy key counts
-    /// without listing the API on each reconcile).
-    pub keys: Store<Listed<VaultKey>>,
+    /// How many keys each policy has, from the VaultKey watch.
+    pub counts: Arc<KeyCounts>,
+    /// Every SpendPolicy, from the SpendPolicy watch: a key reconcile reads its policy here
+    /// rather than from the API server.
+    pub policies: Store<Listed<SpendPolicy>>,
+    /// The versions the operator's own writes left, so their echoes start no reconcile.
+    pub own_writes: Arc<OwnWrites>,
     /// The proxy's CA, for key Secrets (when configured).
     pub proxy_ca: Arc<crate::proxy_ca::ProxyCaCache>,
 }

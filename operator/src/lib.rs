@@ -4,37 +4,42 @@
 //! record with its aggregate budget.
 #![forbid(unsafe_code)]
 
+pub mod cached;
 pub mod clock;
 pub mod config;
 pub mod context;
+pub mod counts;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod own_writes;
 pub mod proxy_ca;
 pub mod spendpolicy;
 pub mod triggers;
 mod unreadable;
 pub mod vaultkey;
+pub mod watches;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
-use keybrake_crds::{Listed, SpendPolicy, VaultKey};
 use keybrake_ledger::{Ledger, LedgerConfig};
 use kube::{
-    Api, Client, ResourceExt,
+    Client, ResourceExt,
     runtime::{
-        Controller,
+        Controller, controller,
         events::{Recorder, Reporter},
-        reflector::ObjectRef,
-        watcher,
+        reflector,
     },
 };
 use tracing::Instrument;
 
 pub use crate::config::Config;
 use crate::{context::Context, metrics::Metrics};
+
+/// VaultKey reconciles in flight at once. Each waits mostly on the API server and Redis;
+/// enough to keep both busy, few enough that none of their calls times out in a queue.
+pub const KEY_RECONCILES: u16 = 32;
 
 /// Why the operator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -173,13 +178,40 @@ pub async fn run(
     metrics.set_leader(true);
 
     // The watches list objects as stored (`Listed`) and the reconciles parse them: one object
-    // our types cannot read must not stop the others from being seen.
-    let keys = Controller::new(
-        Api::<Listed<VaultKey>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .reconcile_all_on(ca_changes);
-    let key_store = keys.store();
+    // our types cannot read must not stop the others from being seen. Each is opened once
+    // (`watches`), and tells the other controller what concerns it.
+    let own_writes = Arc::new(own_writes::OwnWrites::default());
+    let counts = Arc::new(counts::KeyCounts::default());
+    let (key_store, key_writer) = reflector::store();
+    let (policy_store, policy_writer) = reflector::store();
+    let (to_keys, key_refs) = futures::channel::mpsc::unbounded();
+    let (to_policies, policy_refs) = futures::channel::mpsc::unbounded();
+    let key_events = watches::keys(
+        client.clone(),
+        key_writer,
+        counts.clone(),
+        own_writes.clone(),
+    );
+    let policy_events = watches::policies(
+        client.clone(),
+        policy_writer,
+        key_store.clone(),
+        own_writes.clone(),
+        to_keys.clone(),
+    );
+    let routing = {
+        let secrets = watches::secrets(
+            client.clone(),
+            policy_store.clone(),
+            own_writes.clone(),
+            to_keys,
+            to_policies.clone(),
+        )
+        .instrument(tracing::info_span!("watch", kind = "Secret"));
+        let counts = watches::counts(counts.clone(), to_policies)
+            .instrument(tracing::info_span!("key_counts"));
+        async move { tokio::join!(secrets, counts) }
+    };
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -193,7 +225,9 @@ pub async fn run(
         config,
         recorder,
         metrics: metrics.clone(),
-        keys: key_store.clone(),
+        counts,
+        policies: policy_store.clone(),
+        own_writes,
         proxy_ca: proxy_ca.clone(),
     });
 
@@ -202,48 +236,21 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let policy_changes = triggers::GenerationChanges::default();
-    let key_membership = triggers::Membership::default();
-    let keys = keys
-        .owns(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .watches(
-            Api::<Listed<SpendPolicy>>::all(client.clone()),
-            watcher::Config::default(),
-            move |policy| {
-                // A policy spec change re-validates every key drawing on it (status writes do not).
-                if !policy_changes.changed(&policy) {
-                    return Vec::new();
-                }
-                let ns = policy.namespace();
-                let name = policy.name_any();
-                key_store
-                    .state()
-                    .into_iter()
-                    .filter(|k| {
-                        k.namespace() == ns && k.spec_str(&["policyRef", "name"]) == Some(&name)
-                    })
-                    .map(|k| ObjectRef::from_obj(&*k))
-                    .collect::<Vec<_>>()
-            },
-        )
+    // Bounded: unbounded, 50,000 new keys meant 50,000 reconciles in flight, each call of each
+    // timing out behind the others.
+    let keys = Controller::for_stream(key_events, key_store.clone())
+        .with_config(controller::Config::default().concurrency(KEY_RECONCILES))
+        .reconcile_all_on(ca_changes)
+        .reconcile_on(key_refs)
         .graceful_shutdown_on(stopped(stop_rx.clone()))
         .run(vaultkey::reconcile, vaultkey::error_policy, ctx.clone())
         .for_each(|_| async {})
         .instrument(tracing::info_span!("controller", kind = "VaultKey"));
 
-    let policies = Controller::new(
-        Api::<Listed<SpendPolicy>>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let policy_store = policies.store();
-    let policy_store2 = policies.store();
     // The unreadable-objects gauge forgets objects that are gone (a reconcile never sees a
     // deleted object that carried no finalizer of ours).
     let pruning = {
-        let (keys, policies, metrics) = (ctx.keys.clone(), policies.store(), metrics.clone());
+        let (keys, policies, metrics) = (key_store, policy_store.clone(), metrics.clone());
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(30));
             loop {
@@ -259,47 +266,8 @@ pub async fn run(
         }
         .instrument(tracing::info_span!("unreadable_pruning"))
     };
-    let policies = policies
-        // Metadata only, as `.owns` already does: the operator needs to know a credentials
-        // Secret changed, not to hold every Secret's data of the cluster in memory.
-        .watches(
-            Api::<kube::core::PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default(),
-            move |secret| {
-                // The credentials Secret appearing, changing or going re-checks its policies.
-                let ns = secret.namespace();
-                let name = secret.name_any();
-                policy_store
-                    .state()
-                    .into_iter()
-                    .filter(|p| {
-                        p.namespace() == ns
-                            && p.spec_str(&["credentialsSecretRef", "name"]) == Some(&name)
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            Api::<Listed<VaultKey>>::all(client.clone()),
-            watcher::Config::default(),
-            move |key| {
-                // Keys coming and going change the policy's key count.
-                if !key_membership.changed(&key) {
-                    return Vec::new();
-                }
-                let ns = key.namespace();
-                policy_store2
-                    .state()
-                    .into_iter()
-                    .filter(|p| {
-                        p.namespace() == ns
-                            && key.spec_str(&["policyRef", "name"]) == Some(&p.name_any())
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
+    let policies = Controller::for_stream(policy_events, policy_store)
+        .reconcile_on(policy_refs)
         .graceful_shutdown_on(stopped(stop_rx))
         .run(spendpolicy::reconcile, spendpolicy::error_policy, ctx)
         .for_each(|_| async {})
@@ -315,6 +283,7 @@ pub async fn run(
         tokio::select! {
             _ = async { tokio::join!(keys, policies) } => {}
             () = pruning => {}
+            _ = routing => {}
         }
     };
     tokio::select! {

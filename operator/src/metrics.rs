@@ -1,7 +1,7 @@
 //! Operator metrics and the /metrics, /healthz, /readyz endpoint.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     net::SocketAddr,
     sync::{
@@ -65,7 +65,7 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     keys: Family<PhaseLabel, Gauge>,
     restarts: Family<RestartLabels, Counter>,
-    phases: Mutex<BTreeMap<String, KeyPhase>>,
+    phases: Mutex<HashMap<String, KeyPhase>>,
     unreadable: Family<KindLabel, Gauge>,
     unreadable_uids: Mutex<BTreeMap<String, String>>,
     leader: Gauge,
@@ -183,22 +183,28 @@ impl Metrics {
             .inc();
     }
 
-    /// Records a key's phase (`None` when the key is gone).
+    /// Records a key's phase (`None` when the key is gone). Only the gauges of the phase left
+    /// and the phase entered move: recounting every key on each call was quadratic at scale.
     pub fn key_phase(&self, uid: &str, phase: Option<KeyPhase>) {
         let Ok(mut phases) = self.phases.lock() else {
             return;
         };
-        match phase {
-            Some(p) => phases.insert(uid.to_owned(), p),
-            None => phases.remove(uid),
+        let was = match (phase, phases.get_mut(uid)) {
+            (Some(p), Some(slot)) => Some(std::mem::replace(slot, p)),
+            (Some(p), None) => phases.insert(uid.to_owned(), p),
+            (None, _) => phases.remove(uid),
         };
-        self.keys.clear();
-        for p in phases.values() {
-            self.keys
-                .get_or_create(&PhaseLabel {
-                    phase: format!("{p:?}"),
-                })
-                .inc();
+        if was == phase {
+            return;
+        }
+        let label = |p: KeyPhase| PhaseLabel {
+            phase: format!("{p:?}"),
+        };
+        if let Some(p) = was {
+            self.keys.get_or_create(&label(p)).dec();
+        }
+        if let Some(p) = phase {
+            self.keys.get_or_create(&label(p)).inc();
         }
     }
 
@@ -280,6 +286,27 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_phases_count_each_key_once() {
+        let m = Metrics::default();
+        m.key_phase("a", Some(KeyPhase::Pending));
+        m.key_phase("a", Some(KeyPhase::Active));
+        m.key_phase("b", Some(KeyPhase::Active));
+        m.key_phase("b", Some(KeyPhase::Active));
+        m.key_phase("c", Some(KeyPhase::Pending));
+        m.key_phase("c", None);
+        m.key_phase("d", None);
+        let body = m.encode();
+        assert!(
+            body.contains("keybrake_operator_vaultkeys{phase=\"Active\"} 2"),
+            "{body}"
+        );
+        assert!(
+            body.contains("keybrake_operator_vaultkeys{phase=\"Pending\"} 0"),
+            "{body}"
+        );
+    }
 
     #[test]
     fn metrics_say_their_format_and_readiness_follows_set_ready() {

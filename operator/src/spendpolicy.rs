@@ -183,15 +183,7 @@ async fn reconcile_policy(policy: &SpendPolicy, ctx: &Context) -> Result<Action>
             .await?;
     }
 
-    let count = ctx
-        .keys
-        .state()
-        .iter()
-        .filter(|k| {
-            k.namespace().as_deref() == Some(ns.as_str())
-                && k.spec_str(&["policyRef", "name"]) == Some(name.as_str())
-        })
-        .count() as u32;
+    let count = ctx.counts.count(&ns, &name);
 
     let (now_ms, _) = ctx.ledger.now().await?;
     let now = clock::time(now_ms);
@@ -233,19 +225,20 @@ async fn reconcile_policy(policy: &SpendPolicy, ctx: &Context) -> Result<Action>
         let api: Api<SpendPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let patch =
             json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "SpendPolicy", "status": want});
-        ctx.timed(
-            "patch status",
-            api.patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(patch),
-            ),
-        )
-        .await?;
+        let written = ctx
+            .timed(
+                "patch status",
+                api.patch_status(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(patch),
+                ),
+            )
+            .await?;
+        ctx.own_writes.record(&written.metadata);
     }
-    // The key count comes from the VaultKey controller's cache, which can trail the watch event
-    // that triggered this reconcile; a short periodic re-check keeps it eventually right (the
-    // reconcile is a cache scan and a status compare).
+    // Key counts come from the VaultKey watch, told once a second; the credentials from a read
+    // of the Secret. A periodic re-check keeps both eventually right.
     Ok(Action::requeue(Duration::from_secs(15)))
 }
 

@@ -1,6 +1,6 @@
 //! Which watched changes are worth a reconcile. Status writes bump resourceVersion but not
 //! generation; passing them on would re-reconcile every key of a policy each time the policy's
-//! key count changes (quadratic at scale). These filters keep the stable `watches` API.
+//! key count changes (quadratic at scale).
 
 use std::{collections::HashMap, sync::Mutex};
 
@@ -20,25 +20,6 @@ impl GenerationChanges {
             return true;
         };
         seen.insert(uid, generation) != Some(generation)
-    }
-}
-
-/// Remembers which objects exist, to pass on only arrivals and deletions.
-#[derive(Default)]
-pub struct Membership(Mutex<HashMap<String, ()>>);
-
-impl Membership {
-    /// True when the object is new or on its way out.
-    pub fn changed<K: Resource>(&self, obj: &K) -> bool {
-        let Some(uid) = obj.uid() else { return true };
-        let Ok(mut seen) = self.0.lock() else {
-            return true;
-        };
-        if obj.meta().deletion_timestamp.is_some() {
-            seen.remove(&uid);
-            return true;
-        }
-        seen.insert(uid, ()).is_none()
     }
 }
 
@@ -72,14 +53,5 @@ mod tests {
         assert!(!g.changed(&obj("a", 1, false)), "a status write");
         assert!(g.changed(&obj("a", 2, false)));
         assert!(g.changed(&obj("b", 2, false)));
-    }
-
-    #[test]
-    fn membership() {
-        let m = Membership::default();
-        assert!(m.changed(&obj("a", 1, false)));
-        assert!(!m.changed(&obj("a", 2, false)));
-        assert!(m.changed(&obj("a", 2, true)));
-        assert!(m.changed(&obj("a", 2, true)), "the final DELETED event too");
     }
 }

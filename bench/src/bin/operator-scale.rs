@@ -6,7 +6,10 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -33,19 +36,40 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Creates `n` VaultKeys in `bench`, 32 at a time; how long it took.
-async fn create_keys(client: &Client, n: usize) -> Result<Duration> {
+/// Failed reconciles of both kinds, from the operator's metrics.
+fn failures(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("keybrake_operator_reconcile_failures_total"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b)
+}
+
+/// How long the run may take from the first create (`KEYBRAKE_BENCH_DEADLINE_S`, default 600)
+/// before it stops with how far it got.
+fn deadline() -> Result<Duration> {
+    let secs = match std::env::var("KEYBRAKE_BENCH_DEADLINE_S") {
+        Ok(v) => v
+            .parse()
+            .context("KEYBRAKE_BENCH_DEADLINE_S: a whole number of seconds")?,
+        Err(_) => 600,
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Creates `n` VaultKeys in `bench`, 32 at a time, counting them in `done`; how long it took.
+async fn create_keys(client: &Client, n: usize, done: Arc<AtomicUsize>) -> Result<Duration> {
     let keys = Arc::new(Api::<VaultKey>::namespaced(client.clone(), "bench"));
     let started = Instant::now();
     let created: Vec<Result<()>> = stream::iter(0..n)
         .map(|i| {
-            let keys = keys.clone();
+            let (keys, done) = (keys.clone(), done.clone());
             async move {
                 let vk: VaultKey = serde_json::from_value(json!({
                     "apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "metadata": {"name": format!("run-{i:05}")},
                     "spec": {"policyRef": {"name": "stripe"}, "dailyUsdCap": 50, "ttl": "2h", "runLabel": format!("bench/run-{i}")}
                 }))?;
                 keys.create(&PostParams::default(), &vk).await?;
+                done.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
         })
@@ -111,7 +135,7 @@ async fn main() -> Result<()> {
         let plane = ControlPlane::start(Default::default()).await?;
         let client = plane.client().await?;
         setup_stripe_policy(&client, 1000, None).await?;
-        create_keys(&client, n).await?
+        create_keys(&client, n, Arc::default()).await?
     };
 
     let server = ControlPlane::start(Default::default()).await?;
@@ -167,22 +191,45 @@ async fn main() -> Result<()> {
 
     let writes_before = writes(&client).await?;
     let started = Instant::now();
-    let applied_in = create_keys(&client, n).await?;
-
+    let created = Arc::new(AtomicUsize::new(0));
+    let creating = tokio::spawn({
+        let (client, created) = (client.clone(), created.clone());
+        async move { create_keys(&client, n, created).await }
+    });
+    let deadline = deadline()?;
     let mut peak_rss: f64 = 0.0;
+    let mut applied_in = None;
+    let mut creating = Some(creating);
     let ready_in = loop {
         peak_rss = peak_rss.max(operator.memory_mib().1);
-        if *active_rx.borrow() == n {
+        if let Some(task) = creating.take_if(|t| t.is_finished()) {
+            applied_in = Some(task.await??);
+        }
+        if applied_in.is_some() && *active_rx.borrow() == n {
             break started.elapsed();
         }
-        if started.elapsed().as_secs() > 900 {
+        if started.elapsed() > deadline {
+            // Partial progress, then a clear failure: a run that cannot finish must not hang.
+            let text = http_get(metrics_port, "/metrics").await.unwrap_or_default();
             bail!(
-                "only {} of {n} keys Active after 15 minutes",
-                *active_rx.borrow()
+                "deadline of {}s (KEYBRAKE_BENCH_DEADLINE_S) passed: {} of {n} keys created, {} Active; \
+                 operator peak RSS {:.1} MiB, {:.0} VaultKey reconciles, {:.0} failed reconciles \
+                 (all {n} created in {:.1}s with no operator)",
+                deadline.as_secs(),
+                created.load(Ordering::Relaxed),
+                *active_rx.borrow(),
+                operator.memory_mib().0.max(peak_rss),
+                metric(
+                    &text,
+                    "keybrake_operator_reconciles_total{kind=\"vaultkey\"}"
+                ),
+                failures(&text),
+                ceiling.as_secs_f64(),
             );
         }
         let _ = tokio::time::timeout(Duration::from_millis(250), active_rx.changed()).await;
     };
+    let applied_in = applied_in.unwrap_or_default();
     counter.abort();
     let after_last_create = ready_in.saturating_sub(applied_in);
     // Let the tail of reconciles (status settling, events) finish before counting writes.
@@ -198,11 +245,7 @@ async fn main() -> Result<()> {
         &text,
         "keybrake_operator_reconciles_total{kind=\"vaultkey\"}",
     );
-    let failures: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("keybrake_operator_reconcile_failures_total"))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b);
+    let failures = failures(&text);
     let (hwm, _) = operator.memory_mib();
     let total_writes: f64 = by_kind.values().sum();
     // Everything but the client's own creates (and the API server's own lease renewals).

@@ -29,6 +29,7 @@ use kube::{
         controller::Action,
         events::{Event, EventType},
         finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
     },
 };
 use serde_json::json;
@@ -39,6 +40,7 @@ pub use self::status::Report;
 pub use self::teardown::FINALIZER;
 use self::teardown::{delete_secret, known_key_id};
 use crate::{
+    cached::CachedKey,
     clock,
     context::{Context, MANAGER},
     error::{Error, Result},
@@ -96,13 +98,15 @@ async fn retire(vk: &VaultKey, ctx: &Context, phase: KeyPhase, now_ms: i64) -> R
 }
 
 /// The reconcile entry point for the controller.
-#[instrument(skip_all, fields(vaultkey = %listed.name_any(), namespace = listed.namespace().unwrap_or_default()))]
-pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Result<Action> {
+#[instrument(skip_all, fields(vaultkey = %cached.name_any(), namespace = cached.namespace().unwrap_or_default()))]
+pub async fn reconcile(cached: Arc<CachedKey>, ctx: Arc<Context>) -> Result<Action> {
     ctx.metrics.reconciled("vaultkey");
-    // Parsed here, not at the watch: an object our types cannot read is refused alone.
-    let vk = match listed.parse() {
-        Ok(vk) => Arc::new(vk),
-        Err(why) => return unreadable::reconcile(&listed, &why, &ctx).await,
+    // Parsed per object at the watch: an object our types cannot read is refused alone.
+    let vk = match &*cached {
+        CachedKey::Read(vk) => Arc::new(VaultKey::clone(vk)),
+        CachedKey::Unreadable(listed, why) => {
+            return unreadable::reconcile(listed, why, &ctx).await;
+        }
     };
     if let Some(uid) = vk.uid() {
         ctx.metrics.unreadable("vaultkey", &uid, false);
@@ -110,10 +114,30 @@ pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Resu
     let ns = vk
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    // The finalizer is added here rather than by `finalizer` below, which would end this
+    // reconcile and leave the key to the one its echo starts: the key is issued now, from the
+    // object the patch returns.
+    let first =
+        vk.meta().deletion_timestamp.is_none() && !vk.finalizers().iter().any(|f| f == FINALIZER);
+    let (vk, first) = if first {
+        match with_finalizer(&vk, &ctx).await? {
+            Some((vk, first)) => (Arc::new(vk), first),
+            None => return Ok(Action::await_change()),
+        }
+    } else {
+        (vk, false)
+    };
     let api: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, vk.clone(), |event| async {
         match event {
-            Finalizer::Apply(vk) => apply(&vk, &ctx).await,
+            Finalizer::Apply(vk) => match apply(&vk, &ctx, first).await {
+                // A first reconcile does not read the Secret (no reconcile has made it yet);
+                // when the name was taken after all, the key is decided again from it.
+                Err(Error::Kube(kube::Error::Api(e))) if first && e.code == 409 => {
+                    apply(&vk, &ctx, false).await
+                }
+                other => other,
+            },
             Finalizer::Cleanup(vk) => cleanup(&vk, &ctx).await,
         }
     })
@@ -127,6 +151,65 @@ pub async fn reconcile(listed: Arc<Listed<VaultKey>>, ctx: Arc<Context>) -> Resu
     result
 }
 
+/// The key with the finalizer added, and whether this reconcile added it. The cache can trail
+/// the key (often: our own add, its echo not yet seen), and then the patch's test fails; the key
+/// is then read again.
+async fn with_finalizer(vk: &VaultKey, ctx: &Context) -> Result<Option<(VaultKey, bool)>> {
+    match add_finalizer(vk, ctx).await {
+        Err(Error::Kube(kube::Error::Api(e))) if e.code == 422 => {
+            let ns = vk.namespace().unwrap_or_default();
+            let api: Api<Listed<VaultKey>> = Api::namespaced(ctx.client.clone(), &ns);
+            let name = vk.name_any();
+            let read = ctx.timed("get vaultkey", api.get_opt(&name)).await?;
+            let Some(Ok(fresh)) = read.map(|l| l.parse()) else {
+                return Ok(None); // gone, or unreadable: its own event says so
+            };
+            if fresh.finalizers().iter().any(|f| f == FINALIZER) {
+                return Ok(Some((fresh, false)));
+            }
+            Ok(add_finalizer(&fresh, ctx).await?.map(|vk| (vk, true)))
+        }
+        added => Ok(added?.map(|vk| (vk, true))),
+    }
+}
+
+/// Adds the finalizer, as `kube`'s `finalizer` does (a JSON Patch that first tests the list it
+/// extends, so a concurrent change fails it), and returns the key as the API server now has it;
+/// its echo starts no reconcile. `None`: the key became unreadable meanwhile (then that change
+/// starts a reconcile of its own, as it is not remembered as ours).
+async fn add_finalizer(vk: &VaultKey, ctx: &Context) -> Result<Option<VaultKey>> {
+    let ns = vk.namespace().unwrap_or_default();
+    let api: Api<Listed<VaultKey>> = Api::namespaced(ctx.client.clone(), &ns);
+    let ops = if vk.finalizers().is_empty() {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": vk.finalizers()},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(ops).map_err(|_| Error::MissingField("a JSON Patch"))?;
+    let listed = ctx
+        .timed(
+            "add finalizer",
+            api.patch(
+                &vk.name_any(),
+                &PatchParams::default(),
+                &Patch::<()>::Json(patch),
+            ),
+        )
+        .await?;
+    let Ok(parsed) = listed.parse() else {
+        return Ok(None);
+    };
+    ctx.own_writes.record(&listed.metadata);
+    Ok(Some(parsed))
+}
+
 /// Says on the object that Redis stopped the reconcile: `Ready=False` and a Warning Event, so
 /// it shows where people look, not only in the operator's log. Best effort: the reconcile is
 /// retried anyway.
@@ -136,7 +219,7 @@ async fn redis_failed(vk: &VaultKey, ctx: &Context, cause: &keybrake_ledger::Led
     );
     let report = Report::failing(vk, "RedisUnavailable", message.clone());
     // Redis is the clock for caps and expiry; a condition's time can come from this host.
-    if let Err(e) = status::write(vk, &report, ctx, clock::local_ms()).await {
+    if let Err(e) = status::write(vk, &report, ctx, clock::local_ms(), false).await {
         warn!(error = %e, "could not report the Redis failure on the VaultKey");
     }
     let already = vk
@@ -150,15 +233,38 @@ async fn redis_failed(vk: &VaultKey, ctx: &Context, cause: &keybrake_ledger::Led
 }
 
 /// Failed reconciles are logged, counted and retried after a short, bounded delay.
-pub fn error_policy(vk: Arc<Listed<VaultKey>>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(vk: Arc<CachedKey>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(vaultkey = %vk.name_any(), error = %err, "reconcile failed");
     ctx.metrics.failed("vaultkey", err.label());
     Action::requeue(Duration::from_secs(5))
 }
 
+/// The key's Secret, read from the API server: not on the key's first reconcile, when no
+/// reconcile can have made it yet.
+async fn read_secret(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    name: &str,
+    first: bool,
+) -> Result<Option<Secret>> {
+    if first {
+        return Ok(None);
+    }
+    ctx.timed("get secret", secrets.get_opt(name)).await
+}
+
+/// The policy, from the SpendPolicy watch's cache once it has listed: a policy's keys are
+/// reconciled again when its spec changes, after the cache holds the change.
+async fn cached_policy(ctx: &Context, ns: &str, name: &str) -> Option<Arc<Listed<SpendPolicy>>> {
+    let _ = ctx.policies.wait_until_ready().await;
+    ctx.policies.get(&ObjectRef::new(name).within(ns))
+}
+
 /// One reconcile of a live key: read what the decision needs, decide ([`plan::plan`], pure),
-/// carry the plan out.
-async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
+/// carry the plan out. `first`: the reconcile that added the finalizer, so no reconcile has
+/// made the key's Secret (a Secret of that name anyone else made fails the create, and the key
+/// is then decided again with it read); `vk` is then the API server's own answer.
+async fn apply(vk: &VaultKey, ctx: &Context, first: bool) -> Result<Action> {
     let ns = vk
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
@@ -167,9 +273,7 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let uid = vk.uid().ok_or(Error::MissingField("metadata.uid"))?;
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = vk.spec.secret_name.clone().unwrap_or_else(|| name.clone());
-    let found = ctx
-        .timed("get secret", secrets.get_opt(&secret_name))
-        .await?;
+    let found = read_secret(ctx, &secrets, &secret_name, first).await?;
     let standing = ownership::standing(found.as_ref(), &uid);
     let ours = match standing {
         Standing::Ours(s) => Some(s),
@@ -184,14 +288,12 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
     let derived = KeyId::of_vault_key(&tag, &uid);
     let life_id = known.clone().unwrap_or_else(|| derived.clone());
     let retired = ctx.ledger.is_retired(&life_id).await?;
-    let policies: Api<Listed<SpendPolicy>> = Api::namespaced(ctx.client.clone(), &ns);
     let listed_policy = if vk.spec.revoked || retired {
         None
     } else {
-        ctx.timed("get policy", policies.get_opt(&policy_name))
-            .await?
+        cached_policy(ctx, &ns, &policy_name).await
     };
-    let (policy, policy_unreadable) = match listed_policy.as_ref().map(Listed::parse) {
+    let (policy, policy_unreadable) = match listed_policy.as_deref().map(Listed::parse) {
         Some(Ok(p)) => (Some(p), None),
         Some(Err(why)) => (None, Some(why.to_string())),
         None => (None, None),
@@ -230,7 +332,22 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
         ca: ca.as_ref(),
     };
     let decided = plan::plan(&observed).map_err(|e| Error::MissingField(e.0))?;
-    execute(vk, ctx, &secrets, &secret_name, ours, decided, &observed).await
+    let target = Target {
+        secrets: &secrets,
+        name: &secret_name,
+        ours,
+        fresh: first,
+    };
+    execute(vk, ctx, &target, decided, &observed).await
+}
+
+/// The key's Secret as the executor needs it: where, whose, and whether `vk` is fresh from the
+/// API server (then the status is written without reading the key again).
+struct Target<'a> {
+    secrets: &'a Api<Secret>,
+    name: &'a str,
+    ours: Option<&'a Secret>,
+    fresh: bool,
 }
 
 /// Carries a plan out: Redis first (a Secret never holds a token the proxy does not know,
@@ -239,12 +356,11 @@ async fn apply(vk: &VaultKey, ctx: &Context) -> Result<Action> {
 async fn execute(
     vk: &VaultKey,
     ctx: &Context,
-    secrets: &Api<Secret>,
-    secret_name: &str,
-    ours: Option<&Secret>,
+    target: &Target<'_>,
     plan: plan::Plan,
     observed: &plan::Observed<'_>,
 ) -> Result<Action> {
+    let (secrets, secret_name, ours) = (target.secrets, target.name, target.ours);
     for step in &plan.ledger {
         match step {
             plan::LedgerStep::Retire(id) => ctx.ledger.retire(id).await?,
@@ -275,7 +391,7 @@ async fn execute(
         roll_targets(vk, ctx, &ns, observed.now_ms).await;
     }
     metrics_phase(vk, ctx, plan.report.phase);
-    status::write(vk, &plan.report, ctx, observed.now_ms).await?;
+    status::write(vk, &plan.report, ctx, observed.now_ms, target.fresh).await?;
     match plan.next {
         plan::Next::Retire(phase) => retire(vk, ctx, phase, observed.now_ms).await,
         plan::Next::Requeue(after) => Ok(Action::requeue(after)),
@@ -320,7 +436,7 @@ async fn write_secret(
     if let Some(name) = secret::vault_key_label(&vk.name_any()) {
         labels.insert(secret::VAULT_KEY.to_owned(), name);
     }
-    match existing {
+    let written = match existing {
         // Only ever created, never applied over something that exists.
         None => {
             let secret = Secret {
@@ -337,12 +453,9 @@ async fn write_secret(
             };
             // Someone making it between the read and now fails this with 409; the next reconcile
             // then sees whose it is.
-            ctx.timed(
-                "create secret",
-                secrets.create(&PostParams::default(), &secret),
-            )
-            .await?;
-            Ok(false)
+            let params = PostParams::default();
+            ctx.timed("create secret", secrets.create(&params, &secret))
+                .await?
         }
         // Ours: changed only at the version that was read, so a Secret that changed hands in
         // between is not written.
@@ -356,14 +469,13 @@ async fn write_secret(
                 },
                 "data": data,
             });
-            ctx.timed(
-                "update secret",
-                secrets.patch(name, &PatchParams::default(), &Patch::Merge(body)),
-            )
-            .await?;
-            Ok(contents_changed)
+            let (params, patch) = (PatchParams::default(), Patch::Merge(body));
+            ctx.timed("update secret", secrets.patch(name, &params, &patch))
+                .await?
         }
-    }
+    };
+    ctx.own_writes.record(&written.metadata);
+    Ok(contents_changed)
 }
 
 /// Deleting a VaultKey: revoke and forget the key in Redis, then delete its Secret.

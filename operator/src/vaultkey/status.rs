@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use keybrake_crds::{
-    KeyPhase, VaultKey, VaultKeyStatus, Vendor,
+    KeyPhase, Listed, VaultKey, VaultKeyStatus, Vendor,
     status::{RECONCILING, STALLED, conditions},
     vault_key::{RestartStatus, RotationStatus},
 };
@@ -118,34 +118,55 @@ fn kstatus(report: &Report) -> Option<&'static str> {
 /// Writes the report unless the status already says it. A reconcile may run on a cached
 /// object older than our last write; before writing, the decision is re-made against the
 /// object as the API server has it now, so a stale cache never causes a write (and with it
-/// another reconcile).
-pub async fn write(vk: &VaultKey, report: &Report, ctx: &Context, now_ms: i64) -> Result<()> {
+/// another reconcile). `fresh`: `vk` is the API server's own answer to a write of this
+/// reconcile, so it is read already. The version the write leaves is remembered: its echo
+/// starts no reconcile.
+pub async fn write(
+    vk: &VaultKey,
+    report: &Report,
+    ctx: &Context,
+    now_ms: i64,
+    fresh: bool,
+) -> Result<()> {
     let now = clock::time(now_ms);
     if unchanged(vk, report, now.clone()) {
         return Ok(());
     }
     let ns = vk.namespace().unwrap_or_default();
-    let api: Api<VaultKey> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(fresh) = ctx
-        .timed("get vaultkey", api.get_opt(&vk.name_any()))
-        .await?
-    else {
-        return Ok(()); // gone meanwhile
+    let api: Api<Listed<VaultKey>> = Api::namespaced(ctx.client.clone(), &ns);
+    let read;
+    let current = if fresh {
+        vk
+    } else {
+        let Some(listed) = ctx
+            .timed("get vaultkey", api.get_opt(&vk.name_any()))
+            .await?
+        else {
+            return Ok(()); // gone meanwhile
+        };
+        // Unreadable meanwhile: the reconcile its change starts says so.
+        let Ok(parsed) = listed.parse() else {
+            return Ok(());
+        };
+        read = parsed;
+        &read
     };
-    if unchanged(&fresh, report, now.clone()) {
+    if unchanged(current, report, now.clone()) {
         return Ok(());
     }
-    let want = desired(&fresh, report, now);
+    let want = desired(current, report, now);
     let patch = json!({"apiVersion": "keybrake.com/v1alpha1", "kind": "VaultKey", "status": want});
-    ctx.timed(
-        "patch status",
-        api.patch_status(
-            &vk.name_any(),
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(patch),
-        ),
-    )
-    .await?;
+    let written = ctx
+        .timed(
+            "patch status",
+            api.patch_status(
+                &vk.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(patch),
+            ),
+        )
+        .await?;
+    ctx.own_writes.record(&written.metadata);
     Ok(())
 }
 
