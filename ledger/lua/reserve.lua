@@ -81,20 +81,29 @@ end
 -- Appends entry `e` (every entry has the same fields; absent ones are written empty) to
 -- `stream`, trimmed to about `maxlen` entries unless it is "0" or an audit sink reads the stream
 -- (it has a consumer group): then only the sink trims it, and only below what PostgreSQL holds,
--- whatever a replica without the database was told. One XADD with its fields spelled out: a
--- table of arguments and `unpack` cost more than the XADD itself.
+-- whatever a replica without the database was told. The XADD spells its fields out: a table of
+-- arguments and `unpack` cost more than the XADD itself.
 local function xadd(stream, maxlen, e)
   local trim = maxlen ~= "0"
   if trim then
     local groups = redis.pcall("XINFO", "GROUPS", stream)
-    trim = groups.err ~= nil or #groups == 0 -- an error: no stream yet, so no group either
+    if groups.err then
+      -- No stream yet, so no group either; any other error (an ACL that denies XINFO) keeps all.
+      trim = string.find(groups.err, "no such key", 1, true) ~= nil
+    else
+      trim = #groups == 0
+    end
   end
-  -- MINID ~ 0 trims nothing (no id is below 0-0): one call site for both cases.
-  local how, bound = "MINID", "0"
-  if trim then how, bound = "MAXLEN", maxlen end
-  return redis.call("XADD", stream, how, "~", bound, "*", "id", e.id, "ts", e.ts, "key", e.key,
-    "vk", e.vk, "run", e.run, "vendor", e.vendor, "method", e.method, "path", e.path,
-    "estimate", e.estimate, "actual", e.actual, "status", e.status or "",
+  if trim then
+    return redis.call("XADD", stream, "MAXLEN", "~", maxlen, "*", "id", e.id, "ts", e.ts,
+      "key", e.key, "vk", e.vk, "run", e.run, "vendor", e.vendor, "method", e.method,
+      "path", e.path, "estimate", e.estimate, "actual", e.actual, "status", e.status or "",
+      "request_id", e.request_id or "", "outcome", e.outcome, "rule", e.rule or "",
+      "overshoot", e.overshoot or "0")
+  end
+  return redis.call("XADD", stream, "*", "id", e.id, "ts", e.ts,
+    "key", e.key, "vk", e.vk, "run", e.run, "vendor", e.vendor, "method", e.method,
+    "path", e.path, "estimate", e.estimate, "actual", e.actual, "status", e.status or "",
     "request_id", e.request_id or "", "outcome", e.outcome, "rule", e.rule or "",
     "overshoot", e.overshoot or "0")
 end

@@ -143,9 +143,13 @@ pub async fn send(
     };
     let status = response.status().as_u16();
     let (parts, incoming) = response.into_parts();
-    let mut headers = parts.headers;
-    for dropped in DROPPED {
-        headers.remove(dropped);
+    // Hop-by-hop headers dropped, and values that are not text (a replay keeps only text, and
+    // the caller gets the same headers first time and replayed).
+    let mut headers = HeaderMap::with_capacity(parts.headers.len());
+    for (name, value) in &parts.headers {
+        if !DROPPED.contains(&name.as_str()) && value.to_str().is_ok() {
+            headers.append(name.clone(), value.clone());
+        }
     }
     let limited = Limited::new(incoming, app.config.max_response_bytes);
     let body = match tokio::time::timeout(timeout, limited.collect()).await {

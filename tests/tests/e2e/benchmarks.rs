@@ -52,3 +52,10 @@ fn the_audit_export_benchmark_runs() -> Result<()> {
     assert!(r["backlog_entries_per_s"].as_f64() > Some(0.0), "{r:#}");
     Ok(())
 }
+
+#[test]
+fn the_operator_scale_benchmark_runs() -> Result<()> {
+    let r = smoke("operator-scale", &["20"], "operator-scale")?;
+    assert_eq!(r["keys"], 20, "{r:#}");
+    Ok(())
+}
