@@ -64,8 +64,7 @@ pub fn respond<K: AsRef<str>>(
     headers: impl IntoIterator<Item = (K, String)>,
     body: Bytes,
 ) -> Response<Body> {
-    let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut map = HeaderMap::new();
     for (k, v) in headers {
         let k = k.as_ref().to_ascii_lowercase();
         if DROPPED.contains(&k.as_str()) {
@@ -75,10 +74,10 @@ pub fn respond<K: AsRef<str>>(
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(&v),
         ) {
-            resp.headers_mut().append(name, value);
+            map.append(name, value);
         }
     }
-    resp
+    pass_back(status, map, body)
 }
 
 /// The vendor's answer passed back as it came (its headers were filtered when it arrived).
